@@ -1,0 +1,5 @@
+//! tandem: a sidecar supervisor for hosts without Kubernetes.
+//!
+//! The binary (`main.rs`) is thin; everything it does lives in these modules. Only
+//! [`lifecycle`] decides the order of operations: the other modules expose plain operations
+//! (spawn, stop, drain, flush) and know nothing of each other's state.
