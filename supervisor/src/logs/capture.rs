@@ -1,0 +1,108 @@
+//! Capture: the reader task of one app pipe (stdout or stderr).
+//!
+//! Invariant: the task never blocks a thread: it reads with tokio (the pipe is non-blocking), so
+//! the supervisor loop runs on whatever the app does. It ends at EOF (every writer closed the
+//! pipe), or when cancelled (a grandchild holds the pipe open past the exit deadline): then it
+//! drains what the pipe already holds without waiting, and delivers the unfinished last line.
+
+use std::io;
+use std::os::fd::OwnedFd;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe;
+use tokio::sync::watch;
+use tokio::time::{sleep_until, Instant};
+
+use super::backpressure::Outlet;
+use super::process::Processor;
+use super::record::Stream;
+use super::LogsError;
+
+/// Reads already buffered in the pipe that a cancelled reader still takes (64 MiB at 64 KiB).
+const DRAIN_READS: usize = 1024;
+/// How long a finished reader may wait to deliver its drop summaries.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Everything one reader task owns.
+pub struct PipeReader {
+    /// The pipe.
+    pub rx: pipe::Receiver,
+    /// Frame, merge, parse.
+    pub processor: Processor,
+    /// Into the sinks.
+    pub outlet: Outlet,
+    /// Bytes per read.
+    pub read_buffer: usize,
+    /// Records per batch.
+    pub batch: usize,
+    /// Set to true to stop waiting for EOF.
+    pub cancel: watch::Receiver<bool>,
+}
+
+/// Make a tokio pipe receiver of `fd` (must be the read end of a pipe or FIFO).
+pub fn receiver(stream: Stream, fd: OwnedFd) -> Result<pipe::Receiver, LogsError> {
+    pipe::Receiver::from_owned_fd(fd).map_err(|source| LogsError::Capture { stream, source })
+}
+
+// === impl PipeReader ===
+
+impl PipeReader {
+    /// Read until EOF or cancellation, then deliver everything.
+    pub async fn run(mut self) {
+        let mut buf = vec![0u8; self.read_buffer];
+        loop {
+            let deadline = self.processor.deadline();
+            let cancelled = tokio::select! {
+                biased;
+                _ = self.cancel.wait_for(|c| *c) => true,
+                r = self.rx.read(&mut buf) => match r {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        self.processor.push(&buf[..n], Instant::now());
+                        false
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => false,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "log capture: read failed; stopping this stream");
+                        break;
+                    }
+                },
+                _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                    self.processor.tick(Instant::now());
+                    false
+                }
+            };
+            if cancelled {
+                self.drain(&mut buf).await;
+                break;
+            }
+            if self.processor.pending_records() > 0 {
+                self.outlet
+                    .send_all(self.processor.take(), self.batch)
+                    .await;
+            }
+        }
+        self.processor.finish();
+        self.outlet
+            .send_all(self.processor.take(), self.batch)
+            .await;
+        self.outlet.close(Instant::now() + CLOSE_GRACE).await;
+    }
+
+    /// Take what the pipe holds right now, without waiting for more.
+    async fn drain(&mut self, buf: &mut [u8]) {
+        for _ in 0..DRAIN_READS {
+            match self.rx.try_read(buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    self.processor.push(&buf[..n], Instant::now());
+                    self.outlet
+                        .send_all(self.processor.take(), self.batch)
+                        .await;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    }
+}

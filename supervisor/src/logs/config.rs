@@ -1,0 +1,407 @@
+//! The `[logs]` table of tandem's config: plain serde data, checked once by
+//! [`LogsConfig::validate`].
+//!
+//! Invariant: every struct here is `deny_unknown_fields` + `default`, so an empty `[logs]` (or
+//! none at all) is the zero-config pipeline: one `stdout` sink, `block` backpressure, `auto`
+//! parsing, no multiline merging. Every limit has a named field and a default that fits two cores
+//! and a few MB of memory.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use serde::{Deserialize, Serialize};
+
+use super::multiline::MultilineRules;
+use super::record::Level;
+
+/// The `[logs]` table.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogsConfig {
+    /// A line longer than this is delivered as several records marked `partial`.
+    pub max_line_bytes: ByteSize,
+    /// Size of one read from a pipe or file (also the most a reader holds unframed).
+    pub read_buffer: ByteSize,
+    /// Records per batch handed to the sinks (a batch is the unit of a sink queue).
+    pub batch_records: usize,
+    /// Handling of the app's stdout.
+    pub stdout: StreamConfig,
+    /// Handling of the app's stderr.
+    pub stderr: StreamConfig,
+    /// Static attributes added to every record's resource (e.g. `team = "payments"`).
+    pub attributes: BTreeMap<String, String>,
+    /// The sinks records fan out to.
+    pub sinks: SinksConfig,
+    /// Tail mode: follow files instead of (or beside) the app's pipes.
+    pub tail: Option<TailConfig>,
+}
+
+/// How one stream of the app (stdout or stderr) is parsed.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamConfig {
+    /// `auto` | `json` | `logfmt` | `plain`.
+    pub format: ParseFormat,
+    /// Severity of a record that does not state its own.
+    pub level: Level,
+    /// Merging of continuation lines (stack traces) into one record.
+    pub multiline: MultilineConfig,
+}
+
+/// How a line is parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ParseFormat {
+    /// JSON if the line is a JSON object, logfmt if it looks like logfmt, else plain.
+    Auto,
+    /// A JSON object per line; anything else is kept as plain text and counted as a failure.
+    Json,
+    /// `key=value` pairs; anything else is kept as plain text and counted as a failure.
+    Logfmt,
+    /// The line is the message.
+    Plain,
+}
+
+/// Multiline merging: either a preset or a custom pair of patterns.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MultilineConfig {
+    /// `none` (default), `java`, `python`, `go`, `traces` (all three), or `custom`.
+    pub preset: MultilinePreset,
+    /// custom: a line matching this begins a new record; other lines join the current one.
+    pub start: Option<String>,
+    /// custom: a line matching this joins the current record; other lines begin a new one.
+    #[serde(rename = "continue")]
+    pub continue_: Option<String>,
+    /// At most this many lines are merged into one record.
+    pub max_lines: usize,
+    /// At most this many bytes are merged into one record.
+    pub max_bytes: ByteSize,
+    /// A pending record is delivered after this long without a continuation line.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+/// The multiline presets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MultilinePreset {
+    /// No merging: one line, one record.
+    None,
+    /// JVM stack traces (`\tat ...`, `Caused by: ...`, `... 5 more`).
+    Java,
+    /// Python tracebacks (`Traceback (most recent call last):` ... `ValueError: boom`).
+    Python,
+    /// Go panics (`panic: ...`, `goroutine 1 [running]:`, frames).
+    Go,
+    /// Java, Python and Go together.
+    Traces,
+    /// The `start` / `continue` patterns of this table.
+    Custom,
+}
+
+/// The sinks.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinksConfig {
+    /// Records as lines on tandem's stdout.
+    pub stdout: StdoutSinkConfig,
+    /// Records as JSON lines in a rotating file.
+    pub file: Option<FileSinkConfig>,
+}
+
+/// What a sink does when its queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backpressure {
+    /// No loss: the reader waits, the pipe fills, the app waits (Docker's default).
+    Block,
+    /// The app never waits: records that do not fit are counted and a summary record is sent.
+    Drop,
+}
+
+/// Queue and backpressure settings every sink has.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// `block` or `drop`.
+    pub backpressure: Backpressure,
+    /// Records the sink's queue holds (rounded up to whole batches).
+    pub queue_records: usize,
+}
+
+/// The stdout sink.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StdoutSinkConfig {
+    /// Turn the sink off (e.g. when only the file sink is wanted).
+    pub enabled: bool,
+    /// `auto` (pretty on a TTY, else JSON), `json` or `pretty`.
+    pub format: StdoutFormat,
+    /// Queue and backpressure.
+    #[serde(flatten)]
+    pub queue: QueueConfig,
+}
+
+/// The stdout sink's rendering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StdoutFormat {
+    /// Pretty (coloured) when stdout is a terminal, JSON lines otherwise.
+    Auto,
+    /// One JSON object per line (see docs/logs.md).
+    Json,
+    /// A readable coloured line.
+    Pretty,
+}
+
+/// The file sink.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileSinkConfig {
+    /// The active file; rotated files are `<path>.1` (newest) ... `<path>.<keep>`.
+    pub path: PathBuf,
+    /// Rotate when the active file would grow past this size (0: never by size).
+    pub max_size: ByteSize,
+    /// Rotate when the active file is this old (absent: never by time).
+    #[serde(with = "humantime_serde")]
+    pub rotate_every: Option<Duration>,
+    /// Rotated files kept; older ones are deleted.
+    pub keep: usize,
+    /// Queue and backpressure.
+    #[serde(flatten)]
+    pub queue: QueueConfig,
+}
+
+/// Tail mode: follow files in Nomad's naming (`alloc/logs/<task>.stdout.<N>`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TailConfig {
+    /// Globs of the files to follow; files that differ only in the trailing `.N` are one
+    /// sequence, read in rising N. A name with `stderr` in it is the stderr stream.
+    pub paths: Vec<String>,
+    /// Where positions are saved so a restarted tandem neither repeats nor skips lines.
+    pub checkpoint: Option<PathBuf>,
+    /// How often files are checked for new data, new files and truncation.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Where a sequence without a checkpoint starts: `beginning` or `end`.
+    pub start_at: StartAt,
+}
+
+/// Where tail mode starts reading a sequence it has no checkpoint for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartAt {
+    /// The first byte of the lowest-numbered file.
+    Beginning,
+    /// The end of the highest-numbered file (only what is written from now on).
+    End,
+}
+
+// === impl LogsConfig ===
+
+impl Default for LogsConfig {
+    fn default() -> Self {
+        Self {
+            max_line_bytes: ByteSize::kib(64),
+            read_buffer: ByteSize::kib(64),
+            batch_records: 256,
+            stdout: StreamConfig::default(),
+            stderr: StreamConfig {
+                level: Level::Warn,
+                ..StreamConfig::default()
+            },
+            attributes: BTreeMap::new(),
+            sinks: SinksConfig::default(),
+            tail: None,
+        }
+    }
+}
+
+impl LogsConfig {
+    /// Cross-field checks and pattern compilation; the message names the offending key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_line_bytes.as_u64() < 16 {
+            return Err("logs.max_line_bytes: must be at least 16 bytes".into());
+        }
+        if self.read_buffer.as_u64() < 1024 || self.read_buffer.as_u64() > 16 * 1024 * 1024 {
+            return Err("logs.read_buffer: must be between 1KiB and 16MiB".into());
+        }
+        if self.batch_records == 0 || self.batch_records > 65_536 {
+            return Err("logs.batch_records: must be between 1 and 65536".into());
+        }
+        for (name, s) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
+            MultilineRules::compile(&s.multiline)
+                .map_err(|e| format!("logs.{name}.multiline: {e}"))?;
+        }
+        for (key, q) in self.sinks.queues() {
+            if q.queue_records == 0 {
+                return Err(format!(
+                    "logs.sinks.{key}.queue_records: must be at least 1"
+                ));
+            }
+        }
+        if let Some(f) = &self.sinks.file {
+            if f.path.as_os_str().is_empty() {
+                return Err(
+                    "logs.sinks.file.path: required when [logs.sinks.file] is present".into(),
+                );
+            }
+            if f.rotate_every.is_some_and(|d| d < Duration::from_secs(1)) {
+                return Err("logs.sinks.file.rotate_every: must be at least 1s".into());
+            }
+        }
+        if let Some(t) = &self.tail {
+            if t.paths.is_empty() {
+                return Err("logs.tail.paths: at least one glob is required".into());
+            }
+            for p in &t.paths {
+                glob::Pattern::new(p).map_err(|e| format!("logs.tail.paths: {p:?}: {e}"))?;
+            }
+            if t.poll_interval.is_zero() {
+                return Err("logs.tail.poll_interval: must be above 0".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The per-stream settings.
+    pub fn stream(&self, stream: super::record::Stream) -> &StreamConfig {
+        match stream {
+            super::record::Stream::Stdout => &self.stdout,
+            super::record::Stream::Stderr => &self.stderr,
+        }
+    }
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        Self {
+            format: ParseFormat::Auto,
+            level: Level::Info,
+            multiline: MultilineConfig::default(),
+        }
+    }
+}
+
+impl Default for MultilineConfig {
+    fn default() -> Self {
+        Self {
+            preset: MultilinePreset::None,
+            start: None,
+            continue_: None,
+            max_lines: 500,
+            max_bytes: ByteSize::kib(256),
+            timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+impl SinksConfig {
+    /// The queue settings of each enabled sink, with its config key.
+    fn queues(&self) -> Vec<(&'static str, &QueueConfig)> {
+        let mut v = Vec::new();
+        if self.stdout.enabled {
+            v.push(("stdout", &self.stdout.queue));
+        }
+        if let Some(f) = &self.file {
+            v.push(("file", &f.queue));
+        }
+        v
+    }
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            backpressure: Backpressure::Block,
+            queue_records: 8192,
+        }
+    }
+}
+
+impl Default for StdoutSinkConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            format: StdoutFormat::Auto,
+            queue: QueueConfig::default(),
+        }
+    }
+}
+
+impl Default for FileSinkConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::new(),
+            max_size: ByteSize::mib(100),
+            rotate_every: None,
+            keep: 5,
+            queue: QueueConfig::default(),
+        }
+    }
+}
+
+impl Default for TailConfig {
+    fn default() -> Self {
+        Self {
+            paths: Vec::new(),
+            checkpoint: None,
+            poll_interval: Duration::from_millis(250),
+            start_at: StartAt::Beginning,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_table_is_the_default() {
+        let c: LogsConfig = toml::from_str("").expect("empty config parses");
+        assert_eq!(c, LogsConfig::default());
+        assert!(c.validate().is_ok());
+        assert_eq!(c.stderr.level, Level::Warn);
+    }
+
+    #[test]
+    fn human_sizes_durations_and_unknown_keys() {
+        let c: LogsConfig = toml::from_str(
+            r#"
+            max_line_bytes = "16KiB"
+            [stderr.multiline]
+            preset = "java"
+            timeout = "250ms"
+            [sinks.file]
+            path = "/tmp/x.log"
+            max_size = "1MiB"
+            rotate_every = "1h"
+            keep = 3
+            backpressure = "drop"
+            "#,
+        )
+        .expect("valid config parses");
+        assert_eq!(c.max_line_bytes.as_u64(), 16 * 1024);
+        assert_eq!(c.stderr.multiline.timeout, Duration::from_millis(250));
+        let f = c.sinks.file.as_ref().expect("file sink present");
+        assert_eq!(f.queue.backpressure, Backpressure::Drop);
+        assert_eq!(f.rotate_every, Some(Duration::from_secs(3600)));
+        assert!(c.validate().is_ok());
+
+        let err = toml::from_str::<LogsConfig>("max_line_byte = 3").expect_err("unknown key");
+        assert!(err.to_string().contains("max_line_byte"), "{err}");
+    }
+
+    #[test]
+    fn validate_names_the_key() {
+        let mut c = LogsConfig::default();
+        c.stdout.multiline.preset = MultilinePreset::Custom;
+        c.stdout.multiline.start = Some("([".into());
+        let e = c.validate().expect_err("bad regex");
+        assert!(e.starts_with("logs.stdout.multiline"), "{e}");
+    }
+}

@@ -1,0 +1,218 @@
+//! The [`Record`]: one log event as every sink receives it.
+//!
+//! Invariant: a record never borrows from a read buffer (sinks run on their own threads and
+//! batches are shared between sinks through an `Arc`), and what is the same for every record of
+//! one app instance (service, pid, restart count, resource) lives once in an `Arc<Origin>`.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Which of the app's output streams a record came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    /// File descriptor 1.
+    Stdout,
+    /// File descriptor 2.
+    Stderr,
+}
+
+/// Severity, normalised (OpenTelemetry's severity ranges, named like most log libraries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Level {
+    /// Finest detail.
+    Trace,
+    /// Debugging detail.
+    Debug,
+    /// Normal operation.
+    Info,
+    /// Something unexpected, handled.
+    Warn,
+    /// An operation failed.
+    Error,
+    /// The app cannot go on.
+    Fatal,
+}
+
+/// Where a record stands among the parts of a line longer than `max_line_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partial {
+    /// 0 for the first part of the line.
+    pub index: u32,
+    /// True on the part that ends the line.
+    pub last: bool,
+}
+
+/// What is shared by every record of one source: the app instance and the environment.
+#[derive(Debug)]
+pub struct Origin {
+    /// `service.name`.
+    pub service: String,
+    /// The app's pid (None in tail mode, where tandem did not start the writer).
+    pub pid: Option<u32>,
+    /// How many times the app was restarted before this instance.
+    pub restart_count: u32,
+    /// Resource attributes (host, container, Nomad, systemd, static), already rendered as one
+    /// JSON object so the hot path does not serialise them per record.
+    pub resource_json: String,
+}
+
+/// One log event.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// When tandem read the line.
+    pub observed: SystemTime,
+    /// The record's own timestamp, when it had a valid one.
+    pub time: Option<SystemTime>,
+    /// stdout or stderr.
+    pub stream: Stream,
+    /// From the record's own level field, else the stream's default.
+    pub level: Level,
+    /// The message (the whole line for plain text; lines joined by `\n` when merged).
+    pub msg: String,
+    /// Remaining fields of a JSON or logfmt line (None for plain text).
+    pub fields: Option<Box<Map<String, Value>>>,
+    /// W3C trace id (32 hex digits), from `trace_id`, `traceId` or `traceparent`.
+    pub trace_id: Option<String>,
+    /// W3C span id (16 hex digits), from `span_id`, `spanId` or `traceparent`.
+    pub span_id: Option<String>,
+    /// Set when the line was longer than `max_line_bytes`.
+    pub partial: Option<Partial>,
+    /// The line was not valid UTF-8; invalid bytes were replaced by U+FFFD.
+    pub lossy: bool,
+    /// Number of lines merged into this record (1 unless multiline merged some).
+    pub lines: u32,
+    /// The line looked like (or was configured as) JSON/logfmt but did not parse.
+    pub parse_error: bool,
+    /// Service, instance and resource.
+    pub origin: Arc<Origin>,
+}
+
+// === impl Stream ===
+
+impl Stream {
+    /// `"stdout"` or `"stderr"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
+impl fmt::Display for Stream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+// === impl Level ===
+
+impl Level {
+    /// The upper-case name used in JSON output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Trace => "TRACE",
+            Level::Debug => "DEBUG",
+            Level::Info => "INFO",
+            Level::Warn => "WARN",
+            Level::Error => "ERROR",
+            Level::Fatal => "FATAL",
+        }
+    }
+
+    /// Recognise a level name as log libraries write it (case-insensitive).
+    pub fn from_name(s: &str) -> Option<Level> {
+        let s = s.trim();
+        if s.len() > 16 {
+            return None;
+        }
+        Some(match s.to_ascii_lowercase().as_str() {
+            "trace" | "finest" | "finer" | "verbose" => Level::Trace,
+            "debug" | "dbug" | "fine" | "config" => Level::Debug,
+            "info" | "information" | "informational" | "notice" | "inf" => Level::Info,
+            "warn" | "warning" | "wrn" => Level::Warn,
+            "error" | "err" | "eror" | "severe" => Level::Error,
+            "fatal" | "critical" | "crit" | "panic" | "emerg" | "emergency" | "alert"
+            | "dpanic" => Level::Fatal,
+            _ => return None,
+        })
+    }
+
+    /// Recognise a numeric level: pino/bunyan (10..60), else syslog (0..7).
+    pub fn from_number(n: f64) -> Option<Level> {
+        if !(0.0..=100.0).contains(&n) {
+            return None;
+        }
+        Some(match n as u32 {
+            10..=19 => Level::Trace,
+            20..=29 => Level::Debug,
+            30..=39 => Level::Info,
+            40..=49 => Level::Warn,
+            50..=59 => Level::Error,
+            60..=100 => Level::Fatal,
+            0..=2 => Level::Fatal,
+            3 => Level::Error,
+            4 => Level::Warn,
+            5 | 6 => Level::Info,
+            7 => Level::Debug,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+// === impl Record ===
+
+impl Record {
+    /// A plain-text record with defaults for everything a parser may later fill in.
+    pub fn new(
+        observed: SystemTime,
+        stream: Stream,
+        level: Level,
+        msg: String,
+        origin: Arc<Origin>,
+    ) -> Self {
+        Self {
+            observed,
+            time: None,
+            stream,
+            level,
+            msg,
+            fields: None,
+            trace_id: None,
+            span_id: None,
+            partial: None,
+            lossy: false,
+            lines: 1,
+            parse_error: false,
+            origin,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn level_names_and_numbers() {
+        assert_eq!(Level::from_name("WARNING"), Some(Level::Warn));
+        assert_eq!(Level::from_name("err"), Some(Level::Error));
+        assert_eq!(Level::from_name("banana"), None);
+        assert_eq!(Level::from_number(30.0), Some(Level::Info));
+        assert_eq!(Level::from_number(50.0), Some(Level::Error));
+        assert_eq!(Level::from_number(3.0), Some(Level::Error));
+        assert_eq!(Level::from_number(-1.0), None);
+    }
+}

@@ -1,0 +1,34 @@
+//! The readable form of a record, for a human at a terminal (the stdout sink on a TTY).
+//!
+//! Invariant: this form is for eyes only, never parsed; it may change freely. Machines get JSON.
+
+use super::super::record::{Level, Record};
+use super::json::format_time;
+
+/// Append `r` as one coloured line (`HH:MM:SS.mmm LEVEL stream msg key=value ...`).
+pub fn render(r: &Record, out: &mut Vec<u8>) {
+    let t = format_time(r.time.unwrap_or(r.observed));
+    let clock = t.get(11..23).unwrap_or(&t);
+    let colour = match r.level {
+        Level::Trace | Level::Debug => "\x1b[2m",
+        Level::Info => "\x1b[32m",
+        Level::Warn => "\x1b[33m",
+        Level::Error | Level::Fatal => "\x1b[31;1m",
+    };
+    let line = format!(
+        "\x1b[2m{clock}\x1b[0m {colour}{:<5}\x1b[0m \x1b[2m{}\x1b[0m {}",
+        r.level.as_str(),
+        r.stream,
+        r.msg
+    );
+    out.extend_from_slice(line.as_bytes());
+    if let Some(f) = &r.fields {
+        for (k, v) in f.iter() {
+            out.extend_from_slice(format!(" \x1b[36m{k}\x1b[0m={v}").as_bytes());
+        }
+    }
+    if r.partial.is_some_and(|p| !p.last) {
+        out.extend_from_slice(" \x1b[2m…\x1b[0m".as_bytes());
+    }
+    out.push(b'\n');
+}

@@ -1,0 +1,454 @@
+//! Tail mode: follow log files written by someone else, in Nomad's naming
+//! (`alloc/logs/<task>.stdout.<N>`, N rising on rotation, files never renamed, the lowest
+//! deleted), and also a plain file rotated by rename or truncated in place.
+//!
+//! Invariant: a position is (file index, inode, offset) of the first byte not yet in a record
+//! that every sink has written and flushed; only such positions are saved to the checkpoint
+//! (after a barrier through all sinks), so a restarted tandem resumes exactly there: nothing
+//! delivered is repeated, nothing skipped (after a crash, at most what was in flight repeats).
+//! A line split across two files (Nomad cuts at a byte count) is joined: a sequence is one byte
+//! stream. A new file N+1 is only switched to after N has been read to EOF *after* N+1 was seen.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::backpressure::Outlet;
+use super::config::{LogsConfig, StartAt, TailConfig};
+use super::counters::Counters;
+use super::enrich::LogContext;
+use super::process::Processor;
+use super::record::Stream;
+use super::sinks::worker::SinkHandle;
+use super::LogsError;
+
+/// Bytes read from one sequence per poll round before the others get a turn.
+const ROUND_BYTES: usize = 4 * 1024 * 1024;
+/// How long a barrier through the sinks may take before the checkpoint waits for the next round.
+const BARRIER_WAIT: Duration = Duration::from_secs(5);
+
+/// A saved position in one sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    /// The `.N` of the file (0 for a file without one).
+    pub index: u64,
+    /// The file's inode (to tell a replaced file from the one we read).
+    pub inode: u64,
+    /// Offset of the first byte not yet delivered.
+    pub offset: u64,
+}
+
+/// The checkpoint file: sequence base path → position.
+pub type Checkpoint = BTreeMap<String, Position>;
+
+/// Follows every sequence matched by the configured globs.
+pub struct Follower {
+    globs: Vec<String>,
+    checkpoint_path: Option<PathBuf>,
+    saved: Checkpoint,
+    poll: Duration,
+    start_at: StartAt,
+    cfg: LogsConfig,
+    ctx: LogContext,
+    sinks: Vec<SinkHandle>,
+    counters: Arc<Counters>,
+    seqs: BTreeMap<String, Sequence>,
+    cancel: watch::Receiver<bool>,
+    read_buf: Vec<u8>,
+}
+
+struct Sequence {
+    base: String,
+    processor: Processor,
+    outlet: Outlet,
+    open: Option<OpenFile>,
+    /// Byte ranges fed to the processor, newest last, to map "undelivered" back to a position.
+    segments: VecDeque<Segment>,
+}
+
+struct OpenFile {
+    index: u64,
+    path: PathBuf,
+    file: File,
+    inode: u64,
+    offset: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    index: u64,
+    inode: u64,
+    start: u64,
+    end: u64,
+}
+
+// === impl Follower ===
+
+impl Follower {
+    /// Load the checkpoint (a missing file is an empty one; a corrupt one is an error).
+    pub fn new(
+        tail: &TailConfig,
+        cfg: &LogsConfig,
+        ctx: &LogContext,
+        sinks: &[SinkHandle],
+        counters: Arc<Counters>,
+        cancel: watch::Receiver<bool>,
+    ) -> Result<Self, LogsError> {
+        let saved = match &tail.checkpoint {
+            Some(p) => load_checkpoint(p)?,
+            None => Checkpoint::new(),
+        };
+        // New sequences appear at any poll, each needing an outlet into every sink.
+        let sinks = sinks.iter().map(SinkHandle::clone_sender).collect();
+        Ok(Self {
+            globs: tail.paths.clone(),
+            checkpoint_path: tail.checkpoint.clone(),
+            saved,
+            poll: tail.poll_interval,
+            start_at: tail.start_at,
+            cfg: cfg.clone(),
+            ctx: ctx.clone(),
+            sinks,
+            counters,
+            seqs: BTreeMap::new(),
+            cancel,
+            read_buf: vec![0; usize::try_from(cfg.read_buffer.as_u64()).unwrap_or(64 * 1024)],
+        })
+    }
+
+    /// Poll until cancelled; then read what is there, deliver, and save the checkpoint.
+    pub async fn run(mut self) {
+        let mut tick = tokio::time::interval(self.poll);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let stop = tokio::select! {
+                biased;
+                _ = self.cancel.wait_for(|c| *c) => true,
+                _ = tick.tick() => false,
+            };
+            self.round(stop).await;
+            if stop {
+                break;
+            }
+        }
+    }
+
+    /// One poll: discover files, read every sequence, deliver, checkpoint.
+    async fn round(&mut self, stop: bool) {
+        let files = self.discover();
+        let mut moved = false;
+        for (base, list) in files {
+            if !self.seqs.contains_key(&base) {
+                match self.sequence(&base) {
+                    Ok(s) => {
+                        self.seqs.insert(base.clone(), s);
+                    }
+                    Err(e) => {
+                        tracing::warn!(file = %base, error = %e, "log tail: cannot follow");
+                        continue;
+                    }
+                }
+            }
+            let saved = self.saved.get(&base).copied();
+            let start_at = self.start_at;
+            let batch = self.cfg.batch_records;
+            let seq = self.seqs.get_mut(&base).expect("inserted above");
+            match seq.read(&list, saved, start_at, &mut self.read_buf) {
+                Ok(n) => moved |= n > 0,
+                Err(e) => tracing::warn!(file = %base, error = %e, "log tail: read failed"),
+            }
+            let now = Instant::now();
+            seq.processor.tick(now);
+            if stop {
+                seq.processor.flush_merged();
+            }
+            seq.outlet.send_all(seq.processor.take(), batch).await;
+        }
+        if moved || stop {
+            self.checkpoint().await;
+        }
+    }
+
+    /// Group the glob matches into sequences: base path → [(index, path)] sorted by index.
+    fn discover(&self) -> BTreeMap<String, Vec<(u64, PathBuf)>> {
+        let mut out: BTreeMap<String, Vec<(u64, PathBuf)>> = BTreeMap::new();
+        for g in &self.globs {
+            let Ok(paths) = glob::glob(g) else { continue };
+            for p in paths.flatten() {
+                if !p.is_file() || self.checkpoint_path.as_deref() == Some(p.as_path()) {
+                    continue;
+                }
+                let (base, index) = split_index(&p);
+                out.entry(base).or_default().push((index, p));
+            }
+        }
+        for list in out.values_mut() {
+            list.sort();
+            list.dedup();
+        }
+        out
+    }
+
+    fn sequence(&self, base: &str) -> Result<Sequence, LogsError> {
+        let stream = if Path::new(base)
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().contains("stderr"))
+        {
+            Stream::Stderr
+        } else {
+            Stream::Stdout
+        };
+        let mut statics = self.cfg.attributes.clone();
+        statics.insert("log.file.path".into(), base.to_string());
+        let origin = self.ctx.origin(&statics, None);
+        Ok(Sequence {
+            base: base.to_string(),
+            processor: Processor::new(&self.cfg, stream, origin.clone(), self.counters.clone())?,
+            outlet: Outlet::new(&self.sinks, stream, origin),
+            open: None,
+            segments: VecDeque::new(),
+        })
+    }
+
+    /// Wait until the sinks have flushed what was sent, then save every sequence's position.
+    async fn checkpoint(&mut self) {
+        let Some(path) = self.checkpoint_path.clone() else {
+            return;
+        };
+        let deadline = Instant::now() + BARRIER_WAIT;
+        for seq in self.seqs.values() {
+            if !seq.outlet.barrier(deadline).await {
+                tracing::warn!("log tail: sinks did not confirm in time; checkpoint not advanced");
+                return;
+            }
+        }
+        for seq in self.seqs.values() {
+            if let Some(p) = seq.position() {
+                self.saved.insert(seq.base.clone(), p);
+            }
+        }
+        if let Err(e) = save_checkpoint(&path, &self.saved) {
+            tracing::warn!(error = %e, "log tail: checkpoint not saved");
+        }
+    }
+}
+
+// === impl Sequence ===
+
+impl Sequence {
+    /// Read new bytes of this sequence (at most [`ROUND_BYTES`]), following rotation and
+    /// truncation. Returns the number of bytes read.
+    fn read(
+        &mut self,
+        list: &[(u64, PathBuf)],
+        saved: Option<Position>,
+        start_at: StartAt,
+        buf: &mut [u8],
+    ) -> io::Result<usize> {
+        if self.open.is_none() {
+            self.open = start(list, saved, start_at)?;
+        }
+        let mut total = 0;
+        while total < ROUND_BYTES {
+            let Some(open) = self.open.as_mut() else {
+                return Ok(total);
+            };
+            // Seen before reading to EOF: once N+1 exists, N is complete.
+            let next = list.iter().find(|(i, _)| *i > open.index).cloned();
+            let len = open.file.metadata()?.len();
+            if len < open.offset {
+                tracing::info!(file = %open.path.display(), "log tail: file truncated; reading it from the start");
+                open.file.seek(SeekFrom::Start(0))?;
+                open.offset = 0;
+            }
+            let n = read_some(&mut open.file, buf)?;
+            if n > 0 {
+                let seg_start = open.offset;
+                open.offset += n as u64;
+                total += n;
+                let (index, inode, end) = (open.index, open.inode, open.offset);
+                self.processor.push(&buf[..n], Instant::now());
+                self.note(Segment {
+                    index,
+                    inode,
+                    start: seg_start,
+                    end,
+                });
+                continue;
+            }
+            // At EOF: move on to the next file, or to a new file at the same path (rename rotation).
+            if let Some((index, path)) = next {
+                self.open = Some(open_at(index, &path, 0)?);
+                continue;
+            }
+            match fs::metadata(&open.path) {
+                Ok(m) if m.ino() != open.inode => {
+                    let (index, path) = (open.index, open.path.clone());
+                    self.open = Some(open_at(index, &path, 0)?);
+                }
+                _ => return Ok(total),
+            }
+        }
+        Ok(total)
+    }
+
+    /// Remember that `seg` went into the processor; forget ranges already delivered.
+    fn note(&mut self, seg: Segment) {
+        match self.segments.back_mut() {
+            Some(last)
+                if last.index == seg.index && last.inode == seg.inode && last.end == seg.start =>
+            {
+                last.end = seg.end
+            }
+            _ => self.segments.push_back(seg),
+        }
+        let undelivered = self.processor.undelivered() as u64;
+        while self.segments.len() > 1 {
+            let newer: u64 = self.segments.iter().skip(1).map(|s| s.end - s.start).sum();
+            if newer >= undelivered {
+                self.segments.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// The position of the first byte not yet in a delivered record.
+    fn position(&self) -> Option<Position> {
+        let mut u = self.processor.undelivered() as u64;
+        for s in self.segments.iter().rev() {
+            let len = s.end - s.start;
+            if u <= len {
+                return Some(Position {
+                    index: s.index,
+                    inode: s.inode,
+                    offset: s.end - u,
+                });
+            }
+            u -= len;
+        }
+        let s = self.segments.front()?;
+        Some(Position {
+            index: s.index,
+            inode: s.inode,
+            offset: s.start,
+        })
+    }
+}
+
+/// Where to start reading a sequence seen for the first time.
+fn start(
+    list: &[(u64, PathBuf)],
+    saved: Option<Position>,
+    start_at: StartAt,
+) -> io::Result<Option<OpenFile>> {
+    if let Some(p) = saved {
+        if let Some((i, path)) = list.iter().find(|(i, _)| *i == p.index) {
+            let same = fs::metadata(path).is_ok_and(|m| m.ino() == p.inode && m.len() >= p.offset);
+            return open_at(*i, path, if same { p.offset } else { 0 }).map(Some);
+        }
+        if let Some((i, path)) = list.iter().find(|(i, _)| *i > p.index) {
+            return open_at(*i, path, 0).map(Some);
+        }
+        // Everything we knew is gone and nothing newer exists yet: wait for the next file.
+        return Ok(None);
+    }
+    match start_at {
+        StartAt::Beginning => list.first().map(|(i, p)| open_at(*i, p, 0)).transpose(),
+        StartAt::End => list
+            .last()
+            .map(|(i, p)| {
+                let len = fs::metadata(p)?.len();
+                open_at(*i, p, len)
+            })
+            .transpose(),
+    }
+}
+
+fn open_at(index: u64, path: &Path, offset: u64) -> io::Result<OpenFile> {
+    let mut file = File::open(path)?;
+    let inode = file.metadata()?.ino();
+    file.seek(SeekFrom::Start(offset))?;
+    Ok(OpenFile {
+        index,
+        path: path.to_path_buf(),
+        file,
+        inode,
+        offset,
+    })
+}
+
+fn read_some(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match file.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            r => return r,
+        }
+    }
+}
+
+/// `a/web.stdout.12` → (`a/web.stdout`, 12); a name without a numeric suffix is index 0.
+fn split_index(p: &Path) -> (String, u64) {
+    let s = p.to_string_lossy();
+    if let Some((base, n)) = s.rsplit_once('.') {
+        if !n.is_empty() && n.len() <= 19 && n.bytes().all(|b| b.is_ascii_digit()) {
+            if let Ok(i) = n.parse() {
+                return (base.to_string(), i);
+            }
+        }
+    }
+    (s.into_owned(), 0)
+}
+
+fn load_checkpoint(path: &Path) -> Result<Checkpoint, LogsError> {
+    let err = |source| LogsError::Checkpoint {
+        path: path.to_path_buf(),
+        source,
+    };
+    match fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map_err(|e| err(io::Error::new(io::ErrorKind::InvalidData, e))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Checkpoint::new()),
+        Err(e) => Err(err(e)),
+    }
+}
+
+/// Write atomically: a crash leaves the old checkpoint or the new one, never half of one.
+fn save_checkpoint(path: &Path, cp: &Checkpoint) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let json = serde_json::to_vec_pretty(cp).map_err(io::Error::other)?;
+    {
+        use std::io::Write;
+        let mut f = File::create(&tmp)?;
+        f.write_all(&json)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nomad_names_split_into_base_and_index() {
+        assert_eq!(
+            split_index(Path::new("/a/logs/web.stdout.12")),
+            ("/a/logs/web.stdout".into(), 12)
+        );
+        assert_eq!(
+            split_index(Path::new("/a/app.log")),
+            ("/a/app.log".into(), 0)
+        );
+    }
+}
