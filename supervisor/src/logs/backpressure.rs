@@ -1,12 +1,12 @@
 //! Backpressure: how a reader hands batches to every sink queue, per sink `block` or `drop`.
 //!
 //! Invariant: in `block` mode a reader waits for queue space (the pipe fills, the app waits: no
-//! loss); in `drop` mode it never waits: a batch that does not fit is counted in that sink's
-//! `dropped`, and the next batch that fits is preceded by a summary record saying how many
-//! records were lost and between which times. At end of stream an outstanding summary is sent
-//! waiting (the app has closed its pipe, so waiting stalls nobody), bounded by a deadline.
+//! loss); in `drop` mode it never waits: a batch that does not fit is entered in that sink's
+//! [`DropLedger`], and the sink's worker writes a summary record (how many records of which
+//! stream were lost, first and last time) before its next batch and before it stops. The
+//! summary needs no queue space, so it is never lost itself.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use serde_json::{Map, Value};
@@ -24,46 +24,46 @@ use super::sinks::worker::{SinkHandle, SinkMsg};
 pub struct Outlet {
     outs: Vec<Out>,
     stream: Stream,
-    origin: Arc<Origin>,
 }
 
 #[derive(Debug)]
 struct Out {
-    name: String,
     tx: mpsc::Sender<SinkMsg>,
     mode: Backpressure,
     counters: Arc<SinkCounters>,
-    lost: Option<Lost>,
+    ledger: Arc<DropLedger>,
 }
 
-/// Records dropped since the last summary.
-#[derive(Debug, Clone, Copy)]
-struct Lost {
+/// Records dropped by one sink and not yet reported, per stream.
+#[derive(Debug, Default)]
+pub struct DropLedger {
+    lost: Mutex<[Option<Lost>; 2]>,
+}
+
+/// Records of one stream dropped since the last summary.
+#[derive(Debug, Clone)]
+pub struct Lost {
     count: u64,
     first: SystemTime,
     last: SystemTime,
+    origin: Arc<Origin>,
 }
 
 // === impl Outlet ===
 
 impl Outlet {
-    /// An outlet into `sinks` for records of `stream` from `origin` (used for summaries).
-    pub fn new(sinks: &[SinkHandle], stream: Stream, origin: Arc<Origin>) -> Self {
+    /// An outlet into `sinks` for records of `stream`.
+    pub fn new(sinks: &[SinkHandle], stream: Stream) -> Self {
         let outs = sinks
             .iter()
             .map(|s| Out {
-                name: s.name.clone(),
                 tx: s.tx.clone(),
                 mode: s.mode,
                 counters: s.counters.clone(),
-                lost: None,
+                ledger: s.ledger.clone(),
             })
             .collect();
-        Self {
-            outs,
-            stream,
-            origin,
-        }
+        Self { outs, stream }
     }
 
     /// Hand `records` to every sink in batches of at most `batch` records.
@@ -78,59 +78,25 @@ impl Outlet {
 
     /// Hand `records` to every sink, waiting or dropping as each sink's mode says.
     pub async fn send(&mut self, records: Vec<Record>) {
-        if records.is_empty() {
+        let Some(origin) = records.first().map(|r| r.origin.clone()) else {
             return;
-        }
+        };
         let records = Arc::new(records);
         for out in &mut self.outs {
-            let summary = out
-                .lost
-                .map(|l| summary(&self.origin, self.stream, &out.name, l));
-            let msg = SinkMsg::Batch {
-                summary,
-                records: records.clone(),
-            };
+            let msg = SinkMsg::Batch(records.clone());
             match out.mode {
+                // An error means the worker is gone (shutdown): nothing left to do.
                 Backpressure::Block => {
-                    if out.tx.send(msg).await.is_ok() {
-                        out.lost = None;
-                    }
+                    let _ = out.tx.send(msg).await;
                 }
                 Backpressure::Drop => match out.tx.try_send(msg) {
-                    Ok(()) => out.lost = None,
+                    Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         let n = records.len() as u64;
                         add(&out.counters.dropped, n);
-                        let now = SystemTime::now();
-                        let l = out.lost.get_or_insert(Lost {
-                            count: 0,
-                            first: now,
-                            last: now,
-                        });
-                        l.count += n;
-                        l.last = now;
+                        out.ledger.enter(self.stream, n, &origin);
                     }
-                    // The worker is gone (shutdown): nothing to count against the app.
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
                 },
-            }
-        }
-    }
-
-    /// End of stream: deliver outstanding drop summaries, waiting until `deadline` at most.
-    pub async fn close(&mut self, deadline: Instant) {
-        for out in &mut self.outs {
-            if let Some(l) = out.lost.take() {
-                let msg = SinkMsg::Batch {
-                    summary: Some(summary(&self.origin, self.stream, &out.name, l)),
-                    records: Arc::new(Vec::new()),
-                };
-                if tokio::time::timeout_at(deadline, out.tx.send(msg))
-                    .await
-                    .is_err()
-                {
-                    tracing::warn!(sink = %out.name, dropped = l.count, "log sink: drop summary not delivered before the deadline");
-                }
             }
         }
     }
@@ -155,8 +121,35 @@ impl Outlet {
     }
 }
 
+// === impl DropLedger ===
+
+impl DropLedger {
+    fn enter(&self, stream: Stream, n: u64, origin: &Arc<Origin>) {
+        let now = SystemTime::now();
+        let mut lost = self.lost.lock().expect("drop ledger lock poisoned");
+        let l = lost[stream as usize].get_or_insert_with(|| Lost {
+            count: 0,
+            first: now,
+            last: now,
+            origin: origin.clone(),
+        });
+        l.count += n;
+        l.last = now;
+    }
+
+    /// Summary records for everything entered since the last call (for the sink worker).
+    pub fn take_summaries(&self, sink: &str) -> Vec<Record> {
+        let taken = std::mem::take(&mut *self.lost.lock().expect("drop ledger lock poisoned"));
+        [Stream::Stdout, Stream::Stderr]
+            .into_iter()
+            .zip(taken)
+            .filter_map(|(stream, l)| l.map(|l| summary(stream, sink, l)))
+            .collect()
+    }
+}
+
 /// The record that tells a sink's reader how many records it did not get, and when.
-fn summary(origin: &Arc<Origin>, stream: Stream, sink: &str, l: Lost) -> Record {
+fn summary(stream: Stream, sink: &str, l: Lost) -> Record {
     let mut fields = Map::new();
     fields.insert("tandem.dropped".into(), Value::from(l.count));
     fields.insert(
@@ -172,7 +165,7 @@ fn summary(origin: &Arc<Origin>, stream: Stream, sink: &str, l: Lost) -> Record 
         "tandem dropped {} {stream} records: the {sink} sink could not keep up (backpressure = \"drop\")",
         l.count
     );
-    let mut r = Record::new(SystemTime::now(), stream, Level::Warn, msg, origin.clone());
+    let mut r = Record::new(SystemTime::now(), stream, Level::Warn, msg, l.origin);
     r.fields = Some(Box::new(fields));
     r
 }

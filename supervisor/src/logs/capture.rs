@@ -20,8 +20,6 @@ use super::LogsError;
 
 /// Reads already buffered in the pipe that a cancelled reader still takes (64 MiB at 64 KiB).
 const DRAIN_READS: usize = 1024;
-/// How long a finished reader may wait to deliver its drop summaries.
-const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Everything one reader task owns.
 pub struct PipeReader {
@@ -86,7 +84,6 @@ impl PipeReader {
         self.outlet
             .send_all(self.processor.take(), self.batch)
             .await;
-        self.outlet.close(Instant::now() + CLOSE_GRACE).await;
     }
 
     /// Take what the pipe holds right now, without waiting for more.

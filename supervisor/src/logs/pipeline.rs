@@ -120,7 +120,7 @@ impl Pipeline {
         let reader = PipeReader {
             rx: receiver(stream, fd)?,
             processor,
-            outlet: Outlet::new(&self.sinks, stream, origin),
+            outlet: Outlet::new(&self.sinks, stream),
             read_buffer: self.read_buffer(),
             batch: self.cfg.batch_records,
             cancel: cancel_rx,
@@ -237,5 +237,216 @@ impl Pipeline {
             cancel,
             follows,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::mpsc as std_mpsc;
+
+    use super::*;
+    use crate::logs::config::{Backpressure, MultilinePreset};
+    use crate::logs::record::Record;
+
+    /// Records as (stream, msg, dropped-count-if-summary), optionally held at a gate.
+    type Seen = Arc<Mutex<Vec<(Stream, String, Option<u64>)>>>;
+
+    struct MemorySink {
+        seen: Seen,
+        gate: Option<std_mpsc::Receiver<()>>,
+    }
+
+    impl Sink for MemorySink {
+        fn write(&mut self, records: &[Record]) -> std::io::Result<()> {
+            if let Some(g) = self.gate.take() {
+                // Held until the test opens the gate (bounded, so a broken test cannot hang).
+                let _ = g.recv_timeout(Duration::from_secs(60));
+            }
+            let mut seen = self.seen.lock().expect("lock");
+            for r in records {
+                let dropped = r
+                    .fields
+                    .as_ref()
+                    .and_then(|f| f.get("tandem.dropped"))
+                    .and_then(|v| v.as_u64());
+                seen.push((r.stream, r.msg.clone(), dropped));
+            }
+            Ok(())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn pipeline(
+        cfg: &LogsConfig,
+        mode: Backpressure,
+        queue_records: usize,
+    ) -> (Pipeline, Seen, std_mpsc::Sender<()>) {
+        let seen = Seen::default();
+        let (gate_tx, gate_rx) = std_mpsc::channel();
+        let mut cfg = cfg.clone();
+        cfg.sinks.stdout.enabled = false;
+        let extra = ExtraSink {
+            name: "memory".into(),
+            sink: Box::new(MemorySink {
+                seen: seen.clone(),
+                gate: (mode == Backpressure::Drop).then_some(gate_rx),
+            }),
+            queue: QueueConfig {
+                backpressure: mode,
+                queue_records,
+            },
+        };
+        let ctx = LogContext::from_parts("test".into(), Some("h".into()), None, &[]);
+        (
+            Pipeline::start_with(&cfg, ctx, vec![extra]).expect("starts"),
+            seen,
+            gate_tx,
+        )
+    }
+
+    const INSTANCE: AppInstance = AppInstance {
+        pid: 1,
+        restart_count: 0,
+    };
+
+    /// Write `n` numbered lines (the last without newline) from a thread; report when done.
+    fn writer(mut w: std::io::PipeWriter, n: usize) -> std_mpsc::Receiver<()> {
+        let (tx, rx) = std_mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            for i in 0..n {
+                buf.extend_from_slice(format!("{i}").as_bytes());
+                if i + 1 < n {
+                    buf.push(b'\n');
+                }
+                if buf.len() > 8192 {
+                    w.write_all(&buf).expect("pipe write");
+                    buf.clear();
+                }
+            }
+            w.write_all(&buf).expect("pipe write");
+            drop(w);
+            let _ = tx.send(());
+        });
+        rx
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn block_mode_delivers_every_line_once_in_order() {
+        let (p, seen, _gate) = pipeline(&LogsConfig::default(), Backpressure::Block, 64);
+        let (r, w) = std::io::pipe().expect("pipe");
+        p.attach(Stream::Stdout, r.into(), INSTANCE)
+            .expect("attach");
+        let _done = writer(w, 100_000);
+        assert!(
+            p.finish_readers(Instant::now() + Duration::from_secs(60))
+                .await
+        );
+        let snap = p.snapshot();
+        assert!(p.shutdown(Duration::from_secs(10)).await);
+        let seen = seen.lock().expect("lock");
+        assert_eq!(seen.len(), 100_000);
+        for (i, (s, msg, _)) in seen.iter().enumerate() {
+            assert_eq!((*s, msg.as_str()), (Stream::Stdout, i.to_string().as_str()));
+        }
+        assert_eq!(snap.lines_in, 100_000);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn drop_mode_never_waits_and_accounts_for_every_line() {
+        let cfg = LogsConfig {
+            batch_records: 16,
+            ..LogsConfig::default()
+        };
+        let (p, seen, gate) = pipeline(&cfg, Backpressure::Drop, 64);
+        let (r, w) = std::io::pipe().expect("pipe");
+        p.attach(Stream::Stderr, r.into(), INSTANCE)
+            .expect("attach");
+        let n = 50_000;
+        let done = writer(w, n);
+        // The sink is held shut, yet the writer finishes: the app never waits in drop mode.
+        let finished =
+            tokio::task::spawn_blocking(move || done.recv_timeout(Duration::from_secs(60)).is_ok())
+                .await
+                .expect("join");
+        assert!(
+            finished,
+            "the writer was blocked by a full sink in drop mode"
+        );
+        assert!(
+            p.finish_readers(Instant::now() + Duration::from_secs(60))
+                .await
+        );
+        gate.send(()).expect("open gate");
+        let counters = p.counters();
+        assert!(p.shutdown(Duration::from_secs(10)).await);
+        let seen = seen.lock().expect("lock");
+        let delivered: Vec<usize> = seen
+            .iter()
+            .filter(|r| r.2.is_none())
+            .map(|r| r.1.parse().expect("number"))
+            .collect();
+        let dropped: u64 = seen.iter().filter_map(|r| r.2).sum();
+        assert!(dropped > 0, "the held sink must have dropped something");
+        assert_eq!(delivered.len() as u64 + dropped, n as u64);
+        assert!(
+            delivered.windows(2).all(|w| w[0] < w[1]),
+            "delivered lines keep their order"
+        );
+        assert_eq!(counters.snapshot().sinks[0].dropped, dropped);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn open_pipe_at_deadline_still_delivers_what_was_written() {
+        let (p, seen, _gate) = pipeline(&LogsConfig::default(), Backpressure::Block, 64);
+        let (r, mut w) = std::io::pipe().expect("pipe");
+        p.attach(Stream::Stdout, r.into(), INSTANCE)
+            .expect("attach");
+        w.write_all(b"a\nunfinished").expect("write");
+        // `w` stays open, like a grandchild holding the pipe.
+        assert!(
+            !p.finish_readers(Instant::now() + Duration::from_millis(200))
+                .await
+        );
+        assert!(p.shutdown(Duration::from_secs(10)).await);
+        let msgs: Vec<String> = seen
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|r| r.1.clone())
+            .collect();
+        assert_eq!(msgs, vec!["a", "unfinished"]);
+        drop(w);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn multiline_timeout_delivers_while_the_pipe_is_open() {
+        let mut cfg = LogsConfig::default();
+        cfg.stdout.multiline.preset = MultilinePreset::Java;
+        cfg.stdout.multiline.timeout = Duration::from_millis(20);
+        let (p, seen, _gate) = pipeline(&cfg, Backpressure::Block, 64);
+        let (r, mut w) = std::io::pipe().expect("pipe");
+        p.attach(Stream::Stdout, r.into(), INSTANCE)
+            .expect("attach");
+        w.write_all(b"Exception: x\n\tat a\n\tat b\n")
+            .expect("write");
+        let mut got = None;
+        for _ in 0..500 {
+            if let Some(first) = seen.lock().expect("lock").first() {
+                got = Some(first.1.clone());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(got.as_deref(), Some("Exception: x\n\tat a\n\tat b"));
+        drop(w);
+        assert!(
+            p.finish_readers(Instant::now() + Duration::from_secs(10))
+                .await
+        );
+        assert!(p.shutdown(Duration::from_secs(10)).await);
     }
 }

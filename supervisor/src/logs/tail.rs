@@ -212,7 +212,7 @@ impl Follower {
         Ok(Sequence {
             base: base.to_string(),
             processor: Processor::new(&self.cfg, stream, origin.clone(), self.counters.clone())?,
-            outlet: Outlet::new(&self.sinks, stream, origin),
+            outlet: Outlet::new(&self.sinks, stream),
             open: None,
             segments: VecDeque::new(),
         })
@@ -438,7 +438,167 @@ fn save_checkpoint(path: &Path, cp: &Checkpoint) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+
     use super::*;
+    use crate::logs::config::FileSinkConfig;
+    use crate::logs::Pipeline;
+
+    /// Appends numbered lines to Nomad-style files: `<base>.N`, a new N when `max` bytes are
+    /// reached, cutting a line across two files as Nomad's rotator does.
+    struct NomadWriter {
+        base: PathBuf,
+        index: u64,
+        max: usize,
+        next: usize,
+    }
+
+    impl NomadWriter {
+        fn write_lines(&mut self, n: usize) {
+            let mut data = Vec::new();
+            for _ in 0..n {
+                data.extend_from_slice(format!("line {:06}\n", self.next).as_bytes());
+                self.next += 1;
+            }
+            let mut rest = &data[..];
+            while !rest.is_empty() {
+                let path = PathBuf::from(format!("{}.{}", self.base.display(), self.index));
+                let size = fs::metadata(&path).map_or(0, |m| m.len() as usize);
+                if size >= self.max {
+                    self.index += 1;
+                    continue;
+                }
+                let take = rest.len().min(self.max - size);
+                let mut f = fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .expect("open");
+                f.write_all(&rest[..take]).expect("write");
+                rest = &rest[take..];
+            }
+        }
+    }
+
+    fn config(dir: &Path) -> LogsConfig {
+        let mut cfg = LogsConfig::default();
+        cfg.sinks.stdout.enabled = false;
+        cfg.sinks.file = Some(FileSinkConfig {
+            path: dir.join("out.log"),
+            ..FileSinkConfig::default()
+        });
+        cfg.tail = Some(TailConfig {
+            paths: vec![format!("{}/logs/web.stdout.*", dir.display())],
+            checkpoint: Some(dir.join("checkpoint.json")),
+            poll_interval: Duration::from_millis(10),
+            start_at: StartAt::Beginning,
+        });
+        cfg
+    }
+
+    /// Run a tandem-like pipeline over the tail until `want` records reached the file sink.
+    async fn run_until(cfg: &LogsConfig, want: u64) {
+        let ctx = LogContext::from_parts("web".into(), None, None, &[]);
+        let p = Pipeline::start(cfg, ctx).expect("start");
+        p.tail().expect("tail");
+        for _ in 0..2000 {
+            if p.snapshot().sinks[0].records_out >= want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        p.finish_readers(Instant::now() + Duration::from_secs(5))
+            .await;
+        assert!(p.shutdown(Duration::from_secs(5)).await);
+    }
+
+    fn delivered(dir: &Path) -> Vec<String> {
+        fs::read_to_string(dir.join("out.log"))
+            .expect("sink file")
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("json line");
+                assert_eq!(v["stream"], "stdout");
+                v["msg"].as_str().expect("msg").to_string()
+            })
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn follows_nomad_rotation_across_a_restart_without_loss_or_repeat() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::create_dir(dir.path().join("logs")).expect("mkdir");
+        let cfg = config(dir.path());
+        let mut w = NomadWriter {
+            base: dir.path().join("logs/web.stdout"),
+            index: 0,
+            max: 1000,
+            next: 0,
+        };
+        // First run: three files, the last line unfinished (the writer is mid-line).
+        w.write_lines(250);
+        fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(format!("logs/web.stdout.{}", w.index)))
+            .and_then(|mut f| f.write_all(b"line 000"))
+            .expect("half a line");
+        run_until(&cfg, 250).await;
+        assert_eq!(delivered(dir.path()).len(), 250);
+
+        // Between runs: the line is finished, more lines rotate into new files, and Nomad
+        // deletes the oldest file (max_files).
+        let last = PathBuf::from(format!("{}.{}", w.base.display(), w.index));
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&last)
+            .and_then(|mut f| f.write_all(b"250\n"))
+            .expect("finish line");
+        w.next = 251;
+        w.write_lines(249);
+        fs::remove_file(dir.path().join("logs/web.stdout.0")).expect("rotate away the oldest");
+        run_until(&cfg, 250).await;
+
+        let got = delivered(dir.path());
+        let want: Vec<String> = (0..500).map(|i| format!("line {i:06}")).collect();
+        assert_eq!(got, want);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn truncated_file_is_read_again_from_the_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::create_dir(dir.path().join("logs")).expect("mkdir");
+        let cfg = config(dir.path());
+        let f = dir.path().join("logs/web.stdout.0");
+        fs::write(&f, "aaaa\nbbbb\n").expect("write");
+        let ctx = LogContext::from_parts("web".into(), None, None, &[]);
+        let p = Pipeline::start(&cfg, ctx).expect("start");
+        p.tail().expect("tail");
+        let wait_for = |n: u64| {
+            let p = &p;
+            async move {
+                for _ in 0..2000 {
+                    if p.snapshot().sinks[0].records_out >= n {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        };
+        wait_for(2).await;
+        // copytruncate: the file is emptied in place and written again (shorter than before).
+        fs::write(&f, "c\n").expect("truncate and write");
+        wait_for(3).await;
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&f)
+            .and_then(|mut h| h.write_all(b"d\n"))
+            .expect("append");
+        wait_for(4).await;
+        p.finish_readers(Instant::now() + Duration::from_secs(5))
+            .await;
+        assert!(p.shutdown(Duration::from_secs(5)).await);
+        assert_eq!(delivered(dir.path()), vec!["aaaa", "bbbb", "c", "d"]);
+    }
 
     #[test]
     fn nomad_names_split_into_base_and_index() {

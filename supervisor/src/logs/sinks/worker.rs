@@ -2,13 +2,15 @@
 //!
 //! Invariant: the worker is the only caller of its [`Sink`]; it flushes whenever its queue runs
 //! empty (so a quiet app's last line is out at once) and once more when every sender is gone,
-//! then reports done. A panicking sink drops the done signal, which reads as done too.
+//! then reports done. Drop summaries are written by the worker, before the next batch and at
+//! the end, so they never need queue space. A panicking sink drops the done signal, which reads as done too.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::super::backpressure::DropLedger;
 use super::super::config::{Backpressure, QueueConfig};
 use super::super::counters::{add, SinkCounters};
 use super::super::record::Record;
@@ -18,13 +20,8 @@ use super::Sink;
 /// What a sink's queue carries.
 #[derive(Debug)]
 pub enum SinkMsg {
-    /// Records, preceded by a summary of records dropped before them (drop mode).
-    Batch {
-        /// The drop summary record, if records were dropped since the last batch that fit.
-        summary: Option<Record>,
-        /// The records, shared by all sinks.
-        records: Arc<Vec<Record>>,
-    },
+    /// Records, shared by all sinks.
+    Batch(Arc<Vec<Record>>),
     /// Answered once everything queued before it is written and flushed.
     Barrier(oneshot::Sender<()>),
     /// Nothing to write: look at the reopen flag.
@@ -42,6 +39,8 @@ pub struct SinkHandle {
     pub mode: Backpressure,
     /// The sink's counters.
     pub counters: Arc<SinkCounters>,
+    /// Records dropped and not yet reported (drop mode).
+    pub ledger: Arc<DropLedger>,
     reopen: Arc<AtomicBool>,
     done: Option<oneshot::Receiver<()>>,
 }
@@ -61,7 +60,9 @@ pub fn spawn(
         ..SinkCounters::default()
     });
     let reopen = Arc::new(AtomicBool::new(false));
+    let ledger = Arc::new(DropLedger::default());
     let w = Worker {
+        ledger: ledger.clone(),
         name: name.to_string(),
         sink,
         rx,
@@ -83,6 +84,7 @@ pub fn spawn(
         tx,
         mode: queue.backpressure,
         counters,
+        ledger,
         reopen,
         done: Some(done_rx),
     })
@@ -106,6 +108,7 @@ impl SinkHandle {
             tx: self.tx.clone(),
             mode: self.mode,
             counters: self.counters.clone(),
+            ledger: self.ledger.clone(),
             reopen: self.reopen.clone(),
             done: None,
         }
@@ -122,6 +125,7 @@ struct Worker {
     sink: Box<dyn Sink>,
     rx: mpsc::Receiver<SinkMsg>,
     counters: Arc<SinkCounters>,
+    ledger: Arc<DropLedger>,
     reopen: Arc<AtomicBool>,
 }
 
@@ -147,10 +151,8 @@ impl Worker {
                 }
             }
             match msg {
-                SinkMsg::Batch { summary, records } => {
-                    if let Some(s) = summary {
-                        self.write(std::slice::from_ref(&s));
-                    }
+                SinkMsg::Batch(records) => {
+                    self.summaries();
                     self.write(&records);
                 }
                 SinkMsg::Barrier(ack) => {
@@ -160,7 +162,16 @@ impl Worker {
                 SinkMsg::Wake => {}
             }
         }
+        self.summaries();
         self.flush();
+    }
+
+    /// Report records dropped since the last report (drop mode), before what comes next.
+    fn summaries(&mut self) {
+        let s = self.ledger.take_summaries(&self.name);
+        if !s.is_empty() {
+            self.write(&s);
+        }
     }
 
     fn write(&mut self, records: &[Record]) {
