@@ -66,3 +66,32 @@ fn version_and_help() {
     let (code, _, err) = run(&["--no-such-flag"]);
     assert_eq!(code, 64, "{err}");
 }
+
+#[test]
+fn app_runs_as_another_user() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIP: needs root to switch users");
+        return;
+    }
+    let Ok(Some(nobody)) = nix::unistd::User::from_name("nobody") else {
+        eprintln!("SKIP: no user 'nobody'");
+        return;
+    };
+    let (code, out, err) = run(&[
+        "--user",
+        "nobody",
+        "--",
+        "sh",
+        "-c",
+        "echo \"$(id -u) $(id -g) $USER\" >&2; exit 0",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let expect = format!("{} {} nobody", nobody.uid, nobody.gid);
+    assert!(
+        err.lines().any(|l| l == expect),
+        "expected {expect:?} in {err}"
+    );
+    let (code, _, err) = run(&["--user", "no-such-user-here", "--", "true"]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("no-such-user-here"), "{err}");
+}
