@@ -36,7 +36,20 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Validate the config and print the effective, merged result with the source of each value.
-    Check(RunArgs),
+    Check(Box<RunArgs>),
+    /// Print the status of a running tandem (from its admin port), as JSON.
+    Status(AdminArgs),
+    /// Exit 0 when a running tandem reports its app ready, 1 otherwise (for HEALTHCHECK in
+    /// images without curl).
+    Health(AdminArgs),
+}
+
+/// Where a running tandem's admin port is.
+#[derive(Debug, Clone, Args)]
+pub struct AdminArgs {
+    /// Admin address of the running tandem.
+    #[arg(long, value_name = "ADDR", env = "TANDEM_ADMIN_LISTEN", default_value = crate::config::DEFAULT_ADMIN)]
+    pub admin: String,
 }
 
 /// Options shared by running and checking.
@@ -66,6 +79,9 @@ pub struct RunArgs {
     /// Run the app with this group (name or gid) [app.group].
     #[arg(long, value_name = "GROUP")]
     pub group: Option<String>,
+    /// Admin port address (/healthz /readyz /metrics /status); "" turns it off [admin.listen].
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<String>,
     /// Set a variable in the app's environment; repeatable [app.env].
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
@@ -95,6 +111,7 @@ impl RunArgs {
         push("app.workdir", &self.workdir, "--workdir");
         push("app.user", &self.user, "--user");
         push("app.group", &self.group, "--group");
+        push("admin.listen", &self.admin, "--admin");
         for kv in &self.env {
             let (k, v) =
                 split_kv(kv).ok_or_else(|| format!("flag --env {kv:?}: expected KEY=VALUE"))?;

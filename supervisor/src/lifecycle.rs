@@ -12,9 +12,10 @@
 //! parent-death signal is tied to the thread that spawned it (see `child::spawn`).
 //! The current [`Status`] is published on a `watch` channel: `/status`, sd_notify and tests
 //! observe the phases from there, never by timing.
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use nix::{sys::signal::Signal, unistd::Pid};
+use prometheus_client::registry::Registry;
 use rand::{rngs::StdRng, SeedableRng};
 use serde::Serialize;
 use tokio::{
@@ -23,9 +24,11 @@ use tokio::{
 };
 
 use crate::{
+    admin::AdminState,
     child::{self, AppSpec, ExitStatus, Guard, Reaper, StdioMode},
     config::{Config, RestartPolicy},
     exit,
+    metrics::{ExitLabels, SupervisorMetrics},
     restart::{Backoff, StartLimit},
     signals::{SignalEvent, Signals},
 };
@@ -46,10 +49,25 @@ pub enum Phase {
     Stopped,
 }
 
+impl Phase {
+    /// The phase's name as `/status`, metrics and sd_notify STATUS= show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Running => "running",
+            Phase::Restarting => "restarting",
+            Phase::Stopping => "stopping",
+            Phase::Stopped => "stopped",
+        }
+    }
+}
+
 /// What the lifecycle publishes about itself.
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
     pub phase: Phase,
+    /// Whether the app takes traffic: running and (once probes exist) passing readiness.
+    pub ready: bool,
     /// The app's pid while it runs.
     pub app_pid: Option<i32>,
     /// How many times the app was restarted.
@@ -71,9 +89,15 @@ enum Outcome {
     StopRequested(Signal),
 }
 
+/// What the lifecycle is given besides the config.
+pub struct Options {
+    /// The admin address was set by the user (a failed bind is then fatal, not a warning).
+    pub admin_explicit: bool,
+}
+
 /// Supervise the app described by `cfg` until it is done; returns tandem's exit code.
-pub async fn run(cfg: Config, status: watch::Sender<Status>) -> i32 {
-    let mut sup = match Supervisor::new(cfg, status) {
+pub async fn run(cfg: Config, opts: Options) -> i32 {
+    let mut sup = match Supervisor::new(cfg, opts) {
         Ok(sup) => sup,
         Err(code) => return code,
     };
@@ -88,6 +112,9 @@ struct Supervisor {
     signals: Signals,
     guard: Option<Guard>,
     status: watch::Sender<Status>,
+    metrics: SupervisorMetrics,
+    registry: Option<Registry>,
+    opts: Options,
     backoff: Backoff,
     limit: StartLimit,
     rng: StdRng,
@@ -97,8 +124,11 @@ struct Supervisor {
 // === impl Supervisor ===
 
 impl Supervisor {
-    fn new(cfg: Config, status: watch::Sender<Status>) -> Result<Self, i32> {
-        let reaper = Reaper::start().map_err(|e| internal("cannot watch SIGCHLD", e))?;
+    fn new(cfg: Config, opts: Options) -> Result<Self, i32> {
+        let mut registry = Registry::default();
+        let metrics = SupervisorMetrics::register(&mut registry);
+        let reaper = Reaper::start(metrics.orphans_reaped.clone())
+            .map_err(|e| internal("cannot watch SIGCHLD", e))?;
         let forward: Vec<Signal> = cfg.app.forward_signals.iter().map(|s| s.0).collect();
         let signals = Signals::install(&forward)
             .map_err(|e| internal("cannot install signal handlers", e))?;
@@ -134,7 +164,10 @@ impl Supervisor {
             reaper,
             signals,
             guard,
-            status,
+            status: watch::channel(Status::initial()).0,
+            metrics,
+            registry: Some(registry),
+            opts,
             rng: StdRng::from_entropy(),
             restarts: 0,
         })
@@ -143,7 +176,12 @@ impl Supervisor {
     /// The state machine, top to bottom. Returns the exit code.
     async fn run(&mut self) -> i32 {
         self.set_phase(Phase::Starting, None);
-        // [proxy issue] Bind listeners here, before the app starts, not ready yet.
+        // Listeners are bound before the app starts, while not ready: a probe from the
+        // orchestrator gets a 503, not a refused connection.
+        if let Err(code) = self.start_admin().await {
+            return code;
+        }
+        // [proxy issue] Bind the proxy's listeners here too.
         // [logs issue] Start the log pipeline here, before the first line can be written.
         loop {
             if !self.limit.try_start(Instant::now()) {
@@ -187,7 +225,57 @@ impl Supervisor {
                 return status.exit_code();
             }
             self.restarts += 1;
+            self.metrics.restarts.inc();
         }
+    }
+
+    /// Bind the admin port and serve it for the rest of tandem's life.
+    async fn start_admin(&mut self) -> Result<(), i32> {
+        let Some(registry) = self.registry.take() else {
+            return Ok(());
+        };
+        let listen = self.cfg.admin.listen.trim();
+        if listen.is_empty() {
+            return Ok(());
+        }
+        let listener = match tokio::net::TcpListener::bind(listen).await {
+            Ok(l) => l,
+            Err(e) if !self.opts.admin_explicit => {
+                // The default address is a convenience: a second tandem on the host must
+                // still run its app.
+                tracing::warn!(event = "admin_unavailable", listen, error = %e, "admin port not bound (set admin.listen to choose another)");
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::error!(event = "bind_failed", listen, error = %e, "cannot bind admin.listen");
+                return Err(exit::INTERNAL);
+            }
+        };
+        let addr = crate::admin::local_addr(&listener)
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        tracing::info!(
+            event = "admin_listening",
+            addr,
+            "admin port: /healthz /readyz /metrics /status"
+        );
+        let state = Arc::new(AdminState {
+            service: self.cfg.service_name(),
+            status: self.status.subscribe(),
+            registry: Arc::new(registry),
+            started: std::time::Instant::now(),
+        });
+        tokio::spawn(crate::admin::serve(listener, state));
+        Ok(())
+    }
+
+    fn set_ready(&self, ready: bool) {
+        self.metrics.ready.set(i64::from(ready));
+        self.status.send_if_modified(|s| {
+            let changed = s.ready != ready;
+            s.ready = ready;
+            changed
+        });
     }
 
     fn start_app(&mut self) -> Result<App, i32> {
@@ -204,7 +292,11 @@ impl Supervisor {
             guard.track(Some(spawned.pid));
         }
         tracing::info!(event = "started", pid = spawned.pid.as_raw(), restarts = self.restarts, command = %self.cfg.app.command.join(" "), "app started");
+        self.metrics.starts.inc();
+        self.metrics.app_up.set(1);
         self.set_phase(Phase::Running, Some(spawned.pid));
+        // [health issue] With a readiness probe, ready waits for it to pass.
+        self.set_ready(true);
         Ok(App {
             pid: spawned.pid,
             exit,
@@ -304,6 +396,14 @@ impl Supervisor {
         if let Some(guard) = &mut self.guard {
             guard.track(None);
         }
+        self.set_ready(false);
+        self.metrics.app_up.set(0);
+        self.metrics
+            .exits
+            .get_or_create(&ExitLabels {
+                code: status.exit_code().to_string(),
+            })
+            .inc();
         self.status.send_modify(|s| {
             s.app_pid = None;
             s.last_exit_code = Some(status.exit_code());
@@ -334,6 +434,10 @@ impl Supervisor {
     }
 
     fn set_phase(&self, phase: Phase, pid: Option<Pid>) {
+        if phase != Phase::Running {
+            self.set_ready(false);
+        }
+        self.metrics.set_phase(phase);
         let restarts = self.restarts;
         self.status.send_modify(|s| {
             s.phase = phase;
@@ -364,6 +468,7 @@ impl Status {
     pub fn initial() -> Self {
         Self {
             phase: Phase::Starting,
+            ready: false,
             app_pid: None,
             restarts: 0,
             last_exit_code: None,

@@ -6,6 +6,7 @@ use std::io::IsTerminal;
 
 use clap::Parser;
 use tandem::{
+    admin_client,
     cli::{Cli, Command, RunArgs},
     config, exit, lifecycle,
 };
@@ -27,6 +28,8 @@ fn main() {
     init_tracing();
     let code = match cli.command {
         Some(Command::Check(args)) => check(&args),
+        Some(Command::Status(args)) => status(&args.admin),
+        Some(Command::Health(args)) => health(&args.admin),
         None => run(&cli.run),
     };
     std::process::exit(code);
@@ -95,7 +98,36 @@ fn run(args: &RunArgs) -> i32 {
             return exit::INTERNAL;
         }
     };
-    let (status, _) = tokio::sync::watch::channel(lifecycle::Status::initial());
+    let opts = lifecycle::Options {
+        admin_explicit: loaded.source("admin.listen") != Some(&config::Source::Default),
+    };
     // block_on keeps the lifecycle on the main thread: see lifecycle's invariant.
-    runtime.block_on(lifecycle::run(loaded.config, status))
+    runtime.block_on(lifecycle::run(loaded.config, opts))
+}
+
+fn status(admin: &str) -> i32 {
+    match admin_client::get(admin, "/status") {
+        Ok((_, body)) => {
+            println!("{}", body.trim_end());
+            0
+        }
+        Err(e) => {
+            eprintln!("tandem status: {e}");
+            1
+        }
+    }
+}
+
+fn health(admin: &str) -> i32 {
+    match admin_client::get(admin, "/readyz") {
+        Ok((200, _)) => 0,
+        Ok((code, body)) => {
+            eprintln!("tandem health: {code} {}", body.trim_end());
+            1
+        }
+        Err(e) => {
+            eprintln!("tandem health: {e}");
+            1
+        }
+    }
 }

@@ -6,6 +6,7 @@
 
 mod support;
 
+mod admin;
 mod config;
 mod exit_codes;
 mod reaping;

@@ -7,10 +7,7 @@
 //! exit status, because a `waitpid(-1)` loop would otherwise steal it.
 use std::{
     collections::{HashMap, VecDeque},
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
-    },
+    sync::{Arc, Mutex},
 };
 
 use nix::{
@@ -18,6 +15,7 @@ use nix::{
     sys::wait::{waitpid, WaitPidFlag, WaitStatus},
     unistd::Pid,
 };
+use prometheus_client::metrics::counter::Counter;
 use tokio::{
     signal::unix::{signal, SignalKind},
     sync::oneshot,
@@ -60,14 +58,15 @@ struct State {
 #[derive(Clone)]
 pub struct Reaper {
     state: Arc<Mutex<State>>,
-    orphans: Arc<AtomicU64>,
+    orphans: Counter,
 }
 
 // === impl Reaper ===
 
 impl Reaper {
-    /// Become a subreaper (unless PID 1) and start reaping on every SIGCHLD.
-    pub fn start() -> std::io::Result<Self> {
+    /// Become a subreaper (unless PID 1) and start reaping on every SIGCHLD; `orphans` counts
+    /// the processes reaped that nobody was waiting for.
+    pub fn start(orphans: Counter) -> std::io::Result<Self> {
         if std::process::id() != 1 {
             // Without this, orphans of the app go to the host's init and we cannot reap them
             // nor see them in tests. Failure only means older kernels: keep going.
@@ -78,7 +77,7 @@ impl Reaper {
         let mut sigchld = signal(SignalKind::child())?;
         let reaper = Reaper {
             state: Arc::default(),
-            orphans: Arc::default(),
+            orphans,
         };
         let this = reaper.clone();
         tokio::spawn(async move {
@@ -110,7 +109,7 @@ impl Reaper {
 
     /// How many processes tandem reaped that nobody was waiting for (the app's orphans).
     pub fn orphans_reaped(&self) -> u64 {
-        self.orphans.load(Ordering::Relaxed)
+        self.orphans.get()
     }
 
     /// Reap every child that has exited; never blocks.
@@ -149,7 +148,7 @@ impl Reaper {
                     let _ = tx.send(status);
                 }
                 None => {
-                    self.orphans.fetch_add(1, Ordering::Relaxed);
+                    self.orphans.inc();
                     tracing::debug!(pid = pid.as_raw(), "reaped orphan");
                     if state.unclaimed.len() == UNCLAIMED_MAX {
                         state.unclaimed.pop_front();

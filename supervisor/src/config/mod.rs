@@ -27,7 +27,30 @@ pub struct Config {
     pub app: AppConfig,
     /// Whether and how fast to restart the app when it exits.
     pub restart: RestartConfig,
+    /// tandem's admin port: health, readiness, metrics, status.
+    pub admin: AdminConfig,
 }
+
+/// The admin port.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of `/healthz`, `/readyz`, `/metrics`, `/status`; `""` turns it off. Loopback
+    /// by default. When this default address is taken (a second tandem on the host), tandem
+    /// warns and runs without it; an address you set must bind or tandem exits 70.
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_ADMIN.to_string(),
+        }
+    }
+}
+
+/// The admin port's default address (Envoy's admin port number, on loopback).
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
 
 /// Identity of the service.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -164,6 +187,10 @@ impl Config {
 
     /// Every check but the presence of a command (what `tandem check` can verify alone).
     pub fn validate_settings(&self) -> Result<(), String> {
+        let admin = self.admin.listen.trim();
+        if !admin.is_empty() && admin.parse::<std::net::SocketAddr>().is_err() {
+            return Err(format!("admin.listen: {admin:?} is not an IP:PORT address (or \"\" to turn the admin port off)"));
+        }
         for sig in &self.app.forward_signals {
             match sig.0 {
                 Signal::SIGKILL | Signal::SIGSTOP => {
