@@ -3,5 +3,14 @@
 //! The binary (`main.rs`) is thin; everything it does lives in these modules. Only
 //! [`lifecycle`] decides the order of operations: the other modules expose plain operations
 //! (spawn, stop, drain, flush) and know nothing of each other's state.
-
+pub mod admin;
+pub mod admin_client;
+pub mod child;
+pub mod cli;
+pub mod config;
+pub mod exit;
+pub mod lifecycle;
 pub mod logs;
+pub mod metrics;
+pub mod restart;
+pub mod signals;

@@ -1,2 +1,133 @@
 //! The `tandem` binary: parse the command line, load config, hand over to the lifecycle.
-fn main() {}
+//!
+//! Thin on purpose (linkerd2-proxy's habit): config is validated before anything is bound or
+//! spawned, and a bad one exits 64 with a message naming file, line and key.
+use std::io::IsTerminal;
+
+use clap::Parser;
+use tandem::{
+    admin_client,
+    cli::{Cli, Command, RunArgs},
+    config, exit, lifecycle,
+};
+use tracing_subscriber::{fmt, EnvFilter};
+
+fn main() {
+    // The guard process is tandem re-executed; it must not parse flags or start a runtime.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "__guard") {
+        tandem::child::guard::run();
+    }
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { exit::CONFIG } else { 0 };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    init_tracing();
+    let code = match cli.command {
+        Some(Command::Check(args)) => check(&args),
+        Some(Command::Status(args)) => status(&args.admin),
+        Some(Command::Health(args)) => health(&args.admin),
+        None => run(&cli.run),
+    };
+    std::process::exit(code);
+}
+
+/// tandem's own events go to stderr: JSON lines unless stderr is a terminal (or
+/// TANDEM_LOG_FORMAT says otherwise); the level filter comes from TANDEM_LOG (default info).
+fn init_tracing() {
+    let filter = EnvFilter::try_from_env("TANDEM_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = match std::env::var("TANDEM_LOG_FORMAT").as_deref() {
+        Ok("json") => true,
+        Ok("text") => false,
+        _ => !std::io::stderr().is_terminal(),
+    };
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init();
+    } else {
+        builder.compact().init();
+    }
+}
+
+fn load(args: &RunArgs, require_command: bool) -> Result<config::Loaded, i32> {
+    let mut overrides = args.overrides().map_err(|msg| config_error(&msg))?;
+    overrides.require_command = require_command;
+    config::load(&args.config, std::env::vars(), &overrides)
+        .map_err(|e| config_error(&e.to_string()))
+}
+
+fn config_error(msg: &str) -> i32 {
+    tracing::error!(event = "config_error", "{msg}");
+    exit::CONFIG
+}
+
+fn check(args: &RunArgs) -> i32 {
+    match load(args, false) {
+        Ok(loaded) => {
+            print!("{}", loaded.render());
+            0
+        }
+        Err(code) => code,
+    }
+}
+
+fn run(args: &RunArgs) -> i32 {
+    let loaded = match load(args, true) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get().min(4)))
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(event = "internal_error", error = %e, "cannot start the async runtime");
+            return exit::INTERNAL;
+        }
+    };
+    let opts = lifecycle::Options {
+        admin_explicit: loaded.source("admin.listen") != Some(&config::Source::Default),
+    };
+    // block_on keeps the lifecycle on the main thread: see lifecycle's invariant.
+    runtime.block_on(lifecycle::run(loaded.config, opts))
+}
+
+fn status(admin: &str) -> i32 {
+    match admin_client::get(admin, "/status") {
+        Ok((_, body)) => {
+            println!("{}", body.trim_end());
+            0
+        }
+        Err(e) => {
+            eprintln!("tandem status: {e}");
+            1
+        }
+    }
+}
+
+fn health(admin: &str) -> i32 {
+    match admin_client::get(admin, "/readyz") {
+        Ok((200, _)) => 0,
+        Ok((code, body)) => {
+            eprintln!("tandem health: {code} {}", body.trim_end());
+            1
+        }
+        Err(e) => {
+            eprintln!("tandem health: {e}");
+            1
+        }
+    }
+}

@@ -1,3 +1,14 @@
 //! Black-box tests of the built `tandem` binary: real child processes, signals and sockets.
 //!
 //! One test binary, one module per concern; shared helpers live in `support`.
+// The whole crate is tests: a failed unwrap is a test failure with a backtrace.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+mod admin;
+mod config;
+mod exit_codes;
+mod reaping;
+mod restart;
+mod signals;

@@ -1,0 +1,167 @@
+//! The admin port: `/healthz`, `/readyz`, `/metrics`, `/status` and a status page.
+//!
+//! Bound before the app starts (like every listener) and served until tandem exits, so an
+//! orchestrator sees "not ready" during start, restart and stop rather than a refused
+//! connection. Read-only: it observes the lifecycle's status watch and the metrics registry
+//! and changes nothing. Loopback by default (see `AdminConfig`).
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{
+    body::Incoming, header, server::conn::http1, service::service_fn, Method, Request, Response,
+    StatusCode,
+};
+use hyper_util::rt::TokioIo;
+use prometheus_client::registry::Registry;
+use tokio::{net::TcpListener, sync::watch};
+
+use crate::lifecycle::{Phase, Status};
+
+/// What the admin handlers read.
+pub struct AdminState {
+    pub service: String,
+    pub status: watch::Receiver<Status>,
+    pub registry: Arc<Registry>,
+    pub started: Instant,
+}
+
+/// Serve the admin endpoints on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
+    loop {
+        let (stream, _peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                // EMFILE and friends: back off a little rather than spin.
+                tracing::warn!(event = "admin_accept_failed", error = %e, "admin port cannot accept");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(&req, &state)) }
+            });
+            let conn = http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(5))
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = conn.await;
+        });
+    }
+}
+
+/// The address the admin listener actually bound (port 0 resolves here).
+pub fn local_addr(listener: &TcpListener) -> Option<SocketAddr> {
+    listener.local_addr().ok()
+}
+
+fn handle(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
+    }
+    let status = state.status.borrow().clone();
+    match req.uri().path() {
+        // tandem itself answers: its loop is alive. The app's health is /readyz.
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => {
+            if status.ready {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("not ready: {}\n", status.phase.as_str()),
+                )
+            }
+        }
+        "/metrics" => {
+            let mut body = String::new();
+            if prometheus_client::encoding::text::encode(&mut body, &state.registry).is_err() {
+                return text(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n");
+            }
+            respond(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                body,
+            )
+        }
+        "/status" => respond(
+            StatusCode::OK,
+            "application/json",
+            status_json(state, &status).to_string(),
+        ),
+        "/" => respond(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            status_page(state, &status),
+        ),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /healthz /readyz /metrics /status\n",
+        ),
+    }
+}
+
+fn status_json(state: &AdminState, s: &Status) -> serde_json::Value {
+    serde_json::json!({
+        "service": state.service,
+        "version": env!("CARGO_PKG_VERSION"),
+        "phase": s.phase,
+        "ready": s.ready,
+        "app_pid": s.app_pid,
+        "restarts": s.restarts,
+        "last_exit_code": s.last_exit_code,
+        "uptime_seconds": state.started.elapsed().as_secs(),
+    })
+}
+
+fn status_page(state: &AdminState, s: &Status) -> String {
+    let esc = |v: &str| {
+        v.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    };
+    let colour = match (s.phase, s.ready) {
+        (Phase::Running, true) => "#2e7d32",
+        (Phase::Running, false) | (Phase::Starting, _) | (Phase::Restarting, _) => "#ef6c00",
+        _ => "#c62828",
+    };
+    let opt = |v: Option<i32>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
+    format!(
+        "<!doctype html><html><head><meta charset=utf-8><meta http-equiv=refresh content=2>\
+         <title>tandem: {service}</title><style>body{{font:14px system-ui,sans-serif;margin:2em}}\
+         td{{padding:.2em 1em .2em 0}}.phase{{color:#fff;background:{colour};padding:.2em .6em;border-radius:4px}}</style></head>\
+         <body><h1>{service}</h1><p><span class=phase>{phase}{ready}</span></p><table>\
+         <tr><td>app pid</td><td>{pid}</td></tr><tr><td>restarts</td><td>{restarts}</td></tr>\
+         <tr><td>last exit code</td><td>{last}</td></tr><tr><td>tandem uptime</td><td>{uptime}s</td></tr>\
+         <tr><td>version</td><td>{version}</td></tr></table>\
+         <p><a href=/metrics>/metrics</a> · <a href=/status>/status</a> · <a href=/readyz>/readyz</a></p></body></html>",
+        service = esc(&state.service),
+        phase = s.phase.as_str(),
+        ready = if s.ready { " · ready" } else { "" },
+        pid = opt(s.app_pid),
+        restarts = s.restarts,
+        last = opt(s.last_exit_code),
+        uptime = state.started.elapsed().as_secs(),
+        version = env!("CARGO_PKG_VERSION"),
+    )
+}
+
+fn text(code: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    respond(code, "text/plain; charset=utf-8", body.to_string())
+}
+
+fn respond(code: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = code;
+    if let Ok(v) = header::HeaderValue::from_str(content_type) {
+        resp.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    resp
+}

@@ -1,0 +1,136 @@
+//! The command line: `tandem [OPTIONS] -- CMD [ARGS...]` and `tandem check`.
+//!
+//! Flags are the top config layer; each one maps to a dotted config key so that `tandem check`
+//! can say which flag set a value. Usage errors exit 64 like config errors do.
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Overrides;
+
+const AFTER_HELP: &str = "\
+Config layers, later wins: built-in defaults < files `include`d by a config file < --config
+files in order < TANDEM_* environment variables (TANDEM_RESTART_POLICY=always sets
+restart.policy) < flags. `tandem check` prints the merged config and where each value came from.
+
+Exit codes: the app's own; 128+N when signal N ended it; 64 bad command line or config;
+70 internal error; 75 restart start limit hit; 126 command cannot be executed; 127 command
+not found.
+
+Examples:
+  tandem -- ./server --port 3000
+  tandem --restart on-failure --stop-timeout 30s -- ./server
+  tandem --config /etc/tandem/app.toml check";
+
+/// A sidecar supervisor: runs your app as its child and shares its lifecycle.
+#[derive(Debug, Parser)]
+#[command(name = "tandem", version, after_help = AFTER_HELP, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Verbs other than the default (run).
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate the config and print the effective, merged result with the source of each value.
+    Check(Box<RunArgs>),
+    /// Print the status of a running tandem (from its admin port), as JSON.
+    Status(AdminArgs),
+    /// Exit 0 when a running tandem reports its app ready, 1 otherwise (for HEALTHCHECK in
+    /// images without curl).
+    Health(AdminArgs),
+}
+
+/// Where a running tandem's admin port is.
+#[derive(Debug, Clone, Args)]
+pub struct AdminArgs {
+    /// Admin address of the running tandem.
+    #[arg(long, value_name = "ADDR", env = "TANDEM_ADMIN_LISTEN", default_value = crate::config::DEFAULT_ADMIN)]
+    pub admin: String,
+}
+
+/// Options shared by running and checking.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RunArgs {
+    /// Config file (TOML); repeat to layer several, later wins.
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    pub config: Vec<PathBuf>,
+    /// Service name in events, logs and telemetry [service.name].
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// When to restart the app: never, on-failure, always [restart.policy].
+    #[arg(long, value_name = "POLICY")]
+    pub restart: Option<String>,
+    /// Signal that asks the app to stop, e.g. SIGTERM, SIGQUIT [app.stop_signal].
+    #[arg(long, value_name = "SIGNAL")]
+    pub stop_signal: Option<String>,
+    /// Time between the stop signal and SIGKILL, e.g. 10s [app.stop_timeout].
+    #[arg(long, value_name = "DURATION")]
+    pub stop_timeout: Option<String>,
+    /// Working directory of the app [app.workdir].
+    #[arg(long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// Run the app as this user (name or uid) [app.user].
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Run the app with this group (name or gid) [app.group].
+    #[arg(long, value_name = "GROUP")]
+    pub group: Option<String>,
+    /// Admin port address (/healthz /readyz /metrics /status); "" turns it off [admin.listen].
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<String>,
+    /// Set a variable in the app's environment; repeatable [app.env].
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Set any config key, e.g. --set restart.max_delay=1m; repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// The app's command and its arguments, after `--`.
+    #[arg(last = true, value_name = "CMD")]
+    pub cmd: Vec<String>,
+}
+
+// === impl RunArgs ===
+
+impl RunArgs {
+    /// The flags as config overrides, or a message naming the bad flag.
+    pub fn overrides(&self) -> Result<Overrides, String> {
+        let mut values = Vec::new();
+        let mut push = |key: &str, value: &Option<String>, flag: &str| {
+            if let Some(v) = value {
+                values.push((key.to_string(), v.clone(), flag.to_string()));
+            }
+        };
+        push("service.name", &self.name, "--name");
+        push("restart.policy", &self.restart, "--restart");
+        push("app.stop_signal", &self.stop_signal, "--stop-signal");
+        push("app.stop_timeout", &self.stop_timeout, "--stop-timeout");
+        push("app.workdir", &self.workdir, "--workdir");
+        push("app.user", &self.user, "--user");
+        push("app.group", &self.group, "--group");
+        push("admin.listen", &self.admin, "--admin");
+        for kv in &self.env {
+            let (k, v) =
+                split_kv(kv).ok_or_else(|| format!("flag --env {kv:?}: expected KEY=VALUE"))?;
+            values.push((format!("app.env.{k}"), v.to_string(), format!("--env {k}")));
+        }
+        for kv in &self.set {
+            let (k, v) =
+                split_kv(kv).ok_or_else(|| format!("flag --set {kv:?}: expected KEY=VALUE"))?;
+            values.push((k.to_string(), v.to_string(), format!("--set {k}")));
+        }
+        Ok(Overrides {
+            command: self.cmd.clone(),
+            values,
+            require_command: true,
+        })
+    }
+}
+
+fn split_kv(s: &str) -> Option<(&str, &str)> {
+    let (k, v) = s.split_once('=')?;
+    (!k.trim().is_empty()).then_some((k.trim(), v))
+}

@@ -1,0 +1,631 @@
+//! Loading and merging config layers, remembering where every value came from.
+//!
+//! Order, later wins: built-in defaults < `include`d files (depth first, before the file that
+//! includes them) < `--config` files in the order given < `TANDEM_*` variables < flags.
+//! Invariant: every layer is checked against the schema *on its own* before it is merged, so an
+//! error can always name its origin (file + line + key, variable, or flag); the merged result is
+//! then deserialized once more and cross-checked by [`Config::validate`].
+use std::{
+    collections::BTreeMap,
+    fmt,
+    path::{Path, PathBuf},
+};
+
+use thiserror::Error;
+use toml::{Table, Value};
+
+use super::Config;
+
+/// Where a config value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// tandem's built-in default.
+    Default,
+    /// A config file (service file or an `include`d platform file).
+    File(PathBuf),
+    /// A `TANDEM_*` environment variable.
+    Env(String),
+    /// A command-line flag.
+    Flag(String),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Default => f.write_str("default"),
+            Source::File(p) => write!(f, "file {}", p.display()),
+            Source::Env(v) => write!(f, "env {v}"),
+            Source::Flag(flag) => write!(f, "flag {flag}"),
+        }
+    }
+}
+
+/// A config that could not be loaded; the message names the place.
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {key}{message}")]
+    File {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        key: String,
+        message: String,
+    },
+    #[error("{path}: include cycle: {chain}")]
+    IncludeCycle { path: PathBuf, chain: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("flag {flag}: {message}")]
+    Flag { flag: String, message: String },
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+/// Values given on the command line, as dotted keys (`restart.policy`) with raw strings.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// The app's command (after `--`); empty means "use app.command".
+    pub command: Vec<String>,
+    /// `(key, raw value, flag as the user wrote it)`, in order.
+    pub values: Vec<(String, String, String)>,
+    /// Whether a missing command is an error (`tandem check` may run without one).
+    pub require_command: bool,
+}
+
+/// The merged, validated config and the origin of each value.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    merged: Table,
+    sources: BTreeMap<String, Source>,
+}
+
+/// Variables that start with `TANDEM_` but are not config keys.
+const RESERVED_ENV: &[&str] = &["TANDEM_LOG", "TANDEM_LOG_FORMAT"];
+
+/// Keys that have no default (so they are absent from the defaults table) but may be set.
+const OPTIONAL_KEYS: &[&str] = &["service.name", "app.workdir", "app.user", "app.group"];
+
+/// Load `files` (each with its includes), then apply `env` (`TANDEM_*` only) and `overrides`.
+pub fn load(
+    files: &[PathBuf],
+    env: impl IntoIterator<Item = (String, String)>,
+    overrides: &Overrides,
+) -> Result<Loaded, LoadError> {
+    let defaults = Table::try_from(Config::default()).expect("the default config serializes");
+    let mut sources = BTreeMap::new();
+    record_sources(&defaults, "", &Source::Default, &mut sources);
+    let mut merged = defaults.clone();
+
+    let mut layers = Vec::new();
+    for file in files {
+        load_file(file, &mut Vec::new(), &mut layers)?;
+    }
+    for (table, source) in layers {
+        merge(&mut merged, table, "", &source, &mut sources);
+    }
+
+    let known = known_keys(&defaults);
+    let mut env: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("TANDEM_"))
+        .collect();
+    env.sort();
+    for (var, raw) in env {
+        if RESERVED_ENV.contains(&var.as_str()) {
+            continue;
+        }
+        let Some(key) = known.get(&var) else {
+            return Err(LoadError::Env {
+                var,
+                message: "not a tandem config key (see `tandem check` for the keys)".into(),
+            });
+        };
+        let layer = single_value(&defaults, key, &raw).map_err(|message| LoadError::Env {
+            var: var.clone(),
+            message,
+        })?;
+        merge(&mut merged, layer, "", &Source::Env(var), &mut sources);
+    }
+
+    for (key, raw, flag) in &overrides.values {
+        if !known.values().any(|k| k == key) && !key.starts_with("app.env.") {
+            return Err(LoadError::Flag {
+                flag: flag.clone(),
+                message: format!("unknown config key {key:?}"),
+            });
+        }
+        let layer = single_value(&defaults, key, raw).map_err(|message| LoadError::Flag {
+            flag: flag.clone(),
+            message,
+        })?;
+        merge(
+            &mut merged,
+            layer,
+            "",
+            &Source::Flag(flag.clone()),
+            &mut sources,
+        );
+    }
+    if !overrides.command.is_empty() {
+        let layer = leaf_table(
+            "app.command",
+            Value::Array(
+                overrides
+                    .command
+                    .iter()
+                    .cloned()
+                    .map(Value::String)
+                    .collect(),
+            ),
+        );
+        merge(
+            &mut merged,
+            layer,
+            "",
+            &Source::Flag("-- CMD".into()),
+            &mut sources,
+        );
+    }
+
+    sources.retain(|k, _| k != "include");
+    let config: Config = merged
+        .clone()
+        .try_into()
+        .map_err(|e: toml::de::Error| LoadError::Invalid(e.message().to_string()))?;
+    if overrides.require_command || !config.app.command.is_empty() {
+        config.validate().map_err(LoadError::Invalid)?;
+    } else {
+        config.validate_settings().map_err(LoadError::Invalid)?;
+    }
+    // Render the typed config, not the raw layers: one canonical spelling per value.
+    let merged = Table::try_from(&config).expect("a loaded config serializes");
+    Ok(Loaded {
+        config,
+        merged,
+        sources,
+    })
+}
+
+impl Loaded {
+    /// Where the value at dotted `key` came from.
+    pub fn source(&self, key: &str) -> Option<&Source> {
+        self.sources.get(key)
+    }
+
+    /// The effective config as TOML, each value followed by a comment naming its source.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        render_table(&self.merged, "", &self.sources, &mut out);
+        out
+    }
+}
+
+fn load_file(
+    path: &Path,
+    stack: &mut Vec<PathBuf>,
+    layers: &mut Vec<(Table, Source)>,
+) -> Result<(), LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    if stack.contains(&canonical) {
+        let chain = stack
+            .iter()
+            .chain([&canonical])
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" -> ");
+        return Err(LoadError::IncludeCycle {
+            path: path.to_path_buf(),
+            chain,
+        });
+    }
+    // Check this file alone against the schema: toml's errors carry the span we turn into
+    // line, column and key.
+    if let Err(e) = toml::from_str::<Config>(&text) {
+        return Err(file_error(path, &text, &e));
+    }
+    let mut table: Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| file_error(path, &text, &e))?;
+    let includes = match table.remove("include") {
+        Some(Value::Array(items)) => items,
+        _ => Vec::new(),
+    };
+    stack.push(canonical);
+    let base = path.parent().unwrap_or(Path::new("."));
+    for inc in includes {
+        if let Value::String(inc) = inc {
+            let inc = PathBuf::from(inc);
+            let inc = if inc.is_absolute() {
+                inc
+            } else {
+                base.join(inc)
+            };
+            load_file(&inc, stack, layers)?;
+        }
+    }
+    stack.pop();
+    layers.push((table, Source::File(path.to_path_buf())));
+    Ok(())
+}
+
+/// Turn a toml error into file:line:column plus the dotted key it is about.
+fn file_error(path: &Path, text: &str, e: &toml::de::Error) -> LoadError {
+    let (line, column, key) = match e.span() {
+        Some(span) => {
+            let start = span.start.min(text.len());
+            let before = &text[..start];
+            let line = before.matches('\n').count() + 1;
+            let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+            let column = before[line_start..].chars().count() + 1;
+            (line, column, key_at(text, line))
+        }
+        None => (0, 0, String::new()),
+    };
+    let key = if key.is_empty() {
+        key
+    } else {
+        format!("key `{key}`: ")
+    };
+    LoadError::File {
+        path: path.to_path_buf(),
+        line,
+        column,
+        key,
+        message: e.message().to_string(),
+    }
+}
+
+/// The dotted key defined on 1-based `line`: the nearest `[table]` header above it, plus the
+/// key left of `=` on that line (or the header itself when the line is one).
+fn key_at(text: &str, line: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let Some(current) = lines.get(line.saturating_sub(1)) else {
+        return String::new();
+    };
+    let header = |l: &str| {
+        let t = l.trim();
+        (t.starts_with('[') && t.ends_with(']'))
+            .then(|| t.trim_matches(|c| c == '[' || c == ']').trim().to_string())
+    };
+    if let Some(h) = header(current) {
+        return h;
+    }
+    let key = current
+        .split('=')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .trim_matches('"')
+        .to_string();
+    let section = lines[..line.saturating_sub(1)]
+        .iter()
+        .rev()
+        .find_map(|l| header(l));
+    match section {
+        Some(s) if !key.is_empty() => format!("{s}.{key}"),
+        _ => key,
+    }
+}
+
+/// Map `TANDEM_RESTART_POLICY` style names to dotted keys, for every key the schema has.
+fn known_keys(defaults: &Table) -> BTreeMap<String, String> {
+    let mut keys = Vec::new();
+    leaf_keys(defaults, "", &mut keys);
+    keys.extend(OPTIONAL_KEYS.iter().map(|k| k.to_string()));
+    keys.into_iter()
+        .filter(|k| k != "include")
+        .map(|k| {
+            (
+                format!("TANDEM_{}", k.to_ascii_uppercase().replace('.', "_")),
+                k,
+            )
+        })
+        .collect()
+}
+
+fn leaf_keys(table: &Table, prefix: &str, out: &mut Vec<String>) {
+    for (k, v) in table {
+        let path = join(prefix, k);
+        match v {
+            // A table whose keys are free-form (app.env) is set as a whole from files only.
+            Value::Table(t) if !t.is_empty() => leaf_keys(t, &path, out),
+            Value::Table(_) => {}
+            _ => out.push(path),
+        }
+    }
+}
+
+/// Build a one-value layer from a raw string, typed by the default at that key, and check it
+/// against the schema on its own.
+fn single_value(defaults: &Table, key: &str, raw: &str) -> Result<Table, String> {
+    let value = match lookup(defaults, key) {
+        None | Some(Value::String(_)) => Value::String(raw.to_string()),
+        Some(Value::Array(_)) if !raw.trim_start().starts_with('[') => Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| Value::String(s.to_string()))
+                .collect(),
+        ),
+        Some(_) => match format!("v = {raw}").parse::<Table>() {
+            Ok(mut t) => t
+                .remove("v")
+                .unwrap_or_else(|| Value::String(raw.to_string())),
+            Err(_) => Value::String(raw.to_string()),
+        },
+    };
+    let layer = leaf_table(key, value);
+    layer
+        .clone()
+        .try_into::<Config>()
+        .map_err(|e: toml::de::Error| format!("key `{key}`: {}", e.message().trim()))?;
+    Ok(layer)
+}
+
+fn lookup<'a>(table: &'a Table, key: &str) -> Option<&'a Value> {
+    let mut parts = key.split('.');
+    let mut value = table.get(parts.next()?)?;
+    for part in parts {
+        value = value.as_table()?.get(part)?;
+    }
+    Some(value)
+}
+
+fn leaf_table(key: &str, value: Value) -> Table {
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts.pop().unwrap_or(key);
+    let mut table = Table::new();
+    table.insert(last.to_string(), value);
+    for part in parts.into_iter().rev() {
+        let mut outer = Table::new();
+        outer.insert(part.to_string(), Value::Table(table));
+        table = outer;
+    }
+    table
+}
+
+fn join(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_string()
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
+
+fn merge(
+    base: &mut Table,
+    over: Table,
+    prefix: &str,
+    source: &Source,
+    sources: &mut BTreeMap<String, Source>,
+) {
+    for (k, v) in over {
+        let path = join(prefix, &k);
+        match (base.get_mut(&k), v) {
+            (Some(Value::Table(b)), Value::Table(o)) => merge(b, o, &path, source, sources),
+            (_, v) => {
+                sources.retain(|key, _| !(key == &path || key.starts_with(&format!("{path}."))));
+                match &v {
+                    Value::Table(t) => record_sources(t, &path, source, sources),
+                    _ => {
+                        sources.insert(path, source.clone());
+                    }
+                }
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+fn record_sources(
+    table: &Table,
+    prefix: &str,
+    source: &Source,
+    sources: &mut BTreeMap<String, Source>,
+) {
+    for (k, v) in table {
+        let path = join(prefix, k);
+        match v {
+            Value::Table(t) => record_sources(t, &path, source, sources),
+            _ => {
+                sources.insert(path, source.clone());
+            }
+        }
+    }
+}
+
+fn render_table(table: &Table, prefix: &str, sources: &BTreeMap<String, Source>, out: &mut String) {
+    use std::fmt::Write;
+    let (tables, leaves): (Vec<_>, Vec<_>) = table.iter().partition(|(_, v)| v.is_table());
+    if !prefix.is_empty() && !leaves.is_empty() {
+        let _ = writeln!(out, "\n[{prefix}]");
+    }
+    for (k, v) in leaves {
+        let path = join(prefix, k);
+        let source = sources
+            .get(&path)
+            .map_or_else(|| "default".to_string(), |s| s.to_string());
+        let key = if k
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            k.clone()
+        } else {
+            format!("{k:?}")
+        };
+        let _ = writeln!(out, "{key} = {v}  # {source}");
+    }
+    for (k, v) in tables {
+        if let Value::Table(t) = v {
+            render_table(t, &join(prefix, k), sources, out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    fn cmd() -> Overrides {
+        Overrides {
+            command: vec!["true".into()],
+            values: vec![],
+            require_command: true,
+        }
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let f = file("[app]\nstop_timeout = \"5s\"\nstop_tmeout = \"5s\"\n");
+        let err = load(&[f.path().into()], [], &cmd())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&f.path().display().to_string()), "{err}");
+        assert!(err.contains(":3:"), "{err}");
+        assert!(err.contains("app.stop_tmeout"), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_and_wrong_type() {
+        let f = file("[restart]\nmax_delay = \"5 parsecs\"\n");
+        let err = load(&[f.path().into()], [], &cmd())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(":2:") && err.contains("restart.max_delay"),
+            "{err}"
+        );
+        let f = file("[restart]\nstart_limit_burst = \"many\"\n");
+        let err = load(&[f.path().into()], [], &cmd())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(":2:") && err.contains("restart.start_limit_burst"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn layers_in_order_with_sources() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("platform.toml"),
+            "[app]\nstop_timeout = \"20s\"\n[restart]\npolicy = \"always\"\n",
+        )
+        .unwrap();
+        let svc = dir.path().join("svc.toml");
+        std::fs::write(
+            &svc,
+            "include = [\"platform.toml\"]\n[restart]\npolicy = \"on-failure\"\n",
+        )
+        .unwrap();
+        let env = [
+            ("TANDEM_RESTART_MAX_DELAY".to_string(), "9s".to_string()),
+            ("PATH".into(), "/bin".into()),
+        ];
+        let mut ov = cmd();
+        ov.values.push((
+            "app.stop_signal".into(),
+            "quit".into(),
+            "--stop-signal".into(),
+        ));
+        let loaded = load(std::slice::from_ref(&svc), env, &ov).unwrap();
+        let c = &loaded.config;
+        assert_eq!(c.app.stop_timeout, std::time::Duration::from_secs(20));
+        assert_eq!(c.restart.policy, super::super::RestartPolicy::OnFailure);
+        assert_eq!(c.restart.max_delay, std::time::Duration::from_secs(9));
+        assert_eq!(c.app.stop_signal.0, nix::sys::signal::Signal::SIGQUIT);
+        assert_eq!(
+            loaded.source("app.stop_timeout"),
+            Some(&Source::File(dir.path().join("platform.toml")))
+        );
+        assert_eq!(loaded.source("restart.policy"), Some(&Source::File(svc)));
+        assert_eq!(
+            loaded.source("restart.max_delay"),
+            Some(&Source::Env("TANDEM_RESTART_MAX_DELAY".into()))
+        );
+        assert_eq!(loaded.source("restart.jitter"), Some(&Source::Default));
+        let text = loaded.render();
+        assert!(
+            text.contains("stop_signal = \"SIGQUIT\"  # flag --stop-signal"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn env_errors_name_the_variable() {
+        let err = load(
+            &[],
+            [("TANDEM_RESTART_POLICY".to_string(), "sometimes".to_string())],
+            &cmd(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("TANDEM_RESTART_POLICY") && err.contains("sometimes"),
+            "{err}"
+        );
+        let err = load(&[], [("TANDEM_NOPE".to_string(), "1".to_string())], &cmd())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("TANDEM_NOPE"), "{err}");
+        let ok = load(
+            &[],
+            [(
+                "TANDEM_APP_FORWARD_SIGNALS".to_string(),
+                "HUP, USR1".to_string(),
+            )],
+            &cmd(),
+        )
+        .unwrap();
+        assert_eq!(ok.config.app.forward_signals.len(), 2);
+    }
+
+    #[test]
+    fn include_cycle_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.toml"), "include = [\"b.toml\"]\n").unwrap();
+        std::fs::write(dir.path().join("b.toml"), "include = [\"a.toml\"]\n").unwrap();
+        let err = load(&[dir.path().join("a.toml")], [], &cmd())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("include cycle"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let err = load(
+            &[],
+            [],
+            &Overrides {
+                require_command: true,
+                ..Overrides::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("no command"), "{err}");
+        let f = file("[app]\nforward_signals = [\"KILL\"]\n");
+        let err = load(&[f.path().into()], [], &cmd())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("app.forward_signals"), "{err}");
+    }
+}

@@ -1,0 +1,123 @@
+//! Config errors name file, line and key; `tandem check` shows where each value came from.
+use std::process::Command;
+
+use crate::support::{bin, run};
+
+fn config_file(text: &str) -> tempfile::NamedTempFile {
+    let f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    std::fs::write(f.path(), text).unwrap();
+    f
+}
+
+fn expect_error(text: &str, line: usize, key: &str) {
+    let f = config_file(text);
+    let path = f.path().to_str().unwrap();
+    let (code, _, err) = run(&["--config", path, "--", "true"]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains(path), "no file name in: {err}");
+    assert!(
+        err.contains(&format!(":{line}:")),
+        "no line {line} in: {err}"
+    );
+    assert!(err.contains(key), "no key {key} in: {err}");
+}
+
+#[test]
+fn unknown_key() {
+    expect_error(
+        "[app]\nstop_timeout = \"5s\"\nstop_timout = \"5s\"\n",
+        3,
+        "app.stop_timout",
+    );
+}
+
+#[test]
+fn wrong_type() {
+    expect_error(
+        "[restart]\npolicy = \"always\"\nstart_limit_burst = \"lots\"\n",
+        3,
+        "restart.start_limit_burst",
+    );
+}
+
+#[test]
+fn bad_duration() {
+    expect_error(
+        "[app]\n\nstop_timeout = \"ten seconds\"\n",
+        3,
+        "app.stop_timeout",
+    );
+}
+
+#[test]
+fn bad_value() {
+    expect_error("[restart]\npolicy = \"sometimes\"\n", 2, "restart.policy");
+}
+
+#[test]
+fn missing_command_is_a_usage_error() {
+    let (code, _, err) = run(&[]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("no command"), "{err}");
+}
+
+#[test]
+fn check_prints_merged_config_with_sources() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("platform.toml"),
+        "[app]\nstop_timeout = \"20s\"\n[restart]\nmax_delay = \"2m\"\n",
+    )
+    .unwrap();
+    let svc = dir.path().join("service.toml");
+    std::fs::write(&svc, "include = [\"platform.toml\"]\n[service]\nname = \"billing\"\n[app]\ncommand = [\"./billing\"]\n").unwrap();
+    let out = Command::new(bin())
+        .args([
+            "check",
+            "--config",
+            svc.to_str().unwrap(),
+            "--stop-timeout",
+            "3s",
+        ])
+        .env("TANDEM_RESTART_POLICY", "always")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("stop_timeout = \"3s\"  # flag --stop-timeout"),
+        "{text}"
+    );
+    assert!(
+        text.contains("policy = \"always\"  # env TANDEM_RESTART_POLICY"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "max_delay = \"2m\"  # file {}",
+            dir.path().join("platform.toml").display()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("name = \"billing\"  # file {}", svc.display())),
+        "{text}"
+    );
+    assert!(text.contains("jitter = 0.2  # default"), "{text}");
+}
+
+#[test]
+fn bad_environment_variable_is_named() {
+    let out = Command::new(bin())
+        .args(["--", "true"])
+        .env("TANDEM_APP_STOP_TIMEOUT", "soon")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(err.contains("TANDEM_APP_STOP_TIMEOUT"), "{err}");
+}

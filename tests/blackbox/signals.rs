@@ -1,0 +1,106 @@
+//! Signals: forwarded ones reach the app; stop signals run the stop sequence in order.
+use std::path::Path;
+
+use nix::sys::signal::Signal;
+
+use crate::support::{eventually, wait_file, Tandem};
+
+/// A shell app that records the signals it traps into `dir/log` and says when it is ready.
+fn recorder(dir: &Path, traps: &str) -> String {
+    format!(
+        "cd {dir}; {traps}; touch ready; while :; do sleep 0.1 & wait $!; done",
+        dir = dir.display()
+    )
+}
+
+#[test]
+fn forwarded_signal_reaches_the_app_and_term_stops_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = recorder(
+        dir.path(),
+        "trap 'echo usr1 >> log' USR1; trap 'echo term >> log; exit 0' TERM",
+    );
+    let mut t = Tandem::spawn(&["--", "sh", "-c", &script]);
+    wait_file(&dir.path().join("ready"));
+    t.signal(Signal::SIGUSR1);
+    let log = dir.path().join("log");
+    eventually("app recorded USR1", || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("usr1")
+    });
+    t.wait_event("signal_forwarded");
+    t.signal(Signal::SIGTERM);
+    assert_eq!(t.wait_code(), 0);
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "usr1\nterm\n");
+    let names = t.event_names();
+    let pos = |n: &str| {
+        names
+            .iter()
+            .position(|e| e == n)
+            .unwrap_or_else(|| panic!("no {n} in {names:?}"))
+    };
+    assert!(
+        pos("stopping") < pos("stop_signal_sent") && pos("stop_signal_sent") < pos("exited"),
+        "{names:?}"
+    );
+}
+
+#[test]
+fn custom_stop_signal_is_honoured() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = recorder(
+        dir.path(),
+        "trap 'echo term >> log; exit 1' TERM; trap 'echo quit >> log; exit 3' QUIT",
+    );
+    let mut t = Tandem::spawn(&["--stop-signal", "SIGQUIT", "--", "sh", "-c", &script]);
+    wait_file(&dir.path().join("ready"));
+    t.signal(Signal::SIGTERM);
+    assert_eq!(t.wait_code(), 3);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("log")).unwrap(),
+        "quit\n"
+    );
+    assert_eq!(t.wait_event("stop_signal_sent")["signal"], "SIGQUIT");
+}
+
+#[test]
+fn app_ignoring_term_is_killed_after_stop_timeout_not_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = recorder(dir.path(), "trap '' TERM");
+    let mut t = Tandem::spawn(&["--stop-timeout", "1500ms", "--", "sh", "-c", &script]);
+    wait_file(&dir.path().join("ready"));
+    t.signal(Signal::SIGTERM);
+    assert_eq!(t.wait_code(), 137);
+    let names = t.event_names();
+    let pos = |n: &str| {
+        names
+            .iter()
+            .position(|e| e == n)
+            .unwrap_or_else(|| panic!("no {n} in {names:?}"))
+    };
+    assert!(
+        pos("stop_signal_sent") < pos("killed") && pos("killed") < pos("exited"),
+        "{names:?}"
+    );
+    let killed = t.wait_event("killed");
+    assert_eq!(killed["reason"], "stop_timeout");
+    assert!(
+        killed["elapsed_ms"].as_u64().unwrap() >= 1500,
+        "killed before stop_timeout: {killed}"
+    );
+}
+
+#[test]
+fn second_stop_signal_kills_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = recorder(dir.path(), "trap '' TERM INT");
+    // A stop_timeout far beyond the test's patience: only the second signal can end this.
+    let mut t = Tandem::spawn(&["--stop-timeout", "10m", "--", "sh", "-c", &script]);
+    wait_file(&dir.path().join("ready"));
+    t.signal(Signal::SIGTERM);
+    t.wait_event("stop_signal_sent");
+    t.signal(Signal::SIGINT);
+    assert_eq!(t.wait_code(), 137);
+    assert_eq!(t.wait_event("killed")["reason"], "second_stop_signal");
+}

@@ -1,0 +1,247 @@
+//! Shared helpers: run the real `tandem` binary, read its JSON events, wait with deadlines.
+//!
+//! Every wait is bounded; every process a test starts is stopped by PID when the test ends.
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Condvar, Mutex},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// Path of the binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tandem")
+}
+
+/// Generous bound for anything that should happen "soon" on a loaded 2-core machine.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A running tandem whose stderr events are collected as they arrive.
+pub struct Tandem {
+    pub child: Child,
+    events: Arc<(Mutex<Vec<Value>>, Condvar)>,
+    pub stderr_lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Tandem {
+    /// Start `tandem ARGS...` with JSON events on stderr.
+    pub fn spawn(args: &[&str]) -> Tandem {
+        Self::spawn_cmd(Command::new(bin()).args(args))
+    }
+
+    /// Start a prepared command (its program must be tandem, or wrap it).
+    pub fn spawn_cmd(cmd: &mut Command) -> Tandem {
+        let mut child = cmd
+            .env("TANDEM_LOG_FORMAT", "json")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tandem");
+        let events: Arc<(Mutex<Vec<Value>>, Condvar)> = Arc::default();
+        let stderr_lines: Arc<Mutex<Vec<String>>> = Arc::default();
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (ev, lines) = (events.clone(), stderr_lines.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if v.get("event").is_some() {
+                        ev.0.lock().unwrap().push(v);
+                        ev.1.notify_all();
+                    }
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        Tandem {
+            child,
+            events,
+            stderr_lines,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// All events so far.
+    pub fn events(&self) -> Vec<Value> {
+        self.events.0.lock().unwrap().clone()
+    }
+
+    /// Names of all events so far, in order.
+    pub fn event_names(&self) -> Vec<String> {
+        self.events()
+            .iter()
+            .map(|e| e["event"].as_str().unwrap_or("").to_string())
+            .collect()
+    }
+
+    /// Wait for the `n`-th (0-based) event called `name`.
+    pub fn wait_event_nth(&self, name: &str, n: usize) -> Value {
+        let deadline = Instant::now() + PATIENCE;
+        let (lock, cv) = &*self.events;
+        let mut evs = lock.lock().unwrap();
+        loop {
+            if let Some(e) = evs.iter().filter(|e| e["event"] == name).nth(n) {
+                return e.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no event {name:?} #{n} within {PATIENCE:?}; got {:?}",
+                evs.iter().map(|e| e["event"].clone()).collect::<Vec<_>>()
+            );
+            evs = cv.wait_timeout(evs, left).unwrap().0;
+        }
+    }
+
+    pub fn wait_event(&self, name: &str) -> Value {
+        self.wait_event_nth(name, 0)
+    }
+
+    /// The app's pid from the first `started` event.
+    pub fn app_pid(&self) -> i32 {
+        self.wait_event("started")["pid"]
+            .as_i64()
+            .expect("pid in started event") as i32
+    }
+
+    /// Send a signal to tandem.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).expect("signal tandem");
+    }
+
+    /// Wait for tandem to exit; SIGKILL it (by pid) and fail if it does not in time.
+    pub fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(st) = self.child.try_wait().expect("try_wait") {
+                // Let the stderr thread drain the last events.
+                std::thread::sleep(Duration::from_millis(50));
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "tandem did not exit within {PATIENCE:?}; events: {:?}",
+                    self.event_names()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Exit code (panics if tandem itself was killed by a signal).
+    pub fn wait_code(&mut self) -> i32 {
+        let st = self.wait();
+        st.code()
+            .unwrap_or_else(|| panic!("tandem ended by a signal: {st:?}"))
+    }
+}
+
+impl Drop for Tandem {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Run tandem to completion and return (exit code, stdout, stderr).
+pub fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .env("TANDEM_LOG_FORMAT", "json")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run tandem");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Poll `cond` every 10 ms until it holds or PATIENCE runs out.
+pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !cond() {
+        assert!(Instant::now() < deadline, "not within {PATIENCE:?}: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Wait until a file exists (the app's way of saying "I got here").
+pub fn wait_file(path: &Path) {
+    eventually(&format!("{} exists", path.display()), || path.exists());
+}
+
+/// State letter of a process (R, S, Z, ...), or None when it is gone.
+pub fn proc_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The state follows the parenthesised command name, which may contain spaces.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
+}
+
+/// Children of `pid` (all its threads), from /proc.
+pub fn children(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
+                out.extend(s.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+            }
+        }
+    }
+    out
+}
+
+/// Pids whose process group is `pgid`.
+pub fn group_members(pgid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            if let Some((_, rest)) = stat.rsplit_once(')') {
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                // fields after ')': state ppid pgrp ...
+                if f.get(2).and_then(|g| g.parse::<i32>().ok()) == Some(pgid)
+                    && f.first() != Some(&"Z")
+                {
+                    out.push(pid);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Whether an external tool the test needs is on PATH. Missing: the test is skipped with a
+/// message, unless TANDEM_REQUIRE_TOOLS is set (scripts/test sets it, so CI cannot skip).
+pub fn require_tool(tool: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()));
+    if !found {
+        assert!(
+            std::env::var_os("TANDEM_REQUIRE_TOOLS").is_none(),
+            "{tool} is required (TANDEM_REQUIRE_TOOLS is set) but not on PATH"
+        );
+        eprintln!("SKIP: {tool} not on PATH");
+    }
+    found
+}
