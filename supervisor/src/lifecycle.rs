@@ -28,6 +28,7 @@ use crate::{
     child::{self, AppSpec, ExitStatus, Guard, Reaper, StdioMode},
     config::{Config, RestartPolicy},
     exit,
+    logs::{AppInstance, LogContext, LogsError, Pipeline, Stream},
     metrics::{ExitLabels, SupervisorMetrics},
     restart::{Backoff, StartLimit},
     signals::{SignalEvent, Signals},
@@ -102,6 +103,8 @@ pub async fn run(cfg: Config, opts: Options) -> i32 {
         Err(code) => return code,
     };
     let code = sup.run().await;
+    // Every way out passes here: what the app wrote is read to EOF and flushed (bounded).
+    sup.finish_logs().await;
     sup.finish(code)
 }
 
@@ -119,6 +122,8 @@ struct Supervisor {
     limit: StartLimit,
     rng: StdRng,
     restarts: u32,
+    /// The log pipeline; None until started (and after it was finished at exit).
+    logs: Option<Pipeline>,
 }
 
 // === impl Supervisor ===
@@ -170,6 +175,7 @@ impl Supervisor {
             opts,
             rng: StdRng::from_entropy(),
             restarts: 0,
+            logs: None,
         })
     }
 
@@ -182,7 +188,10 @@ impl Supervisor {
             return code;
         }
         // [proxy issue] Bind the proxy's listeners here too.
-        // [logs issue] Start the log pipeline here, before the first line can be written.
+        // The log pipeline starts before the app, so its first line already has a reader.
+        if let Err(code) = self.start_logs() {
+            return code;
+        }
         loop {
             if !self.limit.try_start(Instant::now()) {
                 tracing::error!(
@@ -279,8 +288,13 @@ impl Supervisor {
     }
 
     fn start_app(&mut self) -> Result<App, i32> {
-        // [logs issue] StdioMode::Pipe once the pipeline reads the app's output.
-        let spawned = match child::spawn(&self.spec, StdioMode::Inherit) {
+        // The app's stdout/stderr are pipes that the log pipeline reads.
+        let stdio = if self.logs.is_some() {
+            StdioMode::Pipe
+        } else {
+            StdioMode::Inherit
+        };
+        let mut spawned = match child::spawn(&self.spec, stdio) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(event = "spawn_failed", error = %e, exit_code = e.exit_code(), "cannot start the app");
@@ -288,6 +302,7 @@ impl Supervisor {
             }
         };
         let exit = self.reaper.watch(spawned.pid);
+        self.attach_logs(&mut spawned);
         if let Some(guard) = &mut self.guard {
             guard.track(Some(spawned.pid));
         }
@@ -348,7 +363,8 @@ impl Supervisor {
             }
         };
         self.app_exited(&app, &status);
-        // [logs issue] Read the app's pipes to EOF and flush the sinks here (bounded).
+        // The app's pipes are read to EOF and the sinks flushed in `finish_logs`, on every
+        // way out (not only this one).
         status
     }
 
@@ -366,6 +382,12 @@ impl Supervisor {
     }
 
     fn forward(&self, pid: Pid, sig: Signal) {
+        if sig == Signal::SIGHUP {
+            // logrotate's postrotate HUP: tandem's own log files are reopened too.
+            if let Some(logs) = &self.logs {
+                logs.reopen();
+            }
+        }
         tracing::info!(event = "signal_forwarded", signal = %sig, pid = pid.as_raw(), "forwarding signal to the app");
         if let Err(e) = child::stop::signal_process(pid, sig) {
             tracing::warn!(event = "signal_failed", signal = %sig, error = %e, "cannot forward signal");
@@ -444,6 +466,63 @@ impl Supervisor {
             s.app_pid = pid.map(Pid::as_raw);
             s.restarts = restarts;
         });
+    }
+
+    /// Start the log pipeline (and tail mode, if configured).
+    fn start_logs(&mut self) -> Result<(), i32> {
+        let ctx = LogContext::from_process(self.cfg.service_name());
+        let started = Pipeline::start(&self.cfg.logs, ctx).and_then(|p| p.tail().map(|()| p));
+        match started {
+            Ok(p) => {
+                self.logs = Some(p);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(event = "logs_failed", error = %e, "cannot start the log pipeline");
+                Err(match e {
+                    LogsError::Config(_) => exit::CONFIG,
+                    _ => exit::INTERNAL,
+                })
+            }
+        }
+    }
+
+    /// Hand the app's pipes to the log pipeline.
+    fn attach_logs(&mut self, spawned: &mut child::Spawned) {
+        let Some(logs) = &self.logs else { return };
+        let instance = AppInstance {
+            pid: spawned.pid.as_raw() as u32,
+            restart_count: self.restarts,
+        };
+        for (stream, fd) in [
+            (Stream::Stdout, spawned.stdout.take()),
+            (Stream::Stderr, spawned.stderr.take()),
+        ] {
+            if let Some(fd) = fd {
+                if let Err(e) = logs.attach(stream, fd, instance) {
+                    tracing::error!(event = "logs_failed", error = %e, "cannot read the app's output; it is lost");
+                }
+            }
+        }
+    }
+
+    /// Read the app's pipes to EOF (a grandchild may hold them open: bounded by
+    /// `logs.exit_timeout`), then flush every sink (bounded again).
+    async fn finish_logs(&mut self) {
+        let Some(logs) = self.logs.take() else { return };
+        let timeout = self.cfg.logs.exit_timeout;
+        let eof = logs.finish_readers(Instant::now() + timeout).await;
+        let counters = logs.counters();
+        let flushed = logs.shutdown(timeout).await;
+        let c = counters.snapshot();
+        tracing::info!(
+            event = "logs_flushed",
+            eof,
+            flushed,
+            lines_in = c.lines_in,
+            dropped = c.sinks.iter().map(|s| s.dropped).sum::<u64>(),
+            "log pipeline finished"
+        );
     }
 
     /// Last step on every path out: publish Stopped and say goodbye.

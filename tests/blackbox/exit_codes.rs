@@ -87,9 +87,12 @@ fn app_runs_as_another_user() {
     ]);
     assert_eq!(code, 0, "{out}{err}");
     let expect = format!("{} {} nobody", nobody.uid, nobody.gid);
+    // The app's stderr reaches tandem's stdout as a log record (the log pipeline).
     assert!(
-        err.lines().any(|l| l == expect),
-        "expected {expect:?} in {err}"
+        out.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .any(|r| r["msg"] == expect.as_str() && r["stream"] == "stderr"),
+        "expected a record {expect:?} in {out}"
     );
     let (code, _, err) = run(&["--user", "no-such-user-here", "--", "true"]);
     assert_eq!(code, 64, "{err}");

@@ -29,6 +29,8 @@ pub struct Config {
     pub restart: RestartConfig,
     /// tandem's admin port: health, readiness, metrics, status.
     pub admin: AdminConfig,
+    /// The log pipeline: capture, parsing, sinks (see `crate::logs` and docs/logs.md).
+    pub logs: crate::logs::LogsConfig,
 }
 
 /// The admin port.
@@ -205,6 +207,7 @@ impl Config {
                 _ => {}
             }
         }
+        self.logs.validate()?;
         let r = &self.restart;
         if !(r.multiplier >= 1.0 && r.multiplier.is_finite()) {
             return Err(format!(

@@ -26,6 +26,10 @@ pub struct LogsConfig {
     pub read_buffer: ByteSize,
     /// Records per batch handed to the sinks (a batch is the unit of a sink queue).
     pub batch_records: usize,
+    /// At exit: how long to wait for the app's pipes to reach EOF (a grandchild may hold them
+    /// open), and then again for the sinks to flush.
+    #[serde(with = "humantime_serde")]
+    pub exit_timeout: Duration,
     /// Handling of the app's stdout.
     pub stdout: StreamConfig,
     /// Handling of the app's stderr.
@@ -35,6 +39,7 @@ pub struct LogsConfig {
     /// The sinks records fan out to.
     pub sinks: SinksConfig,
     /// Tail mode: follow files instead of (or beside) the app's pipes.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tail: Option<TailConfig>,
 }
 
@@ -71,9 +76,10 @@ pub struct MultilineConfig {
     /// `none` (default), `java`, `python`, `go`, `traces` (all three), or `custom`.
     pub preset: MultilinePreset,
     /// custom: a line matching this begins a new record; other lines join the current one.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub start: Option<String>,
     /// custom: a line matching this joins the current record; other lines begin a new one.
-    #[serde(rename = "continue")]
+    #[serde(rename = "continue", skip_serializing_if = "Option::is_none")]
     pub continue_: Option<String>,
     /// At most this many lines are merged into one record.
     pub max_lines: usize,
@@ -109,6 +115,7 @@ pub struct SinksConfig {
     /// Records as lines on tandem's stdout.
     pub stdout: StdoutSinkConfig,
     /// Records as JSON lines in a rotating file.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<FileSinkConfig>,
 }
 
@@ -122,9 +129,9 @@ pub enum Backpressure {
     Drop,
 }
 
-/// Queue and backpressure settings every sink has.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
+/// Queue and backpressure settings every sink has (flattened into each sink's table by hand:
+/// serde's `flatten` would defeat `deny_unknown_fields`).
+#[derive(Debug, Clone, PartialEq)]
 pub struct QueueConfig {
     /// `block` or `drop`.
     pub backpressure: Backpressure,
@@ -140,9 +147,10 @@ pub struct StdoutSinkConfig {
     pub enabled: bool,
     /// `auto` (pretty on a TTY, else JSON), `json` or `pretty`.
     pub format: StdoutFormat,
-    /// Queue and backpressure.
-    #[serde(flatten)]
-    pub queue: QueueConfig,
+    /// `block` (no loss, the app waits) or `drop` (the app never waits; losses counted).
+    pub backpressure: Backpressure,
+    /// Records the sink's queue holds (rounded up to whole batches).
+    pub queue_records: usize,
 }
 
 /// The stdout sink's rendering.
@@ -166,13 +174,14 @@ pub struct FileSinkConfig {
     /// Rotate when the active file would grow past this size (0: never by size).
     pub max_size: ByteSize,
     /// Rotate when the active file is this old (absent: never by time).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
     pub rotate_every: Option<Duration>,
     /// Rotated files kept; older ones are deleted.
     pub keep: usize,
-    /// Queue and backpressure.
-    #[serde(flatten)]
-    pub queue: QueueConfig,
+    /// `block` (no loss, the app waits) or `drop` (the app never waits; losses counted).
+    pub backpressure: Backpressure,
+    /// Records the sink's queue holds (rounded up to whole batches).
+    pub queue_records: usize,
 }
 
 /// Tail mode: follow files in Nomad's naming (`alloc/logs/<task>.stdout.<N>`).
@@ -183,6 +192,7 @@ pub struct TailConfig {
     /// sequence, read in rising N. A name with `stderr` in it is the stderr stream.
     pub paths: Vec<String>,
     /// Where positions are saved so a restarted tandem neither repeats nor skips lines.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<PathBuf>,
     /// How often files are checked for new data, new files and truncation.
     #[serde(with = "humantime_serde")]
@@ -209,6 +219,7 @@ impl Default for LogsConfig {
             max_line_bytes: ByteSize::kib(64),
             read_buffer: ByteSize::kib(64),
             batch_records: 256,
+            exit_timeout: Duration::from_secs(5),
             stdout: StreamConfig::default(),
             stderr: StreamConfig {
                 level: Level::Warn,
@@ -229,6 +240,9 @@ impl LogsConfig {
         }
         if self.read_buffer.as_u64() < 1024 || self.read_buffer.as_u64() > 16 * 1024 * 1024 {
             return Err("logs.read_buffer: must be between 1KiB and 16MiB".into());
+        }
+        if self.exit_timeout.is_zero() {
+            return Err("logs.exit_timeout: must be above 0".into());
         }
         if self.batch_records == 0 || self.batch_records > 65_536 {
             return Err("logs.batch_records: must be between 1 and 65536".into());
@@ -302,15 +316,35 @@ impl Default for MultilineConfig {
 
 impl SinksConfig {
     /// The queue settings of each enabled sink, with its config key.
-    fn queues(&self) -> Vec<(&'static str, &QueueConfig)> {
+    fn queues(&self) -> Vec<(&'static str, QueueConfig)> {
         let mut v = Vec::new();
         if self.stdout.enabled {
-            v.push(("stdout", &self.stdout.queue));
+            v.push(("stdout", self.stdout.queue()));
         }
         if let Some(f) = &self.file {
-            v.push(("file", &f.queue));
+            v.push(("file", f.queue()));
         }
         v
+    }
+}
+
+impl StdoutSinkConfig {
+    /// Queue and backpressure of this sink.
+    pub fn queue(&self) -> QueueConfig {
+        QueueConfig {
+            backpressure: self.backpressure,
+            queue_records: self.queue_records,
+        }
+    }
+}
+
+impl FileSinkConfig {
+    /// Queue and backpressure of this sink.
+    pub fn queue(&self) -> QueueConfig {
+        QueueConfig {
+            backpressure: self.backpressure,
+            queue_records: self.queue_records,
+        }
     }
 }
 
@@ -328,7 +362,8 @@ impl Default for StdoutSinkConfig {
         Self {
             enabled: true,
             format: StdoutFormat::Auto,
-            queue: QueueConfig::default(),
+            backpressure: Backpressure::Block,
+            queue_records: 8192,
         }
     }
 }
@@ -340,7 +375,8 @@ impl Default for FileSinkConfig {
             max_size: ByteSize::mib(100),
             rotate_every: None,
             keep: 5,
-            queue: QueueConfig::default(),
+            backpressure: Backpressure::Block,
+            queue_records: 8192,
         }
     }
 }
@@ -388,12 +424,18 @@ mod tests {
         assert_eq!(c.max_line_bytes.as_u64(), 16 * 1024);
         assert_eq!(c.stderr.multiline.timeout, Duration::from_millis(250));
         let f = c.sinks.file.as_ref().expect("file sink present");
-        assert_eq!(f.queue.backpressure, Backpressure::Drop);
+        assert_eq!(f.backpressure, Backpressure::Drop);
         assert_eq!(f.rotate_every, Some(Duration::from_secs(3600)));
         assert!(c.validate().is_ok());
 
         let err = toml::from_str::<LogsConfig>("max_line_byte = 3").expect_err("unknown key");
         assert!(err.to_string().contains("max_line_byte"), "{err}");
+        let err = toml::from_str::<LogsConfig>("[sinks.file]\npath = \"x\"\nbackpresure = \"drop\"")
+            .expect_err("unknown key in a sink");
+        assert!(err.to_string().contains("backpresure"), "{err}");
+        // The defaults survive a round trip through TOML (the core renders them).
+        let text = toml::to_string(&LogsConfig::default()).expect("serialises");
+        assert_eq!(toml::from_str::<LogsConfig>(&text).expect("parses"), LogsConfig::default());
     }
 
     #[test]

@@ -80,7 +80,7 @@ impl Pipeline {
             sinks.push(worker::spawn(
                 "stdout",
                 Box::new(s),
-                &cfg.sinks.stdout.queue,
+                &cfg.sinks.stdout.queue(),
                 batch,
             )?);
         }
@@ -89,7 +89,7 @@ impl Pipeline {
                 sink: format!("file {}", f.path.display()),
                 source,
             })?;
-            sinks.push(worker::spawn("file", Box::new(s), &f.queue, batch)?);
+            sinks.push(worker::spawn("file", Box::new(s), &f.queue(), batch)?);
         }
         for e in extra {
             sinks.push(worker::spawn(&e.name, e.sink, &e.queue, batch)?);

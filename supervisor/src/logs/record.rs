@@ -26,16 +26,22 @@ pub enum Stream {
 #[serde(rename_all = "UPPERCASE")]
 pub enum Level {
     /// Finest detail.
+    #[serde(alias = "trace")]
     Trace,
     /// Debugging detail.
+    #[serde(alias = "debug")]
     Debug,
     /// Normal operation.
+    #[serde(alias = "info")]
     Info,
     /// Something unexpected, handled.
+    #[serde(alias = "warn")]
     Warn,
     /// An operation failed.
+    #[serde(alias = "error")]
     Error,
     /// The app cannot go on.
+    #[serde(alias = "fatal")]
     Fatal,
 }
 
