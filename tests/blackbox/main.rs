@@ -9,6 +9,7 @@ mod support;
 mod admin;
 mod config;
 mod exit_codes;
+mod logs;
 mod reaping;
 mod restart;
 mod signals;

@@ -430,12 +430,16 @@ mod tests {
 
         let err = toml::from_str::<LogsConfig>("max_line_byte = 3").expect_err("unknown key");
         assert!(err.to_string().contains("max_line_byte"), "{err}");
-        let err = toml::from_str::<LogsConfig>("[sinks.file]\npath = \"x\"\nbackpresure = \"drop\"")
-            .expect_err("unknown key in a sink");
+        let err =
+            toml::from_str::<LogsConfig>("[sinks.file]\npath = \"x\"\nbackpresure = \"drop\"")
+                .expect_err("unknown key in a sink");
         assert!(err.to_string().contains("backpresure"), "{err}");
         // The defaults survive a round trip through TOML (the core renders them).
         let text = toml::to_string(&LogsConfig::default()).expect("serialises");
-        assert_eq!(toml::from_str::<LogsConfig>(&text).expect("parses"), LogsConfig::default());
+        assert_eq!(
+            toml::from_str::<LogsConfig>(&text).expect("parses"),
+            LogsConfig::default()
+        );
     }
 
     #[test]
