@@ -294,7 +294,11 @@ impl Supervisor {
         } else {
             StdioMode::Inherit
         };
-        let mut spawned = match child::spawn(&self.spec, stdio) {
+        let spawned = {
+            let _hold = self.reaper.hold_for_spawn();
+            child::spawn(&self.spec, stdio)
+        };
+        let mut spawned = match spawned {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(event = "spawn_failed", error = %e, exit_code = e.exit_code(), "cannot start the app");

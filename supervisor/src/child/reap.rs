@@ -59,6 +59,8 @@ struct State {
 pub struct Reaper {
     state: Arc<Mutex<State>>,
     orphans: Counter,
+    /// Held while a child is being spawned (see [`Reaper::hold_for_spawn`]).
+    spawning: Arc<Mutex<()>>,
 }
 
 // === impl Reaper ===
@@ -78,6 +80,7 @@ impl Reaper {
         let reaper = Reaper {
             state: Arc::default(),
             orphans,
+            spawning: Arc::default(),
         };
         let this = reaper.clone();
         tokio::spawn(async move {
@@ -107,6 +110,14 @@ impl Reaper {
         rx
     }
 
+    /// Keep the reaper from calling `waitpid(-1)` while the guard lives. Hold it around
+    /// `Command::spawn`: when exec fails, std waits for the failed child itself and panics
+    /// ("wait() should either return Ok or panic") if our `waitpid(-1)` reaped it first, which
+    /// the black-box tests hit under load.
+    pub fn hold_for_spawn(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.spawning.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// How many processes tandem reaped that nobody was waiting for (the app's orphans).
     pub fn orphans_reaped(&self) -> u64 {
         self.orphans.get()
@@ -114,6 +125,7 @@ impl Reaper {
 
     /// Reap every child that has exited; never blocks.
     fn reap_all(&self) {
+        let _not_spawning = self.hold_for_spawn();
         loop {
             let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
