@@ -23,6 +23,12 @@ fn config(dir: &Path, extra: &str) -> PathBuf {
 
 /// Run tandem with `cfg` over `app` to completion; return (exit code, stdout records).
 fn run_logs(cfg: &Path, app: &[&str]) -> (i32, Vec<Value>) {
+    let (code, records, _) = run_logs_full(cfg, app);
+    (code, records)
+}
+
+/// [`run_logs`], also returning tandem's own events (stderr).
+fn run_logs_full(cfg: &Path, app: &[&str]) -> (i32, Vec<Value>, String) {
     let out = Command::new(bin())
         .arg("--config")
         .arg(cfg)
@@ -39,11 +45,12 @@ fn run_logs(cfg: &Path, app: &[&str]) -> (i32, Vec<Value>) {
             serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON record ({e}): {l:?}"))
         })
         .collect();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let code = out
         .status
         .code()
-        .unwrap_or_else(|| panic!("tandem killed: {}", String::from_utf8_lossy(&out.stderr)));
-    (code, records)
+        .unwrap_or_else(|| panic!("tandem killed: {stderr}"));
+    (code, records, stderr)
 }
 
 /// Messages of records from `stream`.
@@ -523,4 +530,56 @@ fn tail_follows_nomad_rotation_across_a_tandem_restart_without_loss_or_repeat() 
     t.signal(Signal::SIGTERM);
     t.wait();
     assert_eq!(delivered(), (1..=3500).collect::<Vec<u64>>());
+}
+
+#[test]
+fn records_name_each_restart_and_its_pid() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        "[restart]\npolicy = \"on-failure\"\ninitial_delay = \"10ms\"\nmax_delay = \"10ms\"\nstart_limit_burst = 3\n",
+    );
+    let (code, records) = run_logs(&cfg, &["sh", "-c", "echo run; exit 1"]);
+    assert_eq!(code, 75, "start limit hit after 3 runs");
+    let runs: Vec<(u64, u64)> = records
+        .iter()
+        .filter(|r| r["msg"] == "run")
+        .map(|r| (r["restart"].as_u64().unwrap(), r["pid"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(runs.iter().map(|r| r.0).collect::<Vec<_>>(), vec![0, 1, 2]);
+    assert!(
+        runs[0].1 != runs[1].1 && runs[1].1 != runs[2].1,
+        "a new pid per run: {runs:?}"
+    );
+}
+
+#[test]
+fn exit_is_bounded_when_a_grandchild_holds_the_pipe_and_nothing_written_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("holder.pid");
+    let cfg = config(dir.path(), "[logs]\nexit_timeout = \"300ms\"\n");
+    // The holder leaves the app's process group (setsid), so tandem cannot kill it, and keeps
+    // the app's stdout open; the app's last line has no newline.
+    let script = format!(
+        "setsid sh -c 'echo $$ > {p}; exec sleep 60' & while [ ! -s {p} ]; do sleep 0.01; done; echo last; printf unfinished",
+        p = pidfile.display()
+    );
+    let (code, records, events) = run_logs_full(&cfg, &["sh", "-c", &script]);
+    let holder: i32 = fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(holder), Signal::SIGKILL);
+    assert_eq!(code, 0);
+    assert_eq!(msgs(&records, "stdout"), vec!["last", "unfinished"]);
+    let flushed = events
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|e| e["event"] == "logs_flushed")
+        .expect("logs_flushed event");
+    assert_eq!(
+        flushed["eof"], false,
+        "the holder kept the pipe open past the deadline"
+    );
 }
