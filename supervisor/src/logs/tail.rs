@@ -161,7 +161,8 @@ impl Follower {
             let start_at = self.start_at;
             let batch = self.cfg.batch_records;
             let seq = self.seqs.get_mut(&base).expect("inserted above");
-            match seq.read(&list, saved, start_at, &mut self.read_buf) {
+            let buf = &mut self.read_buf;
+            match blocking(|| seq.read(&list, saved, start_at, buf)) {
                 Ok(n) => moved |= n > 0,
                 Err(e) => tracing::warn!(file = %base, error = %e, "log tail: read failed"),
             }
@@ -341,6 +342,17 @@ impl Sequence {
             inode: s.inode,
             offset: s.start,
         })
+    }
+}
+
+/// Run file I/O off the async scheduler's hot path: on a multi-threaded runtime the worker
+/// hands its other tasks away first (`block_in_place`); on a current-thread runtime (tests)
+/// there is no one to hand them to, and a bounded read (`ROUND_BYTES`) runs in place.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 

@@ -32,3 +32,38 @@ pub fn render(r: &Record, out: &mut Vec<u8>) {
     }
     out.push(b'\n');
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::logs::record::{Origin, Stream};
+
+    #[test]
+    fn one_readable_line_with_level_and_fields() {
+        let origin = Arc::new(Origin {
+            service: "s".into(),
+            pid: None,
+            restart_count: 0,
+            resource_json: "{}".into(),
+        });
+        let mut r = Record::new(
+            SystemTime::now(),
+            Stream::Stderr,
+            Level::Error,
+            "boom".into(),
+            origin,
+        );
+        let mut f = serde_json::Map::new();
+        f.insert("user".into(), 7.into());
+        r.fields = Some(Box::new(f));
+        let mut out = Vec::new();
+        render(&r, &mut out);
+        let text = String::from_utf8(out).expect("utf-8");
+        assert_eq!(text.matches('\n').count(), 1);
+        assert!(text.contains("ERROR") && text.contains("stderr") && text.contains("boom"));
+        assert!(text.contains("user\x1b[0m=7"), "{text:?}");
+    }
+}
