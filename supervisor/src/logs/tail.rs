@@ -173,7 +173,7 @@ impl Follower {
             }
             seq.outlet.send_all(seq.processor.take(), batch).await;
         }
-        if moved || stop {
+        if moved || stop || self.saved.len() < self.seqs.len() {
             self.checkpoint().await;
         }
     }
@@ -336,12 +336,20 @@ impl Sequence {
             }
             u -= len;
         }
-        let s = self.segments.front()?;
-        Some(Position {
-            index: s.index,
-            inode: s.inode,
-            offset: s.start,
-        })
+        match self.segments.front() {
+            Some(s) => Some(Position {
+                index: s.index,
+                inode: s.inode,
+                offset: s.start,
+            }),
+            // Nothing read in this run: where the file is open (e.g. `start_at = "end"`), so a
+            // restart does not skip what was written meanwhile.
+            None => self.open.as_ref().map(|o| Position {
+                index: o.index,
+                inode: o.inode,
+                offset: o.offset,
+            }),
+        }
     }
 }
 
@@ -573,6 +581,26 @@ mod tests {
         let got = delivered(dir.path());
         let want: Vec<String> = (0..500).map(|i| format!("line {i:06}")).collect();
         assert_eq!(got, want);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn start_at_end_skips_old_lines_but_not_those_written_while_stopped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::create_dir(dir.path().join("logs")).expect("mkdir");
+        let mut cfg = config(dir.path());
+        if let Some(t) = cfg.tail.as_mut() {
+            t.start_at = StartAt::End;
+        }
+        let f = dir.path().join("logs/web.stdout.0");
+        fs::write(&f, "old\n").expect("write");
+        run_until(&cfg, 0).await;
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&f)
+            .and_then(|mut h| h.write_all(b"new\n"))
+            .expect("append");
+        run_until(&cfg, 1).await;
+        assert_eq!(delivered(dir.path()), vec!["new"]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
