@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::config::Backpressure;
 use super::counters::{add, SinkCounters};
-use super::record::{Level, Origin, Record, Stream};
+use super::record::{Fields, Level, Origin, Record, Stream};
 use super::sinks::json::format_time;
 use super::sinks::worker::{SinkHandle, SinkMsg};
 
@@ -166,6 +166,6 @@ fn summary(stream: Stream, sink: &str, l: Lost) -> Record {
         l.count
     );
     let mut r = Record::new(SystemTime::now(), stream, Level::Warn, msg, l.origin);
-    r.fields = Some(Box::new(fields));
+    r.fields = Some(Fields::from_map(&fields));
     r
 }

@@ -5,13 +5,15 @@
 //! value cannot be interpreted (a level named "banana", a timestamp that is not one) stays in
 //! `fields` untouched.
 
+use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
 
-use serde_json::{Map, Value};
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
 
 use super::config::ParseFormat;
 use super::logfmt;
-use super::record::{Level, Record};
+use super::record::{Fields, Level, Record};
 
 const LEVEL_KEYS: &[&str] = &["level", "severity", "lvl", "levelname", "log.level"];
 const MSG_KEYS: &[&str] = &["msg", "message"];
@@ -21,39 +23,95 @@ const SPAN_KEYS: &[&str] = &["span_id", "spanId", "span.id"];
 
 /// Parse `record.msg` (the raw text) in place. Returns false on a parse failure.
 pub fn parse_into(format: ParseFormat, record: &mut Record) -> bool {
-    let text = record.msg.as_str();
-    let ok = match format {
-        ParseFormat::Plain => return true,
-        ParseFormat::Json => json(text).map(|m| apply(m, record)).is_some(),
-        ParseFormat::Logfmt => logfmt_map(text, false).map(|m| apply(m, record)).is_some(),
-        ParseFormat::Auto => {
-            let t = text.trim_start();
-            if t.starts_with('{') {
-                json(text).map(|m| apply(m, record)).is_some()
-            } else {
-                // A guess: a line that is not logfmt is plain text, not a failure.
-                if memchr::memchr(b'=', text.as_bytes()).is_some() {
-                    if let Some(m) = logfmt_map(text, true) {
-                        apply(m, record);
-                    }
+    let text = std::mem::take(&mut record.msg);
+    let entries = match format {
+        ParseFormat::Plain => None,
+        ParseFormat::Json => Some(json(&text)),
+        ParseFormat::Logfmt => Some(logfmt_entries(&text, false)),
+        ParseFormat::Auto if text.trim_start().starts_with('{') => Some(json(&text)),
+        // A guess: a line that is not logfmt is plain text, not a failure.
+        ParseFormat::Auto if memchr::memchr(b'=', text.as_bytes()).is_some() => {
+            logfmt_entries(&text, true).map(Some)
+        }
+        ParseFormat::Auto => None,
+    };
+    match entries {
+        None => {
+            record.msg = text;
+            true
+        }
+        Some(Some(mut e)) => {
+            apply(&mut e, record);
+            true
+        }
+        Some(None) => {
+            record.msg = text;
+            record.parse_error = true;
+            false
+        }
+    }
+}
+
+/// One key of a structured line and its value as written.
+struct Entry<'a> {
+    key: Cow<'a, str>,
+    val: Val<'a>,
+    used: bool,
+}
+
+enum Val<'a> {
+    /// A JSON value, exactly as it appeared in the line.
+    Json(&'a RawValue),
+    /// A logfmt value (always a string).
+    Str(Cow<'a, str>),
+    /// A logfmt key without `=` (a flag: true).
+    Bare,
+}
+
+/// What the recognisers look at: a value's string or number, if it is one.
+enum Scalar<'a> {
+    Str(Cow<'a, str>),
+    Num(f64),
+    Other,
+}
+
+/// A JSON object's entries, keys and values borrowed from the line where possible.
+struct Object<'a>(Vec<Entry<'a>>);
+
+#[derive(serde::Deserialize)]
+struct Key<'a>(#[serde(borrow)] Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Object<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor;
+        impl<'de> Visitor<'de> for ObjectVisitor {
+            type Value = Object<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Object<'de>, A::Error> {
+                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some((Key(key), raw)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
+                    entries.push(Entry {
+                        key,
+                        val: Val::Json(raw),
+                        used: false,
+                    });
                 }
-                true
+                Ok(Object(entries))
             }
         }
-    };
-    if !ok {
-        record.parse_error = true;
+        d.deserialize_map(ObjectVisitor)
     }
-    ok
 }
 
-fn json(text: &str) -> Option<Map<String, Value>> {
-    serde_json::from_str::<Map<String, Value>>(text).ok()
+fn json(text: &str) -> Option<Vec<Entry<'_>>> {
+    serde_json::from_str::<Object<'_>>(text).ok().map(|o| o.0)
 }
 
-/// logfmt pairs as a JSON map. With `strict_guess`, demand what makes a guess safe: every token
+/// logfmt pairs as entries. With `strict_guess`, demand what makes a guess safe: every token
 /// a `key=value` pair, and two pairs or a recognised key.
-fn logfmt_map(text: &str, strict_guess: bool) -> Option<Map<String, Value>> {
+fn logfmt_entries(text: &str, strict_guess: bool) -> Option<Vec<Entry<'_>>> {
     let pairs = logfmt::tokenize(text)?;
     if pairs.is_empty() {
         return None;
@@ -67,72 +125,123 @@ fn logfmt_map(text: &str, strict_guess: bool) -> Option<Map<String, Value>> {
             return None;
         }
     }
-    let mut map = Map::new();
-    for p in pairs {
-        map.insert(p.key, p.value.map_or(Value::Bool(true), Value::String));
-    }
-    Some(map)
+    Some(
+        pairs
+            .into_iter()
+            .map(|p| Entry {
+                key: Cow::Owned(p.key),
+                val: p.value.map_or(Val::Bare, |v| Val::Str(Cow::Owned(v))),
+                used: false,
+            })
+            .collect(),
+    )
 }
 
-/// Move recognised keys out of `map` into the record; the rest become `fields`.
-fn apply(mut map: Map<String, Value>, record: &mut Record) {
-    if let Some(level) = take(&mut map, LEVEL_KEYS, level_of) {
+/// Move recognised keys into the record; the rest become `fields`.
+fn apply(entries: &mut [Entry<'_>], record: &mut Record) {
+    if let Some(level) = take(entries, LEVEL_KEYS, level_of) {
         record.level = level;
     }
-    record.msg = take(&mut map, MSG_KEYS, |v| v.as_str().map(str::to_string)).unwrap_or_default();
-    record.time = take(&mut map, TIME_KEYS, time_of);
-    if let Some((t, s)) = take(&mut map, &["traceparent"], |v| {
-        v.as_str().and_then(traceparent)
+    record.msg = take(entries, MSG_KEYS, |v| match v {
+        Scalar::Str(s) => Some(s.into_owned()),
+        _ => None,
+    })
+    .unwrap_or_default();
+    record.time = take(entries, TIME_KEYS, time_of);
+    if let Some((t, s)) = take(entries, &["traceparent"], |v| match v {
+        Scalar::Str(s) => traceparent(&s),
+        _ => None,
     }) {
         record.trace_id = Some(t);
         record.span_id = Some(s);
     }
-    if let Some(t) = take(&mut map, TRACE_KEYS, |v| hex_id(v, 32)) {
+    if let Some(t) = take(entries, TRACE_KEYS, |v| hex_id(v, 32)) {
         record.trace_id = Some(t);
     }
-    if let Some(s) = take(&mut map, SPAN_KEYS, |v| hex_id(v, 16)) {
+    if let Some(s) = take(entries, SPAN_KEYS, |v| hex_id(v, 16)) {
         record.span_id = Some(s);
     }
-    record.fields = (!map.is_empty()).then(|| Box::new(map));
+    record.fields = fields(entries);
 }
 
-/// Remove the first of `keys` whose value `f` accepts.
+/// Mark the first of `keys` (in that order of preference) whose value `f` accepts as used.
 fn take<T>(
-    map: &mut Map<String, Value>,
+    entries: &mut [Entry<'_>],
     keys: &[&str],
-    f: impl Fn(&Value) -> Option<T>,
+    f: impl Fn(Scalar<'_>) -> Option<T>,
 ) -> Option<T> {
     for k in keys {
-        if let Some(out) = map.get(*k).and_then(&f) {
-            map.remove(*k);
-            return Some(out);
+        for e in entries.iter_mut().filter(|e| !e.used && e.key == *k) {
+            if let Some(out) = f(scalar(&e.val)) {
+                e.used = true;
+                return Some(out);
+            }
         }
     }
     None
 }
 
-fn level_of(v: &Value) -> Option<Level> {
+fn scalar<'a>(v: &Val<'a>) -> Scalar<'a> {
     match v {
-        Value::String(s) => Level::from_name(s),
-        Value::Number(n) => n.as_f64().and_then(Level::from_number),
-        _ => None,
+        Val::Str(s) => Scalar::Str(s.clone()),
+        Val::Bare => Scalar::Other,
+        Val::Json(raw) => {
+            let text = raw.get();
+            match text.as_bytes().first() {
+                Some(b'"') => serde_json::from_str::<Key<'a>>(text)
+                    .map_or(Scalar::Other, |k| Scalar::Str(k.0)),
+                Some(b'-' | b'0'..=b'9') => text.parse().map_or(Scalar::Other, Scalar::Num),
+                _ => Scalar::Other,
+            }
+        }
+    }
+}
+
+/// The unused entries as one JSON object, values copied as written.
+fn fields(entries: &[Entry<'_>]) -> Option<Fields> {
+    let mut out = Vec::new();
+    for e in entries.iter().filter(|e| !e.used) {
+        out.push(if out.is_empty() { b'{' } else { b',' });
+        serde_json::to_writer(&mut out, e.key.as_ref()).expect("writing JSON to a Vec cannot fail");
+        out.push(b':');
+        match &e.val {
+            Val::Json(raw) => out.extend_from_slice(raw.get().as_bytes()),
+            Val::Str(s) => serde_json::to_writer(&mut out, s.as_ref())
+                .expect("writing JSON to a Vec cannot fail"),
+            Val::Bare => out.extend_from_slice(b"true"),
+        }
+    }
+    if out.is_empty() {
+        return None;
+    }
+    out.push(b'}');
+    let text = String::from_utf8(out).expect("JSON keys and raw values are UTF-8");
+    Some(Fields::from_json_object(text))
+}
+
+fn level_of(v: Scalar<'_>) -> Option<Level> {
+    match v {
+        Scalar::Str(s) => {
+            Level::from_name(&s).or_else(|| s.parse().ok().and_then(Level::from_number))
+        }
+        Scalar::Num(n) => Level::from_number(n),
+        Scalar::Other => None,
     }
 }
 
 /// RFC 3339 (any offset), or a number of seconds/milliseconds/microseconds/nanoseconds since
 /// the epoch (told apart by magnitude, as zap, pino and others write them).
-pub fn time_of(v: &Value) -> Option<SystemTime> {
+fn time_of(v: Scalar<'_>) -> Option<SystemTime> {
     match v {
-        Value::String(s) => {
+        Scalar::Str(s) => {
             if let Ok(t) =
-                time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                time::OffsetDateTime::parse(&s, &time::format_description::well_known::Rfc3339)
             {
                 return Some(t.into());
             }
-            humantime::parse_rfc3339_weak(s).ok()
+            humantime::parse_rfc3339_weak(&s).ok()
         }
-        Value::Number(n) => {
-            let x = n.as_f64()?;
+        Scalar::Num(x) => {
             if !x.is_finite() || x <= 0.0 {
                 return None;
             }
@@ -149,7 +258,7 @@ pub fn time_of(v: &Value) -> Option<SystemTime> {
             (secs < 253_402_300_800.0)
                 .then(|| SystemTime::UNIX_EPOCH + Duration::from_secs_f64(secs))
         }
-        _ => None,
+        Scalar::Other => None,
     }
 }
 
@@ -161,8 +270,8 @@ fn traceparent(s: &str) -> Option<(String, String)> {
     (ok(trace, 32) && ok(span, 16)).then(|| (trace.to_ascii_lowercase(), span.to_ascii_lowercase()))
 }
 
-fn hex_id(v: &Value, len: usize) -> Option<String> {
-    let s = v.as_str()?;
+fn hex_id(v: Scalar<'_>, len: usize) -> Option<String> {
+    let Scalar::Str(s) = v else { return None };
     (s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit())).then(|| s.to_ascii_lowercase())
 }
 
@@ -217,9 +326,9 @@ mod tests {
         );
         assert_eq!(r.span_id.as_deref(), Some("00f067aa0ba902b7"));
         let f = r.fields.expect("fields kept");
-        assert_eq!(f["user"]["id"], 7);
-        assert_eq!(f["retries"], 3);
-        assert_eq!(f.len(), 2);
+        // Kept as written: order, spacing-free values, number text.
+        assert_eq!(f.as_json(), r#"{"user":{"id":7},"retries":3}"#);
+        assert_eq!(f.to_map()["user"]["id"], 7);
     }
 
     #[test]
@@ -246,7 +355,7 @@ mod tests {
         assert_eq!(r.level, Level::Info);
         assert_eq!(r.time, None);
         assert_eq!(r.msg, "");
-        assert_eq!(r.fields.expect("kept").len(), 3);
+        assert_eq!(r.fields.expect("kept").to_map().len(), 3);
     }
 
     #[test]
@@ -258,7 +367,7 @@ mod tests {
         assert_eq!(r.level, Level::Warn);
         assert_eq!(r.msg, "disk 91% full");
         assert!(r.time.is_some());
-        assert_eq!(r.fields.expect("kept")["path"], "/var");
+        assert_eq!(r.fields.expect("kept").as_json(), r#"{"path":"/var"}"#);
         // Prose with an `=` stays plain in auto mode, without a parse error.
         let (ok, r) = parsed(ParseFormat::Auto, "computed x=5 for user bob");
         assert!(ok && !r.parse_error);
@@ -267,6 +376,22 @@ mod tests {
         let (ok, r) = parsed(ParseFormat::Logfmt, r#"say "hi""#);
         assert!(!ok && r.parse_error);
         assert_eq!(r.msg, r#"say "hi""#);
+    }
+
+    #[test]
+    fn escaped_keys_big_numbers_and_logfmt_flags() {
+        let (_, r) = parsed(
+            ParseFormat::Json,
+            r#"{"msg":"caf\u00e9","k\"q":12345678901234567890123,"f":1.50}"#,
+        );
+        assert_eq!(r.msg, "café");
+        assert_eq!(
+            r.fields.expect("kept").as_json(),
+            r#"{"k\"q":12345678901234567890123,"f":1.50}"#
+        );
+        let (_, r) = parsed(ParseFormat::Logfmt, "level=50 msg=hi debug");
+        assert_eq!(r.level, Level::Error);
+        assert_eq!(r.fields.expect("kept").as_json(), r#"{"debug":true}"#);
     }
 
     #[test]

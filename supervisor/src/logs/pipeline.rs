@@ -268,7 +268,7 @@ mod tests {
                 let dropped = r
                     .fields
                     .as_ref()
-                    .and_then(|f| f.get("tandem.dropped"))
+                    .and_then(|f| f.to_map().get("tandem.dropped").cloned())
                     .and_then(|v| v.as_u64());
                 seen.push((r.stream, r.msg.clone(), dropped));
             }

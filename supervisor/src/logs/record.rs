@@ -81,8 +81,8 @@ pub struct Record {
     pub level: Level,
     /// The message (the whole line for plain text; lines joined by `\n` when merged).
     pub msg: String,
-    /// Remaining fields of a JSON or logfmt line (None for plain text).
-    pub fields: Option<Box<Map<String, Value>>>,
+    /// Remaining fields of a JSON or logfmt line (None for plain text or when none remain).
+    pub fields: Option<Fields>,
     /// W3C trace id (32 hex digits), from `trace_id`, `traceId` or `traceparent`.
     pub trace_id: Option<String>,
     /// W3C span id (16 hex digits), from `span_id`, `spanId` or `traceparent`.
@@ -97,6 +97,38 @@ pub struct Record {
     pub parse_error: bool,
     /// Service, instance and resource.
     pub origin: Arc<Origin>,
+}
+
+/// The fields of a structured line that are not one of the recognised keys: the text of one
+/// JSON object, keys in the line's order, values byte for byte as the app wrote them (numbers
+/// keep their precision). Kept as text because most sinks only copy it; [`Fields::to_map`]
+/// gives typed values to those that need them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fields(String);
+
+// === impl Fields ===
+
+impl Fields {
+    /// Wrap the text of a JSON object. Only the parser and [`Fields::from_map`] build one, so
+    /// the text is valid JSON by construction.
+    pub(crate) fn from_json_object(text: String) -> Self {
+        Self(text)
+    }
+
+    /// Fields from a map (records tandem makes itself, such as drop summaries).
+    pub fn from_map(map: &Map<String, Value>) -> Self {
+        Self(serde_json::to_string(map).expect("a JSON map serialises"))
+    }
+
+    /// The JSON object text.
+    pub fn as_json(&self) -> &str {
+        &self.0
+    }
+
+    /// The fields as typed values (parses the text).
+    pub fn to_map(&self) -> Map<String, Value> {
+        serde_json::from_str(&self.0).unwrap_or_default()
+    }
 }
 
 // === impl Stream ===

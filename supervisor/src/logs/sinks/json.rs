@@ -71,7 +71,7 @@ impl JsonRenderer {
         }
         if let Some(f) = &r.fields {
             out.extend_from_slice(b",\"fields\":");
-            serde_json::to_writer(&mut *out, f).expect("writing JSON to a Vec cannot fail");
+            out.extend_from_slice(f.as_json().as_bytes());
         }
         out.extend_from_slice(b",\"resource\":");
         out.extend_from_slice(r.origin.resource_json.as_bytes());

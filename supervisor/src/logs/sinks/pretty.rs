@@ -23,7 +23,7 @@ pub fn render(r: &Record, out: &mut Vec<u8>) {
     );
     out.extend_from_slice(line.as_bytes());
     if let Some(f) = &r.fields {
-        for (k, v) in f.iter() {
+        for (k, v) in f.to_map() {
             out.extend_from_slice(format!(" \x1b[36m{k}\x1b[0m={v}").as_bytes());
         }
     }
@@ -58,7 +58,7 @@ mod tests {
         );
         let mut f = serde_json::Map::new();
         f.insert("user".into(), 7.into());
-        r.fields = Some(Box::new(f));
+        r.fields = Some(crate::logs::record::Fields::from_map(&f));
         let mut out = Vec::new();
         render(&r, &mut out);
         let text = String::from_utf8(out).expect("utf-8");
