@@ -210,6 +210,34 @@ mod tests {
     }
 
     #[test]
+    fn rotates_by_age() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("app.log");
+        let cfg = FileSinkConfig {
+            path: path.clone(),
+            rotate_every: Some(Duration::from_secs(3600)),
+            keep: 1,
+            ..FileSinkConfig::default()
+        };
+        let mut s = FileSink::open(&cfg).expect("open");
+        s.write(&records(0, 2)).expect("write");
+        s.write(&records(2, 1)).expect("write");
+        assert!(
+            !numbered(&path, 1).exists(),
+            "younger than rotate_every: no rotation"
+        );
+        // The file was opened two hours ago (set, not slept).
+        s.opened = SystemTime::now() - Duration::from_secs(7200);
+        s.write(&records(3, 1)).expect("write");
+        s.flush().expect("flush");
+        assert_eq!(
+            msgs(&numbered(&path, 1)),
+            vec!["000000", "000001", "000002"]
+        );
+        assert_eq!(msgs(&path), vec!["000003"]);
+    }
+
+    #[test]
     fn reopen_after_move() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("app.log");
