@@ -295,6 +295,7 @@ impl Supervisor {
             StdioMode::Inherit
         };
         let spawned = {
+            // std reaps a child whose exec failed itself: keep the reaper's waitpid(-1) off it.
             let _hold = self.reaper.hold_for_spawn();
             child::spawn(&self.spec, stdio)
         };
