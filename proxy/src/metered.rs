@@ -248,8 +248,11 @@ impl<B: Body<Data = Bytes> + Unpin> Body for MeteredBody<B> {
         match &polled {
             Poll::Ready(Some(Ok(f))) => {
                 let n = f.data_ref().map_or(0, |d| d.len() as u64);
+                // hyper stops polling once a body with a known length is complete.
+                let ended = self.inner.is_end_stream();
                 if let Some(g) = self.guard.as_mut() {
                     g.record.bytes_out += n;
+                    g.record.completed |= ended;
                 }
             }
             Poll::Ready(None) => {
