@@ -36,7 +36,12 @@ pub(crate) async fn serve(l: Arc<Listener>, stream: TcpStream, peer: SocketAddr)
     let idle = l.cfg.timeouts.idle;
     let mut closing = false;
     loop {
-        let idle_at = activity.idle_deadline(idle);
+        // While a request is active the idle clock is stopped: look again one period later.
+        let idle_at = if activity.is_idle() {
+            activity.idle_deadline(idle)
+        } else {
+            tokio::time::Instant::now() + idle
+        };
         tokio::select! {
             res = conn.as_mut() => {
                 if let Err(e) = res {

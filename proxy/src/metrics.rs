@@ -138,9 +138,10 @@ pub fn method_label(m: &Method) -> &'static str {
     }
 }
 
-/// The status class label, e.g. "2xx".
+/// The status class label, e.g. "2xx"; "none" when the client left before any response.
 pub fn status_class(status: u16) -> &'static str {
     match status {
+        0 => "none",
         100..=199 => "1xx",
         200..=299 => "2xx",
         300..=399 => "3xx",

@@ -13,3 +13,4 @@ mod ready;
 mod restart;
 mod retry;
 mod tcp;
+mod timeouts;

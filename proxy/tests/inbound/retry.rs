@@ -118,3 +118,110 @@ async fn failing_app_gets_only_budgeted_retries() {
     })
     .await;
 }
+
+/// An app that closes each keep-alive connection `idle` after answering, without saying so:
+/// the classic cause of sidecar 503s when the proxy's pool keeps connections longer.
+async fn short_keepalive_app(
+    idle: Duration,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = bodies.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    // Wait for the next request, but only `idle` once idle.
+                    let wait = if buf.is_empty() {
+                        idle
+                    } else {
+                        Duration::from_secs(5)
+                    };
+                    let n = match tokio::time::timeout(wait, s.read(&mut chunk)).await {
+                        Ok(Ok(n)) if n > 0 => n,
+                        _ => return,
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    if buf.len() < end + 4 + len {
+                        continue;
+                    }
+                    let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned();
+                    buf.drain(..end + 4 + len);
+                    seen.lock().expect("lock").push(body);
+                    let resp = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                    if s.write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, bodies)
+}
+
+/// Gaps between requests on both sides of the app's idle close.
+fn gap(i: u64) -> Duration {
+    Duration::from_millis(10 + (i * 37) % 150)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_idle_below_the_apps_keeps_posts_safe() {
+    bounded(async {
+        let (app, bodies) = short_keepalive_app(Duration::from_millis(100)).await;
+        let proxy = Proxy::start(app, Protocol::Http, true, |c| {
+            c.timeouts.pool_idle = Duration::from_millis(40);
+        })
+        .await;
+        let client = h1_client();
+        for i in 0..40u64 {
+            let req = Request::post(proxy.url("/pay"))
+                .body(full(format!("p{i}")))
+                .expect("request");
+            let (status, _, body) = send(&client, req).await.expect("POST");
+            assert_eq!(status, StatusCode::OK, "request {i}: {body:?}");
+            tokio::time::sleep(gap(i)).await;
+        }
+        let bodies = bodies.lock().expect("lock").clone();
+        let want: Vec<String> = (0..40).map(|i| format!("p{i}")).collect();
+        assert_eq!(bodies, want, "a POST was lost or sent twice");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_idle_above_the_apps_is_survived_by_idempotent_requests() {
+    bounded(async {
+        let (app, _) = short_keepalive_app(Duration::from_millis(30)).await;
+        let proxy = Proxy::start(app, Protocol::Http, true, |c| {
+            // Misconfigured on purpose: the pool keeps connections longer than the app.
+            c.timeouts.pool_idle = Duration::from_secs(60);
+        })
+        .await;
+        let client = h1_client();
+        for i in 0..40u64 {
+            let (status, _, body) = get(&client, &proxy.url("/page")).await.expect("GET");
+            assert_eq!(status, StatusCode::OK, "request {i}: {body:?}");
+            tokio::time::sleep(Duration::from_millis(20 + (i * 7) % 25)).await;
+        }
+    })
+    .await;
+}

@@ -193,6 +193,7 @@ async fn app(mut req: Request<Incoming>, seen: Arc<Seen>) -> Result<Response<Tes
                 ("x-request-id", "x-up-rid"),
                 ("host", "x-up-host"),
                 ("idempotency-key", "x-up-idem"),
+                ("expect", "x-up-expect"),
             ] {
                 if let Some(v) = h.get(from) {
                     rh.insert(to, v.clone());
