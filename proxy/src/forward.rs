@@ -33,7 +33,6 @@ use crate::hygiene::{
 };
 use crate::listener::Listener;
 use crate::metered::{ConnActivity, CountingBody, MeteredBody, RequestGuard};
-use crate::metrics::KindLabels;
 use crate::ready::wait_ready;
 use crate::replay::{body_error_cause, Prepared};
 use crate::retry::{is_safe_to_repeat, verdict, Outcome, Verdict};
@@ -208,8 +207,8 @@ async fn attempts(
             wait_ready(&mut readiness, hold_deadline).await?;
         }
         guard.record.attempts = attempt;
-        if let Some(m) = &l.hooks.metrics {
-            m.attempts.get_or_create(&l.labels).inc();
+        if let Some(m) = &l.metrics {
+            m.attempts.inc();
         }
         let mut req = Request::new(prepared.take_body());
         *req.method_mut() = parts.method.clone();
@@ -237,8 +236,8 @@ async fn attempts(
             Verdict::Budgeted => {
                 let ok = l.budget.try_withdraw();
                 if !ok {
-                    if let Some(m) = &l.hooks.metrics {
-                        m.budget_exhausted.get_or_create(&l.labels).inc();
+                    if let Some(m) = &l.metrics {
+                        m.budget_exhausted.inc();
                     }
                 }
                 ok
@@ -252,17 +251,17 @@ async fn attempts(
             };
         }
         let reason = match outcome {
-            Outcome::Status(s) => format!("status_{}", s.as_u16()),
-            Outcome::Failed(c) => c.as_str().to_string(),
+            Outcome::Status(s) => match s.as_u16() {
+                502 => "status_502",
+                503 => "status_503",
+                504 => "status_504",
+                _ => "status_other",
+            },
+            Outcome::Failed(c) => c.as_str(),
         };
         tracing::debug!(listener = %l.name, attempt, %reason, "retrying");
-        if let Some(m) = &l.hooks.metrics {
-            m.retries
-                .get_or_create(&KindLabels {
-                    listener: l.name.clone(),
-                    kind: reason,
-                })
-                .inc();
+        if let Some(m) = &l.metrics {
+            m.retry(reason);
         }
         // Drop the failed response before waiting so its connection is released.
         drop(resp);

@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::access_log::{AccessLogFn, AccessRecord};
 use crate::budget::RetryBudget;
 use crate::config::{ListenerConfig, Protocol};
-use crate::metrics::{ListenerLabels, Metrics};
+use crate::metrics::{ListenerMetrics, Metrics};
 use crate::replay::UpstreamBody;
 
 /// Observers the caller plugs in: an access-log sink and metrics. Both optional.
@@ -72,7 +72,8 @@ pub(crate) struct Counters {
 pub(crate) struct Listener {
     pub name: String,
     pub cfg: ListenerConfig,
-    pub labels: ListenerLabels,
+    /// This listener's metric handles, when metrics are on.
+    pub metrics: Option<ListenerMetrics>,
     pub upstream: Authority,
     pub client: Client<HttpConnector, UpstreamBody>,
     pub server: auto::Builder<TokioExecutor>,
@@ -143,9 +144,10 @@ impl Listener {
         };
         let r = &cfg.retry;
         Self {
-            labels: ListenerLabels {
-                listener: name.clone(),
-            },
+            metrics: hooks
+                .metrics
+                .as_ref()
+                .map(|m| ListenerMetrics::new(m, &name)),
             name,
             upstream,
             client,

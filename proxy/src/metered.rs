@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use crate::access_log::AccessRecord;
 use crate::cause::Cause;
 use crate::listener::Listener;
-use crate::metrics::{method_label, status_class, KindLabels, RequestLabels};
+use crate::metrics::method_label;
 
 /// Activity of one client connection, for the idle keep-alive timeout.
 #[derive(Debug)]
@@ -124,8 +124,8 @@ impl RequestGuard {
         start: Instant,
     ) -> Self {
         listener.counters.in_flight.fetch_add(1, Ordering::AcqRel);
-        if let Some(m) = &listener.hooks.metrics {
-            m.in_flight.get_or_create(&listener.labels).inc();
+        if let Some(m) = &listener.metrics {
+            m.in_flight.inc();
         }
         if let Some(c) = &conn {
             c.begin();
@@ -169,17 +169,10 @@ impl RequestGuard {
     /// Notes that tandem answers with `cause`, and counts it.
     pub fn set_cause(&mut self, cause: Cause) {
         self.record.cause = Some(cause.as_str());
-        if let Some(m) = &self.listener.hooks.metrics {
-            let labels = KindLabels {
-                listener: self.listener.name.clone(),
-                kind: cause.as_str().to_string(),
-            };
-            m.errors.get_or_create(&labels).inc();
-            if cause.is_timeout() {
-                m.timeouts.get_or_create(&labels).inc();
-            }
+        if let Some(m) = &self.listener.metrics {
+            m.error(cause);
             if cause == Cause::Shed {
-                m.shed.get_or_create(&self.listener.labels).inc();
+                m.shed.inc();
             }
         }
     }
@@ -195,18 +188,10 @@ impl Drop for RequestGuard {
         }
         self.record.duration = self.start.elapsed();
         self.record.bytes_in = self.bytes_in.load(Ordering::Relaxed);
-        if let Some(m) = &l.hooks.metrics {
-            m.in_flight.get_or_create(&l.labels).dec();
-            m.requests
-                .get_or_create(&RequestLabels {
-                    listener: l.name.clone(),
-                    method: self.method.to_string(),
-                    status_class: status_class(self.record.status).to_string(),
-                })
-                .inc();
-            m.duration
-                .get_or_create(&l.labels)
-                .observe(self.record.duration.as_secs_f64());
+        if let Some(m) = &l.metrics {
+            m.in_flight.dec();
+            m.request(self.method, self.record.status);
+            m.duration.observe(self.record.duration.as_secs_f64());
         }
         if let Some(log) = &l.hooks.access_log {
             log(&self.record);

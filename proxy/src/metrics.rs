@@ -3,6 +3,8 @@
 //! Invariant: label values come from closed sets (listener names from config, a fixed list of
 //! methods, status classes, cause labels), so cardinality is bounded whatever clients send.
 
+use std::sync::Arc;
+
 use http::Method;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -15,27 +17,27 @@ use prometheus_client::registry::{Registry, Unit};
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     /// Listener name.
-    pub listener: String,
+    pub listener: Arc<String>,
     /// Method, or OTHER.
-    pub method: String,
-    /// 1xx..5xx.
-    pub status_class: String,
+    pub method: &'static str,
+    /// 1xx..5xx, or none.
+    pub status_class: &'static str,
 }
 
 /// A listener label alone.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabels {
     /// Listener name.
-    pub listener: String,
+    pub listener: Arc<String>,
 }
 
 /// A listener and a kind (timeout kind, error cause, retry reason).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     /// Listener name.
-    pub listener: String,
+    pub listener: Arc<String>,
     /// The kind.
-    pub kind: String,
+    pub kind: &'static str,
 }
 
 /// Handles to every proxy metric. Cheap to clone.
@@ -122,6 +124,74 @@ impl Metrics {
     }
 }
 
+/// One listener's metric handles, looked up once so the request path does not hash labels
+/// for the single-label series.
+#[derive(Clone, Debug)]
+pub(crate) struct ListenerMetrics {
+    all: Metrics,
+    listener: Arc<String>,
+    pub in_flight: Gauge,
+    pub attempts: Counter,
+    pub duration: Histogram,
+    pub shed: Counter,
+    pub budget_exhausted: Counter,
+    pub tcp_connections: Counter,
+}
+
+// === impl ListenerMetrics ===
+
+impl ListenerMetrics {
+    pub fn new(all: &Metrics, listener: &str) -> Self {
+        let listener = Arc::new(listener.to_string());
+        let l = ListenerLabels {
+            listener: listener.clone(),
+        };
+        Self {
+            in_flight: all.in_flight.get_or_create(&l).clone(),
+            attempts: all.attempts.get_or_create(&l).clone(),
+            duration: all.duration.get_or_create(&l).clone(),
+            shed: all.shed.get_or_create(&l).clone(),
+            budget_exhausted: all.budget_exhausted.get_or_create(&l).clone(),
+            tcp_connections: all.tcp_connections.get_or_create(&l).clone(),
+            all: all.clone(),
+            listener,
+        }
+    }
+
+    /// Counts a finished request.
+    pub fn request(&self, method: &'static str, status: u16) {
+        self.all
+            .requests
+            .get_or_create(&RequestLabels {
+                listener: self.listener.clone(),
+                method,
+                status_class: status_class(status),
+            })
+            .inc();
+    }
+
+    /// Counts a retry by reason.
+    pub fn retry(&self, kind: &'static str) {
+        self.all.retries.get_or_create(&self.kind(kind)).inc();
+    }
+
+    /// Counts a tandem-made answer by cause, and a timeout by kind.
+    pub fn error(&self, cause: crate::cause::Cause) {
+        let labels = self.kind(cause.as_str());
+        self.all.errors.get_or_create(&labels).inc();
+        if cause.is_timeout() {
+            self.all.timeouts.get_or_create(&labels).inc();
+        }
+    }
+
+    fn kind(&self, kind: &'static str) -> KindLabels {
+        KindLabels {
+            listener: self.listener.clone(),
+            kind,
+        }
+    }
+}
+
 /// The method label: one of the standard methods or OTHER.
 pub fn method_label(m: &Method) -> &'static str {
     match *m {
@@ -160,9 +230,9 @@ mod tests {
         let m = Metrics::register(&mut reg);
         m.requests
             .get_or_create(&RequestLabels {
-                listener: "web".into(),
-                method: "GET".into(),
-                status_class: "2xx".into(),
+                listener: Arc::new("web".into()),
+                method: "GET",
+                status_class: "2xx",
             })
             .inc();
         let mut out = String::new();

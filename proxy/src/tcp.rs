@@ -21,9 +21,9 @@ use crate::ready::wait_ready;
 pub(crate) async fn serve(l: Arc<Listener>, mut client: TcpStream, peer: SocketAddr) {
     let start = Instant::now();
     l.counters.in_flight.fetch_add(1, Ordering::AcqRel);
-    if let Some(m) = &l.hooks.metrics {
-        m.tcp_connections.get_or_create(&l.labels).inc();
-        m.in_flight.get_or_create(&l.labels).inc();
+    if let Some(m) = &l.metrics {
+        m.tcp_connections.inc();
+        m.in_flight.inc();
     }
     let mut record = AccessRecord {
         listener: l.name.clone(),
@@ -69,8 +69,8 @@ pub(crate) async fn serve(l: Arc<Listener>, mut client: TcpStream, peer: SocketA
     l.counters.in_flight.fetch_sub(1, Ordering::AcqRel);
     l.counters.completed.fetch_add(1, Ordering::AcqRel);
     record.duration = start.elapsed();
-    if let Some(m) = &l.hooks.metrics {
-        m.in_flight.get_or_create(&l.labels).dec();
+    if let Some(m) = &l.metrics {
+        m.in_flight.dec();
     }
     if let Some(log) = &l.hooks.access_log {
         log(&record);
