@@ -34,6 +34,8 @@ pub enum Cause {
     RequestTimeout,
     /// The client's request body broke while it was read.
     ClientBody,
+    /// The request cannot be forwarded as given (e.g. a path that is not a valid URI).
+    BadRequest,
     /// The listener is draining.
     Draining,
 }
@@ -51,7 +53,7 @@ impl Cause {
             Cause::ConnectTimeout | Cause::PerTryTimeout | Cause::RequestTimeout => {
                 StatusCode::GATEWAY_TIMEOUT
             }
-            Cause::ClientBody => StatusCode::BAD_REQUEST,
+            Cause::ClientBody | Cause::BadRequest => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -68,6 +70,7 @@ impl Cause {
             Cause::PerTryTimeout => "per_try_timeout",
             Cause::RequestTimeout => "request_timeout",
             Cause::ClientBody => "client_body_error",
+            Cause::BadRequest => "bad_request",
             Cause::Draining => "draining",
         }
     }

@@ -5,30 +5,21 @@
 //! request then close; HTTP/2: GOAWAY, then finish open streams); only `hard_stop` drops a
 //! connection with work in progress.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpStream;
 
-use crate::forward;
 use crate::listener::Listener;
 use crate::metered::ConnActivity;
+use crate::stack;
 
 /// Serves one accepted connection to its end.
 pub(crate) async fn serve(l: Arc<Listener>, stream: TcpStream, peer: SocketAddr) {
     let activity = Arc::new(ConnActivity::new());
-    let svc = {
-        let l = l.clone();
-        let activity = activity.clone();
-        service_fn(move |req| {
-            let l = l.clone();
-            let activity = activity.clone();
-            async move { Ok::<_, Infallible>(forward::handle(l, req, peer, activity).await) }
-        })
-    };
+    let svc = TowerToHyperService::new(stack::build(&l, peer, activity.clone()));
     let conn = l
         .server
         .serve_connection_with_upgrades(TokioIo::new(stream), svc);

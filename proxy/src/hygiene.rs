@@ -1,16 +1,25 @@
-//! Request and response hygiene at the edge: header limits, hop-by-hop stripping,
-//! X-Forwarded-*, and the request id.
+//! Request and response hygiene at the edge: hop-by-hop stripping, X-Forwarded-*, the
+//! request id, and the request rewritten for the app (URI, Host, version).
 //!
 //! Invariant: hop-by-hop headers (RFC 9110 §7.6.1: `Connection` and every header it names,
 //! plus the classic list) never cross the proxy, except `Upgrade`/`Connection: upgrade` on a
 //! request that asks for an upgrade, which the upgrade handshake needs end to end.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
 use rand::Rng;
+use tower::{Layer, Service, ServiceExt};
 
-use crate::cause::Cause;
+use crate::access_log::trace_id;
+use crate::cause::{Cause, ProxyBody};
+use crate::config::Protocol;
+use crate::context::Ctx;
+use crate::listener::Listener;
+use crate::stack::BoxFuture;
 
 /// The request id header, created when absent and echoed on the response.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -27,27 +36,6 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRAILER,
     header::TRANSFER_ENCODING,
 ];
-
-/// 431 when the request head is over the configured size or count. hyper enforces a coarser
-/// buffer limit while parsing; this one is exact and configurable below hyper's minimum.
-pub fn check_header_limits(
-    headers: &HeaderMap,
-    max_bytes: usize,
-    max_count: usize,
-) -> Result<(), Cause> {
-    if headers.len() > max_count {
-        return Err(Cause::HeadersTooLarge);
-    }
-    // name + ": " + value + CRLF, as on the wire.
-    let bytes: usize = headers
-        .iter()
-        .map(|(n, v)| n.as_str().len() + v.len() + 4)
-        .sum();
-    if bytes > max_bytes {
-        return Err(Cause::HeadersTooLarge);
-    }
-    Ok(())
-}
 
 /// Whether an HTTP/1 request asks for a protocol upgrade (e.g. WebSocket).
 pub fn wants_upgrade(headers: &HeaderMap) -> bool {
@@ -138,6 +126,106 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
     v
 }
 
+/// The hygiene layer: cleans and rewrites the request for the app, and the response for the
+/// client.
+pub(crate) fn layer<S>(
+    l: Arc<Listener>,
+    peer: SocketAddr,
+) -> impl Layer<S, Service = Hygiene<S>> + Clone {
+    tower::layer::layer_fn(move |inner| Hygiene {
+        inner,
+        l: l.clone(),
+        peer,
+    })
+}
+
+/// See [`layer`].
+#[derive(Clone)]
+pub(crate) struct Hygiene<S> {
+    inner: S,
+    l: Arc<Listener>,
+    peer: SocketAddr,
+}
+
+impl<S, B> Service<Request<B>> for Hygiene<S>
+where
+    S: Service<Request<B>, Response = Response<ProxyBody>, Error = Cause> + Clone + Send + 'static,
+    S::Future: Send,
+    B: Send + 'static,
+{
+    type Response = Response<ProxyBody>;
+    type Error = Cause;
+    type Future = BoxFuture<Result<Response<ProxyBody>, Cause>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Cause>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let req = match self.rewrite(req) {
+            Ok(req) => req,
+            Err(cause) => return Box::pin(async move { Err(cause) }),
+        };
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let mut resp = inner.oneshot(req).await?;
+            if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                strip_hop_by_hop(resp.headers_mut(), false);
+            }
+            Ok(resp)
+        })
+    }
+}
+
+impl<S> Hygiene<S> {
+    fn rewrite<B>(&self, req: Request<B>) -> Result<Request<B>, Cause> {
+        let upgrade = self.l.cfg.protocol == Protocol::Http && wants_upgrade(req.headers());
+        let ctx = Ctx::of(&req);
+        let (mut parts, body) = req.into_parts();
+        let rid = ensure_request_id(&mut parts.headers);
+        let trace = trace_id(
+            parts
+                .headers
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok()),
+        );
+        ctx.set_ids(rid.to_str().unwrap_or_default().to_string(), trace);
+        // HTTP/2 carries the host in :authority; an HTTP/1 app wants a Host header.
+        if !parts.headers.contains_key(header::HOST) {
+            if let Some(v) = parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
+                parts.headers.insert(header::HOST, v);
+            }
+        }
+        let host = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        set_forwarded(&mut parts.headers, self.peer.ip(), "http", host.as_deref());
+        strip_hop_by_hop(&mut parts.headers, upgrade);
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        parts.uri = Uri::builder()
+            .scheme("http")
+            .authority(self.l.upstream.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|_| Cause::BadRequest)?;
+        parts.version = match self.l.cfg.protocol {
+            Protocol::H2c => Version::HTTP_2,
+            Protocol::Http | Protocol::Tcp => Version::HTTP_11,
+        };
+        Ok(Request::from_parts(parts, body))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,13 +289,5 @@ mod tests {
         let id = ensure_request_id(&mut h);
         assert_eq!(id.len(), 32);
         assert_eq!(h["x-request-id"], id);
-    }
-
-    #[test]
-    fn limits() {
-        let h = map(&[("a", "1"), ("b", "2")]);
-        assert!(check_header_limits(&h, 100, 2).is_ok());
-        assert_eq!(check_header_limits(&h, 100, 1), Err(Cause::HeadersTooLarge));
-        assert_eq!(check_header_limits(&h, 11, 10), Err(Cause::HeadersTooLarge));
     }
 }

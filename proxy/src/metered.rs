@@ -1,24 +1,38 @@
-//! Accounting of one request from arrival until its response body ends: in-flight counts,
-//! the access-log record, RED metrics, the drain counters.
+//! The outermost layer: accounting of one request from arrival until its response body ends
+//! (in-flight counts, the access-log record, RED metrics, the drain counters, tandem's
+//! response headers), and the one place a [`Cause`] becomes a response.
 //!
 //! Invariant: exactly one [`RequestGuard`] per request, and its `Drop` is the single place a
 //! request is counted as finished, whether the body ended, the client went away or drain cut
 //! it; so in-flight gauges cannot leak and every request gets exactly one log record.
 
+use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use tokio::sync::OwnedSemaphorePermit;
+use http_body_util::BodyExt;
 use tokio::time::Instant;
+use tower::{Layer, Service};
 
 use crate::access_log::AccessRecord;
-use crate::cause::Cause;
+use crate::cause::{Cause, ProxyBody};
+use crate::context::Ctx;
+use crate::hygiene::REQUEST_ID;
 use crate::listener::Listener;
 use crate::metrics::method_label;
+use crate::stack::BoxFuture;
+
+/// Number of attempts sent to the app, as Envoy's `x-envoy-attempt-count`.
+pub const ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-tandem-attempt-count");
+/// Milliseconds the last attempt waited for the app's response headers.
+pub const UPSTREAM_SERVICE_TIME: HeaderName =
+    HeaderName::from_static("x-tandem-upstream-service-time");
 
 /// Activity of one client connection, for the idle keep-alive timeout.
 #[derive(Debug)]
@@ -66,15 +80,78 @@ impl ConnActivity {
     }
 }
 
+/// The accounting layer.
+pub(crate) fn layer<S>(
+    l: Arc<Listener>,
+    conn: Arc<ConnActivity>,
+) -> impl Layer<S, Service = Metered<S>> + Clone {
+    tower::layer::layer_fn(move |inner| Metered {
+        inner,
+        l: l.clone(),
+        conn: conn.clone(),
+    })
+}
+
+/// See [`layer`].
+#[derive(Clone)]
+pub(crate) struct Metered<S> {
+    inner: S,
+    l: Arc<Listener>,
+    conn: Arc<ConnActivity>,
+}
+
+impl<S, B> Service<Request<B>> for Metered<S>
+where
+    S: Service<Request<CountingBody<B>>, Response = Response<ProxyBody>, Error = Cause>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+    B: Send + 'static,
+{
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Response<ProxyBody>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let ctx = Arc::new(Ctx::new());
+        let mut guard = RequestGuard::new(
+            self.l.clone(),
+            Some(self.conn.clone()),
+            req.method(),
+            req.uri().path(),
+            ctx.clone(),
+        );
+        let (mut parts, body) = req.into_parts();
+        parts.extensions.insert(ctx.clone());
+        let req = Request::from_parts(parts, CountingBody::new(body, ctx));
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let resp = match tower::ServiceExt::oneshot(inner, req).await {
+                Ok(resp) => resp,
+                Err(cause) => {
+                    guard.set_cause(cause);
+                    cause.response()
+                }
+            };
+            Ok(guard.respond(resp))
+        })
+    }
+}
+
 /// Counts request body bytes as they are read.
 pub(crate) struct CountingBody<B> {
     inner: B,
-    count: Arc<AtomicU64>,
+    ctx: Arc<Ctx>,
 }
 
 impl<B> CountingBody<B> {
-    pub fn new(inner: B, count: Arc<AtomicU64>) -> Self {
-        Self { inner, count }
+    pub fn new(inner: B, ctx: Arc<Ctx>) -> Self {
+        Self { inner, ctx }
     }
 }
 
@@ -89,7 +166,7 @@ impl<B: Body<Data = Bytes> + Unpin> Body for CountingBody<B> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(f))) = &polled {
             if let Some(d) = f.data_ref() {
-                self.count.fetch_add(d.len() as u64, Ordering::Relaxed);
+                self.ctx.add_bytes_in(d.len() as u64);
             }
         }
         polled
@@ -108,11 +185,14 @@ impl<B: Body<Data = Bytes> + Unpin> Body for CountingBody<B> {
 pub(crate) struct RequestGuard {
     listener: Arc<Listener>,
     conn: Option<Arc<ConnActivity>>,
-    _permit: Option<OwnedSemaphorePermit>,
-    start: Instant,
-    method: &'static str,
-    pub bytes_in: Arc<AtomicU64>,
-    pub record: AccessRecord,
+    ctx: Arc<Ctx>,
+    method_label: &'static str,
+    method: String,
+    path: String,
+    status: u16,
+    cause: Option<Cause>,
+    bytes_out: u64,
+    completed: bool,
 }
 
 impl RequestGuard {
@@ -121,7 +201,7 @@ impl RequestGuard {
         conn: Option<Arc<ConnActivity>>,
         method: &http::Method,
         path: &str,
-        start: Instant,
+        ctx: Arc<Ctx>,
     ) -> Self {
         listener.counters.in_flight.fetch_add(1, Ordering::AcqRel);
         if let Some(m) = &listener.metrics {
@@ -130,51 +210,49 @@ impl RequestGuard {
         if let Some(c) = &conn {
             c.begin();
         }
-        let record = AccessRecord {
-            listener: listener.name.clone(),
-            protocol: listener.protocol_label(),
+        Self {
+            listener,
+            conn,
+            ctx,
+            method_label: method_label(method),
             method: method.to_string(),
             path: path.to_string(),
             status: 0,
-            duration: std::time::Duration::ZERO,
-            upstream_time: None,
-            attempts: 0,
-            bytes_in: 0,
-            bytes_out: 0,
-            upstream: listener.cfg.upstream.clone(),
-            request_id: String::new(),
-            trace_id: None,
             cause: None,
+            bytes_out: 0,
             completed: false,
-        };
-        Self {
-            conn,
-            _permit: None,
-            start,
-            method: method_label(method),
-            bytes_in: Arc::new(AtomicU64::new(0)),
-            record,
-            listener,
         }
-    }
-
-    pub fn listener(&self) -> &Arc<Listener> {
-        &self.listener
-    }
-
-    pub fn hold_permit(&mut self, permit: OwnedSemaphorePermit) {
-        self._permit = Some(permit);
     }
 
     /// Notes that tandem answers with `cause`, and counts it.
     pub fn set_cause(&mut self, cause: Cause) {
-        self.record.cause = Some(cause.as_str());
+        self.cause = Some(cause);
+        tracing::debug!(listener = %self.listener.name, %cause, "tandem answered");
         if let Some(m) = &self.listener.metrics {
             m.error(cause);
             if cause == Cause::Shed {
                 m.shed.inc();
             }
         }
+    }
+
+    /// Adds tandem's response headers and ties the guard to the response body.
+    fn respond(mut self, mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
+        self.status = resp.status().as_u16();
+        let h = resp.headers_mut();
+        h.insert(ATTEMPT_COUNT, HeaderValue::from(self.ctx.attempts()));
+        if let Some(t) = self.ctx.upstream_time() {
+            h.insert(
+                UPSTREAM_SERVICE_TIME,
+                HeaderValue::from(u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+            );
+        }
+        if let Ok(id) = HeaderValue::from_str(&self.ctx.request_id()) {
+            if !id.is_empty() {
+                h.entry(REQUEST_ID).or_insert(id);
+            }
+        }
+        resp.map(|body| MeteredBody::new(body, self).boxed_unsync())
     }
 }
 
@@ -186,15 +264,30 @@ impl Drop for RequestGuard {
         if let Some(c) = &self.conn {
             c.end();
         }
-        self.record.duration = self.start.elapsed();
-        self.record.bytes_in = self.bytes_in.load(Ordering::Relaxed);
+        let duration = self.ctx.start.elapsed();
         if let Some(m) = &l.metrics {
             m.in_flight.dec();
-            m.request(self.method, self.record.status);
-            m.duration.observe(self.record.duration.as_secs_f64());
+            m.request(self.method_label, self.status);
+            m.duration.observe(duration.as_secs_f64());
         }
         if let Some(log) = &l.hooks.access_log {
-            log(&self.record);
+            log(&AccessRecord {
+                listener: l.name.clone(),
+                protocol: l.protocol_label(),
+                method: std::mem::take(&mut self.method),
+                path: std::mem::take(&mut self.path),
+                status: self.status,
+                duration,
+                upstream_time: self.ctx.upstream_time(),
+                attempts: self.ctx.attempts(),
+                bytes_in: self.ctx.bytes_in(),
+                bytes_out: self.bytes_out,
+                upstream: l.cfg.upstream.clone(),
+                request_id: self.ctx.request_id(),
+                trace_id: self.ctx.trace_id(),
+                cause: self.cause.map(Cause::as_str),
+                completed: self.completed,
+            });
         }
     }
 }
@@ -205,14 +298,11 @@ pub(crate) struct MeteredBody<B> {
     guard: Option<RequestGuard>,
 }
 
-impl<B> MeteredBody<B> {
-    pub fn new(inner: B, mut guard: RequestGuard) -> Self
-    where
-        B: Body,
-    {
+impl<B: Body> MeteredBody<B> {
+    fn new(inner: B, mut guard: RequestGuard) -> Self {
         // hyper may never poll a body that is already at its end (empty, HEAD, 304).
         if inner.is_end_stream() {
-            guard.record.completed = true;
+            guard.completed = true;
         }
         Self {
             inner,
@@ -236,13 +326,13 @@ impl<B: Body<Data = Bytes> + Unpin> Body for MeteredBody<B> {
                 // hyper stops polling once a body with a known length is complete.
                 let ended = self.inner.is_end_stream();
                 if let Some(g) = self.guard.as_mut() {
-                    g.record.bytes_out += n;
-                    g.record.completed |= ended;
+                    g.bytes_out += n;
+                    g.completed |= ended;
                 }
             }
             Poll::Ready(None) => {
                 if let Some(mut g) = self.guard.take() {
-                    g.record.completed = true;
+                    g.completed = true;
                 }
             }
             Poll::Ready(Some(Err(_))) => {

@@ -2,8 +2,9 @@
 //! the first attempt so a retry can send it again; a larger one streams and gets one attempt.
 //!
 //! Invariant: a body is buffered only up to the replay limit plus one frame, never more; the
-//! body size limit (413) is enforced both from Content-Length and while streaming. A request
-//! with `Expect: 100-continue` is never pre-read, so the app, not tandem, decides to continue.
+//! body size limit (413) is enforced here while the body streams (the limits layer refuses a
+//! declared Content-Length before). A request with `Expect: 100-continue` is never pre-read,
+//! so the body is only asked for once the app is being sent the request.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -43,15 +44,11 @@ impl Prepared {
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
+        // A declared length over `max_body` was refused by the limits layer already.
         let content_length = headers
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
-        if let (Some(len), Some(max)) = (content_length, max_body) {
-            if len > max {
-                return Err(Cause::BodyTooLarge);
-            }
-        }
         if body.is_end_stream() {
             return Ok(Prepared::Replayable(Bytes::new()));
         }
