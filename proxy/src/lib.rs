@@ -3,11 +3,30 @@
 //! It knows nothing of processes: the supervisor hands it a readiness watch and a shutdown
 //! token, and only the supervisor's lifecycle decides when to drain it.
 //!
-//! ```text
-//! let bound = Inbound::bind(&configs).await?;          // before the app is spawned
-//! let serving = serve(bound, ready_rx, token, hooks);  // requests hold until ready_rx is true
-//! ...
-//! let report = serving.drain().await;                  // Stopping: before the app's stop signal
+//! ```no_run
+//! # async fn run() -> Result<(), tandem_proxy::ProxyError> {
+//! use prometheus_client::registry::Registry;
+//! use tandem_proxy::{parse_listener_spec, serve, CancellationToken, Hooks, Inbound};
+//!
+//! let configs = vec![parse_listener_spec("8080=127.0.0.1:3000").expect("valid spec")];
+//! // Starting: validate and bind before the app is spawned; connections queue meanwhile.
+//! let bound = Inbound::bind(&configs).await?;
+//! let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
+//! let mut registry = Registry::default();
+//! let hooks = Hooks::new()
+//!     .with_metrics(&mut registry)
+//!     .with_access_log(|record| tracing::info!(?record, "access"));
+//! let serving = serve(bound, ready_rx, CancellationToken::new(), hooks);
+//! // ... spawn the app; when its readiness probe passes:
+//! ready_tx.send_replace(true);
+//! // Restarting: ready_tx.send_replace(false) holds new requests (up to hold_timeout).
+//! // Stopping: drain the proxy first, and only then signal the app. Leave the proxy's
+//! // readiness true meanwhile: it means "the app can take requests" (the app is still up),
+//! // which is not /readyz (that one says "not ready" as soon as Stopping begins).
+//! let report = serving.drain().await;
+//! drop(ready_tx);
+//! tracing::info!(finished = report.finished(), cut = report.cut(), "proxy drained");
+//! # Ok(()) }
 //! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
