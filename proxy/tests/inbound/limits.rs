@@ -165,3 +165,33 @@ async fn over_max_concurrent_is_shed() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_body_over_limit_gets_413() {
+    bounded(async {
+        let up = Upstream::start().await;
+        let proxy = Proxy::start(up.addr, Protocol::Http, true, |c| {
+            // Above the 64 KiB replay buffer: the body is already streaming to the app when
+            // the limit is crossed.
+            c.limits.max_body_bytes = Some(100 * 1024);
+        })
+        .await;
+        let stream = futures_util::stream::iter((0..20).map(|_| {
+            Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from(
+                vec![b'z'; 10 * 1024],
+            )))
+        }));
+        let req = Request::post(proxy.url("/echo"))
+            .body(http_body_util::BodyExt::boxed_unsync(
+                http_body_util::StreamBody::new(stream),
+            ))
+            .expect("request");
+        let (status, _, body) = send(&h1_client(), req).await.expect("POST");
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body:?}");
+        assert!(
+            up.seen.bodies("/echo").is_empty(),
+            "the app got a truncated body as whole"
+        );
+    })
+    .await;
+}

@@ -1,5 +1,6 @@
 //! The app is killed and restarted mid-load, as the lifecycle would (not ready, kill, start,
-//! ready): 2,000 GETs from a few concurrent clients all succeed.
+//! ready; or killed first, then not ready): 2,000 GETs from a few concurrent clients all
+//! succeed.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -38,12 +39,16 @@ async fn restart_mid_load_has_zero_failures() {
                 failures
             });
         }
-        // Restart twice during the run.
+        // Restart twice during the run: first as a planned restart (not ready, then kill),
+        // then as a crash (killed, and the lifecycle notices just after).
         let mut up = Some(up);
-        for at in [500, 1200] {
+        for (at, crash) in [(500, false), (1200, true)] {
             eventually("load to progress", || done.load(Ordering::Relaxed) >= at).await;
-            proxy.ready.send_replace(false);
+            if !crash {
+                proxy.ready.send_replace(false);
+            }
             let seen = up.take().expect("running").stop().await;
+            proxy.ready.send_replace(false);
             tokio::time::sleep(Duration::from_millis(100)).await;
             up = Some(Upstream::start_on(addr, seen).await);
             proxy.ready.send_replace(true);
