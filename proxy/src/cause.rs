@@ -14,6 +14,9 @@ pub type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
 /// A failure tandem answers for the app.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Cause {
+    /// The client took longer than `timeouts.header_read` to send a request head (the
+    /// connection is closed; no response is sent on it).
+    HeaderReadTimeout,
     /// Request headers or their count over the limit.
     HeadersTooLarge,
     /// Request body over the limit.
@@ -46,6 +49,7 @@ impl Cause {
     /// The status the client sees.
     pub fn status(self) -> StatusCode {
         match self {
+            Cause::HeaderReadTimeout => StatusCode::REQUEST_TIMEOUT,
             Cause::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Cause::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Cause::NotReady | Cause::Shed | Cause::Draining => StatusCode::SERVICE_UNAVAILABLE,
@@ -60,6 +64,7 @@ impl Cause {
     /// A stable snake_case label for logs and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
+            Cause::HeaderReadTimeout => "header_read_timeout",
             Cause::HeadersTooLarge => "headers_too_large",
             Cause::BodyTooLarge => "body_too_large",
             Cause::NotReady => "not_ready",
@@ -79,7 +84,10 @@ impl Cause {
     pub fn is_timeout(self) -> bool {
         matches!(
             self,
-            Cause::ConnectTimeout | Cause::PerTryTimeout | Cause::RequestTimeout
+            Cause::HeaderReadTimeout
+                | Cause::ConnectTimeout
+                | Cause::PerTryTimeout
+                | Cause::RequestTimeout
         )
     }
 

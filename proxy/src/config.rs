@@ -60,7 +60,9 @@ pub struct ListenerConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TimeoutConfig {
-    /// Time for a client to send a full request head (slowloris guard). HTTP/1 only.
+    /// Time for a client to send a full request head (slowloris guard), counted from the
+    /// connection's start or the first byte of the next request, not while keep-alive idles.
+    /// Past it the connection is closed. HTTP/1 only.
     #[serde(with = "humantime_serde")]
     pub header_read: Duration,
     /// Time to establish a TCP connection to the app.

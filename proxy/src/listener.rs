@@ -124,8 +124,10 @@ impl Listener {
         let mut server = auto::Builder::new(TokioExecutor::new());
         {
             let mut h1 = server.http1();
+            // No hyper header_read_timeout: its clock also runs while a keep-alive connection
+            // idles, closing it early; `conn` runs the header-read clock itself.
             h1.timer(TokioTimer::new())
-                .header_read_timeout(t.header_read)
+                .header_read_timeout(None)
                 .preserve_header_case(true)
                 .max_headers(cfg.limits.max_header_count)
                 .max_buf_size(cfg.limits.max_header_bytes.saturating_add(16 * 1024));

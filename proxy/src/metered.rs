@@ -8,8 +8,8 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -17,11 +17,11 @@ use http::header::{HeaderName, HeaderValue};
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use crate::access_log::AccessRecord;
 use crate::cause::{Cause, ProxyBody};
+use crate::conn::ConnActivity;
 use crate::context::Ctx;
 use crate::hygiene::REQUEST_ID;
 use crate::listener::Listener;
@@ -33,52 +33,6 @@ pub const ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-tandem-attempt-
 /// Milliseconds the last attempt waited for the app's response headers.
 pub const UPSTREAM_SERVICE_TIME: HeaderName =
     HeaderName::from_static("x-tandem-upstream-service-time");
-
-/// Activity of one client connection, for the idle keep-alive timeout.
-#[derive(Debug)]
-pub(crate) struct ConnActivity {
-    active: AtomicUsize,
-    last: Mutex<Instant>,
-}
-
-impl ConnActivity {
-    pub fn new() -> Self {
-        Self {
-            active: AtomicUsize::new(0),
-            last: Mutex::new(Instant::now()),
-        }
-    }
-
-    /// When the connection becomes idle-expired if nothing happens meanwhile.
-    pub fn idle_deadline(&self, idle: std::time::Duration) -> Instant {
-        let last = self
-            .last
-            .lock()
-            .map(|l| *l)
-            .unwrap_or_else(|_| Instant::now());
-        last + idle
-    }
-
-    pub fn is_idle(&self) -> bool {
-        self.active.load(Ordering::Acquire) == 0
-    }
-
-    fn begin(&self) {
-        self.active.fetch_add(1, Ordering::AcqRel);
-        self.touch();
-    }
-
-    fn end(&self) {
-        self.active.fetch_sub(1, Ordering::AcqRel);
-        self.touch();
-    }
-
-    fn touch(&self) {
-        if let Ok(mut l) = self.last.lock() {
-            *l = Instant::now();
-        }
-    }
-}
 
 /// The accounting layer.
 pub(crate) fn layer<S>(

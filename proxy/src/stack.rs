@@ -15,8 +15,8 @@ use hyper::body::Incoming;
 use tower::{Service, ServiceBuilder};
 
 use crate::cause::ProxyBody;
+use crate::conn::ConnActivity;
 use crate::listener::Listener;
-use crate::metered::ConnActivity;
 use crate::{hygiene, limits, metered, ready, retry, shed, timeout, upgrade, upstream};
 
 /// The future every layer returns.

@@ -130,3 +130,30 @@ async fn expect_100_continue_passes_through() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_outlives_the_header_read_timeout() {
+    bounded(async {
+        let up = Upstream::start().await;
+        let proxy = Proxy::start(up.addr, Protocol::Http, true, |c| {
+            c.timeouts.header_read = Duration::from_millis(100);
+            c.timeouts.idle = Duration::from_secs(60);
+        })
+        .await;
+        let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+        s.write_all(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        read_until(&mut s, "\r\n\r\n").await;
+        // Idle for several header-read periods: an idle keep-alive connection is not a slow
+        // request head, and must not be cut for it.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        s.write_all(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write again");
+        let second = read_until(&mut s, "\r\n\r\n").await;
+        assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+        assert_eq!(up.seen.hits("/echo"), 2);
+    })
+    .await;
+}
