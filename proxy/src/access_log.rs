@@ -7,12 +7,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::{Serialize, Serializer};
+
 /// The caller's access-log sink. Called once per request, on the task that finished it: keep
 /// it cheap and non-blocking (hand the record to a bounded queue).
 pub type AccessLogFn = Arc<dyn Fn(&AccessRecord) + Send + Sync>;
 
-/// What happened to one request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What happened to one request. Serializes flat, durations as `*_ms` floats, ready for a
+/// JSON log line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AccessRecord {
     /// Listener name.
     pub listener: String,
@@ -25,8 +28,10 @@ pub struct AccessRecord {
     /// Status sent to the client (0 for TCP, or when the client went away before a response).
     pub status: u16,
     /// From arrival until the response body ended (or the connection closed).
+    #[serde(rename = "duration_ms", serialize_with = "millis")]
     pub duration: Duration,
     /// Time the last attempt waited for the app's response headers.
+    #[serde(rename = "upstream_time_ms", serialize_with = "opt_millis")]
     pub upstream_time: Option<Duration>,
     /// Attempts sent to the app.
     pub attempts: u32,
@@ -46,6 +51,17 @@ pub struct AccessRecord {
     pub completed: bool,
 }
 
+fn millis<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64() * 1000.0)
+}
+
+fn opt_millis<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => millis(d, s),
+        None => s.serialize_none(),
+    }
+}
+
 /// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), if well formed.
 pub fn trace_id(traceparent: Option<&str>) -> Option<String> {
     let mut parts = traceparent?.trim().split('-');
@@ -58,6 +74,30 @@ pub fn trace_id(traceparent: Option<&str>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn serializes_flat_with_millis() {
+        let r = AccessRecord {
+            listener: "web".into(),
+            protocol: "http",
+            method: "GET".into(),
+            path: "/".into(),
+            status: 200,
+            duration: Duration::from_micros(1500),
+            upstream_time: None,
+            attempts: 1,
+            bytes_in: 0,
+            bytes_out: 2,
+            upstream: "127.0.0.1:3000".into(),
+            request_id: "r1".into(),
+            trace_id: None,
+            cause: None,
+            completed: true,
+        };
+        let json = serde_json::to_string(&r).expect("serialize");
+        assert!(json.contains(r#""duration_ms":1.5"#), "{json}");
+        assert!(json.contains(r#""upstream_time_ms":null"#), "{json}");
+    }
 
     #[test]
     fn parses_traceparent() {

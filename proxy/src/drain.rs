@@ -7,13 +7,15 @@
 
 use std::time::Duration;
 
+use serde::Serialize;
+
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 use crate::listener::Listener;
 
 /// What draining one listener did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ListenerDrain {
     /// Listener name.
     pub listener: String,
@@ -29,11 +31,12 @@ pub struct ListenerDrain {
     /// Whether everything finished before the deadline.
     pub deadline_met: bool,
     /// How long draining took.
+    #[serde(with = "humantime_serde")]
     pub elapsed: Duration,
 }
 
 /// What draining every listener did.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct DrainReport {
     /// One entry per listener, in configuration order.
     pub listeners: Vec<ListenerDrain>,
