@@ -69,6 +69,21 @@ pub(crate) struct Counters {
     pub completed: AtomicU64,
 }
 
+/// Spawns hyper's background tasks (HTTP/2 streams) into the listener's tracker, so drain
+/// waits for them too, not only for connection tasks.
+#[derive(Clone)]
+pub(crate) struct TrackedExecutor(TaskTracker);
+
+impl<F> hyper::rt::Executor<F> for TrackedExecutor
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        self.0.spawn(fut);
+    }
+}
+
 pub(crate) struct Listener {
     pub name: String,
     pub cfg: ListenerConfig,
@@ -76,7 +91,7 @@ pub(crate) struct Listener {
     pub metrics: Option<ListenerMetrics>,
     pub upstream: Authority,
     pub client: Client<HttpConnector, UpstreamBody>,
-    pub server: auto::Builder<TokioExecutor>,
+    pub server: auto::Builder<TrackedExecutor>,
     pub budget: RetryBudget,
     pub limiter: Arc<Semaphore>,
     pub readiness: watch::Receiver<bool>,
@@ -121,7 +136,8 @@ impl Listener {
             .retry_canceled_requests(true)
             .set_host(true)
             .build(connector);
-        let mut server = auto::Builder::new(TokioExecutor::new());
+        let tasks = TaskTracker::new();
+        let mut server = auto::Builder::new(TrackedExecutor(tasks.clone()));
         {
             let mut h1 = server.http1();
             // No hyper header_read_timeout: its clock also runs while a keep-alive connection
@@ -161,7 +177,7 @@ impl Listener {
             counters: Counters::default(),
             shutdown,
             hard_stop: CancellationToken::new(),
-            tasks: TaskTracker::new(),
+            tasks,
             cfg,
         }
     }
