@@ -92,7 +92,11 @@ impl Metrics {
             Unit::Seconds,
             m.duration.clone(),
         );
-        r.register("in_flight", "Requests in flight", m.in_flight.clone());
+        r.register(
+            "requests_in_flight",
+            "Requests (and TCP connections) in flight",
+            m.in_flight.clone(),
+        );
         r.register(
             "upstream_attempts",
             "Attempts sent to the app",

@@ -20,7 +20,7 @@ async fn request_waits_for_readiness() {
         let url = proxy.url("/echo");
         let pending = tokio::spawn(async move { get(&client, &url).await });
         eventually("the request is held in flight", || {
-            proxy.metric(r#"tandem_proxy_in_flight{listener="test"}"#) == 1.0
+            proxy.metric(r#"tandem_proxy_requests_in_flight{listener="test"}"#) == 1.0
         })
         .await;
         assert_eq!(
