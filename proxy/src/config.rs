@@ -185,6 +185,13 @@ impl ListenerConfig {
                 return Err(bad(key, "must be greater than zero".into()));
             }
         }
+        if self.hold_timeout >= t.request {
+            // Otherwise a held request times out as 504 before it can be answered 503.
+            return Err(bad(
+                "hold_timeout",
+                "must be shorter than timeouts.request".into(),
+            ));
+        }
         let r = &self.retry;
         if r.max_attempts == 0 {
             return Err(bad("retry.max_attempts", "must be at least 1".into()));
@@ -323,5 +330,12 @@ mod tests {
             e.contains("retry.budget_ratio") && e.contains("port-8080"),
             "{e}"
         );
+        l.retry.budget_ratio = 0.2;
+        l.hold_timeout = l.timeouts.request;
+        let e = l
+            .validate()
+            .expect_err("hold not below request")
+            .to_string();
+        assert!(e.contains("hold_timeout"), "{e}");
     }
 }

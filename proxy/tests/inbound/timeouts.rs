@@ -52,6 +52,7 @@ async fn request_timeout_is_504() {
         let up = Upstream::start().await;
         let proxy = Proxy::start(up.addr, Protocol::Http, true, |c| {
             c.timeouts.request = Duration::from_millis(300);
+            c.hold_timeout = Duration::from_millis(100);
         })
         .await;
         let (status, _, body) = get(&h1_client(), &proxy.url("/slow?ms=5000"))
