@@ -75,6 +75,7 @@ pub struct TimeoutConfig {
     #[serde(with = "humantime_serde")]
     pub request: Duration,
     /// A client keep-alive connection with no request in flight is closed after this long.
+    /// HTTP only: a TCP-mode connection is never cut for idling (database pools idle).
     #[serde(with = "humantime_serde")]
     pub idle: Duration,
     /// Pooled connections to the app are dropped after this long unused. Keep it below the
