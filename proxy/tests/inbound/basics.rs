@@ -38,6 +38,12 @@ async fn get_and_post_with_hygiene_headers() {
 
         let req = Request::post(proxy.url("/echo"))
             .header("x-request-id", "client-id-1")
+            .header("authorization", "Bearer secret-token")
+            .header("cookie", "session=secret-cookie")
+            .header(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            )
             .header("connection", "keep-alive, x-hop")
             .header("x-hop", "secret")
             .body(full("hello app"))
@@ -61,6 +67,15 @@ async fn get_and_post_with_hygiene_headers() {
         assert_eq!(log[0].method, "GET");
         assert_eq!(log[0].status, 200);
         assert_eq!(log[1].request_id, "client-id-1");
+        assert_eq!(
+            log[1].trace_id.as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        let line = serde_json::to_string(&log[1]).expect("serialize");
+        assert!(
+            !line.contains("secret"),
+            "a credential reached the access log: {line}"
+        );
         assert_eq!(log[1].bytes_in, 9);
         assert_eq!(log[1].bytes_out, 9);
         assert!(
