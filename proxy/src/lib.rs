@@ -1,5 +1,71 @@
 //! tandem's proxy library: the inbound stack in front of the app's ports.
 //!
 //! It knows nothing of processes: the supervisor hands it a readiness watch and a shutdown
-//! signal, and only the supervisor's lifecycle decides when to drain it.
+//! token, and only the supervisor's lifecycle decides when to drain it.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), tandem_proxy::ProxyError> {
+//! use prometheus_client::registry::Registry;
+//! use tandem_proxy::{parse_listener_spec, serve, CancellationToken, Hooks, Inbound};
+//!
+//! let configs = vec![parse_listener_spec("8080=127.0.0.1:3000").expect("valid spec")];
+//! // Starting: validate and bind before the app is spawned; connections queue meanwhile.
+//! let bound = Inbound::bind(&configs).await?;
+//! let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
+//! let mut registry = Registry::default();
+//! let hooks = Hooks::new()
+//!     .with_metrics(&mut registry)
+//!     .with_access_log(|record| tracing::info!(?record, "access"));
+//! let serving = serve(bound, ready_rx, CancellationToken::new(), hooks);
+//! // ... spawn the app; when its readiness probe passes:
+//! ready_tx.send_replace(true);
+//! // Restarting: ready_tx.send_replace(false) holds new requests (up to hold_timeout).
+//! // Stopping: drain the proxy first, and only then signal the app. Leave the proxy's
+//! // readiness true meanwhile: it means "the app can take requests" (the app is still up),
+//! // which is not /readyz (that one says "not ready" as soon as Stopping begins).
+//! let report = serving.drain().await;
+//! drop(ready_tx);
+//! tracing::info!(finished = report.finished(), cut = report.cut(), "proxy drained");
+//! # Ok(()) }
+//! ```
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod access_log;
+mod backoff;
+mod budget;
+mod cause;
+mod config;
+mod conn;
+mod context;
+mod drain;
+mod error;
+mod hygiene;
+mod inbound;
+mod limits;
+mod listener;
+mod metered;
+mod metrics;
+mod ready;
+mod replay;
+mod retry;
+mod shed;
+mod spec;
+mod stack;
+mod tcp;
+mod timeout;
+mod upgrade;
+mod upstream;
+
+pub use access_log::{AccessLogFn, AccessRecord};
+pub use cause::Cause;
+pub use config::{LimitsConfig, ListenerConfig, Protocol, RetryConfig, TimeoutConfig};
+pub use drain::{DrainReport, ListenerDrain};
+pub use error::{ConfigError, ProxyError, SpecError};
+pub use hygiene::REQUEST_ID;
+pub use inbound::{serve, BoundListeners, Inbound, Serving};
+pub use listener::Hooks;
+pub use metered::{ATTEMPT_COUNT, UPSTREAM_SERVICE_TIME};
+pub use metrics::Metrics;
+pub use spec::parse_listener_spec;
+pub use tokio_util::sync::CancellationToken;

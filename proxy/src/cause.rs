@@ -1,0 +1,123 @@
+//! Why tandem itself answered a request instead of the app: one cause, one status, one short
+//! body naming it, one label for logs and metrics.
+//!
+//! Invariant: the mapping is total and fixed here; no other module picks a status for a
+//! tandem-made response, so logs, metrics and the client always agree on the cause.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
+
+/// The body type every response of the proxy uses.
+pub type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
+
+/// A failure tandem answers for the app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Cause {
+    /// The client took longer than `timeouts.header_read` to send a request head (the
+    /// connection is closed; no response is sent on it).
+    HeaderReadTimeout,
+    /// Request headers or their count over the limit.
+    HeadersTooLarge,
+    /// Request body over the limit.
+    BodyTooLarge,
+    /// The app did not become ready within `hold_timeout`.
+    NotReady,
+    /// Too many requests in flight on the listener.
+    Shed,
+    /// The app's port refused or did not answer the connect.
+    ConnectFailed,
+    /// Connecting took longer than `timeouts.connect`.
+    ConnectTimeout,
+    /// The connection to the app broke after the request was (maybe) sent.
+    UpstreamReset,
+    /// One attempt took longer than `timeouts.per_try`.
+    PerTryTimeout,
+    /// The whole request took longer than `timeouts.request`.
+    RequestTimeout,
+    /// The client's request body broke while it was read.
+    ClientBody,
+    /// The request cannot be forwarded as given (e.g. a path that is not a valid URI).
+    BadRequest,
+    /// The listener is draining.
+    Draining,
+}
+
+// === impl Cause ===
+
+impl Cause {
+    /// The status the client sees.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Cause::HeaderReadTimeout => StatusCode::REQUEST_TIMEOUT,
+            Cause::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Cause::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Cause::NotReady | Cause::Shed | Cause::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            Cause::ConnectFailed | Cause::UpstreamReset => StatusCode::BAD_GATEWAY,
+            Cause::ConnectTimeout | Cause::PerTryTimeout | Cause::RequestTimeout => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            Cause::ClientBody | Cause::BadRequest => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// A stable snake_case label for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::HeaderReadTimeout => "header_read_timeout",
+            Cause::HeadersTooLarge => "headers_too_large",
+            Cause::BodyTooLarge => "body_too_large",
+            Cause::NotReady => "not_ready",
+            Cause::Shed => "shed",
+            Cause::ConnectFailed => "connect_failed",
+            Cause::ConnectTimeout => "connect_timeout",
+            Cause::UpstreamReset => "upstream_reset",
+            Cause::PerTryTimeout => "per_try_timeout",
+            Cause::RequestTimeout => "request_timeout",
+            Cause::ClientBody => "client_body_error",
+            Cause::BadRequest => "bad_request",
+            Cause::Draining => "draining",
+        }
+    }
+
+    /// Whether this cause is a timeout (for the timeouts-by-kind metric).
+    pub fn is_timeout(self) -> bool {
+        matches!(
+            self,
+            Cause::HeaderReadTimeout
+                | Cause::ConnectTimeout
+                | Cause::PerTryTimeout
+                | Cause::RequestTimeout
+        )
+    }
+
+    /// The response tandem sends: status, a one-line body naming the cause, and Retry-After
+    /// where waiting helps.
+    pub fn response(self) -> Response<ProxyBody> {
+        let body = format!("tandem: {}\n", self.as_str());
+        let mut resp = Response::new(
+            Full::new(Bytes::from(body))
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        );
+        *resp.status_mut() = self.status();
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if matches!(self, Cause::NotReady | Cause::Shed | Cause::Draining) {
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if self == Cause::Draining {
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -1,0 +1,227 @@
+//! One client connection of an HTTP listener: served by hyper until it closes, goes idle past
+//! `timeouts.idle`, takes longer than `timeouts.header_read` to send a request head, or the
+//! listener drains.
+//!
+//! Invariant: the header-read clock runs only while a request head is awaited and has begun
+//! (from the connection's start, then from the first byte after each response), never while
+//! an HTTP/1 keep-alive connection merely sits idle; so keep-alive lasts `timeouts.idle`, as
+//! configured, and clients that reuse connections are not cut early (the sidecar 503 seen from
+//! the other side). Drain and idle use hyper's graceful shutdown; only a header-read timeout
+//! and `hard_stop` drop a connection outright.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::cause::Cause;
+use crate::config::Protocol;
+use crate::listener::Listener;
+use crate::stack;
+
+/// What one client connection is doing, for the idle and header-read clocks.
+#[derive(Debug)]
+pub(crate) struct ConnActivity {
+    active: AtomicUsize,
+    state: Mutex<Clocks>,
+}
+
+#[derive(Debug)]
+struct Clocks {
+    /// When the last request began or ended.
+    last: Instant,
+    /// When the head of the next request began arriving, while none is active.
+    head_started: Option<Instant>,
+}
+
+// === impl ConnActivity ===
+
+impl ConnActivity {
+    pub fn new() -> Self {
+        let now = Instant::now();
+        Self {
+            active: AtomicUsize::new(0),
+            state: Mutex::new(Clocks {
+                last: now,
+                // The first request's head is awaited from the start.
+                head_started: Some(now),
+            }),
+        }
+    }
+
+    /// A request's head was read and it entered the stack.
+    pub fn begin(&self) {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        if let Ok(mut c) = self.state.lock() {
+            c.last = Instant::now();
+            c.head_started = None;
+        }
+    }
+
+    /// A request finished (its response body ended or was dropped).
+    pub fn end(&self) {
+        self.active.fetch_sub(1, Ordering::AcqRel);
+        if let Ok(mut c) = self.state.lock() {
+            c.last = Instant::now();
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.active.load(Ordering::Acquire) == 0
+    }
+
+    /// Bytes arrived: if no request is active, the next head has begun.
+    fn on_read(&self) {
+        if self.is_idle() {
+            if let Ok(mut c) = self.state.lock() {
+                c.head_started.get_or_insert_with(Instant::now);
+            }
+        }
+    }
+
+    /// When the idle connection expires; while a request is active, one period from now.
+    fn idle_deadline(&self, idle: Duration) -> Instant {
+        match self.state.lock() {
+            Ok(c) if self.is_idle() => c.last + idle,
+            _ => Instant::now() + idle,
+        }
+    }
+
+    /// When the request head being awaited is late, if one is.
+    fn header_deadline(&self, header_read: Duration) -> Option<Instant> {
+        if !self.is_idle() {
+            return None;
+        }
+        self.state
+            .lock()
+            .ok()
+            .and_then(|c| c.head_started)
+            .map(|t| t + header_read)
+    }
+}
+
+/// The client's socket, telling the connection's clocks when bytes arrive.
+struct Watched {
+    inner: TcpStream,
+    activity: Arc<ConnActivity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.on_read();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Serves one accepted connection to its end.
+pub(crate) async fn serve(l: Arc<Listener>, stream: TcpStream, peer: SocketAddr) {
+    let activity = Arc::new(ConnActivity::new());
+    let svc = TowerToHyperService::new(stack::build(&l, peer, activity.clone()));
+    let io = Watched {
+        inner: stream,
+        activity: activity.clone(),
+    };
+    let conn = l
+        .server
+        .serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let t = &l.cfg.timeouts;
+    // HTTP/2 has no request head to dribble (and pings move bytes while idle).
+    let header_clock = l.cfg.protocol == Protocol::Http;
+    let mut closing = false;
+    loop {
+        let idle_at = activity.idle_deadline(t.idle);
+        let header_at = header_clock
+            .then(|| activity.header_deadline(t.header_read))
+            .flatten();
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(listener = %l.name, %peer, error = %e, "connection ended");
+                }
+                return;
+            }
+            _ = l.shutdown.cancelled(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = l.hard_stop.cancelled() => {
+                tracing::debug!(listener = %l.name, %peer, "connection cut at drain deadline");
+                return;
+            }
+            _ = tokio::time::sleep_until(idle_at), if !closing => {
+                // Woken at the deadline computed before; activity since then moves it on.
+                if activity.is_idle() && activity.idle_deadline(t.idle) <= Instant::now() {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+            _ = sleep_until_some(header_at) => {
+                let late = activity
+                    .header_deadline(t.header_read)
+                    .is_some_and(|d| d <= Instant::now());
+                if late {
+                    tracing::debug!(listener = %l.name, %peer, "request head too slow; closing");
+                    if let Some(m) = &l.metrics {
+                        m.error(Cause::HeaderReadTimeout);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,293 @@
+//! Request and response hygiene at the edge: hop-by-hop stripping, X-Forwarded-*, the
+//! request id, and the request rewritten for the app (URI, Host, version).
+//!
+//! Invariant: hop-by-hop headers (RFC 9110 §7.6.1: `Connection` and every header it names,
+//! plus the classic list) never cross the proxy, except `Upgrade`/`Connection: upgrade` on a
+//! request that asks for an upgrade, which the upgrade handshake needs end to end.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use rand::Rng;
+use tower::{Layer, Service, ServiceExt};
+
+use crate::access_log::trace_id;
+use crate::cause::{Cause, ProxyBody};
+use crate::config::Protocol;
+use crate::context::Ctx;
+use crate::listener::Listener;
+use crate::stack::BoxFuture;
+
+/// The request id header, created when absent and echoed on the response.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// Longest incoming request id that is passed through; longer ones are replaced.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Whether an HTTP/1 request asks for a protocol upgrade (e.g. WebSocket).
+pub fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Removes hop-by-hop headers. With `upgrade`, keeps `Upgrade` and sets `Connection: upgrade`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        if !(upgrade && name == header::UPGRADE) {
+            headers.remove(&name);
+        }
+    }
+    // "TE: trailers" is the one TE value that means something end to end (gRPC needs it).
+    let te_trailers = headers
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Appends the client to `X-Forwarded-For`; sets `X-Forwarded-Proto` and `X-Forwarded-Host`
+/// when a proxy in front of us has not set them already.
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    proto: &'static str,
+    host: Option<&str>,
+) {
+    let xff = HeaderName::from_static("x-forwarded-for");
+    let value = match headers.get(&xff).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {client}"),
+        _ => client.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(xff, v);
+    }
+    headers
+        .entry(HeaderName::from_static("x-forwarded-proto"))
+        .or_insert(HeaderValue::from_static(proto));
+    if let Some(host) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
+        headers
+            .entry(HeaderName::from_static("x-forwarded-host"))
+            .or_insert(host);
+    }
+}
+
+/// Keeps a sane incoming `x-request-id` or creates one; returns the value in use.
+pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(&REQUEST_ID) {
+        let ok = !v.is_empty()
+            && v.len() <= MAX_REQUEST_ID_LEN
+            && v.as_bytes().iter().all(|b| b.is_ascii_graphic());
+        if ok {
+            return v.clone();
+        }
+    }
+    let id: u128 = rand::thread_rng().gen();
+    let v = HeaderValue::from_str(&format!("{id:032x}"))
+        .expect("32 hex digits are a valid header value");
+    headers.insert(REQUEST_ID, v.clone());
+    v
+}
+
+/// The hygiene layer: cleans and rewrites the request for the app, and the response for the
+/// client.
+pub(crate) fn layer<S>(
+    l: Arc<Listener>,
+    peer: SocketAddr,
+) -> impl Layer<S, Service = Hygiene<S>> + Clone {
+    tower::layer::layer_fn(move |inner| Hygiene {
+        inner,
+        l: l.clone(),
+        peer,
+    })
+}
+
+/// See [`layer`].
+#[derive(Clone)]
+pub(crate) struct Hygiene<S> {
+    inner: S,
+    l: Arc<Listener>,
+    peer: SocketAddr,
+}
+
+impl<S, B> Service<Request<B>> for Hygiene<S>
+where
+    S: Service<Request<B>, Response = Response<ProxyBody>, Error = Cause> + Clone + Send + 'static,
+    S::Future: Send,
+    B: Send + 'static,
+{
+    type Response = Response<ProxyBody>;
+    type Error = Cause;
+    type Future = BoxFuture<Result<Response<ProxyBody>, Cause>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Cause>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let req = match self.rewrite(req) {
+            Ok(req) => req,
+            Err(cause) => return Box::pin(async move { Err(cause) }),
+        };
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let mut resp = inner.oneshot(req).await?;
+            if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                strip_hop_by_hop(resp.headers_mut(), false);
+            }
+            Ok(resp)
+        })
+    }
+}
+
+impl<S> Hygiene<S> {
+    fn rewrite<B>(&self, req: Request<B>) -> Result<Request<B>, Cause> {
+        let upgrade = self.l.cfg.protocol == Protocol::Http && wants_upgrade(req.headers());
+        let ctx = Ctx::of(&req);
+        let (mut parts, body) = req.into_parts();
+        let rid = ensure_request_id(&mut parts.headers);
+        let trace = trace_id(
+            parts
+                .headers
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok()),
+        );
+        ctx.set_ids(rid.to_str().unwrap_or_default().to_string(), trace);
+        // HTTP/2 carries the host in :authority; an HTTP/1 app wants a Host header.
+        if !parts.headers.contains_key(header::HOST) {
+            if let Some(v) = parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
+                parts.headers.insert(header::HOST, v);
+            }
+        }
+        let host = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        set_forwarded(&mut parts.headers, self.peer.ip(), "http", host.as_deref());
+        strip_hop_by_hop(&mut parts.headers, upgrade);
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        parts.uri = Uri::builder()
+            .scheme("http")
+            .authority(self.l.upstream.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|_| Cause::BadRequest)?;
+        parts.version = match self.l.cfg.protocol {
+            Protocol::H2c => Version::HTTP_2,
+            Protocol::Http | Protocol::Tcp => Version::HTTP_11,
+        };
+        Ok(Request::from_parts(parts, body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(*n, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn strips_listed_and_named_headers() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("transfer-encoding", "chunked"),
+            ("te", "trailers, deflate"),
+            ("upgrade", "websocket"),
+            ("x-app", "kept"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h["x-app"], "kept");
+        assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn keeps_upgrade_handshake() {
+        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        assert!(wants_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+    }
+
+    #[test]
+    fn forwarded_appends() {
+        let mut h = map(&[
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        set_forwarded(
+            &mut h,
+            "127.0.0.1".parse().expect("ip"),
+            "http",
+            Some("example.com"),
+        );
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "example.com");
+    }
+
+    #[test]
+    fn request_id_kept_or_made() {
+        let mut h = map(&[("x-request-id", "abc-123")]);
+        assert_eq!(ensure_request_id(&mut h), "abc-123");
+        let mut h = map(&[("x-request-id", "has space")]);
+        let id = ensure_request_id(&mut h);
+        assert_eq!(id.len(), 32);
+        assert_eq!(h["x-request-id"], id);
+    }
+}

@@ -1,0 +1,171 @@
+//! The inbound proxy's entry points: [`Inbound::bind`] before the app starts, [`serve`] once
+//! hooks are ready, [`Serving::drain`] on stop.
+//!
+//! Invariant: every listener is validated and bound before any is served, so a bad config or
+//! a port in use fails the start before the app is spawned; traffic that arrives before the
+//! app is ready waits in the kernel's accept queue or the readiness gate, never fails fast.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ListenerConfig, Protocol};
+use crate::drain::{drain, DrainReport, ListenerDrain};
+use crate::error::{ConfigError, ProxyError};
+use crate::listener::{Hooks, Listener};
+use crate::{conn, tcp};
+
+/// Listen backlog: connections that arrive while the app starts queue here.
+const BACKLOG: u32 = 1024;
+
+/// Namespace for binding the inbound listeners.
+#[derive(Debug)]
+pub struct Inbound;
+
+/// Listeners bound but not yet serving. Connections queue in the backlog until [`serve`].
+#[derive(Debug)]
+pub struct BoundListeners {
+    listeners: Vec<(ListenerConfig, TcpListener, SocketAddr)>,
+}
+
+/// The running proxy. Dropping it does not stop it: call [`Serving::drain`].
+#[derive(Debug)]
+pub struct Serving {
+    shutdown: CancellationToken,
+    addrs: Vec<(String, SocketAddr)>,
+    tasks: Vec<JoinHandle<ListenerDrain>>,
+}
+
+// === impl Inbound ===
+
+impl Inbound {
+    /// Validates every listener, then binds each (SO_REUSEADDR, so a restarted tandem can
+    /// rebind at once). Must run inside a tokio runtime.
+    pub async fn bind(configs: &[ListenerConfig]) -> Result<BoundListeners, ProxyError> {
+        let mut names = HashSet::new();
+        for c in configs {
+            c.validate()?;
+            if !names.insert(c.display_name()) {
+                return Err(ConfigError::DuplicateName(c.display_name()).into());
+            }
+        }
+        let mut listeners = Vec::with_capacity(configs.len());
+        for c in configs {
+            let bind_err = |source| ProxyError::Bind {
+                listener: c.display_name(),
+                addr: c.listen,
+                source,
+            };
+            let socket = if c.listen.is_ipv4() {
+                TcpSocket::new_v4()
+            } else {
+                TcpSocket::new_v6()
+            }
+            .map_err(bind_err)?;
+            socket.set_reuseaddr(true).map_err(bind_err)?;
+            socket.bind(c.listen).map_err(bind_err)?;
+            let listener = socket.listen(BACKLOG).map_err(bind_err)?;
+            let addr = listener.local_addr().map_err(bind_err)?;
+            listeners.push((c.clone(), listener, addr));
+        }
+        Ok(BoundListeners { listeners })
+    }
+}
+
+// === impl BoundListeners ===
+
+impl BoundListeners {
+    /// Listener names and the addresses actually bound (port 0 resolved).
+    pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.listeners
+            .iter()
+            .map(|(c, _, a)| (c.display_name(), *a))
+            .collect()
+    }
+}
+
+/// Starts serving every bound listener. Requests wait for `readiness` to be true (up to each
+/// listener's `hold_timeout`); cancelling `shutdown` (or calling [`Serving::drain`]) stops
+/// accepting and drains.
+pub fn serve(
+    bound: BoundListeners,
+    readiness: watch::Receiver<bool>,
+    shutdown: CancellationToken,
+    hooks: Hooks,
+) -> Serving {
+    let addrs = bound.local_addrs();
+    let tasks = bound
+        .listeners
+        .into_iter()
+        .map(|(cfg, socket, _)| {
+            let l = Arc::new(Listener::new(
+                cfg,
+                readiness.clone(),
+                hooks.clone(),
+                shutdown.child_token(),
+            ));
+            tokio::spawn(accept_loop(l, socket))
+        })
+        .collect();
+    Serving {
+        shutdown,
+        addrs,
+        tasks,
+    }
+}
+
+async fn accept_loop(l: Arc<Listener>, socket: TcpListener) -> ListenerDrain {
+    loop {
+        tokio::select! {
+            biased;
+            _ = l.shutdown.cancelled() => break,
+            accepted = socket.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let l2 = l.clone();
+                    match l.cfg.protocol {
+                        Protocol::Tcp => l.tasks.spawn(tcp::serve(l2, stream, peer)),
+                        Protocol::Http | Protocol::H2c => l.tasks.spawn(conn::serve(l2, stream, peer)),
+                    };
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off briefly rather than spin.
+                    tracing::warn!(listener = %l.name, error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+    drain(&l, socket).await
+}
+
+// === impl Serving ===
+
+impl Serving {
+    /// Listener names and bound addresses.
+    pub fn local_addrs(&self) -> &[(String, SocketAddr)] {
+        &self.addrs
+    }
+
+    /// Stops accepting on every listener, lets in-flight requests finish within each
+    /// listener's `drain_timeout`, cuts the rest, and reports. Idempotent with cancelling
+    /// the `shutdown` token given to [`serve`].
+    pub async fn drain(self) -> DrainReport {
+        self.shutdown.cancel();
+        let mut report = DrainReport::default();
+        for (task, (name, _)) in self.tasks.into_iter().zip(self.addrs) {
+            match task.await {
+                Ok(l) => report.listeners.push(l),
+                Err(e) => {
+                    tracing::error!(listener = %name, error = %e, "listener task failed");
+                }
+            }
+        }
+        report
+    }
+}

@@ -1,0 +1,200 @@
+//! The state one listener's connections share: config, pooled client to the app, budget,
+//! concurrency limit, hooks, counters and the drain tokens.
+//!
+//! Invariant: built once per listener in [`crate::inbound::serve`]; every connection and
+//! request holds an `Arc` to it, so nothing here is global and two listeners never share a
+//! budget, a limit or a pool.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use http::uri::Authority;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::sync::{watch, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::access_log::{AccessLogFn, AccessRecord};
+use crate::budget::RetryBudget;
+use crate::config::{ListenerConfig, Protocol};
+use crate::metrics::{ListenerMetrics, Metrics};
+use crate::replay::UpstreamBody;
+
+/// Observers the caller plugs in: an access-log sink and metrics. Both optional.
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// Called once per finished request or TCP connection.
+    pub access_log: Option<AccessLogFn>,
+    /// Metric handles, registered in the caller's registry.
+    pub metrics: Option<Metrics>,
+}
+
+impl std::fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hooks")
+            .field("access_log", &self.access_log.is_some())
+            .field("metrics", &self.metrics.is_some())
+            .finish()
+    }
+}
+
+// === impl Hooks ===
+
+impl Hooks {
+    /// No access log, no metrics.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds an access-log sink.
+    pub fn with_access_log(mut self, f: impl Fn(&AccessRecord) + Send + Sync + 'static) -> Self {
+        self.access_log = Some(Arc::new(f));
+        self
+    }
+
+    /// Registers the proxy's metrics in `registry` (under `tandem_proxy_`).
+    pub fn with_metrics(mut self, registry: &mut prometheus_client::registry::Registry) -> Self {
+        self.metrics = Some(Metrics::register(registry));
+        self
+    }
+}
+
+/// Request counters for the drain report.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub in_flight: AtomicU64,
+    pub completed: AtomicU64,
+}
+
+/// Spawns hyper's background tasks (HTTP/2 streams) into the listener's tracker, so drain
+/// waits for them too, not only for connection tasks.
+#[derive(Clone)]
+pub(crate) struct TrackedExecutor(TaskTracker);
+
+impl<F> hyper::rt::Executor<F> for TrackedExecutor
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        self.0.spawn(fut);
+    }
+}
+
+pub(crate) struct Listener {
+    pub name: String,
+    pub cfg: ListenerConfig,
+    /// This listener's metric handles, when metrics are on.
+    pub metrics: Option<ListenerMetrics>,
+    pub upstream: Authority,
+    pub client: Client<HttpConnector, UpstreamBody>,
+    pub server: auto::Builder<TrackedExecutor>,
+    pub budget: RetryBudget,
+    pub limiter: Arc<Semaphore>,
+    pub readiness: watch::Receiver<bool>,
+    pub hooks: Hooks,
+    pub counters: Counters,
+    /// Cancelled when draining starts: connections finish what they have, then close.
+    pub shutdown: CancellationToken,
+    /// Cancelled at the drain deadline: whatever still runs is cut.
+    pub hard_stop: CancellationToken,
+    /// Every connection and tunnel task, so drain can wait for them.
+    pub tasks: TaskTracker,
+}
+
+// === impl Listener ===
+
+impl Listener {
+    pub fn new(
+        cfg: ListenerConfig,
+        readiness: watch::Receiver<bool>,
+        hooks: Hooks,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let name = cfg.display_name();
+        // Validated before binding; a parse failure here would be a bug in validation.
+        let upstream: Authority = cfg
+            .upstream
+            .parse()
+            .unwrap_or_else(|_| Authority::from_static("127.0.0.1"));
+        let t = &cfg.timeouts;
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(t.connect));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(t.pool_idle)
+            .pool_max_idle_per_host(64)
+            .http1_preserve_header_case(true)
+            .http2_only(cfg.protocol == Protocol::H2c)
+            // Reused pooled connections found dead before the request was written are
+            // retried by the pool itself: that is the "safe even for POST" case.
+            .retry_canceled_requests(true)
+            .set_host(true)
+            .build(connector);
+        let tasks = TaskTracker::new();
+        let mut server = auto::Builder::new(TrackedExecutor(tasks.clone()));
+        {
+            let mut h1 = server.http1();
+            // No hyper header_read_timeout: its clock also runs while a keep-alive connection
+            // idles, closing it early; `conn` runs the header-read clock itself.
+            h1.timer(TokioTimer::new())
+                .header_read_timeout(None)
+                .preserve_header_case(true)
+                .max_headers(cfg.limits.max_header_count)
+                .max_buf_size(cfg.limits.max_header_bytes.saturating_add(16 * 1024));
+        }
+        {
+            let mut h2 = server.http2();
+            h2.timer(TokioTimer::new())
+                .max_header_list_size(
+                    u32::try_from(cfg.limits.max_header_bytes).unwrap_or(u32::MAX),
+                )
+                .max_concurrent_streams(256);
+        }
+        let server = match cfg.protocol {
+            Protocol::H2c => server.http2_only(),
+            Protocol::Http | Protocol::Tcp => server.http1_only(),
+        };
+        let r = &cfg.retry;
+        Self {
+            metrics: hooks
+                .metrics
+                .as_ref()
+                .map(|m| ListenerMetrics::new(m, &name)),
+            name,
+            upstream,
+            client,
+            server,
+            budget: RetryBudget::new(r.budget_ratio, r.budget_min_per_second, r.budget_ttl),
+            limiter: Arc::new(Semaphore::new(cfg.limits.max_concurrent)),
+            readiness,
+            hooks,
+            counters: Counters::default(),
+            shutdown,
+            hard_stop: CancellationToken::new(),
+            tasks,
+            cfg,
+        }
+    }
+
+    pub fn protocol_label(&self) -> &'static str {
+        match self.cfg.protocol {
+            Protocol::Http => "http",
+            Protocol::H2c => "h2c",
+            Protocol::Tcp => "tcp",
+        }
+    }
+
+    pub fn in_flight(&self) -> u64 {
+        self.counters.in_flight.load(Ordering::Acquire)
+    }
+
+    pub fn completed(&self) -> u64 {
+        self.counters.completed.load(Ordering::Acquire)
+    }
+}

@@ -1,0 +1,307 @@
+//! The outermost layer: accounting of one request from arrival until its response body ends
+//! (in-flight counts, the access-log record, RED metrics, the drain counters, tandem's
+//! response headers), and the one place a [`Cause`] becomes a response.
+//!
+//! Invariant: exactly one [`RequestGuard`] per request, and its `Drop` is the single place a
+//! request is counted as finished, whether the body ended, the client went away or drain cut
+//! it; so in-flight gauges cannot leak and every request gets exactly one log record.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use tower::{Layer, Service};
+
+use crate::access_log::AccessRecord;
+use crate::cause::{Cause, ProxyBody};
+use crate::conn::ConnActivity;
+use crate::context::Ctx;
+use crate::hygiene::REQUEST_ID;
+use crate::listener::Listener;
+use crate::metrics::method_label;
+use crate::stack::BoxFuture;
+
+/// Number of attempts sent to the app, as Envoy's `x-envoy-attempt-count`.
+pub const ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-tandem-attempt-count");
+/// Milliseconds the last attempt waited for the app's response headers.
+pub const UPSTREAM_SERVICE_TIME: HeaderName =
+    HeaderName::from_static("x-tandem-upstream-service-time");
+
+/// The accounting layer.
+pub(crate) fn layer<S>(
+    l: Arc<Listener>,
+    conn: Arc<ConnActivity>,
+) -> impl Layer<S, Service = Metered<S>> + Clone {
+    tower::layer::layer_fn(move |inner| Metered {
+        inner,
+        l: l.clone(),
+        conn: conn.clone(),
+    })
+}
+
+/// See [`layer`].
+#[derive(Clone)]
+pub(crate) struct Metered<S> {
+    inner: S,
+    l: Arc<Listener>,
+    conn: Arc<ConnActivity>,
+}
+
+impl<S, B> Service<Request<B>> for Metered<S>
+where
+    S: Service<Request<CountingBody<B>>, Response = Response<ProxyBody>, Error = Cause>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+    B: Send + 'static,
+{
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Response<ProxyBody>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let ctx = Arc::new(Ctx::new());
+        let mut guard = RequestGuard::new(
+            self.l.clone(),
+            Some(self.conn.clone()),
+            req.method(),
+            req.uri().path(),
+            ctx.clone(),
+        );
+        let (mut parts, body) = req.into_parts();
+        parts.extensions.insert(ctx.clone());
+        let req = Request::from_parts(parts, CountingBody::new(body, ctx));
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let resp = match tower::ServiceExt::oneshot(inner, req).await {
+                Ok(resp) => resp,
+                Err(cause) => {
+                    guard.set_cause(cause);
+                    cause.response()
+                }
+            };
+            Ok(guard.respond(resp))
+        })
+    }
+}
+
+/// Counts request body bytes as they are read.
+pub(crate) struct CountingBody<B> {
+    inner: B,
+    ctx: Arc<Ctx>,
+}
+
+impl<B> CountingBody<B> {
+    pub fn new(inner: B, ctx: Arc<Ctx>) -> Self {
+        Self { inner, ctx }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for CountingBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &polled {
+            if let Some(d) = f.data_ref() {
+                self.ctx.add_bytes_in(d.len() as u64);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// One request's accounting; finished on drop.
+pub(crate) struct RequestGuard {
+    listener: Arc<Listener>,
+    conn: Option<Arc<ConnActivity>>,
+    ctx: Arc<Ctx>,
+    method_label: &'static str,
+    method: String,
+    path: String,
+    status: u16,
+    cause: Option<Cause>,
+    bytes_out: u64,
+    completed: bool,
+}
+
+impl RequestGuard {
+    pub fn new(
+        listener: Arc<Listener>,
+        conn: Option<Arc<ConnActivity>>,
+        method: &http::Method,
+        path: &str,
+        ctx: Arc<Ctx>,
+    ) -> Self {
+        listener.counters.in_flight.fetch_add(1, Ordering::AcqRel);
+        if let Some(m) = &listener.metrics {
+            m.in_flight.inc();
+        }
+        if let Some(c) = &conn {
+            c.begin();
+        }
+        Self {
+            listener,
+            conn,
+            ctx,
+            method_label: method_label(method),
+            method: method.to_string(),
+            path: path.to_string(),
+            status: 0,
+            cause: None,
+            bytes_out: 0,
+            completed: false,
+        }
+    }
+
+    /// Notes that tandem answers with `cause`, and counts it.
+    pub fn set_cause(&mut self, cause: Cause) {
+        self.cause = Some(cause);
+        tracing::debug!(listener = %self.listener.name, %cause, "tandem answered");
+        if let Some(m) = &self.listener.metrics {
+            m.error(cause);
+            if cause == Cause::Shed {
+                m.shed.inc();
+            }
+        }
+    }
+
+    /// Adds tandem's response headers and ties the guard to the response body.
+    fn respond(mut self, mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
+        self.status = resp.status().as_u16();
+        let h = resp.headers_mut();
+        h.insert(ATTEMPT_COUNT, HeaderValue::from(self.ctx.attempts()));
+        if let Some(t) = self.ctx.upstream_time() {
+            h.insert(
+                UPSTREAM_SERVICE_TIME,
+                HeaderValue::from(u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+            );
+        }
+        if let Ok(id) = HeaderValue::from_str(&self.ctx.request_id()) {
+            if !id.is_empty() {
+                h.entry(REQUEST_ID).or_insert(id);
+            }
+        }
+        resp.map(|body| MeteredBody::new(body, self).boxed_unsync())
+    }
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        let l = &self.listener;
+        l.counters.in_flight.fetch_sub(1, Ordering::AcqRel);
+        l.counters.completed.fetch_add(1, Ordering::AcqRel);
+        if let Some(c) = &self.conn {
+            c.end();
+        }
+        let duration = self.ctx.start.elapsed();
+        if let Some(m) = &l.metrics {
+            m.in_flight.dec();
+            m.request(self.method_label, self.status);
+            m.duration.observe(duration.as_secs_f64());
+        }
+        if let Some(log) = &l.hooks.access_log {
+            log(&AccessRecord {
+                listener: l.name.clone(),
+                protocol: l.protocol_label(),
+                method: std::mem::take(&mut self.method),
+                path: std::mem::take(&mut self.path),
+                status: self.status,
+                duration,
+                upstream_time: self.ctx.upstream_time(),
+                attempts: self.ctx.attempts(),
+                bytes_in: self.ctx.bytes_in(),
+                bytes_out: self.bytes_out,
+                upstream: l.cfg.upstream.clone(),
+                request_id: self.ctx.request_id(),
+                trace_id: self.ctx.trace_id(),
+                cause: self.cause.map(Cause::as_str),
+                completed: self.completed,
+            });
+        }
+    }
+}
+
+/// A response body that finishes its request's guard when it ends or is dropped.
+pub(crate) struct MeteredBody<B> {
+    inner: B,
+    guard: Option<RequestGuard>,
+}
+
+impl<B: Body> MeteredBody<B> {
+    fn new(inner: B, mut guard: RequestGuard) -> Self {
+        // hyper may never poll a body that is already at its end (empty, HEAD, 304).
+        if inner.is_end_stream() {
+            guard.completed = true;
+        }
+        Self {
+            inner,
+            guard: Some(guard),
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for MeteredBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(f))) => {
+                let n = f.data_ref().map_or(0, |d| d.len() as u64);
+                // hyper stops polling once a body with a known length is complete.
+                let ended = self.inner.is_end_stream();
+                if let Some(g) = self.guard.as_mut() {
+                    g.bytes_out += n;
+                    g.completed |= ended;
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(mut g) = self.guard.take() {
+                    g.completed = true;
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                self.guard.take();
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,254 @@
+//! Which failed attempts may be tried again.
+//!
+//! Invariant: a request whose bytes may have reached the app is retried only when repeating it
+//! is safe: an idempotent method (RFC 9110 §9.2.2), a POST with `Idempotency-Key` (if
+//! configured), or everything when the operator said so. A failed connect never reached the
+//! app, so it is always safe (and does not draw on the budget). Only a body kept whole for
+//! replay (see `replay`) can be sent again; a streamed one gets one attempt.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body::Body;
+use tower::util::BoxCloneService;
+use tower::{Layer, Service, ServiceExt};
+
+use crate::backoff::jittered;
+use crate::cause::{Cause, ProxyBody};
+use crate::config::RetryConfig;
+use crate::listener::Listener;
+use crate::replay::{BoxError, Prepared, UpstreamBody};
+use crate::stack::BoxFuture;
+
+/// What one attempt ended with, as far as retrying cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The app answered with this status.
+    Status(StatusCode),
+    /// The attempt failed with this cause.
+    Failed(Cause),
+}
+
+/// Whether the retry may be taken, and whether it draws on the budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Do not retry.
+    Stop,
+    /// Retry without drawing on the budget: nothing reached the app.
+    Free,
+    /// Retry if the budget allows.
+    Budgeted,
+}
+
+/// Whether a request may be sent twice.
+pub fn is_safe_to_repeat(method: &Method, headers: &HeaderMap, cfg: &RetryConfig) -> bool {
+    if cfg.retry_non_idempotent {
+        return true;
+    }
+    let idempotent = matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    );
+    idempotent
+        || (cfg.retry_post_with_idempotency_key
+            && *method == Method::POST
+            && headers.contains_key("idempotency-key"))
+}
+
+/// Classifies an attempt's outcome.
+pub fn verdict(outcome: Outcome, safe_to_repeat: bool) -> Verdict {
+    match outcome {
+        Outcome::Failed(Cause::ConnectFailed | Cause::ConnectTimeout) => Verdict::Free,
+        Outcome::Failed(Cause::UpstreamReset | Cause::PerTryTimeout) if safe_to_repeat => {
+            Verdict::Budgeted
+        }
+        Outcome::Status(s)
+            if safe_to_repeat
+                && matches!(
+                    s,
+                    StatusCode::BAD_GATEWAY
+                        | StatusCode::SERVICE_UNAVAILABLE
+                        | StatusCode::GATEWAY_TIMEOUT
+                ) =>
+        {
+            Verdict::Budgeted
+        }
+        _ => Verdict::Stop,
+    }
+}
+
+/// The service behind the retry layer, boxed: attempts are made on a concrete type.
+type Inner = BoxCloneService<Request<UpstreamBody>, Response<ProxyBody>, Cause>;
+
+/// The retry layer.
+pub(crate) fn layer<S>(l: Arc<Listener>) -> impl Layer<S, Service = Retry> + Clone
+where
+    S: Service<Request<UpstreamBody>, Response = Response<ProxyBody>, Error = Cause>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    tower::layer::layer_fn(move |inner: S| Retry {
+        inner: BoxCloneService::new(inner),
+        l: l.clone(),
+    })
+}
+
+/// See [`layer`].
+#[derive(Clone)]
+pub(crate) struct Retry {
+    inner: Inner,
+    l: Arc<Listener>,
+}
+
+impl<B> Service<Request<B>> for Retry
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ProxyBody>;
+    type Error = Cause;
+    type Future = BoxFuture<Result<Response<ProxyBody>, Cause>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Cause>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let inner = self.inner.clone();
+        let l = self.l.clone();
+        Box::pin(attempts(inner, l, req))
+    }
+}
+
+/// One attempt through a clone of the inner service. A plain function, not inline in the
+/// async loop: it keeps the `Service` obligation out of the loop's future (rustc#64552).
+fn send(
+    inner: &Inner,
+    req: Request<UpstreamBody>,
+) -> BoxFuture<Result<Response<ProxyBody>, Cause>> {
+    Box::pin(inner.clone().oneshot(req))
+}
+
+/// Attempts until a response worth returning, a failure not worth retrying, the attempt
+/// limit, or an exhausted budget.
+async fn attempts<B>(
+    inner: Inner,
+    l: Arc<Listener>,
+    req: Request<B>,
+) -> Result<Response<ProxyBody>, Cause>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let cfg = &l.cfg.retry;
+    let (parts, body) = req.into_parts();
+    let safe = is_safe_to_repeat(&parts.method, &parts.headers, cfg);
+    l.budget.deposit();
+    let mut prepared = Prepared::read(
+        body,
+        &parts.headers,
+        cfg.max_replay_body_bytes,
+        l.cfg.limits.max_body_bytes,
+    )
+    .await?;
+    let mut attempt: u32 = 0;
+    loop {
+        attempt += 1;
+        let mut req = Request::new(prepared.take_body());
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = parts.uri.clone();
+        *req.version_mut() = parts.version;
+        *req.headers_mut() = parts.headers.clone();
+        *req.extensions_mut() = parts.extensions.clone();
+        let result = send(&inner, req).await;
+        let outcome = match &result {
+            Ok(resp) => Outcome::Status(resp.status()),
+            Err(cause) => Outcome::Failed(*cause),
+        };
+        let last = attempt >= cfg.max_attempts || !prepared.is_replayable();
+        let go = match if last {
+            Verdict::Stop
+        } else {
+            verdict(outcome, safe)
+        } {
+            Verdict::Stop => false,
+            Verdict::Free => true,
+            Verdict::Budgeted => {
+                let ok = l.budget.try_withdraw();
+                if !ok {
+                    if let Some(m) = &l.metrics {
+                        m.budget_exhausted.inc();
+                    }
+                }
+                ok
+            }
+        };
+        if !go {
+            return result;
+        }
+        let reason = match outcome {
+            Outcome::Status(s) => match s.as_u16() {
+                502 => "status_502",
+                503 => "status_503",
+                504 => "status_504",
+                _ => "status_other",
+            },
+            Outcome::Failed(c) => c.as_str(),
+        };
+        tracing::debug!(listener = %l.name, attempt, reason, "retrying");
+        if let Some(m) = &l.metrics {
+            m.retry(reason);
+        }
+        // Drop the failed response before waiting so its connection is released.
+        drop(result);
+        tokio::time::sleep(jittered(cfg.backoff_base, cfg.backoff_max, attempt)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safety() {
+        let cfg = RetryConfig::default();
+        let none = HeaderMap::new();
+        let mut key = HeaderMap::new();
+        key.insert("idempotency-key", http::HeaderValue::from_static("k1"));
+        assert!(is_safe_to_repeat(&Method::GET, &none, &cfg));
+        assert!(is_safe_to_repeat(&Method::PUT, &none, &cfg));
+        assert!(!is_safe_to_repeat(&Method::POST, &none, &cfg));
+        assert!(is_safe_to_repeat(&Method::POST, &key, &cfg));
+        assert!(!is_safe_to_repeat(&Method::PATCH, &key, &cfg));
+        let off = RetryConfig {
+            retry_post_with_idempotency_key: false,
+            ..RetryConfig::default()
+        };
+        assert!(!is_safe_to_repeat(&Method::POST, &key, &off));
+    }
+
+    #[test]
+    fn verdicts() {
+        let s = |c| Outcome::Status(StatusCode::from_u16(c).expect("status"));
+        assert_eq!(
+            verdict(Outcome::Failed(Cause::ConnectFailed), false),
+            Verdict::Free
+        );
+        assert_eq!(
+            verdict(Outcome::Failed(Cause::UpstreamReset), false),
+            Verdict::Stop
+        );
+        assert_eq!(
+            verdict(Outcome::Failed(Cause::UpstreamReset), true),
+            Verdict::Budgeted
+        );
+        assert_eq!(verdict(s(503), true), Verdict::Budgeted);
+        assert_eq!(verdict(s(503), false), Verdict::Stop);
+        assert_eq!(verdict(s(500), true), Verdict::Stop);
+        assert_eq!(verdict(s(200), true), Verdict::Stop);
+    }
+}

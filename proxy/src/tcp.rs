@@ -1,0 +1,113 @@
+//! Raw TCP mode: for ports that do not speak HTTP (databases, custom protocols).
+//!
+//! Invariant: nothing is read from the client before the app's connection is up (no sniffing,
+//! server-speaks-first protocols work); a connect failure is retried because no byte has
+//! reached the app, within `max_attempts` and the hold deadline.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::access_log::AccessRecord;
+use crate::backoff::jittered;
+use crate::cause::Cause;
+use crate::listener::Listener;
+use crate::ready::wait_ready;
+
+/// Proxies one accepted TCP connection to the app.
+pub(crate) async fn serve(l: Arc<Listener>, mut client: TcpStream, peer: SocketAddr) {
+    let start = Instant::now();
+    l.counters.in_flight.fetch_add(1, Ordering::AcqRel);
+    if let Some(m) = &l.metrics {
+        m.tcp_connections.inc();
+        m.in_flight.inc();
+    }
+    let mut record = AccessRecord {
+        listener: l.name.clone(),
+        protocol: "tcp",
+        method: "TCP".into(),
+        path: String::new(),
+        status: 0,
+        duration: std::time::Duration::ZERO,
+        upstream_time: None,
+        attempts: 0,
+        bytes_in: 0,
+        bytes_out: 0,
+        upstream: l.cfg.upstream.clone(),
+        request_id: String::new(),
+        trace_id: None,
+        cause: None,
+        completed: false,
+    };
+    match connect(&l, start, &mut record).await {
+        Ok(mut app) => {
+            tokio::select! {
+                r = tokio::io::copy_bidirectional(&mut client, &mut app) => match r {
+                    Ok((to_app, to_client)) => {
+                        record.bytes_in = to_app;
+                        record.bytes_out = to_client;
+                        record.completed = true;
+                    }
+                    Err(e) => {
+                        tracing::debug!(listener = %l.name, %peer, error = %e, "tcp tunnel broke");
+                        record.cause = Some(Cause::UpstreamReset.as_str());
+                    }
+                },
+                _ = l.hard_stop.cancelled() => {
+                    record.cause = Some(Cause::Draining.as_str());
+                }
+            }
+        }
+        Err(cause) => {
+            tracing::debug!(listener = %l.name, %peer, %cause, "tcp connection refused by tandem");
+            record.cause = Some(cause.as_str());
+        }
+    }
+    l.counters.in_flight.fetch_sub(1, Ordering::AcqRel);
+    l.counters.completed.fetch_add(1, Ordering::AcqRel);
+    record.duration = start.elapsed();
+    if let Some(m) = &l.metrics {
+        m.in_flight.dec();
+    }
+    if let Some(log) = &l.hooks.access_log {
+        log(&record);
+    }
+}
+
+async fn connect(
+    l: &Listener,
+    start: Instant,
+    record: &mut AccessRecord,
+) -> Result<TcpStream, Cause> {
+    let mut readiness = l.readiness.clone();
+    let hold_deadline = start + l.cfg.hold_timeout;
+    let retry = &l.cfg.retry;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        record.attempts = attempt;
+        wait_ready(&mut readiness, hold_deadline).await?;
+        let sent = Instant::now();
+        let r = tokio::time::timeout(
+            l.cfg.timeouts.connect,
+            TcpStream::connect(l.cfg.upstream.as_str()),
+        )
+        .await;
+        record.upstream_time = Some(sent.elapsed());
+        let cause = match r {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                return Ok(s);
+            }
+            Ok(Err(_)) => Cause::ConnectFailed,
+            Err(_) => Cause::ConnectTimeout,
+        };
+        if attempt >= retry.max_attempts {
+            return Err(cause);
+        }
+        tokio::time::sleep(jittered(retry.backoff_base, retry.backoff_max, attempt)).await;
+    }
+}

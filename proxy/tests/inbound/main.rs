@@ -1,0 +1,16 @@
+//! Black-box tests of the inbound proxy: real sockets on 127.0.0.1, a real upstream app
+//! written with hyper, one module per concern.
+//!
+//! Invariant: each test asserts what a client or the app observes (statuses, bytes, hits,
+//! records), never how long something took.
+
+mod support;
+
+mod basics;
+mod drain;
+mod limits;
+mod ready;
+mod restart;
+mod retry;
+mod tcp;
+mod timeouts;

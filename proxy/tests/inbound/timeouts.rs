@@ -1,0 +1,160 @@
+//! Timeouts mapped to statuses: per try and whole request → 504 naming which; an idle
+//! keep-alive connection is closed; `Expect: 100-continue` flows through to the app.
+
+use std::time::Duration;
+
+use http::{Request, StatusCode};
+use tandem_proxy::Protocol;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_try_timeout_is_504_and_retried_only_when_safe() {
+    bounded(async {
+        let up = Upstream::start().await;
+        let proxy = Proxy::start(up.addr, Protocol::Http, true, |c| {
+            c.timeouts.per_try = Duration::from_millis(100);
+            c.retry.max_attempts = 2;
+            c.retry.backoff_base = Duration::from_millis(1);
+            c.retry.backoff_max = Duration::from_millis(1);
+        })
+        .await;
+        let client = h1_client();
+        let (status, h, body) = get(&client, &proxy.url("/slow?ms=3000"))
+            .await
+            .expect("GET");
+        assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(body, "tandem: per_try_timeout\n");
+        assert_eq!(h["x-tandem-attempt-count"], "2");
+        let req = Request::post(proxy.url("/slow?ms=3000"))
+            .body(full("x"))
+            .expect("request");
+        let (status, h, _) = send(&client, req).await.expect("POST");
+        assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(
+            h["x-tandem-attempt-count"], "1",
+            "a POST was repeated after a timeout"
+        );
+        assert_eq!(up.seen.hits("/slow"), 3);
+        assert!(
+            proxy.metric(r#"tandem_proxy_timeouts_total{listener="test",kind="per_try_timeout"}"#)
+                == 2.0
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_timeout_is_504() {
+    bounded(async {
+        let up = Upstream::start().await;
+        let proxy = Proxy::start(up.addr, Protocol::Http, true, |c| {
+            c.timeouts.request = Duration::from_millis(300);
+            c.hold_timeout = Duration::from_millis(100);
+        })
+        .await;
+        let (status, _, body) = get(&h1_client(), &proxy.url("/slow?ms=5000"))
+            .await
+            .expect("GET");
+        assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(body, "tandem: request_timeout\n");
+    })
+    .await;
+}
+
+async fn read_until(s: &mut TcpStream, needle: &str) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains(needle) {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("bytes in time")
+            .expect("read");
+        assert!(
+            n > 0,
+            "closed before {needle:?}: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connection_is_closed() {
+    bounded(async {
+        let up = Upstream::start().await;
+        let proxy = Proxy::start(up.addr, Protocol::Http, true, |c| {
+            c.timeouts.idle = Duration::from_millis(200);
+            // Only the idle timer may close this connection.
+            c.timeouts.header_read = Duration::from_secs(60);
+        })
+        .await;
+        let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+        s.write_all(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        read_until(&mut s, "\r\n\r\n").await;
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("the idle connection was never closed")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "expected EOF, got {:?}", &buf[..n]);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_100_continue_passes_through() {
+    bounded(async {
+        let up = Upstream::start().await;
+        let proxy = Proxy::start(up.addr, Protocol::Http, true, |_| {}).await;
+        let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+        s.write_all(
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+        )
+        .await
+        .expect("write head");
+        read_until(&mut s, "100 Continue").await;
+        s.write_all(b"hello").await.expect("write body");
+        let resp = read_until(&mut s, "hello").await;
+        assert!(resp.contains("200 OK"), "{resp}");
+        assert!(
+            resp.to_ascii_lowercase()
+                .contains("x-up-expect: 100-continue"),
+            "{resp}"
+        );
+        assert_eq!(up.seen.bodies("/echo"), vec!["hello"]);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_outlives_the_header_read_timeout() {
+    bounded(async {
+        let up = Upstream::start().await;
+        let proxy = Proxy::start(up.addr, Protocol::Http, true, |c| {
+            c.timeouts.header_read = Duration::from_millis(100);
+            c.timeouts.idle = Duration::from_secs(60);
+        })
+        .await;
+        let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+        s.write_all(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        read_until(&mut s, "\r\n\r\n").await;
+        // Idle for several header-read periods: an idle keep-alive connection is not a slow
+        // request head, and must not be cut for it.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        s.write_all(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write again");
+        let second = read_until(&mut s, "\r\n\r\n").await;
+        assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+        assert_eq!(up.seen.hits("/echo"), 2);
+    })
+    .await;
+}
