@@ -3,3 +3,5 @@
 //! The binary (`main.rs`) is thin; everything it does lives in these modules. Only
 //! [`lifecycle`] decides the order of operations: the other modules expose plain operations
 //! (spawn, stop, drain, flush) and know nothing of each other's state.
+
+pub mod health;
