@@ -266,6 +266,20 @@ mod tests {
         assert!(toml::from_str::<HealthConfig>("[startup]\n").is_err());
     }
 
+    #[test]
+    fn the_shipped_systemd_example_has_valid_probes() {
+        let file: toml::Table = toml::from_str(include_str!("../../../systemd/legacy-app.toml"))
+            .expect("systemd/legacy-app.toml is TOML");
+        let health: HealthConfig = file
+            .get("health")
+            .cloned()
+            .expect("the example has a [health] section")
+            .try_into()
+            .expect("[health] matches HealthConfig");
+        let checks = health.validate().expect("valid probes");
+        assert!(checks.readiness.is_some() && checks.liveness.is_some());
+    }
+
     #[tokio::test]
     async fn no_readiness_probe_means_ready_at_spawn() {
         let mut m = HealthMonitor::new(
