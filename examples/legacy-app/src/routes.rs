@@ -31,6 +31,12 @@ pub fn handle(req: &Request) -> Option<(u16, Vec<u8>)> {
                 .and_then(|v| v.parse::<u64>().ok())
                 .unwrap_or(1000)
                 .min(MAX_SLOW_MS);
+            // Logged before the wait, so a test can signal the app with the request in flight.
+            log::plain(
+                Stream::Stdout,
+                "DEBUG",
+                &format!("slow request: sleeping {ms}ms"),
+            );
             std::thread::sleep(Duration::from_millis(ms));
             if ms >= 1000 {
                 log::plain(Stream::Stderr, "WARN", &format!("slow request took {ms}ms"));
