@@ -3,8 +3,8 @@
 //!
 //! Invariants: `ready` is true only while the current app instance's readiness probe is
 //! passing, or, with no readiness probe, from the moment the app is spawned; it is false
-//! between instances. `healthy` is false only while a probe of the current instance is
-//! failing. Probes belong to one app instance: [`HealthMonitor::app_started`] starts fresh
+//! between instances. `healthy` is false only while the current instance's liveness probe is
+//! failing, or, with no liveness probe, its readiness probe. Probes belong to one app instance: [`HealthMonitor::app_started`] starts fresh
 //! ones and [`HealthMonitor::app_stopped`] ends them, while the two watch channels live as long
 //! as the monitor, so the proxy and the watchdog subscribe once.
 
@@ -117,7 +117,8 @@ impl HealthMonitor {
         self.ready.subscribe()
     }
 
-    /// False while a probe of the current instance is failing; feeds the sd_notify watchdog.
+    /// False while the current instance's liveness probe (else readiness probe) is failing;
+    /// feeds the sd_notify watchdog.
     pub fn healthy(&self) -> watch::Receiver<bool> {
         self.healthy.subscribe()
     }
@@ -206,7 +207,9 @@ fn publish(
     let r = state(readiness);
     let l = state(liveness);
     let is_ready = r.is_none_or(|s| s == ProbeState::Passing);
-    let is_healthy = r != Some(ProbeState::Failing) && l != Some(ProbeState::Failing);
+    // Liveness decides when there is one: a readiness failure (an overloaded app) must not get
+    // the unit killed. Without one, a failing readiness probe is the only sign of a hung app.
+    let is_healthy = l.or(r) != Some(ProbeState::Failing);
     ready.send_if_modified(|v| std::mem::replace(v, is_ready) != is_ready);
     healthy.send_if_modified(|v| std::mem::replace(v, is_healthy) != is_healthy);
 }
@@ -323,6 +326,39 @@ mod tests {
         assert!(!*ready.borrow());
         m.app_stopped();
         assert!(*healthy.borrow(), "between instances nothing is failing");
+    }
+
+    #[tokio::test]
+    async fn with_a_liveness_probe_readiness_failures_do_not_clear_healthy() {
+        let live = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let live_port = live.local_addr().expect("addr").port();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let closed_port = closed.local_addr().expect("addr").port();
+        drop(closed);
+        let checks = HealthConfig {
+            readiness: Some(tcp_probe(closed_port)),
+            liveness: Some(tcp_probe(live_port)),
+        }
+        .validate()
+        .expect("valid");
+        let mut m = HealthMonitor::new(checks, Arc::new(WaitPid));
+        m.app_started();
+        let bound = Duration::from_secs(10);
+        let until_both = async {
+            loop {
+                let r = m.readiness_status().map(|s| s.state);
+                let l = m.liveness_status().map(|s| s.state);
+                if r == Some(ProbeState::Failing) && l == Some(ProbeState::Passing) {
+                    return;
+                }
+                time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        time::timeout(bound, until_both)
+            .await
+            .expect("readiness failing and liveness passing within 10s");
+        assert!(!*m.ready().borrow(), "not ready");
+        assert!(*m.healthy().borrow(), "alive, so the watchdog keeps pinging");
     }
 
     #[tokio::test]
