@@ -358,7 +358,10 @@ mod tests {
             .await
             .expect("readiness failing and liveness passing within 10s");
         assert!(!*m.ready().borrow(), "not ready");
-        assert!(*m.healthy().borrow(), "alive, so the watchdog keeps pinging");
+        assert!(
+            *m.healthy().borrow(),
+            "alive, so the watchdog keeps pinging"
+        );
     }
 
     #[tokio::test]

@@ -452,25 +452,22 @@ async fn exec_check(
             source,
         })?;
     let pid = child.id();
-    // Dropping a std Child neither waits nor kills: the watcher owns its exit from here on.
+    // Dropping a std Child neither waits nor kills: the watcher owns its exit from here on,
+    // and the guard kills the group if this future is dropped (probe stopped) before that.
     drop(child);
+    let mut group = GroupGuard(Some(pid));
     let mut exited = exits.exited(pid);
     let code = match time::timeout(timeout, &mut exited).await {
         Ok(code) => code,
         Err(_) => {
-            // Not reaped yet (the watcher has not resolved), so the pid, and with it the
-            // group id, still belongs to our command: killing the group cannot hit a stranger.
-            if let Ok(raw) = i32::try_from(pid) {
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(raw),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
+            group.kill();
             // Reap it, so a timed-out probe never leaves a zombie behind.
             let _ = time::timeout(KILL_REAP_GRACE, exited).await;
+            group.disarm();
             return Err(ProbeFailure::Timeout(timeout));
         }
     };
+    group.disarm();
     match code {
         Some(0) => Ok(()),
         Some(code) => Err(ProbeFailure::Exit {
@@ -481,6 +478,34 @@ async fn exec_check(
             program: program.to_string(),
             pid,
         }),
+    }
+}
+
+/// SIGKILLs an exec probe's process group when dropped while armed.
+///
+/// Armed only until the exit watcher reports the command's exit: before that the command is
+/// not reaped, so its pid, which is also its group id, cannot have been reused by a stranger.
+struct GroupGuard(Option<u32>);
+
+impl GroupGuard {
+    fn kill(&self) {
+        if let Some(raw) = self.0.and_then(|pid| i32::try_from(pid).ok()) {
+            // ESRCH (the group is already gone) is fine: the goal is that it is gone.
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(raw),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
@@ -872,23 +897,58 @@ mod tests {
             .trim()
             .parse()
             .expect("a pid");
-        // The grandchild was re-parented to init (or a subreaper) and reaped there; its pid is
-        // gone from /proc or it is a zombie, never still sleeping.
+        assert_ends(grandchild).await;
+    }
+
+    #[tokio::test]
+    async fn stopping_a_probe_mid_exec_kills_its_process_group() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pidfile = dir.path().join("grandchild.pid");
+        let script = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
+        let mut c = config(ProbeKind::Exec, &script);
+        c.timeout = Duration::from_secs(600);
+        let handle = spawn("liveness", c.validate().expect("valid"), Arc::new(WaitPid));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let stat = std::fs::read_to_string(format!("/proc/{grandchild}/stat"));
-            let alive = match &stat {
-                Ok(s) => !s.contains(") Z "),
-                Err(_) => false,
-            };
-            if !alive {
-                break;
+        let grandchild: i32 = loop {
+            if let Some(pid) = std::fs::read_to_string(&pidfile)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
+                break pid;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "grandchild {grandchild} still running: {stat:?}"
+                "the probe never started"
             );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            time::sleep(Duration::from_millis(20)).await;
+        };
+        drop(handle);
+        assert_ends(grandchild).await;
+    }
+
+    /// Waits (at most 10s) until `pid` is gone from /proc or a zombie; never still running.
+    /// The orphaned grandchild is re-parented to init or a subreaper, which may or may not
+    /// reap it, so a zombie counts as ended.
+    async fn assert_ends(pid: i32) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"));
+            let running = match &stat {
+                Ok(s) => !s.contains(") Z "),
+                Err(_) => false,
+            };
+            if !running {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                // Do not leave it behind: it is ours (started by this test's probe).
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                panic!("process {pid} still running: {stat:?}");
+            }
+            time::sleep(Duration::from_millis(20)).await;
         }
     }
 
