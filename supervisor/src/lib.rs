@@ -9,6 +9,7 @@ pub mod child;
 pub mod cli;
 pub mod config;
 pub mod exit;
+pub mod health;
 pub mod lifecycle;
 pub mod logs;
 pub mod metrics;
