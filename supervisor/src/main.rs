@@ -63,8 +63,12 @@ fn init_tracing() {
 fn load(args: &RunArgs, require_command: bool) -> Result<config::Loaded, i32> {
     let mut overrides = args.overrides().map_err(|msg| config_error(&msg))?;
     overrides.require_command = require_command;
-    config::load(&args.config, std::env::vars(), &overrides)
-        .map_err(|e| config_error(&e.to_string()))
+    let loaded = config::load(&args.config, std::env::vars(), &overrides)
+        .map_err(|e| config_error(&e.to_string()))?;
+    for warning in &loaded.warnings {
+        tracing::warn!(event = "config_warning", "{warning}");
+    }
+    Ok(loaded)
 }
 
 fn config_error(msg: &str) -> i32 {

@@ -232,14 +232,14 @@ pub fn group_members(pgid: i32) -> Vec<i32> {
 }
 
 /// Whether an external tool the test needs is on PATH. Missing: the test is skipped with a
-/// message, unless TANDEM_REQUIRE_TOOLS is set (scripts/test sets it, so CI cannot skip).
+/// message, unless REQUIRE_TEST_TOOLS is set (scripts/test sets it, so CI cannot skip).
 pub fn require_tool(tool: &str) -> bool {
     let found = std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()));
     if !found {
         assert!(
-            std::env::var_os("TANDEM_REQUIRE_TOOLS").is_none(),
-            "{tool} is required (TANDEM_REQUIRE_TOOLS is set) but not on PATH"
+            std::env::var_os("REQUIRE_TEST_TOOLS").is_none(),
+            "{tool} is required (REQUIRE_TEST_TOOLS is set) but not on PATH"
         );
         eprintln!("SKIP: {tool} not on PATH");
     }

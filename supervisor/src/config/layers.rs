@@ -81,6 +81,8 @@ pub struct Overrides {
 #[derive(Debug, Clone)]
 pub struct Loaded {
     pub config: Config,
+    /// Things worth saying that are not errors (unknown `TANDEM_*` variables).
+    pub warnings: Vec<String>,
     merged: Table,
     sources: BTreeMap<String, Source>,
 }
@@ -111,6 +113,7 @@ pub fn load(
     }
 
     let known = known_keys(&defaults);
+    let mut warnings = Vec::new();
     let mut env: Vec<(String, String)> = env
         .into_iter()
         .filter(|(k, _)| k.starts_with("TANDEM_"))
@@ -121,10 +124,12 @@ pub fn load(
             continue;
         }
         let Some(key) = known.get(&var) else {
-            return Err(LoadError::Env {
-                var,
-                message: "not a tandem config key (see `tandem check` for the keys)".into(),
-            });
+            // A warning, not an error: other tools (and CI systems) set TANDEM_* variables
+            // too, and the app must still start. Files, where typos live, stay strict.
+            warnings.push(format!(
+                "environment variable {var} is not a tandem config key; ignored (see `tandem check` for the keys)"
+            ));
+            continue;
         };
         let layer = single_value(&defaults, key, &raw).map_err(|message| LoadError::Env {
             var: var.clone(),
@@ -187,6 +192,7 @@ pub fn load(
     let merged = Table::try_from(&config).expect("a loaded config serializes");
     Ok(Loaded {
         config,
+        warnings,
         merged,
         sources,
     })
@@ -582,10 +588,12 @@ mod tests {
             err.contains("TANDEM_RESTART_POLICY") && err.contains("sometimes"),
             "{err}"
         );
-        let err = load(&[], [("TANDEM_NOPE".to_string(), "1".to_string())], &cmd())
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("TANDEM_NOPE"), "{err}");
+        let loaded = load(&[], [("TANDEM_NOPE".to_string(), "1".to_string())], &cmd()).unwrap();
+        assert!(
+            loaded.warnings[0].contains("TANDEM_NOPE"),
+            "{:?}",
+            loaded.warnings
+        );
         let ok = load(
             &[],
             [(
