@@ -155,6 +155,8 @@ struct Supervisor {
     /// READY=1 was sent (once per tandem, as systemd expects).
     notified_ready: bool,
     watchdog: Option<tokio::task::JoinHandle<()>>,
+    /// The access log's way into the pipeline (its drop count goes to /metrics).
+    access_injector: Option<crate::logs::Injector>,
 }
 
 /// Exit statuses for exec probes come from the one reaper (see `child::reap`).
@@ -225,6 +227,7 @@ impl Supervisor {
             notifier,
             notified_ready: false,
             watchdog: None,
+            access_injector: None,
         })
     }
 
@@ -596,6 +599,7 @@ impl Supervisor {
         if self.cfg.proxy.access_log {
             if let Some(logs) = &self.logs {
                 let injector = logs.injector();
+                self.access_injector = Some(injector.clone());
                 hooks = hooks.with_access_log(move |r| {
                     let level = if r.status >= 500 || r.cause.is_some() {
                         Level::Warn
@@ -633,9 +637,15 @@ impl Supervisor {
 
     /// Bind the admin port and serve it for the rest of tandem's life.
     async fn start_admin(&mut self) -> Result<(), i32> {
-        let Some(registry) = self.registry.take() else {
+        let Some(mut registry) = self.registry.take() else {
             return Ok(());
         };
+        if let Some(logs) = &self.logs {
+            registry.register_collector(Box::new(crate::metrics::LogsCollector {
+                counters: logs.counters(),
+                injected_dropped: self.access_injector.clone(),
+            }));
+        }
         let listen = self.cfg.admin.listen.trim();
         if listen.is_empty() {
             return Ok(());

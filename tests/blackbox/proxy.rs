@@ -98,6 +98,11 @@ fn readiness_gates_traffic_and_metrics_count_requests() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert_eq!(total, 10.0, "{metrics}");
+    let lines_in: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tandem_log_lines_in_total ")?.parse().ok())
+        .unwrap();
+    assert!(lines_in >= 1.0, "the app's lines are counted: {metrics}");
     // One access record per request, in the log pipeline.
     crate::support::eventually("10 access records", || {
         t.records()

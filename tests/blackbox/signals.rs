@@ -114,6 +114,11 @@ fn the_same_stop_signal_delivered_twice_at_once_is_one_request() {
     wait_file(&dir.path().join("ready"));
     t.signal(Signal::SIGTERM);
     t.signal(Signal::SIGTERM);
-    assert_eq!(t.wait_code(), 0, "the app was killed: {:?}", t.event_names());
+    assert_eq!(
+        t.wait_code(),
+        0,
+        "the app was killed: {:?}",
+        t.event_names()
+    );
     assert!(!t.event_names().contains(&"killed".to_string()));
 }
