@@ -153,7 +153,8 @@ impl prometheus_client::collector::Collector for LogsCollector {
             let c = ConstCounter::new(v);
             c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
         }
-        let per_sink: [(&str, &str, fn(&crate::logs::counters::SinkSnapshot) -> u64); 3] = [
+        type Get = fn(&crate::logs::counters::SinkSnapshot) -> u64;
+        let per_sink: [(&str, &str, Get); 3] = [
             (
                 "tandem_log_records_out",
                 "Records written by each sink",
