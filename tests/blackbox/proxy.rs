@@ -249,3 +249,58 @@ fn sigterm_drains_the_in_flight_request_before_the_app_is_stopped() {
     assert_eq!(drained["finished"], 1, "{drained}");
     assert_eq!(drained["cut"], 0, "{drained}");
 }
+
+#[test]
+fn slowloris_is_cut_and_oversized_headers_get_431() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "[proxy.listeners.timeouts]\nheader_read = \"1s\"\n[proxy.listeners.limits]\nmax_header_bytes = 8192\n";
+    let (mut t, proxy, _admin) = start(dir.path(), "", extra);
+    t.wait_event("ready");
+
+    // Headers dribbled one byte every 100 ms, forever: the proxy must hang up.
+    let mut s = std::net::TcpStream::connect(&proxy).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let mut cut = false;
+    let mut answer = Vec::new();
+    for _ in 0..150 {
+        if s.write_all(b"X").is_err() {
+            cut = true;
+            break;
+        }
+        let mut buf = [0u8; 512];
+        match s.read(&mut buf) {
+            Ok(0) => {
+                cut = true;
+                break;
+            }
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => {
+                cut = true;
+                break;
+            }
+        }
+    }
+    assert!(cut, "a 15 s slowloris was not cut by a 1 s header timeout");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+
+    let big = "v".repeat(16 * 1024);
+    let (status, head, _) = http(&proxy, "GET", "/", b"", &[("X-Big", &big)]).unwrap();
+    assert_eq!(status, 431, "{head}");
+    // The app never saw either.
+    assert!(!t
+        .records()
+        .iter()
+        .any(|r| r["fields"]["path"] == "/" && r["msg"] == "request"));
+    t.signal(Signal::SIGTERM);
+    t.wait();
+}
