@@ -37,6 +37,10 @@ def fmt(v, nd=0):
     return "n/a" if v is None else f"{v:,.{nd}f}"
 
 
+def signed(v):
+    return "n/a" if v is None else f"{v:+,.0f}"
+
+
 def ratio(a, b):
     return "n/a" if a is None or b is None or b == 0 else f"{a / b:.2f}x"
 
@@ -65,7 +69,7 @@ for t in TARGETS:
     added[t] = (a50, a99)
     idle, load = med("mem", t, "rss_idle_kb"), top("mem", t, "rss_load_kb")
     p(f"| {t} | {fmt(rps)} | {ratio(rps, med('h1', 'direct', 'rps'))} | {fmt(c50)} | {fmt(c99)} "
-      f"| {fmt(a50)} | {fmt(a99)} | {fmt(med('rate', t, 'p50_us'))} | {fmt(med('rate', t, 'p99_us'))} "
+      f"| {signed(a50)} | {signed(a99)} | {fmt(med('rate', t, 'p50_us'))} | {fmt(med('rate', t, 'p99_us'))} "
       f"| {fmt(med('h2c', t, 'rps'))} | {fmt(med('1mib', t, 'rps'))} "
       f"| {fmt(idle and idle / 1024, 1)} | {fmt(load and load / 1024, 1)} | {errors(t):.0f} |")
 
@@ -141,7 +145,7 @@ p("| ≥ 0.9× nginx with every request sampled and exported | tracing not in th
 for i, name in ((0, "p50"), (1, "p99")):
     t_, n_ = added["tandem"][i], added["nginx"][i]
     ok = None if None in (t_, n_) else t_ <= n_
-    p(f"| added {name} at c1 ≤ nginx's | tandem +{fmt(t_)} µs, nginx +{fmt(n_)} µs ({ratio(t_, n_)}) | {verdict(ok)} |")
+    p(f"| added {name} at c1 ≤ nginx's | tandem {signed(t_)} µs, nginx {signed(n_)} µs ({ratio(t_, n_)}) | {verdict(ok)} |")
 rl = top("mem", "tandem", "rss_load_kb")
 ok = None if rl is None else rl <= 16 * 1024
 p(f"| RSS under load ≤ 16 MB | {fmt(rl and rl / 1024, 1)} MB | {verdict(ok)} |")

@@ -208,16 +208,16 @@ EOF
 
 # tandem: the real binary when it has the proxy (`tandem --proxy`), else the proxy library's
 # standalone example (same library, same wiring). One runtime worker either way:
-# TANDEM_WORKER_THREADS for the binary (and pinning to one CPU, which tokio's default honours),
-# TOKIO_WORKER_THREADS for the example.
+# runtime.worker_threads=1 for the binary, TOKIO_WORKER_THREADS=1 for the example. The access
+# log is off, as it is for every peer here (metrics stay on: they are always on).
 if "$TANDEM" --help 2>&1 | grep -q -- '--proxy'; then
   TANDEM_KIND="tandem binary (--proxy)"
-  printf '[admin]\nlisten = ""\n' >"$W/tandem-proxy.toml"
+  printf '[admin]\nlisten = "127.0.0.1:0"\n[proxy]\naccess_log = false\n' >"$W/tandem-proxy.toml"
   start_tandem() {
-    TANDEM_WORKER_THREADS=1 TANDEM_LOG=warn "${ON_SERVER[@]}" "$TANDEM" --config "$W/tandem-proxy.toml" \
+    TANDEM_LOG=warn "${ON_SERVER[@]}" "$TANDEM" --config "$W/tandem-proxy.toml" --set runtime.worker_threads=1 \
       --proxy "127.0.0.1:${H1_PORT[tandem]}=127.0.0.1:$UP" \
       --proxy "h2c:127.0.0.1:${H2_PORT[tandem]}=127.0.0.1:$UP_H2" -- sleep 100000 \
-      >"$W/tandem.out" 2>&1 &
+      >/dev/null 2>"$W/tandem.out" &
   }
 else
   TANDEM_KIND="proxy/examples/standalone (binary has no --proxy yet)"
@@ -312,7 +312,7 @@ initial_delay = "0s"
 jitter = 0.0
 start_limit_burst = 0
 EOF
-  TANDEM_WORKER_THREADS=1 TANDEM_LOG=warn "${ON_SERVER[@]}" "$TANDEM" --config "$W/crash.toml" \
+  TANDEM_LOG=warn "${ON_SERVER[@]}" "$TANDEM" --config "$W/crash.toml" --set runtime.worker_threads=1 \
     --proxy "127.0.0.1:$PX_PORT=127.0.0.1:$APP_PORT" -- "$EXAMPLES/hello_app" "127.0.0.1:$APP_PORT" \
     >"$W/crash.out" 2>&1 &
   CPID=$!; pids+=($CPID)
