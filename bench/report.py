@@ -55,10 +55,10 @@ p(f"tandem contender: **{tandem_kind}**. Medians of {runs} interleaved rounds of
   f"upstream and proxies pinned to CPU {server_cpu}, load generators to CPU {client_cpu}; "
   "one worker thread per proxy.\n")
 p("### Proxy\n")
-p(f"| contender | HTTP/1.1 req/s (c{conns}) | vs direct | p50 c1 µs | p99 c1 µs | added p50 c1 µs "
+p(f"| contender | HTTP/1.1 req/s (c{conns}) | vs direct | CPU µs/req | p50 c1 µs | p99 c1 µs | added p50 c1 µs "
   f"| added p99 c1 µs | p50 @{rate}/s µs | p99 @{rate}/s µs | h2c req/s (c{conns}×10) "
   "| 1 MiB req/s | RSS idle MB | RSS load MB | errors |")
-p("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+p("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 d50, d99 = med("c1", "direct", "p50_us"), med("c1", "direct", "p99_us")
 added = {}
 for t in TARGETS:
@@ -68,7 +68,7 @@ for t in TARGETS:
     a99 = None if t == "direct" or c99 is None or d99 is None else c99 - d99
     added[t] = (a50, a99)
     idle, load = med("mem", t, "rss_idle_kb"), top("mem", t, "rss_load_kb")
-    p(f"| {t} | {fmt(rps)} | {ratio(rps, med('h1', 'direct', 'rps'))} | {fmt(c50)} | {fmt(c99)} "
+    p(f"| {t} | {fmt(rps)} | {ratio(rps, med('h1', 'direct', 'rps'))} | {fmt(med('h1', t, 'cpu_us_per_req'), 1)} | {fmt(c50)} | {fmt(c99)} "
       f"| {signed(a50)} | {signed(a99)} | {fmt(med('rate', t, 'p50_us'))} | {fmt(med('rate', t, 'p99_us'))} "
       f"| {fmt(med('h2c', t, 'rps'))} | {fmt(med('1mib', t, 'rps'))} "
       f"| {fmt(idle and idle / 1024, 1)} | {fmt(load and load / 1024, 1)} | {errors(t):.0f} |")
@@ -86,6 +86,7 @@ p("| measure | tandem | best peer | tandem / best peer | tandem / direct |")
 p("|---|---:|---:|---:|---:|")
 for label, bench, metric, lowest, fn in [
     ("HTTP/1.1 req/s", "h1", "rps", False, med),
+    ("CPU µs per HTTP/1.1 request (c32)", "h1", "cpu_us_per_req", True, med),
     ("p50 at c1 (µs)", "c1", "p50_us", True, med),
     ("p99 at c1 (µs)", "c1", "p99_us", True, med),
     (f"p50 at {rate}/s (µs)", "rate", "p50_us", True, med),

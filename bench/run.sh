@@ -101,6 +101,16 @@ rss_kb() {
   done
   echo "$total"
 }
+# CPU time (user + system, in clock ticks) of a process and its direct children.
+cpu_ticks() {
+  local total=0 p kids
+  kids=$(cat "/proc/$1"/task/*/children 2>/dev/null || true)
+  for p in "$1" $kids; do
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+  done
+  echo "$total"
+}
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
 row() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$RES"; }   # bench target metric value
 # Arrays, not functions: `"${ON_SERVER[@]}" cmd &` leaves $! the PID of cmd itself (taskset
 # execs it), so cleanup stops the right process.
@@ -269,8 +279,16 @@ for r in $(seq 1 "$RUNS"); do
     if [ "$t" != direct ]; then
       (sleep "$((DUR / 2)).5"; rss_kb "${PID[$t]}" >"$W/rss.$t.$r") & sampler=$!
     fi
-    read -r rps p50 p99 bad < <(on_client wrk -t1 -c"$CONNS" -d"${DUR}s" --latency "$url/" | parse_wrk)
+    # CPU per request: the proxy's (or, for direct, the upstream's) user+system time over the
+    # requests wrk completed; less sensitive to other load on the machine than req/s.
+    ticks0=$(cpu_ticks "${PID[$t]}")
+    on_client wrk -t1 -c"$CONNS" -d"${DUR}s" --latency "$url/" >"$W/wrk.out"
+    ticks1=$(cpu_ticks "${PID[$t]}")
+    read -r rps p50 p99 bad < <(parse_wrk <"$W/wrk.out")
+    nreq=$(awk '/requests in/ {print $1}' "$W/wrk.out")
     row h1 "$t" rps "$rps"; row h1 "$t" errors "$bad"
+    row h1 "$t" cpu_us_per_req "$(awk -v a="$ticks0" -v b="$ticks1" -v n="$nreq" -v u="$TICK_US" \
+      'BEGIN {printf "%.1f", (b - a) * u / n}')"
     [ -z "$sampler" ] || wait "$sampler"
     [ "$t" = direct ] || row mem "$t" rss_load_kb "$(cat "$W/rss.$t.$r")"
     # 2. latency at one connection (closed loop).
