@@ -82,6 +82,10 @@ pub struct RunArgs {
     /// Admin port address (/healthz /readyz /metrics /status); "" turns it off [admin.listen].
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<String>,
+    /// Proxy a port of the app: `[http:|h2c:|tcp:]LISTEN=UPSTREAM`, e.g. 8080=127.0.0.1:3000;
+    /// repeatable [proxy.listeners].
+    #[arg(long = "proxy", value_name = "LISTEN=UPSTREAM")]
+    pub proxy: Vec<String>,
     /// Set a variable in the app's environment; repeatable [app.env].
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
@@ -122,10 +126,19 @@ impl RunArgs {
                 split_kv(kv).ok_or_else(|| format!("flag --set {kv:?}: expected KEY=VALUE"))?;
             values.push((k.to_string(), v.to_string(), format!("--set {k}")));
         }
+        let proxy = self
+            .proxy
+            .iter()
+            .map(|spec| {
+                tandem_proxy::parse_listener_spec(spec)
+                    .map_err(|e| format!("flag --proxy {spec:?}: {e}"))
+            })
+            .collect::<Result<_, _>>()?;
         Ok(Overrides {
             command: self.cmd.clone(),
             values,
             require_command: true,
+            proxy,
         })
     }
 }

@@ -1,23 +1,28 @@
 //! The lifecycle: the one state machine that decides the order of everything tandem does.
 //!
 //! ```text
-//! Starting ─▶ [bind listeners, not ready] ─▶ [start log pipeline] ─▶ spawn app ─▶ Running
-//! Running ── app exits ─▶ policy says restart? ─▶ Restarting (backoff) ─▶ spawn app ─▶ ...
-//!    │                      └─ no ─▶ Stopped: exit with the app's code
-//!    └─ SIGTERM/INT/QUIT ─▶ Stopping ─▶ [drain proxy] ─▶ stop_signal to the app's group
-//!         ─▶ stop_timeout ─▶ SIGKILL ─▶ [read pipes to EOF, flush logs] ─▶ exit(code)
+//! Starting ─▶ start log pipeline ─▶ bind proxy listeners (held: not ready) ─▶ bind admin
+//!    ─▶ spawn app ─▶ Running ─▶ readiness probe passes ─▶ ready: proxy forwards, READY=1
+//! Running ── app exits, or liveness fails (then: stop it) ─▶ policy says restart?
+//!    │        ├─ yes ─▶ Restarting: not ready, proxy holds requests; backoff ─▶ spawn ...
+//!    │        └─ no ─▶ exit with the app's code
+//!    └─ SIGTERM/INT/QUIT ─▶ Stopping: STOPPING=1, /readyz 503 ─▶ shutdown.delay
+//!         ─▶ drain proxy ─▶ stop_signal to the app's group ─▶ stop_timeout ─▶ SIGKILL
+//!         ─▶ read pipes to EOF, flush logs ─▶ exit(code)
 //! ```
-//! Steps in brackets belong to other modules; this file only calls them, in this order.
+//! Other modules only offer operations (bind, serve, drain, spawn, probe, flush); this file
+//! alone decides their order. A second stop signal at any point of Stopping SIGKILLs at once.
 //! Invariant: [`run`] is driven by `block_on` on the main thread, because the app's
 //! parent-death signal is tied to the thread that spawned it (see `child::spawn`).
 //! The current [`Status`] is published on a `watch` channel: `/status`, sd_notify and tests
 //! observe the phases from there, never by timing.
-use std::{sync::Arc, time::Duration};
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use nix::{sys::signal::Signal, unistd::Pid};
 use prometheus_client::registry::Registry;
 use rand::{rngs::StdRng, SeedableRng};
 use serde::Serialize;
+use tandem_proxy::{CancellationToken, Hooks, Inbound, Serving};
 use tokio::{
     sync::{oneshot, watch},
     time::{sleep, Instant},
@@ -28,7 +33,12 @@ use crate::{
     child::{self, AppSpec, ExitStatus, Guard, Reaper, StdioMode},
     config::{Config, RestartPolicy},
     exit,
-    logs::{AppInstance, LogContext, LogsError, Pipeline, Stream},
+    health::{
+        notify::Notifier,
+        probe::{ExitWatcher, ProbeStatus},
+        HealthMonitor,
+    },
+    logs::{AppInstance, Level, LogContext, LogsError, Pipeline, Stream},
     metrics::{ExitLabels, SupervisorMetrics},
     restart::{Backoff, StartLimit},
     signals::{SignalEvent, Signals},
@@ -67,7 +77,7 @@ impl Phase {
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
     pub phase: Phase,
-    /// Whether the app takes traffic: running and (once probes exist) passing readiness.
+    /// Whether the app takes traffic: running and passing its readiness probe (if any).
     pub ready: bool,
     /// The app's pid while it runs.
     pub app_pid: Option<i32>,
@@ -75,7 +85,13 @@ pub struct Status {
     pub restarts: u32,
     /// The exit code of the app's last run (128+N for signal N).
     pub last_exit_code: Option<i32>,
+    /// The proxy's listeners: name and bound address.
+    pub listeners: Vec<(String, String)>,
 }
+
+/// Variables of tandem's environment that are tandem's alone: the app speaking on systemd's
+/// notify socket would confuse the unit's state (NotifyAccess=main would also drop it).
+const TANDEM_ONLY_ENV: [&str; 3] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
 
 /// The running app.
 struct App {
@@ -88,10 +104,13 @@ struct App {
 enum Outcome {
     Exited(ExitStatus),
     StopRequested(Signal),
+    LivenessFailed(String),
 }
 
 /// What the lifecycle is given besides the config.
 pub struct Options {
+    /// The guard process, forked by `main` while tandem was single-threaded.
+    pub guard: Option<Guard>,
     /// The admin address was set by the user (a failed bind is then fatal, not a warning).
     pub admin_explicit: bool,
 }
@@ -103,27 +122,51 @@ pub async fn run(cfg: Config, opts: Options) -> i32 {
         Err(code) => return code,
     };
     let code = sup.run().await;
-    // Every way out passes here: what the app wrote is read to EOF and flushed (bounded).
+    // Every way out passes here, in this order: no more traffic, then every line the app
+    // wrote is read to EOF and flushed (each bounded).
+    sup.finish_proxy().await;
     sup.finish_logs().await;
     sup.finish(code)
 }
 
 struct Supervisor {
     cfg: Config,
-    spec: AppSpec,
+    spec: Option<AppSpec>,
     reaper: Reaper,
     signals: Signals,
     guard: Option<Guard>,
     status: watch::Sender<Status>,
     metrics: SupervisorMetrics,
     registry: Option<Registry>,
-    opts: Options,
+    admin_explicit: bool,
     backoff: Backoff,
     limit: StartLimit,
     rng: StdRng,
     restarts: u32,
     /// The log pipeline; None until started (and after it was finished at exit).
     logs: Option<Pipeline>,
+    /// The proxy while it serves; taken when drained.
+    proxy: Option<Serving>,
+    /// The proxy's gate: true while the app can take requests. Unlike `/readyz` it stays
+    /// true while draining, so requests still arriving are served, not held.
+    proxy_ready: watch::Sender<bool>,
+    health: HealthMonitor,
+    notifier: Notifier,
+    /// READY=1 was sent (once per tandem, as systemd expects).
+    notified_ready: bool,
+    watchdog: Option<tokio::task::JoinHandle<()>>,
+    /// The access log's way into the pipeline (its drop count goes to /metrics).
+    access_injector: Option<crate::logs::Injector>,
+}
+
+/// Exit statuses for exec probes come from the one reaper (see `child::reap`).
+struct ReaperExits(Reaper);
+
+impl ExitWatcher for ReaperExits {
+    fn exited(&self, pid: u32) -> Pin<Box<dyn Future<Output = Option<i32>> + Send>> {
+        let rx = self.0.watch(Pid::from_raw(pid as i32));
+        Box::pin(async move { rx.await.ok().map(|s| s.exit_code()) })
+    }
 }
 
 // === impl Supervisor ===
@@ -134,33 +177,35 @@ impl Supervisor {
         let metrics = SupervisorMetrics::register(&mut registry);
         let reaper = Reaper::start(metrics.orphans_reaped.clone())
             .map_err(|e| internal("cannot watch SIGCHLD", e))?;
+        if let Some(g) = &opts.guard {
+            // Claim the guard's exit status so it is not counted as an orphan.
+            drop(reaper.watch(g.pid()));
+        }
         let forward: Vec<Signal> = cfg.app.forward_signals.iter().map(|s| s.0).collect();
         let signals = Signals::install(&forward)
             .map_err(|e| internal("cannot install signal handlers", e))?;
-        let guard = match Guard::spawn() {
-            Ok(g) => {
-                // Claim the guard's exit status so it is not counted as an orphan.
-                drop(reaper.watch(g.pid()));
-                Some(g)
-            }
-            Err(e) => {
-                tracing::warn!(event = "guard_failed", error = %e, "cannot start the guard process; if tandem is SIGKILLed the app's children may outlive it");
-                None
-            }
-        };
-        let (program, args) = cfg
+        let checks = cfg.health.validate().map_err(|e| {
+            tracing::error!(event = "config_error", "{e}");
+            exit::CONFIG
+        })?;
+        let health = HealthMonitor::new(checks, Arc::new(ReaperExits(reaper.clone())));
+        let notifier = Notifier::from_env().unwrap_or_else(|e| {
+            tracing::warn!(event = "notify_unavailable", error = %e, "sd_notify disabled");
+            Notifier::disabled()
+        });
+        let spec = cfg
             .app
             .command
             .split_first()
-            .expect("validated: command is not empty");
-        let spec = AppSpec {
-            program: program.clone(),
-            args: args.to_vec(),
-            workdir: cfg.app.workdir.clone(),
-            env: cfg.app.env.clone(),
-            user: cfg.app.user.clone(),
-            group: cfg.app.group.clone(),
-        };
+            .map(|(program, args)| AppSpec {
+                program: program.clone(),
+                args: args.to_vec(),
+                workdir: cfg.app.workdir.clone(),
+                env: cfg.app.env.clone(),
+                env_remove: TANDEM_ONLY_ENV.iter().map(|s| s.to_string()).collect(),
+                user: cfg.app.user.clone(),
+                group: cfg.app.group.clone(),
+            });
         Ok(Self {
             backoff: Backoff::new(&cfg.restart),
             limit: StartLimit::new(&cfg.restart),
@@ -168,30 +213,43 @@ impl Supervisor {
             spec,
             reaper,
             signals,
-            guard,
+            guard: opts.guard,
             status: watch::channel(Status::initial()).0,
             metrics,
             registry: Some(registry),
-            opts,
+            admin_explicit: opts.admin_explicit,
             rng: StdRng::from_entropy(),
             restarts: 0,
             logs: None,
+            proxy: None,
+            proxy_ready: watch::channel(false).0,
+            health,
+            notifier,
+            notified_ready: false,
+            watchdog: None,
+            access_injector: None,
         })
     }
 
     /// The state machine, top to bottom. Returns the exit code.
     async fn run(&mut self) -> i32 {
         self.set_phase(Phase::Starting, None);
-        // Listeners are bound before the app starts, while not ready: a probe from the
-        // orchestrator gets a 503, not a refused connection.
-        if let Err(code) = self.start_admin().await {
-            return code;
-        }
-        // [proxy issue] Bind the proxy's listeners here too.
-        // The log pipeline starts before the app, so its first line already has a reader.
+        // The log pipeline starts first, so the first line (and the first access record)
+        // already has a reader.
         if let Err(code) = self.start_logs() {
             return code;
         }
+        // Listeners are bound before the app starts, while not ready: a client's connection
+        // waits in the proxy's hold, an orchestrator's probe gets a 503, none is refused.
+        if let Err(code) = self.start_proxy().await {
+            return code;
+        }
+        if let Err(code) = self.start_admin().await {
+            return code;
+        }
+        let Some(spec) = self.spec.clone() else {
+            return self.run_beside().await;
+        };
         loop {
             if !self.limit.try_start(Instant::now()) {
                 tracing::error!(
@@ -202,7 +260,7 @@ impl Supervisor {
                 );
                 return exit::START_LIMIT;
             }
-            let mut app = match self.start_app() {
+            let mut app = match self.start_app(&spec) {
                 Ok(app) => app,
                 Err(code) => return code,
             };
@@ -210,6 +268,16 @@ impl Supervisor {
             let status = match self.wait_running(&mut app).await {
                 Outcome::StopRequested(sig) => return self.stop(app, sig).await.exit_code(),
                 Outcome::Exited(status) => status,
+                Outcome::LivenessFailed(why) => {
+                    // A hung app is stopped like any other, then restarted by the policy
+                    // (moby#28400: unhealthy must mean restarted).
+                    tracing::warn!(event = "liveness_failed", pid = app.pid.as_raw(), reason = %why, "the app failed its liveness probe; stopping it");
+                    self.readiness_changed(false);
+                    match self.stop_app(&mut app).await {
+                        Ok(status) => status,
+                        Err(sig) => return self.kill_and_reap(app, sig).await.exit_code(),
+                    }
+                }
             };
             self.app_exited(&app, &status);
             if !self.should_restart(&status) {
@@ -238,18 +306,353 @@ impl Supervisor {
         }
     }
 
-    /// Bind the admin port and serve it for the rest of tandem's life.
-    async fn start_admin(&mut self) -> Result<(), i32> {
-        let Some(registry) = self.registry.take() else {
+    /// No command: tandem runs beside the app (a Nomad sidecar task): it follows the app's
+    /// log files, proxies and probes it, and stops when told to. Exit code 0 on a stop.
+    async fn run_beside(&mut self) -> i32 {
+        tracing::info!(
+            event = "beside",
+            "no command: following the app's logs beside it"
+        );
+        self.set_phase(Phase::Running, None);
+        self.health.app_started();
+        let mut ready = self.health.ready();
+        let mut liveness: Pin<Box<dyn Future<Output = ProbeStatus> + Send>> =
+            Box::pin(self.health.liveness_failed());
+        loop {
+            let now = *ready.borrow_and_update();
+            self.readiness_changed(now);
+            tokio::select! {
+                ev = self.signals.recv() => match ev {
+                    SignalEvent::Stop(sig) => {
+                        self.begin_stopping(sig);
+                        if let Err(sig) = self.quiesce().await {
+                            tracing::warn!(event = "stopping", signal = %sig, "second stop signal: leaving now");
+                        }
+                        self.health.app_stopped();
+                        return 0;
+                    }
+                    SignalEvent::Forward(sig) => self.reopen_on_hup(sig),
+                },
+                changed = ready.changed() => if changed.is_err() { std::future::pending::<()>().await },
+                st = &mut liveness => {
+                    // Not ours to restart: say so, and let systemd's watchdog or the
+                    // orchestrator's check act on /readyz.
+                    tracing::warn!(event = "liveness_failed", reason = ?st.last_failure, "the app failed its liveness probe");
+                    liveness = Box::pin(std::future::pending());
+                }
+            }
+        }
+    }
+
+    fn start_app(&mut self, spec: &AppSpec) -> Result<App, i32> {
+        // The app's stdout/stderr are pipes that the log pipeline reads.
+        let stdio = if self.logs.is_some() {
+            StdioMode::Pipe
+        } else {
+            StdioMode::Inherit
+        };
+        let spawned = {
+            // std reaps a child whose exec failed itself: keep the reaper's waitpid(-1) off it.
+            let _hold = self.reaper.hold_for_spawn();
+            child::spawn(spec, stdio)
+        };
+        let mut spawned = match spawned {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(event = "spawn_failed", error = %e, exit_code = e.exit_code(), "cannot start the app");
+                return Err(e.exit_code());
+            }
+        };
+        let exit = self.reaper.watch(spawned.pid);
+        self.attach_logs(&mut spawned);
+        if let Some(guard) = &mut self.guard {
+            guard.track(Some(spawned.pid));
+        }
+        tracing::info!(event = "started", pid = spawned.pid.as_raw(), restarts = self.restarts, command = %self.cfg.app.command.join(" "), "app started");
+        self.metrics.starts.inc();
+        self.metrics.app_up.set(1);
+        self.set_phase(Phase::Running, Some(spawned.pid));
+        // Fresh probes for this instance; without a readiness probe it is ready right away.
+        self.health.app_started();
+        Ok(App {
+            pid: spawned.pid,
+            exit,
+            started: Instant::now(),
+        })
+    }
+
+    /// Run until the app exits, a stop is requested or liveness fails; follow readiness and
+    /// forward signals meanwhile.
+    async fn wait_running(&mut self, app: &mut App) -> Outcome {
+        let mut ready = self.health.ready();
+        let liveness = self.health.liveness_failed();
+        tokio::pin!(liveness);
+        loop {
+            let now = *ready.borrow_and_update();
+            self.readiness_changed(now);
+            tokio::select! {
+                status = &mut app.exit => return Outcome::Exited(status.unwrap_or(LOST)),
+                ev = self.signals.recv() => match ev {
+                    SignalEvent::Stop(sig) => return Outcome::StopRequested(sig),
+                    SignalEvent::Forward(sig) => self.forward(app.pid, sig),
+                },
+                changed = ready.changed() => if changed.is_err() { std::future::pending::<()>().await },
+                st = &mut liveness => return Outcome::LivenessFailed(st.last_failure.unwrap_or_default()),
+            }
+        }
+    }
+
+    /// Readiness of the app changed (or may have): gate the proxy, `/readyz` and READY=1.
+    fn readiness_changed(&mut self, ready: bool) {
+        if ready == self.status.borrow().ready {
+            return;
+        }
+        self.set_ready(ready);
+        self.proxy_ready.send_replace(ready);
+        if ready {
+            tracing::info!(event = "ready", "the app is ready");
+            if !self.notified_ready {
+                self.notified_ready = true;
+                if let Err(e) = self.notifier.ready() {
+                    tracing::warn!(event = "notify_failed", error = %e, "cannot send READY=1");
+                }
+                // Watchdog pings only while the app is healthy: a hung app makes systemd act.
+                self.watchdog = self.notifier.spawn_watchdog(self.health.healthy());
+            }
+        } else {
+            tracing::warn!(event = "not_ready", "the app is not ready");
+        }
+    }
+
+    /// The stop sequence. `received` is the signal that asked for it.
+    async fn stop(&mut self, mut app: App, received: Signal) -> ExitStatus {
+        self.begin_stopping(received);
+        self.metrics.set_phase(Phase::Stopping);
+        if let Err(sig) = self.quiesce().await {
+            return self.kill_and_reap(app, sig).await;
+        }
+        let status = match self.stop_app(&mut app).await {
+            Ok(status) => status,
+            Err(sig) => return self.kill_and_reap(app, sig).await,
+        };
+        self.app_exited(&app, &status);
+        status
+    }
+
+    /// Stopping: not ready (orchestrators deregister), STOPPING=1, more time from systemd.
+    fn begin_stopping(&mut self, received: Signal) {
+        let pid = self.status.borrow().app_pid.map(Pid::from_raw);
+        self.set_phase(Phase::Stopping, pid);
+        tracing::info!(event = "stopping", signal = %received, "stop requested");
+        let _ = self.notifier.stopping();
+        let drain = self
+            .cfg
+            .proxy
+            .listeners
+            .iter()
+            .map(|l| l.drain_timeout)
+            .max()
+            .unwrap_or_default();
+        let _ = self.notifier.extend_timeout(
+            self.cfg.shutdown.delay
+                + drain
+                + self.cfg.app.stop_timeout
+                + self.cfg.logs.exit_timeout * 2,
+        );
+    }
+
+    /// `shutdown.delay` (still serving, not ready), then drain the proxy. A second stop
+    /// signal cuts it short and is returned.
+    async fn quiesce(&mut self) -> Result<(), Signal> {
+        if !self.cfg.shutdown.delay.is_zero() {
+            tracing::info!(
+                event = "shutdown_delay",
+                delay_ms = self.cfg.shutdown.delay.as_millis() as u64,
+                "not ready; serving on while the orchestrator deregisters"
+            );
+            let delay = sleep(self.cfg.shutdown.delay);
+            tokio::pin!(delay);
+            loop {
+                tokio::select! {
+                    () = &mut delay => break,
+                    ev = self.signals.recv() => match ev {
+                        SignalEvent::Stop(sig) => return Err(sig),
+                        SignalEvent::Forward(sig) => self.forward_if_running(sig),
+                    },
+                }
+            }
+        }
+        let Some(proxy) = self.proxy.take() else {
             return Ok(());
         };
+        let drain = proxy.drain();
+        tokio::pin!(drain);
+        loop {
+            tokio::select! {
+                report = &mut drain => {
+                    log_drain(&report);
+                    return Ok(());
+                }
+                ev = self.signals.recv() => match ev {
+                    SignalEvent::Stop(sig) => return Err(sig),
+                    SignalEvent::Forward(sig) => self.forward_if_running(sig),
+                },
+            }
+        }
+    }
+
+    /// Send the stop signal and wait up to `stop_timeout`, then SIGKILL. `Err(signal)` when a
+    /// second stop signal came first (the caller kills at once).
+    async fn stop_app(&mut self, app: &mut App) -> Result<ExitStatus, Signal> {
+        let stop_signal = self.cfg.app.stop_signal.0;
+        let began = Instant::now();
+        if let Err(e) = child::stop::signal_group(app.pid, stop_signal) {
+            tracing::warn!(event = "signal_failed", signal = %stop_signal, error = %e, "cannot signal the app");
+        }
+        tracing::info!(event = "stop_signal_sent", signal = %stop_signal, pid = app.pid.as_raw(), timeout_ms = self.cfg.app.stop_timeout.as_millis() as u64, "asked the app to stop");
+        let deadline = sleep(self.cfg.app.stop_timeout);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                status = &mut app.exit => return Ok(status.unwrap_or(LOST)),
+                () = &mut deadline => {
+                    self.kill(app, "stop_timeout", began);
+                    return Ok((&mut app.exit).await.unwrap_or(LOST));
+                }
+                ev = self.signals.recv() => match ev {
+                    SignalEvent::Stop(sig) => return Err(sig),
+                    SignalEvent::Forward(sig) => self.forward(app.pid, sig),
+                },
+            }
+        }
+    }
+
+    /// A second stop signal: SIGKILL the app's group now and collect its status.
+    async fn kill_and_reap(&mut self, mut app: App, sig: Signal) -> ExitStatus {
+        tracing::warn!(event = "stopping", signal = %sig, "second stop signal");
+        self.kill(&app, "second_stop_signal", app.started);
+        let status = (&mut app.exit).await.unwrap_or(LOST);
+        self.app_exited(&app, &status);
+        status
+    }
+
+    fn kill(&self, app: &App, reason: &str, began: Instant) {
+        if let Err(e) = child::stop::signal_group(app.pid, Signal::SIGKILL) {
+            tracing::warn!(event = "signal_failed", signal = "SIGKILL", error = %e, "cannot kill the app");
+        }
+        tracing::warn!(
+            event = "killed",
+            reason,
+            pid = app.pid.as_raw(),
+            elapsed_ms = began.elapsed().as_millis() as u64,
+            "sent SIGKILL to the app's process group"
+        );
+    }
+
+    fn forward(&self, pid: Pid, sig: Signal) {
+        self.reopen_on_hup(sig);
+        tracing::info!(event = "signal_forwarded", signal = %sig, pid = pid.as_raw(), "forwarding signal to the app");
+        if let Err(e) = child::stop::signal_process(pid, sig) {
+            tracing::warn!(event = "signal_failed", signal = %sig, error = %e, "cannot forward signal");
+        }
+    }
+
+    fn forward_if_running(&self, sig: Signal) {
+        match self.status.borrow().app_pid {
+            Some(pid) => self.forward(Pid::from_raw(pid), sig),
+            None => self.reopen_on_hup(sig),
+        }
+    }
+
+    /// logrotate's postrotate HUP: tandem's own log files are reopened too.
+    fn reopen_on_hup(&self, sig: Signal) {
+        if sig == Signal::SIGHUP {
+            if let Some(logs) = &self.logs {
+                logs.reopen();
+            }
+        }
+    }
+
+    /// Bind the proxy's listeners and serve them, gated by `proxy_ready` (false for now).
+    async fn start_proxy(&mut self) -> Result<(), i32> {
+        if self.cfg.proxy.listeners.is_empty() {
+            return Ok(());
+        }
+        let bound = match Inbound::bind(&self.cfg.proxy.listeners).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(event = "bind_failed", error = %e, "cannot bind the proxy's listeners");
+                return Err(exit::INTERNAL);
+            }
+        };
+        let mut listeners = Vec::new();
+        for (name, addr) in bound.local_addrs() {
+            tracing::info!(event = "proxy_listening", listener = %name, addr = %addr, "proxy listening");
+            listeners.push((name, addr.to_string()));
+        }
+        self.status.send_modify(|s| s.listeners = listeners);
+        let registry = self
+            .registry
+            .as_mut()
+            .expect("the registry is taken by the admin port, after the proxy");
+        let mut hooks = Hooks::new().with_metrics(registry);
+        if self.cfg.proxy.access_log {
+            if let Some(logs) = &self.logs {
+                let injector = logs.injector();
+                self.access_injector = Some(injector.clone());
+                hooks = hooks.with_access_log(move |r| {
+                    let level = if r.status >= 500 || r.cause.is_some() {
+                        Level::Warn
+                    } else {
+                        Level::Info
+                    };
+                    let msg = format!("{} {} {}", r.method, r.path, r.status);
+                    let fields = match serde_json::to_value(r) {
+                        Ok(serde_json::Value::Object(mut m)) => {
+                            m.insert("kind".into(), "access".into());
+                            m
+                        }
+                        _ => serde_json::Map::new(),
+                    };
+                    injector.emit(level, msg, fields);
+                });
+            }
+        }
+        self.proxy = Some(tandem_proxy::serve(
+            bound,
+            self.proxy_ready.subscribe(),
+            CancellationToken::new(),
+            hooks,
+        ));
+        Ok(())
+    }
+
+    /// On the way out: a proxy not drained yet (the app exited for good) is drained now, so
+    /// held requests get their answer instead of a reset.
+    async fn finish_proxy(&mut self) {
+        if let Some(proxy) = self.proxy.take() {
+            log_drain(&proxy.drain().await);
+        }
+    }
+
+    /// Bind the admin port and serve it for the rest of tandem's life.
+    async fn start_admin(&mut self) -> Result<(), i32> {
+        let Some(mut registry) = self.registry.take() else {
+            return Ok(());
+        };
+        if let Some(logs) = &self.logs {
+            registry.register_collector(Box::new(crate::metrics::LogsCollector {
+                counters: logs.counters(),
+                injected_dropped: self.access_injector.clone(),
+            }));
+        }
         let listen = self.cfg.admin.listen.trim();
         if listen.is_empty() {
             return Ok(());
         }
         let listener = match tokio::net::TcpListener::bind(listen).await {
             Ok(l) => l,
-            Err(e) if !self.opts.admin_explicit => {
+            Err(e) if !self.admin_explicit => {
                 // The default address is a convenience: a second tandem on the host must
                 // still run its app.
                 tracing::warn!(event = "admin_unavailable", listen, error = %e, "admin port not bound (set admin.listen to choose another)");
@@ -287,118 +690,6 @@ impl Supervisor {
         });
     }
 
-    fn start_app(&mut self) -> Result<App, i32> {
-        // The app's stdout/stderr are pipes that the log pipeline reads.
-        let stdio = if self.logs.is_some() {
-            StdioMode::Pipe
-        } else {
-            StdioMode::Inherit
-        };
-        let spawned = {
-            // std reaps a child whose exec failed itself: keep the reaper's waitpid(-1) off it.
-            let _hold = self.reaper.hold_for_spawn();
-            child::spawn(&self.spec, stdio)
-        };
-        let mut spawned = match spawned {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(event = "spawn_failed", error = %e, exit_code = e.exit_code(), "cannot start the app");
-                return Err(e.exit_code());
-            }
-        };
-        let exit = self.reaper.watch(spawned.pid);
-        self.attach_logs(&mut spawned);
-        if let Some(guard) = &mut self.guard {
-            guard.track(Some(spawned.pid));
-        }
-        tracing::info!(event = "started", pid = spawned.pid.as_raw(), restarts = self.restarts, command = %self.cfg.app.command.join(" "), "app started");
-        self.metrics.starts.inc();
-        self.metrics.app_up.set(1);
-        self.set_phase(Phase::Running, Some(spawned.pid));
-        // [health issue] With a readiness probe, ready waits for it to pass.
-        self.set_ready(true);
-        Ok(App {
-            pid: spawned.pid,
-            exit,
-            started: Instant::now(),
-        })
-    }
-
-    /// Run until the app exits or a stop is requested; forward signals meanwhile.
-    async fn wait_running(&mut self, app: &mut App) -> Outcome {
-        loop {
-            tokio::select! {
-                status = &mut app.exit => return Outcome::Exited(status.unwrap_or(LOST)),
-                ev = self.signals.recv() => match ev {
-                    SignalEvent::Stop(sig) => return Outcome::StopRequested(sig),
-                    SignalEvent::Forward(sig) => self.forward(app.pid, sig),
-                },
-            }
-        }
-    }
-
-    /// The stop sequence. `received` is the signal that asked for it.
-    async fn stop(&mut self, mut app: App, received: Signal) -> ExitStatus {
-        self.set_phase(Phase::Stopping, Some(app.pid));
-        tracing::info!(event = "stopping", signal = %received, "stop requested");
-        // [proxy issue] shutdown_delay, then drain the proxy here: no new requests reach the
-        // app, in-flight ones finish, before the app is asked to stop.
-        let stop_signal = self.cfg.app.stop_signal.0;
-        let began = Instant::now();
-        if let Err(e) = child::stop::signal_group(app.pid, stop_signal) {
-            tracing::warn!(event = "signal_failed", signal = %stop_signal, error = %e, "cannot signal the app");
-        }
-        tracing::info!(event = "stop_signal_sent", signal = %stop_signal, pid = app.pid.as_raw(), timeout_ms = self.cfg.app.stop_timeout.as_millis() as u64, "asked the app to stop");
-        let deadline = sleep(self.cfg.app.stop_timeout);
-        tokio::pin!(deadline);
-        let status = loop {
-            tokio::select! {
-                status = &mut app.exit => break status.unwrap_or(LOST),
-                () = &mut deadline => {
-                    self.kill(&app, "stop_timeout", began);
-                    break (&mut app.exit).await.unwrap_or(LOST);
-                }
-                ev = self.signals.recv() => match ev {
-                    SignalEvent::Stop(_) => {
-                        self.kill(&app, "second_stop_signal", began);
-                        break (&mut app.exit).await.unwrap_or(LOST);
-                    }
-                    SignalEvent::Forward(sig) => self.forward(app.pid, sig),
-                },
-            }
-        };
-        self.app_exited(&app, &status);
-        // The app's pipes are read to EOF and the sinks flushed in `finish_logs`, on every
-        // way out (not only this one).
-        status
-    }
-
-    fn kill(&self, app: &App, reason: &str, began: Instant) {
-        if let Err(e) = child::stop::signal_group(app.pid, Signal::SIGKILL) {
-            tracing::warn!(event = "signal_failed", signal = "SIGKILL", error = %e, "cannot kill the app");
-        }
-        tracing::warn!(
-            event = "killed",
-            reason,
-            pid = app.pid.as_raw(),
-            elapsed_ms = began.elapsed().as_millis() as u64,
-            "app did not stop in time; sent SIGKILL to its process group"
-        );
-    }
-
-    fn forward(&self, pid: Pid, sig: Signal) {
-        if sig == Signal::SIGHUP {
-            // logrotate's postrotate HUP: tandem's own log files are reopened too.
-            if let Some(logs) = &self.logs {
-                logs.reopen();
-            }
-        }
-        tracing::info!(event = "signal_forwarded", signal = %sig, pid = pid.as_raw(), "forwarding signal to the app");
-        if let Err(e) = child::stop::signal_process(pid, sig) {
-            tracing::warn!(event = "signal_failed", signal = %sig, error = %e, "cannot forward signal");
-        }
-    }
-
     /// Log the exit and clear what the app left behind.
     fn app_exited(&mut self, app: &App, status: &ExitStatus) {
         tracing::info!(
@@ -423,7 +714,10 @@ impl Supervisor {
         if let Some(guard) = &mut self.guard {
             guard.track(None);
         }
+        self.health.app_stopped();
         self.set_ready(false);
+        // Requests now wait in the proxy's hold for the next instance (or its drain).
+        self.proxy_ready.send_replace(false);
         self.metrics.app_up.set(0);
         self.metrics
             .exits
@@ -465,6 +759,9 @@ impl Supervisor {
             self.set_ready(false);
         }
         self.metrics.set_phase(phase);
+        if let Err(e) = self.notifier.status(phase.as_str()) {
+            tracing::debug!(error = %e, "cannot send STATUS=");
+        }
         let restarts = self.restarts;
         self.status.send_modify(|s| {
             s.phase = phase;
@@ -556,7 +853,27 @@ impl Status {
             app_pid: None,
             restarts: 0,
             last_exit_code: None,
+            listeners: Vec::new(),
         }
+    }
+}
+
+/// One event for a drain: how many requests finished and how many were cut.
+fn log_drain(report: &tandem_proxy::DrainReport) {
+    if report.all_finished() {
+        tracing::info!(
+            event = "drained",
+            finished = report.finished(),
+            cut = 0u64,
+            "proxy drained: every in-flight request finished"
+        );
+    } else {
+        tracing::warn!(
+            event = "drained",
+            finished = report.finished(),
+            cut = report.cut(),
+            "proxy drain deadline passed: requests were cut"
+        );
     }
 }
 

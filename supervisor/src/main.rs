@@ -13,10 +13,6 @@ use tandem::{
 use tracing_subscriber::{fmt, EnvFilter};
 
 fn main() {
-    // The guard process is tandem re-executed; it must not parse flags or start a runtime.
-    if std::env::args_os().nth(1).is_some_and(|a| a == "__guard") {
-        tandem::child::guard::run();
-    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -91,8 +87,20 @@ fn run(args: &RunArgs) -> i32 {
         Ok(l) => l,
         Err(code) => return code,
     };
+    // Forked now, while tandem has one thread: see child::guard's invariant.
+    let guard = match tandem::child::Guard::spawn() {
+        Ok(g) => Some(g),
+        Err(e) => {
+            tracing::warn!(event = "guard_failed", error = %e, "cannot start the guard process; if tandem is SIGKILLed the app's children may outlive it");
+            None
+        }
+    };
+    let workers = match loaded.config.runtime.worker_threads {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get().min(4)),
+        n => n,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get().min(4)))
+        .worker_threads(workers)
         .enable_all()
         .build()
     {
@@ -103,6 +111,7 @@ fn run(args: &RunArgs) -> i32 {
         }
     };
     let opts = lifecycle::Options {
+        guard,
         admin_explicit: loaded.source("admin.listen") != Some(&config::Source::Default),
     };
     // block_on keeps the lifecycle on the main thread: see lifecycle's invariant.

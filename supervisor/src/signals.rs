@@ -3,7 +3,8 @@
 //! - SIGTERM: docker stop, systemd, Compose and `kill` ask for a graceful stop.
 //! - SIGINT: ^C on a terminal, and Nomad's default `kill_signal`: also a graceful stop.
 //! - SIGQUIT: some orchestrators' "stop now" (and nginx's graceful one): a stop too.
-//!   A second stop signal while stopping skips the wait and SIGKILLs the app's group.
+//!   A second stop signal while stopping skips the wait and SIGKILLs the app's group (the
+//!   same signal again within 250 ms is one delivered twice, and is ignored).
 //! - The forward list (default SIGHUP, SIGUSR1, SIGUSR2, SIGWINCH) goes to the app's main
 //!   process: reload, log reopen and resize are the app's business.
 //! - SIGCHLD belongs to the reaper (`child::reap`).
@@ -28,7 +29,12 @@ pub enum SignalEvent {
 pub struct Signals {
     rx: mpsc::Receiver<Signal>,
     forward: HashSet<Signal>,
+    last_stop: Option<(Signal, tokio::time::Instant)>,
 }
+
+/// The same stop signal twice within this window is one request delivered twice, not a
+/// second request: GNU `timeout` and some shells signal both the process and its group.
+const DUPLICATE_WINDOW: std::time::Duration = std::time::Duration::from_millis(250);
 
 const STOP: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGQUIT];
 
@@ -54,6 +60,7 @@ impl Signals {
         Ok(Self {
             rx,
             forward: forward.iter().copied().collect(),
+            last_stop: None,
         })
     }
 
@@ -61,7 +68,17 @@ impl Signals {
     pub async fn recv(&mut self) -> SignalEvent {
         loop {
             match self.rx.recv().await {
-                Some(sig) if STOP.contains(&sig) => return SignalEvent::Stop(sig),
+                Some(sig) if STOP.contains(&sig) => {
+                    let now = tokio::time::Instant::now();
+                    if let Some((last, at)) = self.last_stop {
+                        if last == sig && now.duration_since(at) < DUPLICATE_WINDOW {
+                            tracing::debug!(signal = %sig, "duplicate delivery of a stop signal ignored");
+                            continue;
+                        }
+                    }
+                    self.last_stop = Some((sig, now));
+                    return SignalEvent::Stop(sig);
+                }
                 Some(sig) if self.forward.contains(&sig) => return SignalEvent::Forward(sig),
                 Some(_) => continue,
                 None => std::future::pending::<()>().await,

@@ -74,6 +74,12 @@ fn endpoints_follow_the_lifecycle() {
         "{metrics}"
     );
     assert!(metrics.trim_end().ends_with("# EOF"), "{metrics}");
+    // The log pipeline's counters: the app wrote nothing yet.
+    assert!(metrics.contains("tandem_log_lines_in_total 0"), "{metrics}");
+    assert!(
+        metrics.contains("tandem_log_dropped_total{sink=\"stdout\"} 0"),
+        "{metrics}"
+    );
 
     assert_eq!(cli(&["health", "--admin", &addr]), 0);
     let out = Command::new(bin())

@@ -121,3 +121,34 @@ fn bad_environment_variable_is_named() {
     assert_eq!(out.status.code(), Some(64), "{err}");
     assert!(err.contains("TANDEM_APP_STOP_TIMEOUT"), "{err}");
 }
+
+#[test]
+fn shipped_configs_are_valid() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for cfg in ["examples/tandem.toml", "systemd/legacy-app.toml"] {
+        let path = root.join(cfg);
+        let (code, out, err) = run(&["check", "--config", path.to_str().unwrap()]);
+        assert_eq!(code, 0, "{cfg}: {err}");
+        assert!(out.contains("[app]"), "{cfg}: {out}");
+    }
+}
+
+#[test]
+fn systemd_units_pass_systemd_analyze_verify() {
+    if !crate::support::require_tool("systemd-analyze") {
+        return;
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = Command::new("bash")
+        .arg(root.join("systemd/verify.sh"))
+        .env("TANDEM_BIN", bin())
+        .env("LEGACY_APP_BIN", crate::support::legacy_app())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -10,6 +10,8 @@ mod admin;
 mod config;
 mod exit_codes;
 mod logs;
+mod notify;
+mod proxy;
 mod reaping;
 mod restart;
 mod signals;

@@ -104,3 +104,21 @@ fn second_stop_signal_kills_at_once() {
     assert_eq!(t.wait_code(), 137);
     assert_eq!(t.wait_event("killed")["reason"], "second_stop_signal");
 }
+
+#[test]
+fn the_same_stop_signal_delivered_twice_at_once_is_one_request() {
+    // GNU timeout signals the process and its group: two SIGTERMs a few µs apart.
+    let dir = tempfile::tempdir().unwrap();
+    let script = recorder(dir.path(), "trap 'sleep 0.5; exit 0' TERM");
+    let mut t = Tandem::spawn(&["--", "sh", "-c", &script]);
+    wait_file(&dir.path().join("ready"));
+    t.signal(Signal::SIGTERM);
+    t.signal(Signal::SIGTERM);
+    assert_eq!(
+        t.wait_code(),
+        0,
+        "the app was killed: {:?}",
+        t.event_names()
+    );
+    assert!(!t.event_names().contains(&"killed".to_string()));
+}

@@ -26,6 +26,20 @@ pub struct Tandem {
     pub child: Child,
     events: Arc<(Mutex<Vec<Value>>, Condvar)>,
     pub stderr_lines: Arc<Mutex<Vec<String>>>,
+    /// JSON records from tandem's stdout, once [`Tandem::collect_stdout`] was called.
+    records: Arc<Mutex<Vec<Value>>>,
+}
+
+/// Time since the test process's first call: events and other observations (sd_notify
+/// datagrams) are stamped on this one clock so their order can be compared.
+pub fn since_epoch() -> Duration {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed()
+}
+
+/// When the test saw an event (see [`since_epoch`]).
+pub fn seen(event: &Value) -> Duration {
+    Duration::from_nanos(event["_seen_ns"].as_u64().unwrap_or(0))
 }
 
 impl Tandem {
@@ -50,8 +64,9 @@ impl Tandem {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                if let Ok(mut v) = serde_json::from_str::<Value>(&line) {
                     if v.get("event").is_some() {
+                        v["_seen_ns"] = (since_epoch().as_nanos() as u64).into();
                         ev.0.lock().unwrap().push(v);
                         ev.1.notify_all();
                     }
@@ -63,6 +78,40 @@ impl Tandem {
             child,
             events,
             stderr_lines,
+            records: Arc::default(),
+        }
+    }
+
+    /// Read tandem's stdout (the app's records, as JSON lines) in a thread from now on, so a
+    /// chatty app never blocks on a full pipe.
+    pub fn collect_stdout(&mut self) {
+        let stdout = self.child.stdout.take().expect("stdout not taken yet");
+        let records = self.records.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    records.lock().unwrap().push(v);
+                }
+            }
+        });
+    }
+
+    /// Records read so far from stdout (see [`Tandem::collect_stdout`]).
+    pub fn records(&self) -> Vec<Value> {
+        self.records.lock().unwrap().clone()
+    }
+
+    /// Wait for a `name` event or fail after PATIENCE; like `wait_event` but for the n-th
+    /// one after `after` (a [`seen`] stamp).
+    pub fn wait_event_after(&self, name: &str, after: Duration) -> Value {
+        let mut n = 0;
+        loop {
+            let e = self.wait_event_nth(name, n);
+            if seen(&e) > after {
+                return e;
+            }
+            n += 1;
         }
     }
 
@@ -155,6 +204,32 @@ impl Drop for Tandem {
     }
 }
 
+/// Path of the bundled example app (built with the workspace; built here if missing).
+pub fn legacy_app() -> std::path::PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    let path = Path::new(bin()).with_file_name("legacy-app");
+    BUILT.call_once(|| {
+        if !path.exists() {
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "-p", "legacy-app"])
+                .status()
+                .expect("cargo build -p legacy-app");
+            assert!(status.success(), "cannot build legacy-app");
+        }
+    });
+    path
+}
+
+/// A free port on 127.0.0.1 (bound and released: another process could take it, which the
+/// tests accept as a rare, loud failure).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Run tandem to completion and return (exit code, stdout, stderr).
 pub fn run(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(bin())
@@ -244,4 +319,42 @@ pub fn require_tool(tool: &str) -> bool {
         eprintln!("SKIP: {tool} not on PATH");
     }
     found
+}
+
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`); returns the status, the
+/// raw head and the body. Bounded by PATIENCE.
+pub fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    headers: &[(&str, &str)],
+) -> std::io::Result<(u16, String, Vec<u8>)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(PATIENCE))?;
+    s.set_write_timeout(Some(PATIENCE))?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    s.write_all(body)?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no response head"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line: {head}")))?;
+    Ok((status, head, raw[split + 4..].to_vec()))
 }

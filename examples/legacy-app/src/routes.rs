@@ -52,8 +52,14 @@ pub fn handle(req: &Request) -> Option<(u16, Vec<u8>)> {
                 "internal error (see the stack trace on stderr)\n".into(),
             )
         }
-        ("GET", "/crash") => {
-            log::plain(Stream::Stderr, "FATAL", "crash requested via /crash");
+        ("GET", "/crash") | ("POST", "/crash") => {
+            // POST too: a non-idempotent request that reached the app, which then died
+            // (the proxy must not send it again).
+            log::plain(
+                Stream::Stderr,
+                "FATAL",
+                &format!("crash requested via {} /crash", req.method),
+            );
             std::process::exit(CRASH_EXIT_CODE);
         }
         ("GET", "/hang") => {

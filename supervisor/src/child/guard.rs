@@ -1,23 +1,24 @@
 //! The guard: a tiny helper process that kills the app's process group if tandem dies.
 //!
 //! The app itself has a parent-death signal, but its own children do not, and a SIGKILLed
-//! tandem cannot clean up. So tandem starts `tandem __guard` (itself, re-executed) with the
-//! read end of a pipe as its stdin. tandem writes the app's current process group id on each
-//! start (0 when there is none). When tandem dies, however it dies, the kernel closes the write
-//! end; the guard reads EOF and SIGKILLs the last group it was told about.
-//! Invariant: the write end is close-on-exec, so no app ever holds it open.
+//! tandem cannot clean up. So, before any thread exists, tandem forks a guard holding the read
+//! end of a pipe. tandem writes the app's current process group id on each start (0 when there
+//! is none). When tandem dies, however it dies, the kernel closes the write end; the guard
+//! reads EOF and SIGKILLs the last group it was told about.
+//! Invariants: [`Guard::spawn`] runs while tandem is single-threaded (a fork of a threaded
+//! process may only call async-signal-safe functions; a fork of a single-threaded one may run
+//! ordinary code); the write end is close-on-exec, so no app ever holds it open.
 #![allow(unsafe_code)]
 
 use std::{
-    io::{BufRead, Write},
-    os::fd::OwnedFd,
-    process::{Command, Stdio},
+    io::{BufRead, BufReader, Write},
+    os::fd::{AsRawFd, OwnedFd},
 };
 
 use nix::{
     fcntl::OFlag,
     sys::signal::{killpg, SigHandler, Signal},
-    unistd::Pid,
+    unistd::{ForkResult, Pid},
 };
 
 /// tandem's end of the guard pipe.
@@ -29,23 +30,25 @@ pub struct Guard {
 // === impl Guard ===
 
 impl Guard {
-    /// Start the guard process.
+    /// Fork the guard process. Must be called before any thread is started (see the module
+    /// invariant): `main` calls it before building the async runtime.
     pub fn spawn() -> std::io::Result<Guard> {
         let (read, write): (OwnedFd, OwnedFd) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
-        let exe = std::env::current_exe()?;
-        let child = Command::new(exe)
-            .arg("__guard")
-            .stdin(Stdio::from(read))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        Ok(Guard {
-            pipe: std::fs::File::from(write),
-            pid: Pid::from_raw(child.id() as i32),
-        })
+        // SAFETY: tandem is single-threaded here (module invariant), so the child may run
+        // ordinary code: no lock can be held by a thread that does not exist in the child.
+        match unsafe { nix::unistd::fork() }? {
+            ForkResult::Child => {
+                drop(write);
+                run(read)
+            }
+            ForkResult::Parent { child } => Ok(Guard {
+                pipe: std::fs::File::from(write),
+                pid: child,
+            }),
+        }
     }
 
-    /// The guard's pid (so the reaper's orphan count can leave it out, and tests can find it).
+    /// The guard's pid (so the reaper can claim its status, and tests can find it).
     pub fn pid(&self) -> Pid {
         self.pid
     }
@@ -59,8 +62,8 @@ impl Guard {
     }
 }
 
-/// The guard's main: runs instead of tandem's when invoked as `tandem __guard`.
-pub fn run() -> ! {
+/// The guard's whole life: wait for EOF on `read`, then kill the last group named.
+fn run(read: OwnedFd) -> ! {
     // Terminal and orchestrator signals are for tandem, not for us: only EOF ends the guard.
     for sig in [
         Signal::SIGINT,
@@ -69,17 +72,29 @@ pub fn run() -> ! {
         Signal::SIGQUIT,
         Signal::SIGUSR1,
         Signal::SIGUSR2,
+        Signal::SIGPIPE,
     ] {
-        // SAFETY: SIG_IGN installs no handler code; nothing else runs in this process.
+        // SAFETY: SIG_IGN installs no handler code.
         let _ = unsafe { nix::sys::signal::signal(sig, SigHandler::SigIgn) };
     }
+    // Do not hold tandem's stdout/stderr open: whoever reads them must see EOF when tandem
+    // exits, not when the guard does.
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in [0, 1, 2] {
+            // SAFETY: dup2 onto the standard descriptors of this single-threaded process.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
     let mut pgid = 0;
-    let stdin = std::io::stdin();
     let mut line = String::new();
-    let mut lock = stdin.lock();
+    let mut reader = BufReader::new(std::fs::File::from(read));
     loop {
         line.clear();
-        match lock.read_line(&mut line) {
+        match reader.read_line(&mut line) {
             Ok(0) | Err(_) => break,
             Ok(_) => {
                 if let Ok(id) = line.trim().parse::<i32>() {
@@ -91,5 +106,6 @@ pub fn run() -> ! {
     if pgid > 0 {
         let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
     }
-    std::process::exit(0)
+    // SAFETY: _exit skips atexit handlers and stdio flushing that belong to tandem.
+    unsafe { libc::_exit(0) }
 }

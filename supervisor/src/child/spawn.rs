@@ -25,6 +25,9 @@ pub struct AppSpec {
     pub args: Vec<String>,
     pub workdir: Option<PathBuf>,
     pub env: BTreeMap<String, String>,
+    /// Variables of tandem's own environment the app must not inherit (sd_notify's: the
+    /// socket is tandem's to speak on).
+    pub env_remove: Vec<String>,
     pub user: Option<String>,
     pub group: Option<String>,
 }
@@ -109,6 +112,9 @@ pub fn spawn(spec: &AppSpec, stdio: StdioMode) -> Result<Spawned, SpawnError> {
         cmd.env("HOME", &user.dir)
             .env("USER", &user.name)
             .env("LOGNAME", &user.name);
+    }
+    for k in &spec.env_remove {
+        cmd.env_remove(k);
     }
     cmd.envs(&spec.env);
     cmd.stdin(Stdio::inherit());

@@ -75,6 +75,8 @@ pub struct Overrides {
     pub values: Vec<(String, String, String)>,
     /// Whether a missing command is an error (`tandem check` may run without one).
     pub require_command: bool,
+    /// Listeners from `--proxy` flags, appended to `proxy.listeners`.
+    pub proxy: Vec<tandem_proxy::ListenerConfig>,
 }
 
 /// The merged, validated config and the origin of each value.
@@ -178,6 +180,27 @@ pub fn load(
         );
     }
 
+    if !overrides.proxy.is_empty() {
+        let listeners = merged
+            .entry("proxy")
+            .or_insert_with(|| Value::Table(Table::new()))
+            .as_table_mut()
+            .and_then(|t| {
+                t.entry("listeners")
+                    .or_insert_with(|| Value::Array(Vec::new()))
+                    .as_array_mut()
+            });
+        if let Some(listeners) = listeners {
+            for l in &overrides.proxy {
+                let v = Value::try_from(l).map_err(|e| LoadError::Flag {
+                    flag: "--proxy".into(),
+                    message: e.to_string(),
+                })?;
+                listeners.push(v);
+            }
+            sources.insert("proxy.listeners".into(), Source::Flag("--proxy".into()));
+        }
+    }
     sources.retain(|k, _| k != "include");
     let config: Config = merged
         .clone()
@@ -494,6 +517,7 @@ mod tests {
             command: vec!["true".into()],
             values: vec![],
             require_command: true,
+            ..Overrides::default()
         }
     }
 

@@ -31,6 +31,52 @@ pub struct Config {
     pub admin: AdminConfig,
     /// The log pipeline: capture, parsing, sinks (see `crate::logs` and docs/logs.md).
     pub logs: crate::logs::LogsConfig,
+    /// The inbound proxy in front of the app's ports.
+    pub proxy: ProxyConfig,
+    /// Probes of the app: readiness gates traffic and READY=1, liveness restarts a hung app.
+    pub health: crate::health::HealthConfig,
+    /// The order of the stop sequence.
+    pub shutdown: ShutdownConfig,
+    /// tandem's own async runtime.
+    pub runtime: RuntimeConfig,
+}
+
+/// The inbound proxy: one entry per port of the app (see proxy/README.md for every key).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Listeners, bound before the app starts. `--proxy LISTEN=UPSTREAM` flags add more.
+    pub listeners: Vec<tandem_proxy::ListenerConfig>,
+    /// One structured record per request into the log pipeline.
+    pub access_log: bool,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            listeners: Vec::new(),
+            access_log: true,
+        }
+    }
+}
+
+/// The stop sequence.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// After a stop is requested, how long tandem keeps serving while reporting "not ready"
+    /// (so load balancers and service catalogs deregister it) before draining the proxy.
+    /// Nomad's `shutdown_delay`, Kubernetes' preStop sleep.
+    #[serde(with = "humantime_serde")]
+    pub delay: Duration,
+}
+
+/// tandem's async runtime.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Worker threads for the proxy and pipeline; 0 = the number of CPUs, at most 4.
+    pub worker_threads: usize,
 }
 
 /// The admin port.
@@ -175,13 +221,15 @@ impl Default for RestartConfig {
 impl Config {
     /// Cross-field checks that serde cannot express. Each error names the key.
     pub fn validate(&self) -> Result<(), String> {
-        if self.app.command.is_empty() {
+        // Without a command tandem runs beside the app rather than above it (a Nomad sidecar
+        // task): it then needs something to do, which is following the app's log files.
+        if self.app.command.is_empty() && self.logs.tail.is_none() {
             return Err(
                 "no command to run: give one after `--` (tandem -- ./app) or set app.command"
                     .into(),
             );
         }
-        if self.app.command[0].is_empty() {
+        if self.app.command.first().is_some_and(|p| p.is_empty()) {
             return Err("app.command: the program name is empty".into());
         }
         self.validate_settings()
@@ -208,6 +256,18 @@ impl Config {
             }
         }
         self.logs.validate()?;
+        let mut names = std::collections::HashSet::new();
+        for (i, l) in self.proxy.listeners.iter().enumerate() {
+            l.validate()
+                .map_err(|e| format!("proxy.listeners[{i}]: {e}"))?;
+            if !names.insert(l.display_name()) {
+                return Err(format!(
+                    "proxy.listeners[{i}]: a second listener named {:?} (give each a distinct name)",
+                    l.display_name()
+                ));
+            }
+        }
+        self.health.validate().map_err(|e| e.to_string())?;
         let r = &self.restart;
         if !(r.multiplier >= 1.0 && r.multiplier.is_finite()) {
             return Err(format!(

@@ -129,6 +129,21 @@ impl Pipeline {
         Ok(())
     }
 
+    /// A handle for records tandem makes itself (the proxy's access log). Its queue is
+    /// drained into the sinks until the readers are finished at exit.
+    pub fn injector(&self) -> super::inject::Injector {
+        let origin = self.ctx.origin(&self.cfg.attributes, None);
+        let (cancel_tx, cancel_rx) = watch::channel(false);
+        let (injector, task) = super::inject::channel(
+            origin,
+            Outlet::new(&self.sinks, Stream::Stdout),
+            self.cfg.batch_records,
+            cancel_rx,
+        );
+        self.push_reader(tokio::spawn(task), cancel_tx, true);
+        injector
+    }
+
     /// Start following the files of `[logs.tail]` (nothing if it is absent).
     pub fn tail(&self) -> Result<(), LogsError> {
         let Some(tail) = &self.cfg.tail else {
