@@ -41,6 +41,29 @@ pub enum Cause {
     BadRequest,
     /// The listener is draining.
     Draining,
+    /// No credentials, or credentials that do not verify (expired, wrong issuer, bad
+    /// signature, unknown key); the challenge says which scheme to use.
+    Unauthorized(Challenge),
+    /// Valid credentials lacking a claim this listener requires.
+    Forbidden,
+    /// The client is over its rate; it may retry after this many seconds.
+    RateLimited {
+        /// Seconds until the client's bucket holds a token again (at least 1).
+        retry_after_secs: u32,
+    },
+}
+
+/// The `WWW-Authenticate` challenge of a 401 (RFC 9110 §11.6.1, RFC 6750 §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Challenge {
+    /// No bearer token was sent.
+    Bearer,
+    /// A bearer token was sent and rejected.
+    BearerInvalid,
+    /// Basic credentials are expected.
+    Basic,
+    /// An API key header is expected (no standard challenge: tandem names the header).
+    ApiKey,
 }
 
 // === impl Cause ===
@@ -58,6 +81,9 @@ impl Cause {
                 StatusCode::GATEWAY_TIMEOUT
             }
             Cause::ClientBody | Cause::BadRequest => StatusCode::BAD_REQUEST,
+            Cause::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Cause::Forbidden => StatusCode::FORBIDDEN,
+            Cause::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -77,6 +103,9 @@ impl Cause {
             Cause::ClientBody => "client_body_error",
             Cause::BadRequest => "bad_request",
             Cause::Draining => "draining",
+            Cause::Unauthorized(_) => "unauthorized",
+            Cause::Forbidden => "forbidden",
+            Cause::RateLimited { .. } => "rate_limited",
         }
     }
 
@@ -108,6 +137,23 @@ impl Cause {
         );
         if matches!(self, Cause::NotReady | Cause::Shed | Cause::Draining) {
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let Cause::RateLimited { retry_after_secs } = self {
+            h.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs.max(1)),
+            );
+        }
+        if let Cause::Unauthorized(c) = self {
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(match c {
+                    Challenge::Bearer => "Bearer realm=\"tandem\"",
+                    Challenge::BearerInvalid => "Bearer realm=\"tandem\", error=\"invalid_token\"",
+                    Challenge::Basic => "Basic realm=\"tandem\", charset=\"UTF-8\"",
+                    Challenge::ApiKey => "ApiKey realm=\"tandem\"",
+                }),
+            );
         }
         if self == Cause::Draining {
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -4,7 +4,9 @@
 //! [`ListenerConfig::validate`] runs before any port is bound, so the serving code never sees
 //! a zero timeout, a ratio outside 0..=1 or an attempt count of zero.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -54,6 +56,129 @@ pub struct ListenerConfig {
     /// How long in-flight requests may run once draining has begun.
     #[serde(default = "defaults::drain_timeout", with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// TLS termination (and mTLS); absent: cleartext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+    /// Authentication of requests (JWT, API key or basic); absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthConfig>,
+    /// Per-client rate limit; absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+/// TLS termination on the listener. The files are read at bind time, polled every
+/// `reload_interval` and re-read on [`crate::Serving::reload_tls`]; a bad new file keeps the old.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// How often the files are checked for change (Vault agent, Nomad templates rotate in place).
+    #[serde(default = "defaults::reload_interval", with = "humantime_serde")]
+    pub reload_interval: Duration,
+    /// Client certificates (mTLS); absent: none asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_auth: Option<ClientAuthConfig>,
+}
+
+/// mTLS: every client presents a certificate that chains to `ca`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientAuthConfig {
+    /// PEM bundle of the CAs client certificates must chain to.
+    pub ca: PathBuf,
+    /// SANs allowed to connect (`dns:name`, `uri:spiffe://td/ns/x/sa/y`, or a bare value
+    /// matched against both); empty: any certificate from `ca`.
+    #[serde(default)]
+    pub allowed_sans: Vec<String>,
+    /// Header carrying the verified identity to the app (Envoy's format:
+    /// `Hash=..;Subject="..";URI=..;DNS=..`). Any copy sent by a client is removed first.
+    #[serde(default = "defaults::identity_header")]
+    pub identity_header: String,
+}
+
+/// Request authentication: exactly one of `jwt`, `api_key`, `basic`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Path prefixes that need no credentials (segment-wise: `/health` covers `/health/x`,
+    /// not `/healthz`).
+    #[serde(default)]
+    pub exempt_paths: Vec<String>,
+    /// Bearer JWTs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtConfig>,
+    /// Static API keys in a header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<ApiKeyConfig>,
+    /// HTTP basic auth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic: Option<BasicAuthConfig>,
+}
+
+/// JWT validation. Keys come from a JWKS file (re-read when it changes).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// JWKS (RFC 7517) file: RSA, EC P-256, OKP Ed25519 and `oct` (HS256) keys.
+    pub jwks_file: PathBuf,
+    /// How often `jwks_file` is checked for change.
+    #[serde(default = "defaults::reload_interval", with = "humantime_serde")]
+    pub reload_interval: Duration,
+    /// Accepted `iss` values; empty: not checked.
+    #[serde(default)]
+    pub issuers: Vec<String>,
+    /// Accepted `aud` values (any one); empty: not checked.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(default = "defaults::leeway", with = "humantime_serde")]
+    pub leeway: Duration,
+    /// Claims a valid token must carry, else 403.
+    #[serde(default)]
+    pub required_claims: Vec<String>,
+    /// Claims forwarded to the app: claim name -> header name. Client copies are removed.
+    #[serde(default)]
+    pub forward_claims: BTreeMap<String, String>,
+}
+
+/// Static API keys: the client sends the key in `header`; the file holds SHA-256 hashes.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// Header carrying the key.
+    #[serde(default = "defaults::api_key_header")]
+    pub header: String,
+    /// One key per line as `sha256:<hex>` (or `name sha256:<hex>`); `#` starts a comment.
+    pub keys_file: PathBuf,
+}
+
+/// HTTP basic auth against a file of hashed passwords.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuthConfig {
+    /// One `user:sha256:<hex>` per line; `#` starts a comment.
+    pub users_file: PathBuf,
+}
+
+/// Token bucket per client.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Tokens added per second.
+    pub per_second: f64,
+    /// Bucket size: the burst a client may send at once.
+    pub burst: u32,
+    /// `client_ip` (the TCP peer, never X-Forwarded-For) or `claim:<name>` (from the JWT;
+    /// requests without it fall back to the client IP).
+    #[serde(default = "defaults::rate_key")]
+    pub key: String,
+    /// Clients tracked at once; past it, full buckets are forgotten first.
+    #[serde(default = "defaults::max_clients")]
+    pub max_clients: usize,
 }
 
 /// Timeouts. Each one has a distinct cause in logs and metrics.
@@ -135,6 +260,30 @@ mod defaults {
     pub(super) fn drain_timeout() -> Duration {
         Duration::from_secs(30)
     }
+
+    pub(super) fn reload_interval() -> Duration {
+        Duration::from_secs(5)
+    }
+
+    pub(super) fn leeway() -> Duration {
+        Duration::from_secs(30)
+    }
+
+    pub(super) fn identity_header() -> String {
+        "x-forwarded-client-cert".into()
+    }
+
+    pub(super) fn api_key_header() -> String {
+        "x-api-key".into()
+    }
+
+    pub(super) fn rate_key() -> String {
+        "client_ip".into()
+    }
+
+    pub(super) fn max_clients() -> usize {
+        10_000
+    }
 }
 
 // === impl ListenerConfig ===
@@ -152,6 +301,9 @@ impl ListenerConfig {
             retry: RetryConfig::default(),
             limits: LimitsConfig::default(),
             drain_timeout: defaults::drain_timeout(),
+            tls: None,
+            auth: None,
+            rate_limit: None,
         }
     }
 
@@ -218,6 +370,110 @@ impl ListenerConfig {
                 "limits.max_header_bytes",
                 "header limits must be at least 1".into(),
             ));
+        }
+        self.validate_edge(&bad)
+    }
+
+    /// The TLS, auth and rate-limit keys (files are read later, at bind).
+    fn validate_edge(
+        &self,
+        bad: &dyn Fn(&'static str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        if let Some(tls) = &self.tls {
+            if self.protocol == Protocol::Tcp {
+                return Err(bad("tls", "not supported with protocol = \"tcp\"".into()));
+            }
+            if tls.reload_interval.is_zero() {
+                return Err(bad(
+                    "tls.reload_interval",
+                    "must be greater than zero".into(),
+                ));
+            }
+            if let Some(ca) = &tls.client_auth {
+                if http::HeaderName::from_bytes(ca.identity_header.as_bytes()).is_err() {
+                    return Err(bad(
+                        "tls.client_auth.identity_header",
+                        format!("{:?} is not a header name", ca.identity_header),
+                    ));
+                }
+            }
+        }
+        if let Some(a) = &self.auth {
+            if self.protocol == Protocol::Tcp {
+                return Err(bad("auth", "not supported with protocol = \"tcp\"".into()));
+            }
+            let n = [a.jwt.is_some(), a.api_key.is_some(), a.basic.is_some()]
+                .iter()
+                .filter(|x| **x)
+                .count();
+            if n != 1 {
+                return Err(bad(
+                    "auth",
+                    "set exactly one of auth.jwt, auth.api_key, auth.basic".into(),
+                ));
+            }
+            if let Some(p) = a.exempt_paths.iter().find(|p| !p.starts_with('/')) {
+                return Err(bad(
+                    "auth.exempt_paths",
+                    format!("{p:?} must start with '/'"),
+                ));
+            }
+            if let Some(j) = &a.jwt {
+                if j.reload_interval.is_zero() {
+                    return Err(bad(
+                        "auth.jwt.reload_interval",
+                        "must be greater than zero".into(),
+                    ));
+                }
+                if let Some(h) = j
+                    .forward_claims
+                    .values()
+                    .find(|h| http::HeaderName::from_bytes(h.as_bytes()).is_err())
+                {
+                    return Err(bad(
+                        "auth.jwt.forward_claims",
+                        format!("{h:?} is not a header name"),
+                    ));
+                }
+            }
+            if let Some(k) = &a.api_key {
+                if http::HeaderName::from_bytes(k.header.as_bytes()).is_err() {
+                    return Err(bad(
+                        "auth.api_key.header",
+                        format!("{:?} is not a header name", k.header),
+                    ));
+                }
+            }
+        }
+        if let Some(r) = &self.rate_limit {
+            if self.protocol == Protocol::Tcp {
+                return Err(bad(
+                    "rate_limit",
+                    "not supported with protocol = \"tcp\"".into(),
+                ));
+            }
+            if !(r.per_second > 0.0 && r.per_second.is_finite()) {
+                return Err(bad(
+                    "rate_limit.per_second",
+                    "must be greater than zero".into(),
+                ));
+            }
+            if r.burst == 0 {
+                return Err(bad("rate_limit.burst", "must be at least 1".into()));
+            }
+            if r.max_clients == 0 {
+                return Err(bad("rate_limit.max_clients", "must be at least 1".into()));
+            }
+            let claim_ok = r.key.strip_prefix("claim:").is_some_and(|c| !c.is_empty());
+            if r.key != "client_ip" && !claim_ok {
+                return Err(bad(
+                    "rate_limit.key",
+                    format!("{:?}: expected \"client_ip\" or \"claim:<name>\"", r.key),
+                ));
+            }
+            if claim_ok && self.auth.as_ref().is_none_or(|a| a.jwt.is_none()) {
+                return Err(bad("rate_limit.key", "a claim key needs auth.jwt".into()));
+            }
         }
         Ok(())
     }

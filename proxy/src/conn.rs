@@ -20,13 +20,13 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::cause::Cause;
 use crate::config::Protocol;
 use crate::listener::Listener;
 use crate::stack;
+use crate::tls::TlsInfo;
 
 /// What one client connection is doing, for the idle and header-read clocks.
 #[derive(Debug)]
@@ -109,13 +109,13 @@ impl ConnActivity {
     }
 }
 
-/// The client's socket, telling the connection's clocks when bytes arrive.
-struct Watched {
-    inner: TcpStream,
+/// The client's socket (or TLS stream), telling the connection's clocks when bytes arrive.
+struct Watched<IO> {
+    inner: IO,
     activity: Arc<ConnActivity>,
 }
 
-impl AsyncRead for Watched {
+impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -130,7 +130,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -160,10 +160,29 @@ impl AsyncWrite for Watched {
     }
 }
 
-/// Serves one accepted connection to its end.
-pub(crate) async fn serve(l: Arc<Listener>, stream: TcpStream, peer: SocketAddr) {
+/// Serves one accepted connection to its end: plain TCP, or a TLS stream after its handshake
+/// (`tls` then rides in every request's extensions; `h2`: ALPN chose HTTP/2).
+pub(crate) async fn serve<IO>(
+    l: Arc<Listener>,
+    stream: IO,
+    peer: SocketAddr,
+    tls: Option<TlsInfo>,
+    h2: bool,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Arc::new(ConnActivity::new());
-    let svc = TowerToHyperService::new(stack::build(&l, peer, activity.clone()));
+    let stack = stack::build(&l, peer, activity.clone());
+    let svc = TowerToHyperService::new(
+        tower::ServiceBuilder::new()
+            .map_request(move |mut req: http::Request<hyper::body::Incoming>| {
+                if let Some(t) = &tls {
+                    req.extensions_mut().insert(t.clone());
+                }
+                req
+            })
+            .service(stack),
+    );
     let io = Watched {
         inner: stream,
         activity: activity.clone(),
@@ -174,7 +193,7 @@ pub(crate) async fn serve(l: Arc<Listener>, stream: TcpStream, peer: SocketAddr)
     tokio::pin!(conn);
     let t = &l.cfg.timeouts;
     // HTTP/2 has no request head to dribble (and pings move bytes while idle).
-    let header_clock = l.cfg.protocol == Protocol::Http;
+    let header_clock = l.cfg.protocol == Protocol::Http && !h2;
     let mut closing = false;
     loop {
         let idle_at = activity.idle_deadline(t.idle);

@@ -1,9 +1,11 @@
-//! Typed errors of the proxy library: configuration, the CLI spec, binding.
+//! Typed errors of the proxy library: configuration, the CLI spec, binding, the files the
+//! edge reads (certificates, keys, JWKS, hashed secrets).
 //!
 //! Invariant: every error names what the operator must fix (listener, key, address); request
 //! failures are not errors here but [`crate::cause::Cause`]s, answered with a status.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 /// A listener spec on the command line (`LISTEN=UPSTREAM`) that does not parse.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -57,6 +59,9 @@ pub enum ProxyError {
     /// A configuration error, found before anything was bound.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A certificate, key, JWKS or secrets file cannot be used.
+    #[error(transparent)]
+    File(#[from] FileError),
     /// The listen address could not be bound (in use, no permission).
     #[error("listener {listener}: cannot bind {addr}: {source}")]
     Bind {
@@ -67,4 +72,19 @@ pub enum ProxyError {
         /// The OS error.
         source: std::io::Error,
     },
+}
+
+/// A file named in a listener's config that cannot be read or used. At bind this fails the
+/// start; on a reload the old contents stay in force and this says why.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[error("listener {listener}: {what} {}: {reason}", path.display())]
+pub struct FileError {
+    /// The listener's display name.
+    pub listener: String,
+    /// What the file is for (`tls.cert`, `auth.jwt.jwks_file`, ...).
+    pub what: &'static str,
+    /// The file.
+    pub path: PathBuf,
+    /// Why it cannot be used.
+    pub reason: String,
 }

@@ -205,7 +205,12 @@ impl<S> Hygiene<S> {
             .get(header::HOST)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        set_forwarded(&mut parts.headers, self.peer.ip(), "http", host.as_deref());
+        let proto = if parts.extensions.get::<crate::tls::TlsInfo>().is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        set_forwarded(&mut parts.headers, self.peer.ip(), proto, host.as_deref());
         strip_hop_by_hop(&mut parts.headers, upgrade);
         let path_and_query = parts
             .uri

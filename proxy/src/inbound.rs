@@ -16,9 +16,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ListenerConfig, Protocol};
 use crate::drain::{drain, DrainReport, ListenerDrain};
+use crate::edge::Edge;
+use crate::error::FileError;
 use crate::error::{ConfigError, ProxyError};
 use crate::listener::{Hooks, Listener};
-use crate::{conn, tcp};
+use crate::{conn, tcp, tls};
 
 /// Listen backlog: connections that arrive while the app starts queue here.
 const BACKLOG: u32 = 1024;
@@ -30,7 +32,7 @@ pub struct Inbound;
 /// Listeners bound but not yet serving. Connections queue in the backlog until [`serve`].
 #[derive(Debug)]
 pub struct BoundListeners {
-    listeners: Vec<(ListenerConfig, TcpListener, SocketAddr)>,
+    listeners: Vec<(ListenerConfig, TcpListener, SocketAddr, Edge)>,
 }
 
 /// The running proxy. Dropping it does not stop it: call [`Serving::drain`].
@@ -39,6 +41,7 @@ pub struct Serving {
     shutdown: CancellationToken,
     addrs: Vec<(String, SocketAddr)>,
     tasks: Vec<JoinHandle<ListenerDrain>>,
+    edges: Vec<Edge>,
 }
 
 // === impl Inbound ===
@@ -54,8 +57,13 @@ impl Inbound {
                 return Err(ConfigError::DuplicateName(c.display_name()).into());
             }
         }
-        let mut listeners = Vec::with_capacity(configs.len());
+        // Certificates, keys, JWKS and secrets files: read before any port is bound.
+        let mut edges = Vec::with_capacity(configs.len());
         for c in configs {
+            edges.push(Edge::load(c)?);
+        }
+        let mut listeners = Vec::with_capacity(configs.len());
+        for (c, edge) in configs.iter().zip(edges) {
             let bind_err = |source| ProxyError::Bind {
                 listener: c.display_name(),
                 addr: c.listen,
@@ -71,7 +79,7 @@ impl Inbound {
             socket.bind(c.listen).map_err(bind_err)?;
             let listener = socket.listen(BACKLOG).map_err(bind_err)?;
             let addr = listener.local_addr().map_err(bind_err)?;
-            listeners.push((c.clone(), listener, addr));
+            listeners.push((c.clone(), listener, addr, edge));
         }
         Ok(BoundListeners { listeners })
     }
@@ -84,7 +92,7 @@ impl BoundListeners {
     pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
         self.listeners
             .iter()
-            .map(|(c, _, a)| (c.display_name(), *a))
+            .map(|(c, _, a, _)| (c.display_name(), *a))
             .collect()
     }
 }
@@ -99,15 +107,19 @@ pub fn serve(
     hooks: Hooks,
 ) -> Serving {
     let addrs = bound.local_addrs();
+    let mut edges = Vec::new();
     let tasks = bound
         .listeners
         .into_iter()
-        .map(|(cfg, socket, _)| {
+        .map(|(cfg, socket, _, edge)| {
+            edge.watch(&shutdown);
+            edges.push(edge.clone());
             let l = Arc::new(Listener::new(
                 cfg,
                 readiness.clone(),
                 hooks.clone(),
                 shutdown.child_token(),
+                edge,
             ));
             tokio::spawn(accept_loop(l, socket))
         })
@@ -116,6 +128,7 @@ pub fn serve(
         shutdown,
         addrs,
         tasks,
+        edges,
     }
 }
 
@@ -130,7 +143,10 @@ async fn accept_loop(l: Arc<Listener>, socket: TcpListener) -> ListenerDrain {
                     let l2 = l.clone();
                     match l.cfg.protocol {
                         Protocol::Tcp => l.tasks.spawn(tcp::serve(l2, stream, peer)),
-                        Protocol::Http | Protocol::H2c => l.tasks.spawn(conn::serve(l2, stream, peer)),
+                        Protocol::Http | Protocol::H2c => match &l.edge.tls {
+                            Some(t) => l.tasks.spawn(tls::serve(l2, t.clone(), stream, peer)),
+                            None => l.tasks.spawn(conn::serve(l2, stream, peer, None, false)),
+                        },
                     };
                 }
                 Err(e) => {
@@ -150,6 +166,14 @@ impl Serving {
     /// Listener names and bound addresses.
     pub fn local_addrs(&self) -> &[(String, SocketAddr)] {
         &self.addrs
+    }
+
+    /// Re-reads every listener's certificate, key, client CA and JWKS files now (wire it to
+    /// SIGHUP). Files that changed and load are in force for new connections and requests at
+    /// once; open connections keep what they were accepted with. Each file that fails to load
+    /// keeps its old contents and is returned (and logged) naming listener and path.
+    pub fn reload(&self) -> Vec<FileError> {
+        self.edges.iter().flat_map(Edge::reload).collect()
     }
 
     /// Stops accepting on every listener, lets in-flight requests finish within each

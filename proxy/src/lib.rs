@@ -32,36 +32,48 @@
 #![warn(missing_docs)]
 
 mod access_log;
+mod apikey;
+mod auth;
 mod backoff;
+mod basic;
 mod budget;
 mod cause;
 mod config;
 mod conn;
 mod context;
 mod drain;
+mod edge;
 mod error;
 mod hygiene;
 mod inbound;
+mod jwt;
 mod limits;
 mod listener;
 mod metered;
 mod metrics;
+mod mtls;
+mod ratelimit;
 mod ready;
 mod replay;
 mod retry;
+mod secret;
 mod shed;
 mod spec;
 mod stack;
 mod tcp;
 mod timeout;
+mod tls;
 mod upgrade;
 mod upstream;
 
 pub use access_log::{AccessLogFn, AccessRecord};
-pub use cause::Cause;
-pub use config::{LimitsConfig, ListenerConfig, Protocol, RetryConfig, TimeoutConfig};
+pub use cause::{Cause, Challenge};
+pub use config::{
+    ApiKeyConfig, AuthConfig, BasicAuthConfig, ClientAuthConfig, JwtConfig, LimitsConfig,
+    ListenerConfig, Protocol, RateLimitConfig, RetryConfig, TimeoutConfig, TlsConfig,
+};
 pub use drain::{DrainReport, ListenerDrain};
-pub use error::{ConfigError, ProxyError, SpecError};
+pub use error::{ConfigError, FileError, ProxyError, SpecError};
 pub use hygiene::REQUEST_ID;
 pub use inbound::{serve, BoundListeners, Inbound, Serving};
 pub use listener::Hooks;

@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::access_log::{AccessLogFn, AccessRecord};
 use crate::budget::RetryBudget;
 use crate::config::{ListenerConfig, Protocol};
+use crate::edge::Edge;
 use crate::metrics::{ListenerMetrics, Metrics};
 use crate::replay::UpstreamBody;
 
@@ -103,6 +104,8 @@ pub(crate) struct Listener {
     pub hard_stop: CancellationToken,
     /// Every connection and tunnel task, so drain can wait for them.
     pub tasks: TaskTracker,
+    /// TLS, auth and rate-limit state loaded from files at bind.
+    pub edge: Edge,
 }
 
 // === impl Listener ===
@@ -113,6 +116,7 @@ impl Listener {
         readiness: watch::Receiver<bool>,
         hooks: Hooks,
         shutdown: CancellationToken,
+        edge: Edge,
     ) -> Self {
         let name = cfg.display_name();
         // Validated before binding; a parse failure here would be a bug in validation.
@@ -158,6 +162,8 @@ impl Listener {
         }
         let server = match cfg.protocol {
             Protocol::H2c => server.http2_only(),
+            // Over TLS, ALPN may pick h2: serve both (auto-detected from the preface).
+            Protocol::Http if edge.tls.is_some() => server,
             Protocol::Http | Protocol::Tcp => server.http1_only(),
         };
         let r = &cfg.retry;
@@ -178,6 +184,7 @@ impl Listener {
             shutdown,
             hard_stop: CancellationToken::new(),
             tasks,
+            edge,
             cfg,
         }
     }

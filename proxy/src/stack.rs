@@ -17,7 +17,9 @@ use tower::{Service, ServiceBuilder};
 use crate::cause::ProxyBody;
 use crate::conn::ConnActivity;
 use crate::listener::Listener;
-use crate::{hygiene, limits, metered, ready, retry, shed, timeout, upgrade, upstream};
+use crate::{
+    auth, hygiene, limits, metered, mtls, ratelimit, ready, retry, shed, timeout, upgrade, upstream,
+};
 
 /// The future every layer returns.
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -42,6 +44,12 @@ pub(crate) fn build(
         .layer(shed::layer(l.clone()))
         // header size/count: 431; Content-Length over the body limit: 413
         .layer(limits::layer(l.clone()))
+        // client-sent identity header removed; the verified mTLS identity added
+        .layer(mtls::layer(l.clone()))
+        // JWT / API key / basic credentials: 401 + WWW-Authenticate, 403; claims as headers
+        .layer(auth::layer(l.clone()))
+        // token bucket per client IP or claim: 429 + Retry-After
+        .layer(ratelimit::layer(l.clone(), peer))
         // request id, X-Forwarded-*, hop-by-hop headers, the app's URI
         .layer(hygiene::layer(l.clone(), peer))
         // the whole request (holds, attempts, backoff): 504

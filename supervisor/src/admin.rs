@@ -3,7 +3,8 @@
 //! Bound before the app starts (like every listener) and served until tandem exits, so an
 //! orchestrator sees "not ready" during start, restart and stop rather than a refused
 //! connection. Read-only: it observes the lifecycle's status watch and the metrics registry
-//! and changes nothing. Loopback by default (see `AdminConfig`).
+//! and changes nothing. Loopback by default (see `AdminConfig`); on any other address a bearer
+//! token from `admin.token_file` is required, checked before any handler runs.
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
 
 use bytes::Bytes;
@@ -26,8 +27,72 @@ pub struct AdminState {
     pub started: Instant,
 }
 
+/// Refuses an admin port reachable from other hosts without a token: config validation calls
+/// this, so tandem exits 64 before binding anything. Also reads the token file, so a missing
+/// or empty one is a config error too.
+pub fn check_exposure(cfg: &crate::config::AdminConfig) -> Result<(), String> {
+    let listen = cfg.listen.trim();
+    let Ok(addr) = listen.parse::<SocketAddr>() else {
+        return Ok(()); // off, or reported by the address check
+    };
+    if cfg.token_file.is_some() {
+        load_token(cfg)?;
+    } else if !addr.ip().is_loopback() {
+        return Err(format!(
+            "admin.listen: {listen} is reachable from other hosts; set admin.token_file (a file holding a bearer token) or listen on 127.0.0.1"
+        ));
+    }
+    Ok(())
+}
+
+/// The admin token from `admin.token_file` (trimmed), if one is configured.
+pub fn load_token(cfg: &crate::config::AdminConfig) -> Result<Option<Arc<str>>, String> {
+    let Some(path) = &cfg.token_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("admin.token_file {}: {e}", path.display()))?;
+    let token = text.trim();
+    if token.len() < 16 {
+        return Err(format!(
+            "admin.token_file {}: the token must be at least 16 characters",
+            path.display()
+        ));
+    }
+    Ok(Some(Arc::from(token)))
+}
+
+/// Whether `req` carries the admin token (compared without an early exit).
+fn authorized(req: &Request<Incoming>, token: Option<&str>) -> bool {
+    let Some(token) = token else {
+        return true;
+    };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    presented.len() == token.len()
+        && presented
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
 /// Serve the admin endpoints on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
+    serve_with_token(listener, state, None).await;
+}
+
+/// [`serve`], requiring `Authorization: Bearer <token>` on every request when `token` is
+/// set (from [`load_token`]); without it, 401.
+pub async fn serve_with_token(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    token: Option<Arc<str>>,
+) {
     loop {
         let (stream, _peer) = match listener.accept().await {
             Ok(conn) => conn,
@@ -39,10 +104,22 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
             }
         };
         let state = state.clone();
+        let token = token.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&req, &state)) }
+                let ok = authorized(&req, token.as_deref());
+                async move {
+                    if !ok {
+                        let mut r = text(StatusCode::UNAUTHORIZED, "admin token required\n");
+                        r.headers_mut().insert(
+                            header::WWW_AUTHENTICATE,
+                            header::HeaderValue::from_static("Bearer realm=\"tandem-admin\""),
+                        );
+                        return Ok::<_, Infallible>(r);
+                    }
+                    Ok::<_, Infallible>(handle(&req, &state))
+                }
             });
             let conn = http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())

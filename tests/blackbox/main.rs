@@ -14,4 +14,5 @@ mod notify;
 mod proxy;
 mod reaping;
 mod restart;
+mod security;
 mod signals;

@@ -4,13 +4,19 @@
 //! Invariant: each test asserts what a client or the app observes (statuses, bytes, hits,
 //! records), never how long something took.
 
+mod pki;
 mod support;
 
+mod auth;
 mod basics;
 mod drain;
+mod jwt;
 mod limits;
+mod mtls;
+mod ratelimit;
 mod ready;
 mod restart;
 mod retry;
 mod tcp;
 mod timeouts;
+mod tls;

@@ -213,6 +213,16 @@ async fn app(mut req: Request<Incoming>, seen: Arc<Seen>) -> Result<Response<Tes
             );
             r
         }
+        "/headers" => {
+            // Every request header as `name: value` lines, sorted: what the app was told.
+            let mut lines: Vec<String> = req
+                .headers()
+                .iter()
+                .map(|(k, v)| format!("{k}: {}", String::from_utf8_lossy(v.as_bytes())))
+                .collect();
+            lines.sort();
+            Response::new(full(lines.join("\n")))
+        }
         "/slow" => {
             tokio::time::sleep(Duration::from_millis(query_ms(&req))).await;
             Response::new(full("slow done"))
@@ -352,6 +362,11 @@ impl Proxy {
             .lines()
             .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
             .unwrap_or(0.0)
+    }
+
+    /// The serving handle, for `reload()`.
+    pub fn drain_handle_ref(&self) -> &Serving {
+        self.serving.as_ref().expect("not drained")
     }
 
     pub fn drain_handle(&mut self) -> Serving {

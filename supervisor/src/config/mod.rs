@@ -87,12 +87,17 @@ pub struct AdminConfig {
     /// by default. When this default address is taken (a second tandem on the host), tandem
     /// warns and runs without it; an address you set must bind or tandem exits 70.
     pub listen: String,
+    /// File holding a bearer token the admin port requires (`Authorization: Bearer <token>`);
+    /// mandatory when `listen` is not a loopback address, so metrics and status never leak.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: DEFAULT_ADMIN.to_string(),
+            token_file: None,
         }
     }
 }
@@ -241,6 +246,7 @@ impl Config {
         if !admin.is_empty() && admin.parse::<std::net::SocketAddr>().is_err() {
             return Err(format!("admin.listen: {admin:?} is not an IP:PORT address (or \"\" to turn the admin port off)"));
         }
+        crate::admin::check_exposure(&self.admin)?;
         for sig in &self.app.forward_signals {
             match sig.0 {
                 Signal::SIGKILL | Signal::SIGSTOP => {

@@ -41,6 +41,8 @@ pub struct LogsConfig {
     /// Tail mode: follow files instead of (or beside) the app's pipes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tail: Option<TailConfig>,
+    /// Secrets replaced before any sink: built-in patterns plus the operator's.
+    pub redact: super::redact::RedactConfig,
 }
 
 /// How one stream of the app (stdout or stderr) is parsed.
@@ -228,6 +230,7 @@ impl Default for LogsConfig {
             attributes: BTreeMap::new(),
             sinks: SinksConfig::default(),
             tail: None,
+            redact: super::redact::RedactConfig::default(),
         }
     }
 }
@@ -235,6 +238,7 @@ impl Default for LogsConfig {
 impl LogsConfig {
     /// Cross-field checks and pattern compilation; the message names the offending key.
     pub fn validate(&self) -> Result<(), String> {
+        super::redact::Redactor::new(&self.redact)?;
         if self.max_line_bytes.as_u64() < 16 {
             return Err("logs.max_line_bytes: must be at least 16 bytes".into());
         }

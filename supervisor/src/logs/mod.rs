@@ -2,7 +2,7 @@
 //! default `block` mode), and the app is never stalled by tandem itself.
 //!
 //! ```text
-//! app stdout/stderr ─pipe─▶ capture ─▶ frame ─▶ multiline ─▶ parse ─▶ enrich ─▶ backpressure
+//! app stdout/stderr ─pipe─▶ capture ─▶ frame ─▶ multiline ─▶ parse ─▶ redact ─▶ enrich ─▶ backpressure
 //!    (or tail: files)                                                   ─▶ [queue ─▶ sink]×N
 //! ```
 //!
@@ -25,6 +25,7 @@ pub mod parse;
 pub mod pipeline;
 pub mod process;
 pub mod record;
+pub mod redact;
 pub mod sinks;
 pub mod tail;
 

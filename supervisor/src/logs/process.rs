@@ -1,4 +1,5 @@
-//! The per-source chain: bytes → frame → UTF-8 (lossy) → multiline → parse → enriched records.
+//! The per-source chain: bytes → frame → UTF-8 (lossy) → multiline → parse → redact →
+//! enriched records.
 //!
 //! Invariant: a processor is owned by exactly one reader (pipe or tailed file sequence), so the
 //! records it yields are in the order the source wrote them. It does no I/O and reads no clock:
@@ -15,6 +16,7 @@ use super::frame::Framer;
 use super::multiline::{Line, Multiline, MultilineRules};
 use super::parse::parse_into;
 use super::record::{Level, Origin, Record, Stream};
+use super::redact::Redactor;
 use super::LogsError;
 
 /// Turns one source's bytes into records.
@@ -34,6 +36,7 @@ struct Shape {
     format: ParseFormat,
     origin: Arc<Origin>,
     counters: Arc<Counters>,
+    redact: Redactor,
 }
 
 // === impl Processor ===
@@ -48,6 +51,7 @@ impl Processor {
     ) -> Result<Self, LogsError> {
         let s = cfg.stream(stream);
         let rules = MultilineRules::compile(&s.multiline).map_err(LogsError::Config)?;
+        let redact = Redactor::new(&cfg.redact).map_err(LogsError::Config)?;
         Ok(Self {
             framer: Framer::new(usize::try_from(cfg.max_line_bytes.as_u64()).unwrap_or(usize::MAX)),
             multiline: Multiline::new(rules),
@@ -57,6 +61,7 @@ impl Processor {
                 format: s.format,
                 origin,
                 counters,
+                redact,
             },
             out: Vec::new(),
         })
@@ -195,6 +200,8 @@ impl Shape {
         if !parse_into(format, &mut r) {
             add(&self.counters.parse_failures, 1);
         }
+        // After parsing, so a secret inside a JSON or logfmt value is found where it lands.
+        self.redact.record(&mut r);
         r
     }
 }

@@ -1,0 +1,171 @@
+//! Request authentication at the edge: JWT bearer tokens, static API keys or basic auth,
+//! one per listener, with exempt path prefixes (e.g. `/health`).
+//!
+//! Invariant: headers tandem vouches for (forwarded JWT claims) are removed from every
+//! request first, exempt or not, so the app only ever sees values tandem verified; a refusal
+//! is a [`Cause`] (401 with `WWW-Authenticate`, or 403), answered by `metered` like any other.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{header, HeaderName, HeaderValue, Request, Response};
+use tower::{Layer, Service, ServiceExt};
+
+use crate::apikey::ApiKeys;
+use crate::basic::BasicUsers;
+use crate::cause::{Cause, Challenge, ProxyBody};
+use crate::config::AuthConfig;
+use crate::error::FileError;
+use crate::jwt::{claim_text, JwtAuth, Reject};
+use crate::listener::Listener;
+use crate::stack::BoxFuture;
+
+/// The credential check a listener uses.
+#[derive(Debug)]
+pub(crate) enum Method {
+    Jwt(Arc<JwtAuth>),
+    ApiKey(ApiKeys),
+    Basic(BasicUsers),
+}
+
+/// One listener's authentication.
+#[derive(Debug)]
+pub(crate) struct Auth {
+    exempt: Vec<String>,
+    pub method: Method,
+}
+
+// === impl Auth ===
+
+impl Auth {
+    /// Reads the key or secrets file the config names.
+    pub fn load(listener: &str, cfg: &AuthConfig) -> Result<Self, FileError> {
+        let method = match (&cfg.jwt, &cfg.api_key, &cfg.basic) {
+            (Some(j), _, _) => Method::Jwt(Arc::new(JwtAuth::load(listener, j)?)),
+            (_, Some(k), _) => Method::ApiKey(ApiKeys::load(listener, k)?),
+            (_, _, Some(b)) => Method::Basic(BasicUsers::load(listener, b)?),
+            // validate() ensures exactly one; none configured would mean no check at all.
+            (None, None, None) => {
+                return Err(FileError {
+                    listener: listener.to_string(),
+                    what: "auth",
+                    path: Default::default(),
+                    reason: "no method configured".into(),
+                })
+            }
+        };
+        Ok(Self {
+            exempt: cfg
+                .exempt_paths
+                .iter()
+                .map(|p| p.trim_end_matches('/').to_string())
+                .collect(),
+            method,
+        })
+    }
+
+    /// Whether `path` is under an exempt prefix, segment-wise.
+    fn is_exempt(&self, path: &str) -> bool {
+        self.exempt.iter().any(|p| {
+            p.is_empty()
+                || path
+                    .strip_prefix(p.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
+    }
+
+    /// Checks the request's credentials, rewriting its headers for the app.
+    fn check<B>(&self, req: &mut Request<B>) -> Result<(), Cause> {
+        if let Method::Jwt(j) = &self.method {
+            for (_, h) in j.forwarded_headers() {
+                req.headers_mut().remove(h);
+            }
+        }
+        if self.is_exempt(req.uri().path()) {
+            return Ok(());
+        }
+        match &self.method {
+            Method::ApiKey(k) => k
+                .check(req.headers_mut())
+                .then_some(())
+                .ok_or(Cause::Unauthorized(Challenge::ApiKey)),
+            Method::Basic(b) => b
+                .check(req.headers_mut())
+                .map(|_| ())
+                .ok_or(Cause::Unauthorized(Challenge::Basic)),
+            Method::Jwt(j) => {
+                let token = req
+                    .headers()
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| {
+                        v.strip_prefix("Bearer ")
+                            .or_else(|| v.strip_prefix("bearer "))
+                    })
+                    .map(str::trim)
+                    .ok_or(Cause::Unauthorized(Challenge::Bearer))?;
+                let claims = j.verify(token).map_err(|r| match r {
+                    Reject::Invalid(why) => {
+                        tracing::debug!(reason = %why, "JWT refused");
+                        Cause::Unauthorized(Challenge::BearerInvalid)
+                    }
+                    Reject::MissingClaim(c) => {
+                        tracing::debug!(claim = %c, "JWT lacks a required claim");
+                        Cause::Forbidden
+                    }
+                })?;
+                for (claim, h) in j.forwarded_headers() {
+                    let value = claims
+                        .0
+                        .get(claim)
+                        .map(claim_text)
+                        .and_then(|t| HeaderValue::from_str(&t).ok());
+                    if let (Some(v), Ok(name)) = (value, HeaderName::from_bytes(h.as_bytes())) {
+                        req.headers_mut().insert(name, v);
+                    }
+                }
+                req.extensions_mut().insert(claims);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The auth layer (a no-op on listeners without `auth`).
+pub(crate) fn layer<S>(l: Arc<Listener>) -> impl Layer<S, Service = Authenticate<S>> + Clone {
+    tower::layer::layer_fn(move |inner| Authenticate {
+        inner,
+        auth: l.edge.auth.clone(),
+    })
+}
+
+/// See [`layer`].
+#[derive(Clone)]
+pub(crate) struct Authenticate<S> {
+    inner: S,
+    auth: Option<Arc<Auth>>,
+}
+
+impl<S, B> Service<Request<B>> for Authenticate<S>
+where
+    S: Service<Request<B>, Response = Response<ProxyBody>, Error = Cause> + Clone + Send + 'static,
+    S::Future: Send,
+    B: Send + 'static,
+{
+    type Response = Response<ProxyBody>;
+    type Error = Cause;
+    type Future = BoxFuture<Result<Response<ProxyBody>, Cause>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Cause>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        if let Some(auth) = &self.auth {
+            if let Err(cause) = auth.check(&mut req) {
+                return Box::pin(async move { Err(cause) });
+            }
+        }
+        Box::pin(self.inner.clone().oneshot(req))
+    }
+}

@@ -1,0 +1,95 @@
+//! Security at the edge, seen from outside the binary: an admin port reachable from other
+//! hosts without a token is refused at start-up; secrets in the app's log lines reach every
+//! sink redacted.
+use std::fs;
+
+use crate::support::run;
+
+/// The config-error exit code (EX_USAGE).
+const CONFIG: i32 = 64;
+
+#[test]
+fn admin_on_a_non_loopback_address_needs_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let app = format!("touch {}", marker.display());
+    let (code, _, stderr) = run(&["--admin", "0.0.0.0:0", "--", "sh", "-c", &app]);
+    assert_eq!(code, CONFIG, "{stderr}");
+    assert!(
+        stderr.contains("admin.listen") && stderr.contains("admin.token_file"),
+        "the error says what to set: {stderr}"
+    );
+    assert!(
+        !marker.exists(),
+        "the app was started despite the config error"
+    );
+    let (code, _, stderr) = run(&["check", "--admin", "0.0.0.0:0"]);
+    assert_eq!(code, CONFIG, "{stderr}");
+
+    // With a token file it is accepted, and `tandem check` shows the path, never the token.
+    let token = dir.path().join("admin-token");
+    fs::write(&token, "s3cret-admin-token-0123456789\n").unwrap();
+    let cfg = dir.path().join("tandem.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "[admin]\nlisten = \"0.0.0.0:0\"\ntoken_file = {:?}\n",
+            token.display()
+        ),
+    )
+    .unwrap();
+    let (code, out, stderr) = run(&["check", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        out.contains("admin-token") && !out.contains("s3cret"),
+        "{out}"
+    );
+
+    // A token too short to be one is refused.
+    fs::write(&token, "short").unwrap();
+    let (code, _, stderr) = run(&["check", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, CONFIG, "{stderr}");
+    assert!(stderr.contains("admin.token_file"), "{stderr}");
+}
+
+fn assert_redacted(what: &str, text: &str) {
+    for secret in [
+        "abc.DEF-123",
+        "hunter2",
+        "AKIAIOSFODNN7EXAMPLE",
+        "eyJzdWIiOiJhbGljZSJ9",
+        "swordfish",
+    ] {
+        assert!(!text.contains(secret), "{what} holds {secret}: {text}");
+    }
+    assert!(text.contains("Bearer [REDACTED]"), "{what}: {text}");
+    assert!(text.contains("password=[REDACTED]"), "{what}: {text}");
+    assert!(
+        text.contains("[REDACTED_JWT]") && text.contains("[REDACTED_AWS_KEY]"),
+        "{what}: {text}"
+    );
+}
+
+#[test]
+fn secrets_reach_every_sink_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("app.log");
+    let cfg = dir.path().join("tandem.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "[admin]\nlisten = \"\"\n[logs.sinks.file]\npath = {:?}\n",
+            file.display()
+        ),
+    )
+    .unwrap();
+    let script = r#"echo 'GET /orders Authorization: Bearer abc.DEF-123 user=bob password=hunter2'
+echo 'jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl key AKIAIOSFODNN7EXAMPLE'
+echo '{"msg":"login","password":"swordfish","auth":"Bearer abc.DEF-123"}' >&2"#;
+    let (code, stdout, stderr) =
+        run(&["--config", cfg.to_str().unwrap(), "--", "sh", "-c", script]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_redacted("the stdout sink", &stdout);
+    assert!(stdout.contains("\"password\":\"[REDACTED]\""), "{stdout}");
+    assert_redacted("the file sink", &fs::read_to_string(&file).unwrap());
+}
