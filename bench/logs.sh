@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Benchmark (not a test) of the log pipeline: lines/s and MB/s through capture -> frame ->
-# parse -> enrich -> stdout sink (JSON lines, to /dev/null), for plain and for JSON input,
-# beside the raw pipe rate of the same data through `cat | cat > /dev/null`.
+# parse -> enrich -> stdout sink (JSON lines, to /dev/null) and -> file sink (stdout sink off),
+# for plain and for JSON input, beside the raw pipe rate of the same data through
+# `cat | cat > /dev/null`.
 #
 # Run with: bench/logs.sh [LINES]      (default 1,000,000; builds tandem --release first)
 # Each number is the median of 3 interleaved runs; compare ratios, not absolutes.
+# BENCH_TSV=FILE also appends machine-readable rows (bench/run.sh uses them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q -p tandem
@@ -24,6 +26,11 @@ with open(f"{work}/json.txt", "w") as f:
 cfg = f"{work}/tandem.toml"
 with open(cfg, "w") as f:
     f.write('[admin]\nlisten = ""\n[logs.sinks.stdout]\nformat = "json"\n')
+cfg_file = f"{work}/tandem-file.toml"
+with open(cfg_file, "w") as f:
+    f.write('[admin]\nlisten = ""\n[logs.sinks.stdout]\nenabled = false\n'
+            f'[logs.sinks.file]\npath = "{work}/out.log"\nmax_size = "0B"\n')
+tsv = open(os.environ["BENCH_TSV"], "a") if os.environ.get("BENCH_TSV") else None
 env = dict(os.environ, TANDEM_LOG="warn")
 
 def timed(cmd):
@@ -35,13 +42,23 @@ print(f"{n} lines each; medians of 3 interleaved runs")
 for kind in ("plain", "json"):
     data = f"{work}/{kind}.txt"
     mb = os.path.getsize(data) / 1e6
-    raw, tandem = [], []
+    raw, tandem, tfile = [], [], []
     for _ in range(3):
         raw.append(timed(["sh", "-c", f"cat '{data}' | cat"]))
         tandem.append(timed([binary, "--config", cfg, "--", "cat", data]))
-    r, t = statistics.median(raw), statistics.median(tandem)
+        tfile.append(timed([binary, "--config", cfg_file, "--", "cat", data]))
+        os.remove(f"{work}/out.log")
+    r, t, tf = statistics.median(raw), statistics.median(tandem), statistics.median(tfile)
     print(f"{kind:5} {mb:6.1f} MB | cat > /dev/null: {r:6.3f}s {n / r:11,.0f} lines/s {mb / r:7.1f} MB/s"
-          f" | tandem: {t:6.3f}s {n / t:10,.0f} lines/s {mb / t:6.1f} MB/s ({t / r:.1f}x the raw pipe time)")
+          f" | tandem: {t:6.3f}s {n / t:10,.0f} lines/s {mb / t:6.1f} MB/s ({t / r:.1f}x the raw pipe time)"
+          f" | tandem file sink: {tf:6.3f}s {n / tf:10,.0f} lines/s {mb / tf:6.1f} MB/s")
+    if tsv:
+        for who, secs in (("cat", r), ("tandem_stdout", t), ("tandem_file", tf)):
+            tsv.write(f"logs_{kind}\t{who}\tlines_per_s\t{n / secs:.0f}\n")
+            tsv.write(f"logs_{kind}\t{who}\tmb_per_s\t{mb / secs:.1f}\n")
+        tsv.write(f"logs_{kind}\tall\tline_bytes\t{os.path.getsize(data) / n:.0f}\n")
+if tsv:
+    tsv.close()
 for name in os.listdir(work):
     os.remove(f"{work}/{name}")
 os.rmdir(work)

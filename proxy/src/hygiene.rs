@@ -224,7 +224,13 @@ impl<S> Hygiene<S> {
             .build()
             .map_err(|_| Cause::BadRequest)?;
         parts.version = match self.l.cfg.protocol {
-            Protocol::H2c => Version::HTTP_2,
+            Protocol::H2c => {
+                // HTTP/2 carries the host in :authority (the upstream's, from the URI); a Host
+                // header beside it is a duplicate that nginx and Envoy answer with 400. The
+                // client's host stays in X-Forwarded-Host.
+                parts.headers.remove(header::HOST);
+                Version::HTTP_2
+            }
             Protocol::Http | Protocol::Tcp => Version::HTTP_11,
         };
         Ok(Request::from_parts(parts, body))

@@ -191,6 +191,7 @@ fn status_json(state: &AdminState, s: &Status) -> serde_json::Value {
         "restarts": s.restarts,
         "last_exit_code": s.last_exit_code,
         "uptime_seconds": state.started.elapsed().as_secs(),
+        "listeners": s.listeners.iter().map(|(name, addr)| serde_json::json!({"name": name, "addr": addr})).collect::<Vec<_>>(),
     })
 }
 
