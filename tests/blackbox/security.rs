@@ -33,7 +33,7 @@ fn admin_on_a_non_loopback_address_needs_a_token() {
     fs::write(
         &cfg,
         format!(
-            "[admin]\nlisten = \"0.0.0.0:0\"\ntoken_file = {:?}\n",
+            "[admin]\nlisten = \"0.0.0.0:0\"\ntoken_file = {:?}\n[app.env]\nDB_PASSWORD = \"hunter2\"\nMODE = \"prod\"\n",
             token.display()
         ),
     )
@@ -44,6 +44,12 @@ fn admin_on_a_non_loopback_address_needs_a_token() {
         out.contains("admin-token") && !out.contains("s3cret"),
         "{out}"
     );
+    // Secret-looking values in the config are masked too; the rest is shown.
+    assert!(
+        !out.contains("hunter2") && out.contains("DB_PASSWORD = \"[REDACTED]\""),
+        "{out}"
+    );
+    assert!(out.contains("\"prod\""), "{out}");
 
     // A token too short to be one is refused.
     fs::write(&token, "short").unwrap();

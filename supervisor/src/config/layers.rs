@@ -230,7 +230,7 @@ impl Loaded {
     /// The effective config as TOML, each value followed by a comment naming its source.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        render_table(&self.merged, "", &self.sources, &mut out);
+        render_table(&self.merged, "", &self.sources, &redactor(), &mut out);
         out
     }
 }
@@ -473,7 +473,39 @@ fn record_sources(
     }
 }
 
-fn render_table(table: &Table, prefix: &str, sources: &BTreeMap<String, Source>, out: &mut String) {
+/// Whether a config key names a secret value (`app.env.DB_PASSWORD`, `API_TOKEN`), rather
+/// than a file holding one (`token_file`, `keys_file`): `tandem check` prints `[REDACTED]`.
+pub fn is_secret_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    if k.ends_with("_file") || k.ends_with("_path") || k == "key" {
+        return false;
+    }
+    [
+        "password",
+        "passwd",
+        "secret",
+        "token",
+        "api_key",
+        "apikey",
+        "credential",
+        "private_key",
+    ]
+    .iter()
+    .any(|s| k.contains(s))
+}
+
+fn redactor() -> crate::logs::redact::Redactor {
+    crate::logs::redact::Redactor::new(&crate::logs::redact::RedactConfig::default())
+        .expect("the built-in patterns compile")
+}
+
+fn render_table(
+    table: &Table,
+    prefix: &str,
+    sources: &BTreeMap<String, Source>,
+    redact: &crate::logs::redact::Redactor,
+    out: &mut String,
+) {
     use std::fmt::Write;
     let (tables, leaves): (Vec<_>, Vec<_>) = table.iter().partition(|(_, v)| v.is_table());
     if !prefix.is_empty() && !leaves.is_empty() {
@@ -492,11 +524,17 @@ fn render_table(table: &Table, prefix: &str, sources: &BTreeMap<String, Source>,
         } else {
             format!("{k:?}")
         };
-        let _ = writeln!(out, "{key} = {v}  # {source}");
+        let value = if is_secret_key(k) {
+            "\"[REDACTED]\"".to_string()
+        } else {
+            // A secret inside a value (a command line's `--password=...`): the log patterns.
+            redact.text(&v.to_string()).into_owned()
+        };
+        let _ = writeln!(out, "{key} = {value}  # {source}");
     }
     for (k, v) in tables {
         if let Value::Table(t) = v {
-            render_table(t, &join(prefix, k), sources, out);
+            render_table(t, &join(prefix, k), sources, redact, out);
         }
     }
 }
@@ -505,6 +543,21 @@ fn render_table(table: &Table, prefix: &str, sources: &BTreeMap<String, Source>,
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn secret_keys() {
+        for k in [
+            "DB_PASSWORD",
+            "api_token",
+            "AWS_SECRET_ACCESS_KEY",
+            "STRIPE_API_KEY",
+        ] {
+            assert!(is_secret_key(k), "{k}");
+        }
+        for k in ["token_file", "keys_file", "listen", "key", "PATH"] {
+            assert!(!is_secret_key(k), "{k}");
+        }
+    }
 
     fn file(text: &str) -> tempfile::NamedTempFile {
         let mut f = tempfile::NamedTempFile::new().unwrap();
