@@ -564,11 +564,22 @@ impl Supervisor {
         }
     }
 
-    /// logrotate's postrotate HUP: tandem's own log files are reopened too.
+    /// logrotate's postrotate HUP: tandem's own log files are reopened too, and the proxy's
+    /// certificates, keys and auth files are reloaded now rather than at the next poll.
     fn reopen_on_hup(&self, sig: Signal) {
         if sig == Signal::SIGHUP {
             if let Some(logs) = &self.logs {
                 logs.reopen();
+            }
+            if let Some(proxy) = &self.proxy {
+                // Each failure is logged by the proxy, naming listener, key and file; the
+                // previous contents stay in use.
+                let failed = proxy.reload();
+                tracing::info!(
+                    event = "reloaded",
+                    failed = failed.len(),
+                    "proxy files reloaded on SIGHUP"
+                );
             }
         }
     }
@@ -580,6 +591,11 @@ impl Supervisor {
         }
         let bound = match Inbound::bind(&self.cfg.proxy.listeners).await {
             Ok(b) => b,
+            Err(e @ tandem_proxy::ProxyError::File(_)) => {
+                // A missing or bad certificate, key, CA, JWKS or secrets file is config.
+                tracing::error!(event = "config_error", error = %e, "cannot load a file the proxy needs");
+                return Err(exit::CONFIG);
+            }
             Err(e) => {
                 tracing::error!(event = "bind_failed", error = %e, "cannot bind the proxy's listeners");
                 return Err(exit::INTERNAL);
@@ -677,7 +693,16 @@ impl Supervisor {
             registry: Arc::new(registry),
             started: std::time::Instant::now(),
         });
-        tokio::spawn(crate::admin::serve(listener, state));
+        // Off loopback the admin port requires a bearer token (config validation made sure a
+        // token file exists and is usable).
+        let token = match crate::admin::load_token(&self.cfg.admin) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(event = "config_error", "{e}");
+                return Err(exit::CONFIG);
+            }
+        };
+        tokio::spawn(crate::admin::serve_with_token(listener, state, token));
         Ok(())
     }
 

@@ -99,3 +99,43 @@ echo '{"msg":"login","password":"swordfish","auth":"Bearer abc.DEF-123"}' >&2"#;
     assert!(stdout.contains("\"password\":\"[REDACTED]\""), "{stdout}");
     assert_redacted("the file sink", &fs::read_to_string(&file).unwrap());
 }
+
+#[test]
+fn admin_port_off_loopback_requires_the_bearer_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "s3cret-admin-token-0123456789";
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let mut t = crate::support::Tandem::spawn(&[
+        "--admin",
+        "0.0.0.0:0",
+        "--set",
+        &format!("admin.token_file={}", token_file.display()),
+        "--",
+        "sleep",
+        "1000",
+    ]);
+    let addr = t.wait_event("admin_listening")["addr"]
+        .as_str()
+        .unwrap()
+        .replace("0.0.0.0", "127.0.0.1");
+    let (status, head, _) = crate::support::http(&addr, "GET", "/status", b"", &[]).unwrap();
+    assert_eq!(status, 401, "{head}");
+    let bad = crate::support::http(
+        &addr,
+        "GET",
+        "/metrics",
+        b"",
+        &[("Authorization", "Bearer wrong-token-wrong-token")],
+    )
+    .unwrap();
+    assert_eq!(bad.0, 401);
+    let auth = format!("Bearer {token}");
+    let (status, _, body) =
+        crate::support::http(&addr, "GET", "/status", b"", &[("Authorization", &auth)]).unwrap();
+    assert_eq!(status, 200);
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("\"phase\""), "{body}");
+    t.signal(nix::sys::signal::Signal::SIGTERM);
+    t.wait();
+}

@@ -93,7 +93,13 @@ pub struct Loaded {
 const RESERVED_ENV: &[&str] = &["TANDEM_LOG", "TANDEM_LOG_FORMAT"];
 
 /// Keys that have no default (so they are absent from the defaults table) but may be set.
-const OPTIONAL_KEYS: &[&str] = &["service.name", "app.workdir", "app.user", "app.group"];
+const OPTIONAL_KEYS: &[&str] = &[
+    "service.name",
+    "app.workdir",
+    "app.user",
+    "app.group",
+    "admin.token_file",
+];
 
 /// Load `files` (each with its includes), then apply `env` (`TANDEM_*` only) and `overrides`.
 pub fn load(
