@@ -431,9 +431,87 @@ fn extra_service_mode_proxies_checks_and_structures_the_apps_log_file() {
     );
     assert!(counts.iter().all(|c| *c == 1), "each line once: {counts:?}");
 
+    // The app container restarts (docker/compose#6626): tandem, left in the old namespace,
+    // fails its liveness probe, exits 69, and Docker restarts it into the new one.
+    let app_id = p.container("app");
+    let out = run_bounded(
+        Command::new("docker").args(["restart", "--time", "5", &app_id]),
+        COMMAND_LIMIT,
+    );
+    assert_eq!(out.code, Some(0), "docker restart: {}", out.stderr);
+    wait_until("tandem exited 69 and was restarted", || {
+        p.inspect("tandem", "{{.RestartCount}}") != "0"
+    });
+    wait_until("the proxy answers again after the app's restart", || {
+        http(&p.addr(), "GET", "/", b"", &[]).is_ok_and(|(s, _, _)| s == 200)
+    });
+    let events = p.json_logs("tandem");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "liveness_failed" && e["exit_code"] == 69),
+        "tandem left with 69"
+    );
+    // Its checkpoint is in the volume: the restarted tandem repeats no line.
+    let get = |i: usize| {
+        events
+            .iter()
+            .filter(|r| flood_index(msg(r), 200) == Some(i))
+            .count()
+    };
+    assert!(
+        (0..200).all(|i| get(i) == 1),
+        "no line repeated after the restart"
+    );
+
     // `compose stop`: both end cleanly (the app with its own code, tandem with 0).
     let out = p.run(&["stop"]);
     assert_eq!(out.code, Some(0), "stop: {}", out.stderr);
     assert_eq!(p.inspect("app", "{{.State.ExitCode}}"), "0");
     assert_eq!(p.inspect("tandem", "{{.State.ExitCode}}"), "0");
+}
+
+/// What extra-service mode relies on, without Docker: beside the app, a failed liveness probe
+/// makes tandem exit 69 when a restart is asked for, and only warn when it is not.
+#[test]
+fn beside_the_app_a_failed_liveness_probe_exits_69_only_when_a_restart_is_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let dead = free_port(); // nothing listens here: the "app" is gone
+    let cfg = |policy: &str| {
+        let path = dir.path().join(format!("{policy}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[admin]\nlisten = \"127.0.0.1:0\"\n[restart]\npolicy = \"{policy}\"\n\
+                 [health.liveness]\nkind = \"tcp\"\ntarget = \"127.0.0.1:{dead}\"\n\
+                 interval = \"50ms\"\ntimeout = \"100ms\"\nfailure_threshold = 2\n\
+                 [logs.tail]\npaths = [{:?}]\ncheckpoint = {:?}\n",
+                dir.path()
+                    .join(format!("{policy}.log"))
+                    .display()
+                    .to_string(),
+                dir.path()
+                    .join(format!("{policy}.ckpt"))
+                    .display()
+                    .to_string(),
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let always = cfg("always");
+    let mut t = crate::support::Tandem::spawn(&["--config", always.to_str().unwrap()]);
+    t.wait_event("liveness_failed");
+    assert_eq!(t.wait_code(), 69);
+
+    let never = cfg("never");
+    let mut t = crate::support::Tandem::spawn(&["--config", never.to_str().unwrap()]);
+    t.wait_event("liveness_failed");
+    thread::sleep(Duration::from_millis(300));
+    assert!(
+        t.child.try_wait().unwrap().is_none(),
+        "still beside the app"
+    );
+    t.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(t.wait_code(), 0);
 }
