@@ -12,7 +12,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 tag="${1:-tandem-legacy-app:dev}"
 target=x86_64-unknown-linux-gnu
-out="$root/target/$target/release"
+out="${CARGO_TARGET_DIR:-$root/target}/$target/release"
 
 if [ "${SKIP_CARGO:-0}" != 1 ]; then
     # crt-static on the gnu target gives static-pie binaries that run in an empty image.
@@ -37,5 +37,8 @@ done
 context="$(mktemp -d)"
 trap 'rm -rf "$context"' EXIT
 cp "$root/compose/Dockerfile" "$out/tandem" "$out/legacy-app" "$context/"
+# An empty directory that becomes /var/log/app, owned by the image's user, so a named volume
+# mounted there (extra-service mode) is writable by the app.
+mkdir "$context/logdir"
 docker build --tag "$tag" "$context"
 echo "built $tag"

@@ -6,6 +6,11 @@
 
 /// Bad command line or config (EX_USAGE, as linkerd2-proxy does): nothing was started.
 pub const CONFIG: i32 = 64;
+/// Beside the app (no command), the app failed its liveness probe and `restart.policy` is not
+/// `never`: tandem cannot restart an app it does not own, so it exits for its orchestrator to
+/// restart it (EX_UNAVAILABLE). In Compose's extra-service mode that moves a restarted tandem
+/// into the restarted app container's new network namespace (docker/compose#6626).
+pub const BESIDE_UNAVAILABLE: i32 = 69;
 /// tandem itself failed (could not install signal handlers, create a pipe, ...).
 pub const INTERNAL: i32 = 70;
 /// The restart start limit was hit: the app kept failing, the orchestrator should take over.

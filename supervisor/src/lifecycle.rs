@@ -307,7 +307,8 @@ impl Supervisor {
     }
 
     /// No command: tandem runs beside the app (a Nomad sidecar task): it follows the app's
-    /// log files, proxies and probes it, and stops when told to. Exit code 0 on a stop.
+    /// log files, proxies and probes it, and stops when told to. Exit code 0 on a stop; 69
+    /// when the liveness probe fails and `restart.policy` is not `never`.
     async fn run_beside(&mut self) -> i32 {
         tracing::info!(
             event = "beside",
@@ -335,6 +336,16 @@ impl Supervisor {
                 },
                 changed = ready.changed() => if changed.is_err() { std::future::pending::<()>().await },
                 st = &mut liveness => {
+                    if !matches!(self.cfg.restart.policy, RestartPolicy::Never) {
+                        // Not ours to restart, but a restart was asked for: leave, so the
+                        // orchestrator restarts tandem beside the app as it is now (a
+                        // container joined to a restarted one's namespace must restart).
+                        let code = crate::exit::BESIDE_UNAVAILABLE;
+                        tracing::error!(event = "liveness_failed", reason = ?st.last_failure, exit_code = code, "the app failed its liveness probe; tandem exits for its orchestrator to restart it (restart.policy)");
+                        self.set_phase(Phase::Stopping, None);
+                        self.health.app_stopped();
+                        return code;
+                    }
                     // Not ours to restart: say so, and let systemd's watchdog or the
                     // orchestrator's check act on /readyz.
                     tracing::warn!(event = "liveness_failed", reason = ?st.last_failure, "the app failed its liveness probe");

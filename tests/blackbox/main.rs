@@ -7,9 +7,11 @@
 mod support;
 
 mod admin;
+mod compose;
 mod config;
 mod exit_codes;
 mod logs;
+mod nomad;
 mod notify;
 mod proxy;
 mod reaping;

@@ -6,8 +6,10 @@
 //! trace) is written as one block for the same reason. While the app is stalled, nothing is
 //! written at all.
 
+use std::fs::File;
 use std::io::Write;
 use std::sync::atomic::Ordering;
+use std::sync::{Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::state::STALLED;
@@ -17,6 +19,19 @@ use crate::state::STALLED;
 pub enum Stream {
     Stdout,
     Stderr,
+}
+
+/// With `--log-file`: every record of both streams goes to this file instead.
+static LOG_FILE: OnceLock<Mutex<File>> = OnceLock::new();
+
+/// Sends all later records to `path` (created if absent, appended to).
+pub fn to_file(path: &str) -> std::io::Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    let _ = LOG_FILE.set(Mutex::new(file));
+    Ok(())
 }
 
 /// Writes `text` (one or more lines, newline added) to `stream` in a single write.
@@ -30,6 +45,11 @@ pub fn raw(stream: Stream, text: &str) {
     let mut block = String::with_capacity(text.len() + 1);
     block.push_str(text);
     block.push('\n');
+    if let Some(file) = LOG_FILE.get() {
+        let mut file = file.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = file.write_all(block.as_bytes());
+        return;
+    }
     let _ = match stream {
         Stream::Stdout => std::io::stdout().lock().write_all(block.as_bytes()),
         Stream::Stderr => std::io::stderr().lock().write_all(block.as_bytes()),

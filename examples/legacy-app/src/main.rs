@@ -41,6 +41,8 @@ OPTIONS:
     --host ADDR          Address to bind [env: HOST] [default: 127.0.0.1]
     --startup-delay MS   Wait MS milliseconds before binding (a slow start, for readiness)
     --crash-after SECS   Exit with code 3 after SECS seconds (fractions allowed)
+    --log-file PATH      Append every log line (both streams) to PATH instead of stdout/stderr,
+                         as many legacy services do [env: LOG_FILE]
     -h, --help           Print this help
     -V, --version        Print the version
 
@@ -71,6 +73,7 @@ struct Options {
     port: u16,
     startup_delay: Duration,
     crash_after: Option<Duration>,
+    log_file: Option<String>,
 }
 
 /// What the command line asks for.
@@ -117,6 +120,12 @@ static WAKE_ADDR: OnceLock<SocketAddr> = OnceLock::new();
 
 fn run(opts: Options) -> i32 {
     let started = Instant::now();
+    if let Some(path) = &opts.log_file {
+        if let Err(e) = log::to_file(path) {
+            eprintln!("legacy-app: cannot open log file {path}: {e}");
+            return EXIT_STARTUP;
+        }
+    }
     log::plain(
         Stream::Stdout,
         "INFO",
@@ -252,6 +261,7 @@ fn parse_args(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<M
     let mut port = env("PORT");
     let mut startup_delay = None;
     let mut crash_after = None;
+    let mut log_file = env("LOG_FILE");
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -271,6 +281,7 @@ fn parse_args(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<M
             "--host" => host = Some(value()?),
             "--startup-delay" => startup_delay = Some(value()?),
             "--crash-after" => crash_after = Some(value()?),
+            "--log-file" => log_file = Some(value()?),
             "--orphan-parent" => return Ok(Mode::OrphanParent(parse_u64(flag, &value()?)?)),
             "--sleep-ms" => return Ok(Mode::Sleep(parse_u64(flag, &value()?)?)),
             other => return Err(format!("unexpected argument '{other}'")),
@@ -304,6 +315,7 @@ fn parse_args(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<M
         port,
         startup_delay,
         crash_after,
+        log_file,
     }))
 }
 
