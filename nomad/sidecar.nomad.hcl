@@ -95,6 +95,9 @@ name = "app"
 
 [admin]
 listen = "0.0.0.0:{{ env "NOMAD_PORT_admin" }}"
+# Reachable from the Nomad agent, so /metrics and /status need this bearer token (write it
+# into secrets/ with a template from Nomad Variables); /healthz and /readyz stay open for checks.
+token_file = "{{ env "NOMAD_SECRETS_DIR" }}/admin-token"
 
 [health.readiness]
 kind = "http"

@@ -70,6 +70,9 @@ max_delay = "10s"
 # Published through Nomad's port mapping so the check can reach /readyz.
 [admin]
 listen = "0.0.0.0:9901"
+# Reachable from the Nomad agent, so /metrics and /status need this bearer token (write it
+# into secrets/ with a template from Nomad Variables); /healthz and /readyz stay open for checks.
+token_file = "{{ env "NOMAD_SECRETS_DIR" }}/admin-token"
 
 [health.readiness]
 kind = "http"

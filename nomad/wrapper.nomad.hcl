@@ -82,6 +82,9 @@ max_delay = "10s"
 
 [admin]
 listen = "{{ env "NOMAD_ADDR_admin" }}"
+# Reachable from the Nomad agent, so /metrics and /status need this bearer token (write it
+# into secrets/ with a template from Nomad Variables); /healthz and /readyz stay open for checks.
+token_file = "{{ env "NOMAD_SECRETS_DIR" }}/admin-token"
 
 [health.readiness]
 kind = "http"

@@ -108,7 +108,10 @@ pub async fn serve_with_token(
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let state = state.clone();
-                let ok = authorized(&req, token.as_deref());
+                // Probes (Nomad and Docker checks, load balancers) cannot carry a secret, and
+                // "ready or not" tells nothing worth one: only those two skip the token.
+                let probe = matches!(req.uri().path(), "/healthz" | "/readyz");
+                let ok = probe || authorized(&req, token.as_deref());
                 async move {
                     if !ok {
                         let mut r = text(StatusCode::UNAUTHORIZED, "admin token required\n");

@@ -150,6 +150,12 @@ fn sidecar_job_tails_rotating_alloc_logs_once_each_and_proxies_the_app() {
     let task_dir = tmp.path().join("tandem");
     std::fs::create_dir_all(task_dir.join("local")).unwrap();
     std::fs::create_dir_all(task_dir.join("secrets")).unwrap();
+    // The admin token Nomad would render into secrets/ from a Nomad Variable.
+    std::fs::write(
+        task_dir.join("secrets/admin-token"),
+        "nomad-sim-admin-token-0123456789\n",
+    )
+    .unwrap();
 
     let (http_port, admin_port, app_port) = (free_port(), free_port(), free_port());
     let alloc_id = "5d7e5a2c-9d3b-4f4e-8f0a-6c1b2a3d4e5f";

@@ -121,6 +121,9 @@ fn admin_port_off_loopback_requires_the_bearer_token() {
         .replace("0.0.0.0", "127.0.0.1");
     let (status, head, _) = crate::support::http(&addr, "GET", "/status", b"", &[]).unwrap();
     assert_eq!(status, 401, "{head}");
+    // Probes carry no secret: /readyz and /healthz answer without the token.
+    let probe = crate::support::http(&addr, "GET", "/healthz", b"", &[]).unwrap();
+    assert_eq!(probe.0, 200);
     let bad = crate::support::http(
         &addr,
         "GET",

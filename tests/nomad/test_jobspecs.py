@@ -12,6 +12,7 @@ Run: scripts/test (or `python3 -m pytest tests/nomad` with TANDEM_BIN set).
 """
 
 import os
+import pathlib
 import re
 import subprocess
 import tomllib
@@ -36,6 +37,7 @@ NOMAD_ENV = {
     "NOMAD_ADDR_admin": "10.0.0.5:23003",
     "NOMAD_META_app_port": "3000",
     "NOMAD_ALLOC_DIR": "/alloc",
+    "NOMAD_SECRETS_DIR": "/tmp/tandem-nomad-test-secrets",
 }
 
 
@@ -91,6 +93,10 @@ def tandem_check(tmp_path, data):
     """Render the template, run `tandem check` on it; returns the merged config."""
     cfg = tmp_path / "tandem.toml"
     cfg.write_text(render(data))
+    # The admin token Nomad would render into the task's secrets dir.
+    secrets = pathlib.Path(NOMAD_ENV["NOMAD_SECRETS_DIR"])
+    secrets.mkdir(parents=True, exist_ok=True)
+    (secrets / "admin-token").write_text("nomad-test-admin-token-0123456789\n")
     r = subprocess.run(
         [tandem_bin(), "check", "--config", str(cfg)],
         capture_output=True,
