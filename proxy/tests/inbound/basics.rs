@@ -161,7 +161,11 @@ async fn h2c_prior_knowledge() {
         assert_eq!(resp.headers()["x-tandem-attempt-count"], "1");
         // No Host header beside :authority (nginx rejects the pair as a duplicate host); the
         // client's host travels in X-Forwarded-Host.
-        assert!(resp.headers().get("x-up-host").is_none(), "{:?}", resp.headers());
+        assert!(
+            resp.headers().get("x-up-host").is_none(),
+            "{:?}",
+            resp.headers()
+        );
         assert_eq!(resp.headers()["x-up-fhost"], proxy.addr.to_string());
         let body = resp.into_body().collect().await.expect("body").to_bytes();
         assert_eq!(body, "over h2");
