@@ -3,7 +3,7 @@
 # dumb-init (supervisor start) and `cat` (logs). Installs the peers, runs everything, prints one
 # markdown report on stdout (progress goes to stderr). Not part of the test suite.
 #
-#   bench/run.sh                      full run (~12 min on 2 cores)
+#   bench/run.sh                      full run (~7 min on 2 cores)
 #   RUNS=1 DUR=2 bench/run.sh         quick smoke run
 #   SKIP_INSTALL=1 bench/run.sh       do not touch apt/pip
 #
