@@ -234,17 +234,7 @@ fn sigterm_drains_the_in_flight_request_before_the_app_is_stopped() {
     assert_eq!(status, 200);
     assert_eq!(String::from_utf8_lossy(&body), "slept 2000ms\n");
     assert_eq!(t.wait_code(), 0);
-    let names = t.event_names();
-    let pos = |n: &str| {
-        names
-            .iter()
-            .position(|e| e == n)
-            .unwrap_or_else(|| panic!("no {n} in {names:?}"))
-    };
-    assert!(
-        pos("stopping") < pos("drained") && pos("drained") < pos("stop_signal_sent"),
-        "{names:?}"
-    );
+    t.assert_order(&["stopping", "drained", "stop_signal_sent"]);
     let drained = t.wait_event("drained");
     assert_eq!(drained["finished"], 1, "{drained}");
     assert_eq!(drained["cut"], 0, "{drained}");

@@ -33,17 +33,7 @@ fn forwarded_signal_reaches_the_app_and_term_stops_it() {
     t.signal(Signal::SIGTERM);
     assert_eq!(t.wait_code(), 0);
     assert_eq!(std::fs::read_to_string(&log).unwrap(), "usr1\nterm\n");
-    let names = t.event_names();
-    let pos = |n: &str| {
-        names
-            .iter()
-            .position(|e| e == n)
-            .unwrap_or_else(|| panic!("no {n} in {names:?}"))
-    };
-    assert!(
-        pos("stopping") < pos("stop_signal_sent") && pos("stop_signal_sent") < pos("exited"),
-        "{names:?}"
-    );
+    t.assert_order(&["stopping", "stop_signal_sent", "exited"]);
 }
 
 #[test]
@@ -72,17 +62,7 @@ fn app_ignoring_term_is_killed_after_stop_timeout_not_before() {
     wait_file(&dir.path().join("ready"));
     t.signal(Signal::SIGTERM);
     assert_eq!(t.wait_code(), 137);
-    let names = t.event_names();
-    let pos = |n: &str| {
-        names
-            .iter()
-            .position(|e| e == n)
-            .unwrap_or_else(|| panic!("no {n} in {names:?}"))
-    };
-    assert!(
-        pos("stop_signal_sent") < pos("killed") && pos("killed") < pos("exited"),
-        "{names:?}"
-    );
+    t.assert_order(&["stop_signal_sent", "killed", "exited"]);
     let killed = t.wait_event("killed");
     assert_eq!(killed["reason"], "stop_timeout");
     assert!(

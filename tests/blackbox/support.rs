@@ -124,6 +124,25 @@ impl Tandem {
         self.events.0.lock().unwrap().clone()
     }
 
+    /// Assert that the first events called `order[0]`, `order[1]`, ... came in that order.
+    pub fn assert_order(&self, order: &[&str]) {
+        let names = self.event_names();
+        let pos = |n: &str| {
+            names
+                .iter()
+                .position(|e| e == n)
+                .unwrap_or_else(|| panic!("no {n} in {names:?}"))
+        };
+        for pair in order.windows(2) {
+            assert!(
+                pos(pair[0]) < pos(pair[1]),
+                "{} before {}: {names:?}",
+                pair[0],
+                pair[1]
+            );
+        }
+    }
+
     /// Names of all events so far, in order.
     pub fn event_names(&self) -> Vec<String> {
         self.events()
