@@ -15,3 +15,4 @@ pub mod logs;
 pub mod metrics;
 pub mod restart;
 pub mod signals;
+pub mod telemetry;

@@ -39,6 +39,8 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// tandem's own async runtime.
     pub runtime: RuntimeConfig,
+    /// OpenTelemetry export (traces, logs, metrics over OTLP) and the app's OTLP pass-through.
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 /// The inbound proxy: one entry per port of the app (see proxy/README.md for every key).
