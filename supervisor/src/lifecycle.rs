@@ -42,6 +42,7 @@ use crate::{
     metrics::{ExitLabels, SupervisorMetrics},
     restart::{Backoff, StartLimit},
     signals::{SignalEvent, Signals},
+    telemetry::passthrough::Passthrough,
 };
 
 /// Where the lifecycle is.
@@ -126,6 +127,7 @@ pub async fn run(cfg: Config, opts: Options) -> i32 {
     // wrote is read to EOF and flushed (each bounded).
     sup.finish_proxy().await;
     sup.finish_logs().await;
+    sup.finish_passthrough().await;
     sup.finish(code)
 }
 
@@ -157,6 +159,8 @@ struct Supervisor {
     watchdog: Option<tokio::task::JoinHandle<()>>,
     /// The access log's way into the pipeline (its drop count goes to /metrics).
     access_injector: Option<crate::logs::Injector>,
+    /// The OTLP pass-through for the app's own telemetry, when enabled.
+    passthrough: Option<Passthrough>,
 }
 
 /// Exit statuses for exec probes come from the one reaper (see `child::reap`).
@@ -228,6 +232,7 @@ impl Supervisor {
             notified_ready: false,
             watchdog: None,
             access_injector: None,
+            passthrough: None,
         })
     }
 
@@ -237,6 +242,10 @@ impl Supervisor {
         // The log pipeline starts first, so the first line (and the first access record)
         // already has a reader.
         if let Err(code) = self.start_logs() {
+            return code;
+        }
+        // Before the app starts: its SDK exports to the pass-through from its first span.
+        if let Err(code) = self.start_passthrough().await {
             return code;
         }
         // Listeners are bound before the app starts, while not ready: a client's connection
@@ -468,7 +477,8 @@ impl Supervisor {
             self.cfg.shutdown.delay
                 + drain
                 + self.cfg.app.stop_timeout
-                + self.cfg.logs.exit_timeout * 2,
+                + self.cfg.logs.exit_timeout * 2
+                + self.cfg.telemetry.passthrough.shutdown_timeout,
         );
     }
 
@@ -652,6 +662,43 @@ impl Supervisor {
             hooks,
         ));
         Ok(())
+    }
+
+    /// Bind the OTLP pass-through and point the app's environment at it.
+    async fn start_passthrough(&mut self) -> Result<(), i32> {
+        let cfg = &self.cfg.telemetry.passthrough;
+        if !cfg.enabled {
+            return Ok(());
+        }
+        let registry = self
+            .registry
+            .as_mut()
+            .expect("the registry is taken by the admin port, after the pass-through");
+        let env = |k: &str| std::env::var(k).ok();
+        match Passthrough::start(cfg, &self.cfg.service_name(), &env, registry).await {
+            Ok(p) => {
+                if let Some(spec) = &mut self.spec {
+                    p.app_env(&mut spec.env, &mut spec.env_remove);
+                }
+                self.passthrough = Some(p);
+                Ok(())
+            }
+            Err(e) if e.is_config() => {
+                tracing::error!(event = "config_error", error = %e, "cannot start the OTLP pass-through");
+                Err(exit::CONFIG)
+            }
+            Err(e) => {
+                tracing::error!(event = "bind_failed", error = %e, "cannot start the OTLP pass-through");
+                Err(exit::INTERNAL)
+            }
+        }
+    }
+
+    /// After the app and its logs are done: forward what it sent last (bounded).
+    async fn finish_passthrough(&mut self) {
+        if let Some(p) = self.passthrough.take() {
+            p.shutdown().await;
+        }
     }
 
     /// On the way out: a proxy not drained yet (the app exited for good) is drained now, so

@@ -276,6 +276,10 @@ impl Config {
             }
         }
         self.health.validate().map_err(|e| e.to_string())?;
+        self.telemetry
+            .passthrough
+            .validate()
+            .map_err(|e| e.to_string())?;
         let r = &self.restart;
         if !(r.multiplier >= 1.0 && r.multiplier.is_finite()) {
             return Err(format!(

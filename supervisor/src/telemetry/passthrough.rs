@@ -1,11 +1,378 @@
-//! OTLP pass-through for instrumented apps (the job of an OpenTelemetry Collector sidecar).
+//! OTLP pass-through for instrumented apps (the job of an OpenTelemetry Collector sidecar):
+//! tandem listens on 127.0.0.1:4317 (gRPC) and 127.0.0.1:4318 (HTTP), points the app's
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` there, adds its resource attributes to everything the app
+//! sends and forwards it to the upstream.
+//!
+//! The flow: [`receive`] (answer the app at once) ─▶ [`signal`] (decode, enrich) ─▶
+//! [`forward`] (bounded queue per signal, retry with backoff) ─▶ the upstream ([`upstream`]).
+//! The one thing to keep: the app never waits on the upstream; what cannot be queued or
+//! forwarded is counted ([`counters`]), never lost silently.
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
+
+use bytesize::ByteSize;
+use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
+use tokio::{net::TcpListener, sync::watch, task::JoinSet, time::timeout};
+
+mod counters;
+mod forward;
+mod grpc;
+mod receive;
+mod signal;
+mod upstream;
+
+pub use signal::Signal;
 
 /// `[telemetry.passthrough]`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PassthroughConfig {
-    /// Listen on 127.0.0.1:4317 (gRPC) and 4318 (HTTP) and point the app's
+    /// Listen on `grpc_listen` and `http_listen` and point the app's
     /// `OTEL_EXPORTER_OTLP_ENDPOINT` there.
     pub enabled: bool,
+    /// The OTLP/gRPC listener (it answers OTLP/HTTP too).
+    pub grpc_listen: String,
+    /// The OTLP/HTTP listener (it answers OTLP/gRPC too).
+    pub http_listen: String,
+    /// What the app is told to speak (`OTEL_EXPORTER_OTLP_PROTOCOL`): `http/protobuf` (the
+    /// OTLP default, endpoint `http_listen`) or `grpc` (endpoint `grpc_listen`).
+    pub app_protocol: String,
+    /// The upstream's base URL (`http://collector:4318`); empty: tandem's own
+    /// `OTEL_EXPORTER_OTLP_[SIGNAL_]ENDPOINT`.
+    pub endpoint: String,
+    /// `grpc` or `http/protobuf`; empty: `OTEL_EXPORTER_OTLP_[SIGNAL_]PROTOCOL`, else
+    /// `http/protobuf`.
+    pub protocol: String,
+    /// Headers sent upstream, over `OTEL_EXPORTER_OTLP_[SIGNAL_]HEADERS`.
+    pub headers: BTreeMap<String, String>,
+    /// Larger requests are refused (413 / INVALID_ARGUMENT).
+    pub max_request_size: ByteSize,
+    /// Bytes queued per signal while the upstream is slow or down; beyond: 429.
+    pub queue_size: ByteSize,
+    /// One attempt at the upstream.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How long one request is retried before it is dropped (and counted).
+    #[serde(with = "humantime_serde")]
+    pub max_retry_time: Duration,
+    /// At exit: how long what is queued may take to be forwarded.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for PassthroughConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            grpc_listen: "127.0.0.1:4317".into(),
+            http_listen: "127.0.0.1:4318".into(),
+            app_protocol: "http/protobuf".into(),
+            endpoint: String::new(),
+            protocol: String::new(),
+            headers: BTreeMap::new(),
+            max_request_size: ByteSize::mib(4),
+            queue_size: ByteSize::mib(16),
+            timeout: Duration::from_secs(10),
+            max_retry_time: Duration::from_secs(30),
+            shutdown_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// An OTLP protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+impl Protocol {
+    fn parse(s: &str) -> Result<Protocol, String> {
+        match s {
+            "grpc" => Ok(Protocol::Grpc),
+            "http/protobuf" => Ok(Protocol::HttpProtobuf),
+            "http/json" => Err(
+                "\"http/json\" is not supported upstream; use \"http/protobuf\" or \"grpc\"".into(),
+            ),
+            other => Err(format!(
+                "{other:?} is not an OTLP protocol (grpc or http/protobuf)"
+            )),
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Grpc => "grpc",
+            Protocol::HttpProtobuf => "http/protobuf",
+        }
+    }
+}
+
+/// A pass-through config that cannot work, naming the key (or variable).
+#[derive(Debug, thiserror::Error)]
+pub enum PassthroughError {
+    #[error("telemetry.passthrough.{key}: {reason}")]
+    Config { key: &'static str, reason: String },
+    #[error(transparent)]
+    Upstream(#[from] upstream::UpstreamError),
+    #[error("telemetry.passthrough.{key}: cannot listen on {addr}: {source}")]
+    Bind {
+        key: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+impl PassthroughError {
+    /// Whether the user must change the config (exit 64) rather than the host.
+    pub fn is_config(&self) -> bool {
+        !matches!(self, PassthroughError::Bind { .. })
+    }
+}
+
+// === impl PassthroughConfig ===
+
+impl PassthroughConfig {
+    /// What serde cannot check (the upstream needs the environment: see [`Passthrough::start`]).
+    pub fn validate(&self) -> Result<(), PassthroughError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        self.listen_addrs()?;
+        Protocol::parse(&self.app_protocol).map_err(|reason| PassthroughError::Config {
+            key: "app_protocol",
+            reason,
+        })?;
+        if self.max_request_size.as_u64() > self.queue_size.as_u64() {
+            return Err(PassthroughError::Config {
+                key: "max_request_size",
+                reason: format!(
+                    "{} is larger than queue_size ({}): such a request could never be queued",
+                    self.max_request_size, self.queue_size
+                ),
+            });
+        }
+        if self.queue_size.as_u64() > u64::from(u32::MAX) {
+            return Err(PassthroughError::Config {
+                key: "queue_size",
+                reason: "at most 4 GiB".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn listen_addrs(&self) -> Result<[SocketAddr; 2], PassthroughError> {
+        let parse = |key: &'static str, v: &str| {
+            let addr: SocketAddr = v.trim().parse().map_err(|_| PassthroughError::Config {
+                key,
+                reason: format!("{v:?} is not an IP:PORT address"),
+            })?;
+            if !addr.ip().is_loopback() {
+                // Anyone who can reach it could write into the app's telemetry.
+                return Err(PassthroughError::Config {
+                    key,
+                    reason: format!(
+                        "{addr} is not a loopback address; the receiver has no authentication"
+                    ),
+                });
+            }
+            Ok(addr)
+        };
+        Ok([
+            parse("grpc_listen", &self.grpc_listen)?,
+            parse("http_listen", &self.http_listen)?,
+        ])
+    }
+}
+
+/// The running pass-through.
+pub struct Passthrough {
+    /// The endpoint and protocol the app is told.
+    app_endpoint: String,
+    app_protocol: Protocol,
+    stop: watch::Sender<bool>,
+    servers: JoinSet<()>,
+    forwarders: JoinSet<()>,
+    queues: Vec<(Signal, forward::Queue)>,
+    counters: counters::Counters,
+    shutdown_timeout: Duration,
+}
+
+/// Variables of tandem's environment that would send the app's telemetry around tandem (or
+/// make it compress or use TLS to it): not inherited by the app unless `app.env` sets them.
+fn bypassing_vars() -> Vec<String> {
+    let mut out = Vec::new();
+    for signal in ["", "TRACES_", "LOGS_", "METRICS_"] {
+        for what in [
+            "ENDPOINT",
+            "PROTOCOL",
+            "HEADERS",
+            "COMPRESSION",
+            "CERTIFICATE",
+            "CLIENT_KEY",
+            "CLIENT_CERTIFICATE",
+            "INSECURE",
+        ] {
+            out.push(format!("OTEL_EXPORTER_OTLP_{signal}{what}"));
+        }
+    }
+    out
+}
+
+// === impl Passthrough ===
+
+impl Passthrough {
+    /// Resolve the upstreams (from the config and `env`), bind both listeners, register the
+    /// counters and start forwarding. Nothing is bound when the config is wrong.
+    pub async fn start(
+        cfg: &PassthroughConfig,
+        service: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        registry: &mut Registry,
+    ) -> Result<Passthrough, PassthroughError> {
+        cfg.validate()?;
+        let [grpc_addr, http_addr] = cfg.listen_addrs()?;
+        let app_protocol =
+            Protocol::parse(&cfg.app_protocol).map_err(|reason| PassthroughError::Config {
+                key: "app_protocol",
+                reason,
+            })?;
+        let mut upstreams = Vec::new();
+        for s in Signal::ALL {
+            let up = upstream::resolve(
+                s,
+                &cfg.endpoint,
+                &cfg.protocol,
+                &cfg.headers,
+                env,
+                &[grpc_addr, http_addr],
+            )?;
+            upstreams.push((s, up));
+        }
+        let bind = |key: &'static str, addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| PassthroughError::Bind { key, addr, source })
+        };
+        let grpc_listener = bind("grpc_listen", grpc_addr).await?;
+        let http_listener = bind("http_listen", http_addr).await?;
+        let local = |l: &TcpListener, fallback| l.local_addr().unwrap_or(fallback);
+        let (grpc_local, http_local) = (
+            local(&grpc_listener, grpc_addr),
+            local(&http_listener, http_addr),
+        );
+
+        let counters = counters::Counters::register(registry);
+        let (stop, stop_rx) = watch::channel(false);
+        let mut queues = Vec::new();
+        let mut forwarders = JoinSet::new();
+        for (s, up) in upstreams {
+            tracing::info!(event = "otlp_passthrough_upstream", signal = s.as_str(), protocol = up.protocol.as_str(), url = %up.url, "the app's {} go to {}", s.as_str(), up.url);
+            let (queue, rx) = forward::Queue::new(cfg.queue_size.as_u64() as usize);
+            let f = forward::Forwarder::new(
+                s,
+                up,
+                &queue,
+                cfg.timeout,
+                cfg.max_retry_time,
+                counters.clone(),
+            );
+            forwarders.spawn(f.run(rx, stop_rx.clone()));
+            queues.push((s, queue));
+        }
+        let receiver = Arc::new(receive::Receiver {
+            attrs: super::resource::attributes(service),
+            queues: queues
+                .iter()
+                .map(|(s, q)| (s.as_str(), (*s, q.clone())))
+                .collect(),
+            max_request: cfg.max_request_size.as_u64() as usize,
+            counters: counters.clone(),
+        });
+        let mut servers = JoinSet::new();
+        servers.spawn(receive::serve(
+            grpc_listener,
+            receiver.clone(),
+            stop_rx.clone(),
+        ));
+        servers.spawn(receive::serve(http_listener, receiver, stop_rx));
+        let app_endpoint = match app_protocol {
+            Protocol::Grpc => format!("http://{grpc_local}"),
+            Protocol::HttpProtobuf => format!("http://{http_local}"),
+        };
+        tracing::info!(event = "otlp_passthrough_listening", grpc = %grpc_local, http = %http_local, app_endpoint, "OTLP pass-through: the app's telemetry goes through tandem");
+        Ok(Passthrough {
+            app_endpoint,
+            app_protocol,
+            stop,
+            servers,
+            forwarders,
+            queues,
+            counters,
+            shutdown_timeout: cfg.shutdown_timeout,
+        })
+    }
+
+    /// Point the app at the pass-through: `OTEL_EXPORTER_OTLP_ENDPOINT` and `_PROTOCOL` are
+    /// added to `env` (the app's configured `app.env`) unless it sets them, and tandem's own
+    /// upstream variables are kept from the app (`remove`).
+    pub fn app_env(&self, env: &mut BTreeMap<String, String>, remove: &mut Vec<String>) {
+        if env.contains_key("OTEL_EXPORTER_OTLP_ENDPOINT") {
+            tracing::info!(
+                event = "otlp_passthrough_not_injected",
+                "app.env sets OTEL_EXPORTER_OTLP_ENDPOINT; the app's telemetry goes where it says"
+            );
+            return;
+        }
+        env.insert(
+            "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+            self.app_endpoint.clone(),
+        );
+        env.entry("OTEL_EXPORTER_OTLP_PROTOCOL".into())
+            .or_insert_with(|| self.app_protocol.as_str().into());
+        remove.extend(
+            bypassing_vars()
+                .into_iter()
+                .filter(|v| !env.contains_key(v)),
+        );
+    }
+
+    /// Stop accepting, then forward what is queued for up to `shutdown_timeout`; what is
+    /// left is counted as dropped. Returns whether everything queued was handled.
+    pub async fn shutdown(mut self) -> bool {
+        for (_, q) in &self.queues {
+            q.close();
+        }
+        self.stop.send_replace(true);
+        let forwarders = &mut self.forwarders;
+        let flushed = timeout(self.shutdown_timeout, async {
+            while forwarders.join_next().await.is_some() {}
+        })
+        .await
+        .is_ok();
+        self.forwarders.abort_all();
+        self.servers.abort_all();
+        let mut left = 0;
+        for (s, q) in &self.queues {
+            let n = q.pending();
+            if n > 0 {
+                self.counters.dropped(*s, counters::Drop::Shutdown, n);
+                left += n;
+            }
+        }
+        if flushed {
+            tracing::info!(
+                event = "otlp_passthrough_flushed",
+                "OTLP pass-through: everything queued was forwarded (or counted as dropped)"
+            );
+        } else {
+            tracing::warn!(
+                event = "otlp_passthrough_flushed",
+                dropped = left,
+                timeout_ms = self.shutdown_timeout.as_millis() as u64,
+                "OTLP pass-through: shutdown_timeout passed; what was still queued is dropped"
+            );
+        }
+        flushed
+    }
 }
