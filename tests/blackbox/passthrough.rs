@@ -213,7 +213,8 @@ fn a_grpc_app_reaches_an_http_receiver_with_tandems_resource() {
     let traces = sink.wait("traces");
     assert_eq!(span_names(&traces), ["checkout", "pay"]);
     let r = resource(&traces, "resourceSpans");
-    // The app's own attributes are kept...
+    // The app's own attributes are kept (but the instance is tandem's: the SDK makes one
+    // up)...
     assert_eq!(r["service.name"], "py-app");
     assert_eq!(r["app.flavour"], "vanilla");
     assert_eq!(r["telemetry.sdk.name"], "opentelemetry");
@@ -324,7 +325,8 @@ fn a_malformed_request_is_a_400_with_a_reason() {
         &[],
         &["sleep", "60"],
     );
-    t.wait_event("otlp_passthrough_listening");
+    // The app starts after every listener (the admin port too) is bound.
+    t.wait_event("started");
     let addr = format!("127.0.0.1:{}", ports.http);
     let ct = [("Content-Type", "application/x-protobuf")];
     let (status, _, body) = http(&addr, "POST", "/v1/traces", b"\xff\xff\xff\xff", &ct).unwrap();

@@ -1,8 +1,10 @@
 //! The three OTLP signals as tandem handles them: decode a request (protobuf or JSON), add
 //! tandem's resource attributes to each resource, encode it again for the upstream.
 //!
-//! The app's attributes win: tandem only fills in keys the app did not set, with two
-//! exceptions documented in docs/telemetry-passthrough.md: a `service.name` of
+//! The app's attributes win: tandem only fills in keys the app did not set, with three
+//! exceptions documented in docs/telemetry-passthrough.md: `service.instance.id` is tandem's
+//! (SDKs make up a random one per process; tandem's is the orchestrator's identity, stable
+//! across the app's restarts and shared with tandem's own telemetry), a `service.name` of
 //! `unknown_service*` (the SDKs' placeholder) is replaced, and tandem's own `process.*` and
 //! `telemetry.sdk.*` are never added (they describe tandem, not the app).
 use std::collections::BTreeMap;
@@ -157,7 +159,10 @@ pub fn add_attributes(resource: &mut Resource, attrs: &BTreeMap<String, String>)
         }
         let existing = resource.attributes.iter_mut().find(|kv| kv.key == *key);
         match existing {
-            Some(kv) if key == "service.name" && is_placeholder_service(kv) => {
+            Some(kv)
+                if key == "service.instance.id"
+                    || (key == "service.name" && is_placeholder_service(kv)) =>
+            {
                 kv.value = Some(string_value(value));
             }
             Some(_) => {}
@@ -197,6 +202,7 @@ mod tests {
             ("process.pid", "1"),
             ("telemetry.sdk.name", "tandem"),
             ("nomad.job", "j"),
+            ("service.instance.id", "alloc-1"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -214,7 +220,11 @@ mod tests {
 
     fn request(service: &str) -> ExportTraceServiceRequest {
         let mut resource = Resource::default();
-        for (k, v) in [("service.name", service), ("host.name", "app-host")] {
+        for (k, v) in [
+            ("service.name", service),
+            ("host.name", "app-host"),
+            ("service.instance.id", "random-uuid"),
+        ] {
             resource.attributes.push(KeyValue {
                 key: k.into(),
                 value: Some(string_value(v)),
@@ -237,7 +247,7 @@ mod tests {
     }
 
     #[test]
-    fn the_apps_attributes_win_and_tandems_process_is_not_added() {
+    fn the_apps_attributes_win_but_the_instance_is_tandems() {
         let body = request("app").encode_to_vec();
         let out = Signal::Traces
             .enrich(&body, Encoding::Protobuf, &attrs())
@@ -247,6 +257,7 @@ mod tests {
         assert_eq!(get(r, "service.name"), Some("app"));
         assert_eq!(get(r, "host.name"), Some("app-host"));
         assert_eq!(get(r, "nomad.job"), Some("j"));
+        assert_eq!(get(r, "service.instance.id"), Some("alloc-1"));
         assert_eq!(get(r, "process.pid"), None);
         assert_eq!(get(r, "telemetry.sdk.name"), None);
         assert_eq!(req.resource_spans[0].scope_spans[0].spans[0].name, "work");
