@@ -377,3 +377,42 @@ fn no_upstream_is_a_config_error_before_the_app_starts() {
     );
     assert!(!marker.exists());
 }
+
+#[test]
+fn a_full_queue_tells_the_app_to_retry_later_and_shutdown_counts_what_is_left() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on the upstream: what is queued stays queued.
+    let extra = "endpoint = \"http://127.0.0.1:9\"\nqueue_size = \"1KiB\"\nmax_request_size = \"1KiB\"\nmax_retry_time = \"60s\"\nshutdown_timeout = \"500ms\"";
+    let (mut t, ports) = tandem(dir.path(), extra, &[], &["sleep", "60"]);
+    t.wait_event("started");
+    let addr = format!("127.0.0.1:{}", ports.http);
+    let json = [("Content-Type", "application/json")];
+    let body = br#"{"resourceSpans":[{"resource":{"attributes":[{"key":"k","value":{"stringValue":"v"}}]},"scopeSpans":[{"spans":[{"name":"s"}]}]}]}"#;
+    let mut answers = Vec::new();
+    for _ in 0..50 {
+        let (status, head, _) = http(&addr, "POST", "/v1/traces", body, &json).unwrap();
+        answers.push(status);
+        if status != 200 {
+            assert_eq!(status, 429, "{answers:?}");
+            assert!(
+                head.to_ascii_lowercase().contains("retry-after: 1"),
+                "{head}"
+            );
+            break;
+        }
+    }
+    assert_eq!(answers.last(), Some(&429), "{answers:?}");
+    let accepted = answers.iter().filter(|s| **s == 200).count() as u64;
+    let m = metrics(ports.admin);
+    assert!(
+        m.contains(
+            "tandem_otlp_passthrough_dropped_total{signal=\"traces\",reason=\"queue_full\"} 1"
+        ),
+        "{m}"
+    );
+    t.signal(nix::sys::signal::Signal::SIGTERM);
+    t.wait();
+    // What was accepted and never forwarded is counted when the flush runs out of time.
+    let flushed = t.wait_event("otlp_passthrough_flushed");
+    assert_eq!(flushed["dropped"].as_u64(), Some(accepted), "{flushed}");
+}
