@@ -282,10 +282,7 @@ impl Passthrough {
         }
         let receiver = Arc::new(receive::Receiver {
             attrs: super::resource::attributes(service),
-            queues: queues
-                .iter()
-                .map(|(s, q)| (s.as_str(), (*s, q.clone())))
-                .collect(),
+            queues: queues.clone(),
             max_request: cfg.max_request_size.as_u64() as usize,
             counters: counters.clone(),
         });

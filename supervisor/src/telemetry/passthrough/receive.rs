@@ -31,7 +31,8 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// What every connection shares.
 pub struct Receiver {
     pub attrs: BTreeMap<String, String>,
-    pub queues: BTreeMap<&'static str, (Signal, Queue)>,
+    /// One queue per signal.
+    pub queues: Vec<(Signal, Queue)>,
     pub max_request: usize,
     pub counters: Counters,
 }
@@ -48,7 +49,7 @@ struct Refusal {
 
 impl Receiver {
     fn queue(&self, s: Signal) -> Option<&Queue> {
-        self.queues.get(s.as_str()).map(|(_, q)| q)
+        self.queues.iter().find(|(q, _)| *q == s).map(|(_, q)| q)
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Response<GrpcBody> {
