@@ -416,3 +416,40 @@ fn a_full_queue_tells_the_app_to_retry_later_and_shutdown_counts_what_is_left() 
     let flushed = t.wait_event("otlp_passthrough_flushed");
     assert_eq!(flushed["dropped"].as_u64(), Some(accepted), "{flushed}");
 }
+
+#[test]
+fn a_malformed_grpc_export_is_invalid_argument() {
+    if !python_otel() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (mut t, ports) = tandem(
+        dir.path(),
+        "endpoint = \"http://127.0.0.1:9\"\nmax_retry_time = \"100ms\"",
+        &[],
+        &["sleep", "60"],
+    );
+    t.wait_event("started");
+    // grpcio (a client tandem did not write) sends raw bytes that are not protobuf.
+    let probe = format!(
+        "import grpc\n\
+         ch = grpc.insecure_channel('127.0.0.1:{}')\n\
+         call = ch.unary_unary('/opentelemetry.proto.collector.trace.v1.TraceService/Export')\n\
+         try:\n    call(b'\\xff\\xff\\xff', timeout=20)\n    print('OK')\n\
+         except grpc.RpcError as e:\n    print(e.code().name, e.details())\n",
+        ports.grpc
+    );
+    let out = Command::new("python3")
+        .args(["-c", &probe])
+        .env("PYTHONPATH", pydeps())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.starts_with("INVALID_ARGUMENT malformed OTLP traces request"),
+        "{said} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    t.signal(nix::sys::signal::Signal::SIGTERM);
+    t.wait();
+}
