@@ -1,14 +1,14 @@
 //! The lifecycle: the one state machine that decides the order of everything tandem does.
 //!
 //! ```text
-//! Starting ─▶ start log pipeline ─▶ bind proxy listeners (held: not ready) ─▶ bind admin
-//!    ─▶ spawn app ─▶ Running ─▶ readiness probe passes ─▶ ready: proxy forwards, READY=1
+//! Starting ─▶ start log pipeline ─▶ [OTLP pass-through: bind, set the app's OTEL_* env]
+//!    ─▶ bind proxy listeners (held: not ready) ─▶ bind admin ─▶ spawn app ─▶ Running ─▶ readiness probe passes ─▶ ready: proxy forwards, READY=1
 //! Running ── app exits, or liveness fails (then: stop it) ─▶ policy says restart?
 //!    │        ├─ yes ─▶ Restarting: not ready, proxy holds requests; backoff ─▶ spawn ...
 //!    │        └─ no ─▶ exit with the app's code
 //!    └─ SIGTERM/INT/QUIT ─▶ Stopping: STOPPING=1, /readyz 503 ─▶ shutdown.delay
 //!         ─▶ drain proxy ─▶ stop_signal to the app's group ─▶ stop_timeout ─▶ SIGKILL
-//!         ─▶ read pipes to EOF, flush logs ─▶ exit(code)
+//!         ─▶ read pipes to EOF, flush logs ─▶ forward the pass-through's queue ─▶ exit(code)
 //! ```
 //! Other modules only offer operations (bind, serve, drain, spawn, probe, flush); this file
 //! alone decides their order. A second stop signal at any point of Stopping SIGKILLs at once.
