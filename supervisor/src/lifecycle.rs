@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! Starting ─▶ start log pipeline ─▶ [OTLP pass-through: bind, set the app's OTEL_* env]
-//!    ─▶ bind proxy listeners (held: not ready) ─▶ bind admin ─▶ spawn app ─▶ Running ─▶ readiness probe passes ─▶ ready: proxy forwards, READY=1
+//!    ─▶ bind proxy listeners (held: not ready) ─▶ bind admin ─▶ spawn app ─▶ Running
+//!    ─▶ readiness probe passes ─▶ ready: proxy forwards, READY=1
 //! Running ── app exits, or liveness fails (then: stop it) ─▶ policy says restart?
 //!    │        ├─ yes ─▶ Restarting: not ready, proxy holds requests; backoff ─▶ spawn ...
 //!    │        └─ no ─▶ exit with the app's code
