@@ -10,6 +10,7 @@ mod support;
 mod auth;
 mod basics;
 mod drain;
+mod jwks_url;
 mod jwt;
 mod limits;
 mod mtls;
