@@ -21,3 +21,4 @@ mod retry;
 mod tcp;
 mod timeouts;
 mod tls;
+mod upstream_tls;
