@@ -232,7 +232,7 @@ impl Service<Uri> for AppConnector {
                 None => Ok(AppIo::Plain(tcp)),
                 Some(tls) => {
                     let s = tls.connect(tcp.into_inner(), metrics.as_ref()).await?;
-                    Ok(AppIo::Tls(TokioIo::new(s)))
+                    Ok(AppIo::Tls(Box::new(TokioIo::new(s))))
                 }
             }
         })
@@ -242,7 +242,8 @@ impl Service<Uri> for AppConnector {
 /// A connection to the app, cleartext or TLS.
 pub(crate) enum AppIo {
     Plain(TokioIo<TcpStream>),
-    Tls(TokioIo<TlsStream<TcpStream>>),
+    /// Boxed: a TLS stream is about a kilobyte, a socket a few words.
+    Tls(Box<TokioIo<TlsStream<TcpStream>>>),
 }
 
 impl Connection for AppIo {
@@ -270,7 +271,7 @@ impl hyper::rt::Read for AppIo {
     ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             AppIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            AppIo::Tls(s) => Pin::new(s).poll_read(cx, buf),
+            AppIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -283,21 +284,21 @@ impl hyper::rt::Write for AppIo {
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             AppIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            AppIo::Tls(s) => Pin::new(s).poll_write(cx, buf),
+            AppIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             AppIo::Plain(s) => Pin::new(s).poll_flush(cx),
-            AppIo::Tls(s) => Pin::new(s).poll_flush(cx),
+            AppIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             AppIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            AppIo::Tls(s) => Pin::new(s).poll_shutdown(cx),
+            AppIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 
@@ -308,7 +309,7 @@ impl hyper::rt::Write for AppIo {
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             AppIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            AppIo::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            AppIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 

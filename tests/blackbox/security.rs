@@ -274,3 +274,24 @@ jwks_url = "https://tandem:hunter2pw@idp.test/.well-known/jwks.json"
     assert!(stderr.contains("upstream_tls.ca_file"), "{stderr}");
     assert!(!stderr.contains("hunter2pw"), "{stderr}");
 }
+
+#[test]
+fn events_do_not_print_secrets_from_the_command_line() {
+    let (code, _, stderr) = run(&[
+        "--",
+        "sh",
+        "-c",
+        "exit 0",
+        "app",
+        "--password=hunter2xyz",
+        "--jwks=https://bob:pw-in-url-42@idp.test/jwks",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("\"event\":\"started\""), "{stderr}");
+    for secret in ["hunter2xyz", "pw-in-url-42"] {
+        assert!(
+            !stderr.contains(secret),
+            "tandem's events hold {secret}: {stderr}"
+        );
+    }
+}

@@ -524,6 +524,14 @@ pub fn redact_userinfo(text: &str) -> String {
     out
 }
 
+/// `text` as tandem's own events and `tandem check` may print it: the default log patterns
+/// (bearer tokens, JWTs, AWS keys, `password=` pairs) and URL credentials redacted.
+pub fn redact_text(text: &str) -> String {
+    static REDACTOR: std::sync::OnceLock<crate::logs::redact::Redactor> =
+        std::sync::OnceLock::new();
+    redact_userinfo(&REDACTOR.get_or_init(redactor).text(text))
+}
+
 fn redactor() -> crate::logs::redact::Redactor {
     crate::logs::redact::Redactor::new(&crate::logs::redact::RedactConfig::default())
         .expect("the built-in patterns compile")
