@@ -4,6 +4,8 @@
 //! Invariant: headers tandem vouches for (forwarded JWT claims) are removed from every
 //! request first, exempt or not, so the app only ever sees values tandem verified; a refusal
 //! is a [`Cause`] (401 with `WWW-Authenticate`, or 403), answered by `metered` like any other.
+//! A token whose key is unknown to a JWKS-URL listener waits for one (rate-bounded) refetch
+//! and is checked again; everything else is decided without awaiting.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -26,6 +28,20 @@ pub(crate) enum Method {
     Jwt(Arc<JwtAuth>),
     ApiKey(ApiKeys),
     Basic(BasicUsers),
+}
+
+/// Why `check` did not let a request through.
+enum Refusal {
+    /// Answer with this cause.
+    Cause(Cause),
+    /// The token's key is unknown; a JWKS refetch may bring it.
+    UnknownKey,
+}
+
+impl From<Cause> for Refusal {
+    fn from(c: Cause) -> Self {
+        Refusal::Cause(c)
+    }
 }
 
 /// One listener's authentication.
@@ -74,8 +90,10 @@ impl Auth {
         })
     }
 
-    /// Checks the request's credentials, rewriting its headers for the app.
-    fn check<B>(&self, req: &mut Request<B>) -> Result<(), Cause> {
+    /// Checks the request's credentials, rewriting its headers for the app. With `refetch`,
+    /// an unknown key is [`Refusal::UnknownKey`] (the caller refetches and calls again
+    /// without), else a 401.
+    fn check<B>(&self, req: &mut Request<B>, refetch: bool) -> Result<(), Refusal> {
         if let Method::Jwt(j) = &self.method {
             for (_, h) in j.forwarded_headers() {
                 req.headers_mut().remove(h);
@@ -88,11 +106,11 @@ impl Auth {
             Method::ApiKey(k) => k
                 .check(req.headers_mut())
                 .then_some(())
-                .ok_or(Cause::Unauthorized(Challenge::ApiKey)),
+                .ok_or(Cause::Unauthorized(Challenge::ApiKey).into()),
             Method::Basic(b) => b
                 .check(req.headers_mut())
                 .map(|_| ())
-                .ok_or(Cause::Unauthorized(Challenge::Basic)),
+                .ok_or(Cause::Unauthorized(Challenge::Basic).into()),
             Method::Jwt(j) => {
                 let token = req
                     .headers()
@@ -105,13 +123,14 @@ impl Auth {
                     .map(str::trim)
                     .ok_or(Cause::Unauthorized(Challenge::Bearer))?;
                 let claims = j.verify(token).map_err(|r| match r {
-                    Reject::Invalid(why) => {
+                    Reject::UnknownKey(_) if refetch && j.refetches() => Refusal::UnknownKey,
+                    Reject::Invalid(why) | Reject::UnknownKey(why) => {
                         tracing::debug!(reason = %why, "JWT refused");
-                        Cause::Unauthorized(Challenge::BearerInvalid)
+                        Refusal::Cause(Cause::Unauthorized(Challenge::BearerInvalid))
                     }
                     Reject::MissingClaim(c) => {
                         tracing::debug!(claim = %c, "JWT lacks a required claim");
-                        Cause::Forbidden
+                        Refusal::Cause(Cause::Forbidden)
                     }
                 })?;
                 for (claim, h) in j.forwarded_headers() {
@@ -162,8 +181,25 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         if let Some(auth) = &self.auth {
-            if let Err(cause) = auth.check(&mut req) {
-                return Box::pin(async move { Err(cause) });
+            match auth.check(&mut req, true) {
+                Ok(()) => {}
+                Err(Refusal::Cause(cause)) => return Box::pin(async move { Err(cause) }),
+                Err(Refusal::UnknownKey) => {
+                    let auth = auth.clone();
+                    let inner = self.inner.clone();
+                    return Box::pin(async move {
+                        if let Method::Jwt(j) = &auth.method {
+                            j.fetch("unknown_kid").await;
+                        }
+                        match auth.check(&mut req, false) {
+                            Ok(()) => inner.oneshot(req).await,
+                            Err(Refusal::Cause(c)) => Err(c),
+                            Err(Refusal::UnknownKey) => {
+                                Err(Cause::Unauthorized(Challenge::BearerInvalid))
+                            }
+                        }
+                    });
+                }
             }
         }
         Box::pin(self.inner.clone().oneshot(req))

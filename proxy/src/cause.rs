@@ -31,6 +31,9 @@ pub enum Cause {
     ConnectTimeout,
     /// The connection to the app broke after the request was (maybe) sent.
     UpstreamReset,
+    /// The TLS handshake with the app failed (`upstream_tls`: unknown CA, name mismatch,
+    /// client certificate refused); not retried, it is a configuration problem.
+    UpstreamTls,
     /// One attempt took longer than `timeouts.per_try`.
     PerTryTimeout,
     /// The whole request took longer than `timeouts.request`.
@@ -76,7 +79,9 @@ impl Cause {
             Cause::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Cause::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Cause::NotReady | Cause::Shed | Cause::Draining => StatusCode::SERVICE_UNAVAILABLE,
-            Cause::ConnectFailed | Cause::UpstreamReset => StatusCode::BAD_GATEWAY,
+            Cause::ConnectFailed | Cause::UpstreamReset | Cause::UpstreamTls => {
+                StatusCode::BAD_GATEWAY
+            }
             Cause::ConnectTimeout | Cause::PerTryTimeout | Cause::RequestTimeout => {
                 StatusCode::GATEWAY_TIMEOUT
             }
@@ -98,6 +103,7 @@ impl Cause {
             Cause::ConnectFailed => "connect_failed",
             Cause::ConnectTimeout => "connect_timeout",
             Cause::UpstreamReset => "upstream_reset",
+            Cause::UpstreamTls => "upstream_tls",
             Cause::PerTryTimeout => "per_try_timeout",
             Cause::RequestTimeout => "request_timeout",
             Cause::ClientBody => "client_body_error",

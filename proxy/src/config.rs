@@ -59,6 +59,9 @@ pub struct ListenerConfig {
     /// TLS termination (and mTLS); absent: cleartext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
+    /// TLS origination to the app (tandem is the TLS client); absent: cleartext to the app.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_tls: Option<UpstreamTlsConfig>,
     /// Authentication of requests (JWT, API key or basic); absent: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthConfig>,
@@ -82,6 +85,26 @@ pub struct TlsConfig {
     /// Client certificates (mTLS); absent: none asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_auth: Option<ClientAuthConfig>,
+}
+
+/// TLS from tandem to the app: the app's certificate is verified against `ca_file` (there is
+/// no way to skip verification), and `cert_file`/`key_file` are presented for mTLS.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    /// PEM bundle of the CAs the app's certificate must chain to (required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Name sent in SNI and checked against the app's certificate; default: the host part
+    /// of `upstream` (an IP address is checked against the certificate's IP SANs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// PEM client certificate chain presented to the app (mTLS); needs `key_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
 }
 
 /// mTLS: every client presents a certificate that chains to `ca`.
@@ -119,15 +142,36 @@ pub struct AuthConfig {
     pub basic: Option<BasicAuthConfig>,
 }
 
-/// JWT validation. Keys come from a JWKS file (re-read when it changes).
+/// JWT validation. Keys come from a JWKS file (re-read when it changes) or a JWKS URL
+/// (fetched, cached, refreshed; refetched on an unknown `kid` at most once per
+/// `min_refetch_interval`). Exactly one of `jwks_file`, `jwks_url`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwtConfig {
     /// JWKS (RFC 7517) file: RSA, EC P-256, OKP Ed25519 and `oct` (HS256) keys.
-    pub jwks_file: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_file: Option<PathBuf>,
+    /// JWKS URL (`http://` or `https://`; `user:password@` in it is sent as basic auth and
+    /// never printed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
+    /// PEM CA bundle for an `https` `jwks_url`; default: the system bundle (`SSL_CERT_FILE`,
+    /// else `/etc/ssl/certs/ca-certificates.crt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_ca_file: Option<PathBuf>,
     /// How often `jwks_file` is checked for change.
     #[serde(default = "defaults::reload_interval", with = "humantime_serde")]
     pub reload_interval: Duration,
+    /// How often `jwks_url` is fetched again; a `Cache-Control: max-age` from the server
+    /// shortens it (never below `min_refetch_interval`).
+    #[serde(default = "defaults::jwks_refresh", with = "humantime_serde")]
+    pub refresh_interval: Duration,
+    /// Fetches of `jwks_url` (unknown `kid`, failed refresh) start at most this often.
+    #[serde(default = "defaults::jwks_min_refetch", with = "humantime_serde")]
+    pub min_refetch_interval: Duration,
+    /// Bound on one fetch of `jwks_url` (connect, TLS, response).
+    #[serde(default = "defaults::jwks_fetch_timeout", with = "humantime_serde")]
+    pub fetch_timeout: Duration,
     /// Accepted `iss` values; empty: not checked.
     #[serde(default)]
     pub issuers: Vec<String>,
@@ -265,6 +309,18 @@ mod defaults {
         Duration::from_secs(5)
     }
 
+    pub(super) fn jwks_refresh() -> Duration {
+        Duration::from_secs(300)
+    }
+
+    pub(super) fn jwks_min_refetch() -> Duration {
+        Duration::from_secs(30)
+    }
+
+    pub(super) fn jwks_fetch_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+
     pub(super) fn leeway() -> Duration {
         Duration::from_secs(30)
     }
@@ -302,6 +358,7 @@ impl ListenerConfig {
             limits: LimitsConfig::default(),
             drain_timeout: defaults::drain_timeout(),
             tls: None,
+            upstream_tls: None,
             auth: None,
             rate_limit: None,
         }
@@ -379,10 +436,31 @@ impl ListenerConfig {
         &self,
         bad: &dyn Fn(&'static str, String) -> ConfigError,
     ) -> Result<(), ConfigError> {
-        if let Some(tls) = &self.tls {
-            if self.protocol == Protocol::Tcp {
-                return Err(bad("tls", "not supported with protocol = \"tcp\"".into()));
+        if let Some(u) = &self.upstream_tls {
+            if u.ca_file.is_none() {
+                return Err(bad(
+                    "upstream_tls.ca_file",
+                    "required: the CA bundle the app's certificate is verified against".into(),
+                ));
             }
+            if u.cert_file.is_some() != u.key_file.is_some() {
+                return Err(bad(
+                    "upstream_tls.key_file",
+                    "upstream_tls.cert_file and upstream_tls.key_file go together".into(),
+                ));
+            }
+            let name = match &u.server_name {
+                Some(n) => n.clone(),
+                None => crate::upstream_tls::host_of(&self.upstream).to_string(),
+            };
+            if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
+                return Err(bad(
+                    "upstream_tls.server_name",
+                    format!("{name:?} is neither a DNS name nor an IP address"),
+                ));
+            }
+        }
+        if let Some(tls) = &self.tls {
             if tls.reload_interval.is_zero() {
                 return Err(bad(
                     "tls.reload_interval",
@@ -419,12 +497,7 @@ impl ListenerConfig {
                 ));
             }
             if let Some(j) = &a.jwt {
-                if j.reload_interval.is_zero() {
-                    return Err(bad(
-                        "auth.jwt.reload_interval",
-                        "must be greater than zero".into(),
-                    ));
-                }
+                validate_jwks_source(j, bad)?;
                 if let Some(h) = j
                     .forward_claims
                     .values()
@@ -476,6 +549,92 @@ impl ListenerConfig {
             }
         }
         Ok(())
+    }
+}
+
+/// One of `jwks_file`, `jwks_url`, with a usable URL and non-zero intervals.
+fn validate_jwks_source(
+    j: &JwtConfig,
+    bad: &dyn Fn(&'static str, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    match (&j.jwks_file, &j.jwks_url) {
+        (Some(_), Some(_)) | (None, None) => {
+            return Err(bad(
+                "auth.jwt",
+                "set exactly one of auth.jwt.jwks_file, auth.jwt.jwks_url".into(),
+            ))
+        }
+        (None, Some(url)) => {
+            crate::jwks_url::JwksUrl::parse(url).map_err(|e| bad("auth.jwt.jwks_url", e))?;
+            if j.jwks_ca_file.is_some() && !url.starts_with("https://") {
+                return Err(bad(
+                    "auth.jwt.jwks_ca_file",
+                    "only used with an https:// jwks_url".into(),
+                ));
+            }
+        }
+        (Some(_), None) => {
+            if j.jwks_ca_file.is_some() {
+                return Err(bad(
+                    "auth.jwt.jwks_ca_file",
+                    "only used with auth.jwt.jwks_url".into(),
+                ));
+            }
+        }
+    }
+    for (key, d) in [
+        ("auth.jwt.reload_interval", j.reload_interval),
+        ("auth.jwt.refresh_interval", j.refresh_interval),
+        ("auth.jwt.min_refetch_interval", j.min_refetch_interval),
+        ("auth.jwt.fetch_timeout", j.fetch_timeout),
+    ] {
+        if d.is_zero() {
+            return Err(bad(key, "must be greater than zero".into()));
+        }
+    }
+    if j.min_refetch_interval > j.refresh_interval {
+        return Err(bad(
+            "auth.jwt.min_refetch_interval",
+            "must not exceed auth.jwt.refresh_interval".into(),
+        ));
+    }
+    Ok(())
+}
+
+// === impl JwtConfig ===
+
+impl JwtConfig {
+    /// Keys from a JWKS file, every other field at its default.
+    pub fn from_file(jwks_file: impl Into<PathBuf>) -> Self {
+        Self {
+            jwks_file: Some(jwks_file.into()),
+            ..Self::from_url_or_file()
+        }
+    }
+
+    /// Keys from a JWKS URL, every other field at its default.
+    pub fn from_url(jwks_url: impl Into<String>) -> Self {
+        Self {
+            jwks_url: Some(jwks_url.into()),
+            ..Self::from_url_or_file()
+        }
+    }
+
+    fn from_url_or_file() -> Self {
+        Self {
+            jwks_file: None,
+            jwks_url: None,
+            jwks_ca_file: None,
+            reload_interval: defaults::reload_interval(),
+            refresh_interval: defaults::jwks_refresh(),
+            min_refetch_interval: defaults::jwks_min_refetch(),
+            fetch_timeout: defaults::jwks_fetch_timeout(),
+            issuers: Vec::new(),
+            audiences: Vec::new(),
+            leeway: defaults::leeway(),
+            required_claims: Vec::new(),
+            forward_claims: BTreeMap::new(),
+        }
     }
 }
 

@@ -1,5 +1,5 @@
 //! A listener's edge security state, loaded from the files its config names: TLS (and mTLS),
-//! authentication, rate limiting.
+//! TLS towards the app, authentication, rate limiting.
 //!
 //! Invariant: loaded in [`crate::Inbound::bind`] before any port is bound, so a missing or bad
 //! file fails the start; afterwards only [`Edge::reload`] and the file watchers change it, and
@@ -12,13 +12,16 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{Auth, Method};
 use crate::config::ListenerConfig;
 use crate::error::FileError;
+use crate::metrics::ListenerMetrics;
 use crate::ratelimit::RateLimiter;
 use crate::tls::TlsState;
+use crate::upstream_tls::UpstreamTls;
 
 /// See the module doc.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Edge {
     pub tls: Option<Arc<TlsState>>,
+    pub upstream_tls: Option<Arc<UpstreamTls>>,
     pub auth: Option<Arc<Auth>>,
     pub rate: Option<Arc<RateLimiter>>,
 }
@@ -34,6 +37,11 @@ impl Edge {
                 .as_ref()
                 .map(|t| TlsState::load(&name, t, c.protocol).map(Arc::new))
                 .transpose()?,
+            upstream_tls: c
+                .upstream_tls
+                .as_ref()
+                .map(|u| UpstreamTls::load(c, u).map(Arc::new))
+                .transpose()?,
             auth: c
                 .auth
                 .as_ref()
@@ -43,8 +51,20 @@ impl Edge {
         })
     }
 
-    /// Starts polling the certificate and JWKS files until `stop`.
-    pub fn watch(&self, stop: &CancellationToken) {
+    /// The first fetch of a JWKS URL (a failure leaves the listener without keys until a
+    /// later fetch succeeds; it does not fail the start: the IdP may be down for a moment).
+    pub async fn prefetch(&self) {
+        if let Some(Method::Jwt(j)) = self.auth.as_ref().map(|a| &a.method) {
+            j.prefetch().await;
+        }
+    }
+
+    /// Starts polling the certificate and JWKS files (and refreshing a JWKS URL) until
+    /// `stop`; JWKS fetches are counted in `metrics`.
+    pub fn watch(&self, stop: &CancellationToken, metrics: Option<&ListenerMetrics>) {
+        if let (Some(Method::Jwt(j)), Some(m)) = (self.auth.as_ref().map(|a| &a.method), metrics) {
+            j.attach_metrics(m);
+        }
         if let Some(t) = &self.tls {
             tokio::spawn(t.clone().watch(stop.child_token()));
         }

@@ -62,6 +62,9 @@ impl Inbound {
         for c in configs {
             edges.push(Edge::load(c)?);
         }
+        for e in &edges {
+            e.prefetch().await;
+        }
         let mut listeners = Vec::with_capacity(configs.len());
         for (c, edge) in configs.iter().zip(edges) {
             let bind_err = |source| ProxyError::Bind {
@@ -112,7 +115,6 @@ pub fn serve(
         .listeners
         .into_iter()
         .map(|(cfg, socket, _, edge)| {
-            edge.watch(&shutdown);
             edges.push(edge.clone());
             let l = Arc::new(Listener::new(
                 cfg,
@@ -121,6 +123,7 @@ pub fn serve(
                 shutdown.child_token(),
                 edge,
             ));
+            l.edge.watch(&shutdown, l.metrics.as_ref());
             tokio::spawn(accept_loop(l, socket))
         })
         .collect();
@@ -142,7 +145,17 @@ async fn accept_loop(l: Arc<Listener>, socket: TcpListener) -> ListenerDrain {
                     let _ = stream.set_nodelay(true);
                     let l2 = l.clone();
                     match l.cfg.protocol {
-                        Protocol::Tcp => l.tasks.spawn(tcp::serve(l2, stream, peer)),
+                        Protocol::Tcp => match &l.edge.tls {
+                            Some(t) => {
+                                let t = t.clone();
+                                l.tasks.spawn(async move {
+                                    if let Some(s) = tls::handshake(&l2, &t, stream, peer).await {
+                                        tcp::serve(l2, s, peer).await;
+                                    }
+                                })
+                            }
+                            None => l.tasks.spawn(tcp::serve(l2, stream, peer)),
+                        },
                         Protocol::Http | Protocol::H2c => match &l.edge.tls {
                             Some(t) => l.tasks.spawn(tls::serve(l2, t.clone(), stream, peer)),
                             None => l.tasks.spawn(conn::serve(l2, stream, peer, None, false)),

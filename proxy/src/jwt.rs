@@ -1,4 +1,10 @@
-//! JWT bearer-token validation with keys from a JWKS file, re-read when it changes.
+//! JWT bearer-token validation with keys from a JWKS file (re-read when it changes) or a JWKS
+//! URL (fetched at start, refreshed periodically, refetched on an unknown `kid`).
+//!
+//! Rate bound: one fetch in flight at a time (the others wait for it); scheduled fetches
+//! (start, refresh, retry after a failure) are at least `min_refetch_interval` apart, and so
+//! are fetches for unknown `kid`s, whatever the number of such tokens. A failed fetch keeps
+//! the keys in use.
 //!
 //! Invariant: the key is chosen by the token's `kid` and the algorithms accepted are those of
 //! that key's type only (RSA: RS*/PS*, EC: ES256/ES384 by curve, OKP: EdDSA, oct: HS*), so
@@ -6,17 +12,23 @@
 //! (algorithm confusion) and an unknown `kid` never verify. All crypto is jsonwebtoken's (ring).
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Duration;
 
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use prometheus_client::metrics::counter::Counter;
 use serde_json::{Map, Value};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::JwtConfig;
 use crate::error::FileError;
+use crate::jwks_url::{JwksClient, JwksUrl};
+use crate::metrics::ListenerMetrics;
 
 /// The claims of a verified token, carried in the request's extensions (the rate limiter
 /// may key on one).
@@ -30,6 +42,9 @@ pub(crate) enum Reject {
     Invalid(String),
     /// Valid, but a required claim is absent (403).
     MissingClaim(String),
+    /// No key for this token (unknown `kid`, or no key at all): a URL source may have it
+    /// after a refetch.
+    UnknownKey(String),
 }
 
 struct Key {
@@ -37,12 +52,37 @@ struct Key {
     algorithms: Vec<Algorithm>,
 }
 
-/// The keys of one JWKS file.
+/// The keys of one JWKS.
 #[derive(Default)]
 struct KeySet {
     by_kid: HashMap<String, Arc<Key>>,
     /// Used when the token has no `kid` and the set has exactly one key.
     only: Option<Arc<Key>>,
+    len: usize,
+}
+
+/// Where the keys come from.
+enum Source {
+    /// The file, and its bytes last tried with why they failed if they did.
+    File {
+        path: PathBuf,
+        tried: Mutex<(Vec<u8>, Option<FileError>)>,
+    },
+    Url(UrlSource),
+}
+
+/// A JWKS URL's fetch state.
+struct UrlSource {
+    client: JwksClient,
+    /// Held while a fetch runs (one at a time); holds when the last fetch for an unknown
+    /// `kid` started.
+    gate: tokio::sync::Mutex<Option<Instant>>,
+    /// The wait before the next periodic refresh (the server's max-age, bounded).
+    next_refresh: Mutex<Duration>,
+    /// Fetches and failures before the metrics were attached (the first fetch runs at bind).
+    pending: [AtomicU64; 2],
+    /// `tandem_proxy_jwks_fetches_total` and `..._failures_total` of this listener.
+    counters: OnceLock<[Counter; 2]>,
 }
 
 /// One listener's JWT validator.
@@ -50,16 +90,18 @@ pub(crate) struct JwtAuth {
     listener: String,
     cfg: JwtConfig,
     keys: RwLock<Arc<KeySet>>,
-    /// The file's bytes last tried, and why they failed if they did.
-    tried: Mutex<(Vec<u8>, Option<FileError>)>,
+    source: Source,
 }
 
 impl std::fmt::Debug for JwtAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JwtAuth")
-            .field("listener", &self.listener)
-            .field("jwks_file", &self.cfg.jwks_file)
-            .finish()
+        let mut d = f.debug_struct("JwtAuth");
+        d.field("listener", &self.listener);
+        match &self.source {
+            Source::File { path, .. } => d.field("jwks_file", path),
+            Source::Url(u) => d.field("jwks_url", &u.client.url),
+        };
+        d.finish()
     }
 }
 
@@ -87,8 +129,11 @@ fn algorithms(jwk: &Jwk) -> Vec<Algorithm> {
 
 fn parse_jwks(bytes: &[u8]) -> Result<KeySet, String> {
     let set: JwkSet = serde_json::from_slice(bytes).map_err(|e| format!("not a JWKS: {e}"))?;
-    let mut keys = KeySet::default();
     let n = set.keys.len();
+    let mut keys = KeySet {
+        len: n,
+        ..KeySet::default()
+    };
     for (i, jwk) in set.keys.iter().enumerate() {
         let what = jwk.common.key_id.as_deref().unwrap_or("(no kid)");
         let decoding =
@@ -117,19 +162,54 @@ fn parse_jwks(bytes: &[u8]) -> Result<KeySet, String> {
 // === impl JwtAuth ===
 
 impl JwtAuth {
-    /// Reads the JWKS file; an error names the listener and the file.
+    /// Reads the JWKS file, or prepares the URL's client (its CA file is read now; the first
+    /// fetch is [`JwtAuth::prefetch`]); an error names the listener and the file or key.
     pub fn load(listener: &str, cfg: &JwtConfig) -> Result<Self, FileError> {
+        let err = |what, path: PathBuf, reason: String| FileError {
+            listener: listener.to_string(),
+            what,
+            path,
+            reason,
+        };
+        let source = match (&cfg.jwks_url, &cfg.jwks_file) {
+            (Some(url), _) => {
+                let url =
+                    JwksUrl::parse(url).map_err(|r| err("auth.jwt.jwks_url", PathBuf::new(), r))?;
+                let client = JwksClient::new(url, cfg.jwks_ca_file.as_deref(), cfg.fetch_timeout)
+                    .map_err(|(path, r)| err("auth.jwt.jwks_ca_file", path, r))?;
+                Source::Url(UrlSource {
+                    client,
+                    gate: tokio::sync::Mutex::new(None),
+                    next_refresh: Mutex::new(cfg.refresh_interval),
+                    pending: [AtomicU64::new(0), AtomicU64::new(0)],
+                    counters: OnceLock::new(),
+                })
+            }
+            (None, Some(path)) => Source::File {
+                path: path.clone(),
+                tried: Mutex::new((Vec::new(), None)),
+            },
+            (None, None) => {
+                return Err(err(
+                    "auth.jwt",
+                    PathBuf::new(),
+                    "set auth.jwt.jwks_file or auth.jwt.jwks_url".into(),
+                ))
+            }
+        };
         let auth = Self {
             listener: listener.to_string(),
             cfg: cfg.clone(),
             keys: RwLock::new(Arc::default()),
-            tried: Mutex::new((Vec::new(), None)),
+            source,
         };
-        let bytes = auth.read()?;
-        let keys = parse_jwks(&bytes).map_err(|r| auth.err(r))?;
-        auth.install(keys);
-        if let Ok(mut t) = auth.tried.lock() {
-            t.0 = bytes;
+        if let Source::File { tried, .. } = &auth.source {
+            let bytes = auth.read()?;
+            let keys = parse_jwks(&bytes).map_err(|r| auth.err(r))?;
+            auth.install(keys);
+            if let Ok(mut t) = tried.lock() {
+                t.0 = bytes;
+            }
         }
         Ok(auth)
     }
@@ -138,17 +218,102 @@ impl JwtAuth {
         FileError {
             listener: self.listener.clone(),
             what: "auth.jwt.jwks_file",
-            path: self.cfg.jwks_file.clone(),
+            path: self.path().to_path_buf(),
             reason: reason.to_string(),
         }
     }
 
     fn path(&self) -> &Path {
-        &self.cfg.jwks_file
+        match &self.source {
+            Source::File { path, .. } => path,
+            Source::Url(_) => Path::new(""),
+        }
     }
 
     fn read(&self) -> Result<Vec<u8>, FileError> {
         std::fs::read(self.path()).map_err(|e| self.err(e))
+    }
+
+    /// Whether keys come from a URL (and an unknown `kid` may be worth a refetch).
+    pub fn refetches(&self) -> bool {
+        matches!(self.source, Source::Url(_))
+    }
+
+    /// Counts fetches and failures on /metrics from now on (and those before).
+    pub fn attach_metrics(&self, m: &ListenerMetrics) {
+        if let Source::Url(u) = &self.source {
+            let counters = m.jwks_counters();
+            for (c, p) in counters.iter().zip(&u.pending) {
+                c.inc_by(p.swap(0, Ordering::AcqRel));
+            }
+            let _ = u.counters.set(counters);
+        }
+    }
+
+    /// The first fetch of a URL source, at bind: a failure is logged and counted, and the
+    /// listener starts with no keys (every token gets 401) until a fetch succeeds.
+    pub async fn prefetch(&self) {
+        self.fetch("start").await;
+    }
+
+    /// Fetches the URL's JWKS now, after any fetch in flight. For an `unknown_kid`, only if
+    /// the last such fetch started `min_refetch_interval` ago or more (else nothing: the
+    /// caller checks again with the keys that are in force). A good answer replaces the keys;
+    /// a failure keeps them. Returns whether new keys are in force.
+    pub async fn fetch(&self, why: &'static str) -> bool {
+        let Source::Url(u) = &self.source else {
+            return false;
+        };
+        let mut last = u.gate.lock().await;
+        if why == "unknown_kid" {
+            if last.is_some_and(|t| t.elapsed() < self.cfg.min_refetch_interval) {
+                return false;
+            }
+            *last = Some(Instant::now());
+        }
+        u.count(0);
+        let url = u.client.url.redacted();
+        let fetched = u.client.fetch().await.and_then(|f| {
+            parse_jwks(&f.body)
+                .map(|k| (k, f.max_age))
+                .map_err(|e| format!("answer: {e}"))
+        });
+        match fetched {
+            Ok((keys, max_age)) => {
+                let next = max_age
+                    .unwrap_or(self.cfg.refresh_interval)
+                    .clamp(self.cfg.min_refetch_interval, self.cfg.refresh_interval);
+                tracing::info!(
+                    event = "jwks_fetched",
+                    listener = %self.listener,
+                    url = %url,
+                    keys = keys.len,
+                    reason = why,
+                    next_refresh_s = next.as_secs(),
+                    "JWKS fetched"
+                );
+                self.install(keys);
+                if let Ok(mut n) = u.next_refresh.lock() {
+                    *n = next;
+                }
+                true
+            }
+            Err(e) => {
+                u.count(1);
+                tracing::warn!(
+                    event = "jwks_fetch_failed",
+                    listener = %self.listener,
+                    url = %url,
+                    reason = why,
+                    error = %e,
+                    "JWKS fetch failed; keeping the keys in use"
+                );
+                if let Ok(mut n) = u.next_refresh.lock() {
+                    *n = self.cfg.min_refetch_interval;
+                }
+                false
+            }
+        }
     }
 
     fn install(&self, keys: KeySet) {
@@ -168,8 +333,12 @@ impl JwtAuth {
     /// Re-reads the JWKS file; like [`crate::tls::TlsState::reload`], a bad file keeps the
     /// keys in use and is reported once per change (and on each `forced` reload).
     pub fn reload(&self, forced: bool) -> Result<bool, FileError> {
+        let Source::File { tried, .. } = &self.source else {
+            // A URL source refreshes on its own schedule.
+            return Ok(false);
+        };
         let bytes = self.read()?;
-        let mut tried = match self.tried.lock() {
+        let mut tried = match tried.lock() {
             Ok(t) => t,
             Err(poisoned) => poisoned.into_inner(),
         };
@@ -210,8 +379,21 @@ impl JwtAuth {
         }
     }
 
-    /// Polls the JWKS file every `reload_interval` until `stop`.
+    /// Polls the JWKS file every `reload_interval`, or refreshes the URL's JWKS when due,
+    /// until `stop`.
     pub async fn watch(self: Arc<Self>, stop: CancellationToken) {
+        if let Source::Url(u) = &self.source {
+            loop {
+                let wait = u
+                    .next_refresh
+                    .lock()
+                    .map_or(self.cfg.refresh_interval, |n| *n);
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => { self.fetch("refresh").await; }
+                }
+            }
+        }
         let mut tick = tokio::time::interval(self.cfg.reload_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
@@ -242,7 +424,8 @@ impl JwtAuth {
             Some(kid) => keys
                 .by_kid
                 .get(kid)
-                .ok_or_else(|| invalid(format!("unknown kid {kid:?}")))?,
+                .ok_or_else(|| Reject::UnknownKey(format!("unknown kid {kid:?}")))?,
+            None if keys.len == 0 => return Err(Reject::UnknownKey("no keys yet".into())),
             None => keys
                 .only
                 .as_ref()
@@ -285,6 +468,22 @@ impl JwtAuth {
             return Err(Reject::MissingClaim(missing.clone()));
         }
         Ok(Claims(Arc::new(claims)))
+    }
+}
+
+// === impl UrlSource ===
+
+impl UrlSource {
+    /// Counts a fetch (0) or a failure (1), on /metrics once attached.
+    fn count(&self, which: usize) {
+        match self.counters.get() {
+            Some(c) => {
+                c[which].inc();
+            }
+            None => {
+                self.pending[which].fetch_add(1, Ordering::AcqRel);
+            }
+        }
     }
 }
 

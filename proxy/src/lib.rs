@@ -46,6 +46,7 @@ mod edge;
 mod error;
 mod hygiene;
 mod inbound;
+mod jwks_url;
 mod jwt;
 mod limits;
 mod listener;
@@ -65,17 +66,20 @@ mod timeout;
 mod tls;
 mod upgrade;
 mod upstream;
+mod upstream_tls;
 
 pub use access_log::{AccessLogFn, AccessRecord};
 pub use cause::{Cause, Challenge};
 pub use config::{
     ApiKeyConfig, AuthConfig, BasicAuthConfig, ClientAuthConfig, JwtConfig, LimitsConfig,
     ListenerConfig, Protocol, RateLimitConfig, RetryConfig, TimeoutConfig, TlsConfig,
+    UpstreamTlsConfig,
 };
 pub use drain::{DrainReport, ListenerDrain};
 pub use error::{ConfigError, FileError, ProxyError, SpecError};
 pub use hygiene::REQUEST_ID;
 pub use inbound::{serve, BoundListeners, Inbound, Serving};
+pub use jwks_url::redact_url;
 pub use listener::Hooks;
 pub use metered::{ATTEMPT_COUNT, UPSTREAM_SERVICE_TIME};
 pub use metrics::Metrics;

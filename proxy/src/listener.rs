@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use http::uri::Authority;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -23,6 +22,7 @@ use crate::config::{ListenerConfig, Protocol};
 use crate::edge::Edge;
 use crate::metrics::{ListenerMetrics, Metrics};
 use crate::replay::UpstreamBody;
+use crate::upstream_tls::AppConnector;
 
 /// Observers the caller plugs in: an access-log sink and metrics. Both optional.
 #[derive(Clone, Default)]
@@ -91,7 +91,7 @@ pub(crate) struct Listener {
     /// This listener's metric handles, when metrics are on.
     pub metrics: Option<ListenerMetrics>,
     pub upstream: Authority,
-    pub client: Client<HttpConnector, UpstreamBody>,
+    pub client: Client<AppConnector, UpstreamBody>,
     pub server: auto::Builder<TrackedExecutor>,
     pub budget: RetryBudget,
     pub limiter: Arc<Semaphore>,
@@ -125,7 +125,11 @@ impl Listener {
             .parse()
             .unwrap_or_else(|_| Authority::from_static("127.0.0.1"));
         let t = &cfg.timeouts;
-        let mut connector = HttpConnector::new();
+        let metrics = hooks
+            .metrics
+            .as_ref()
+            .map(|m| ListenerMetrics::new(m, &name));
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
         connector.set_connect_timeout(Some(t.connect));
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
@@ -139,7 +143,11 @@ impl Listener {
             // retried by the pool itself: that is the "safe even for POST" case.
             .retry_canceled_requests(true)
             .set_host(true)
-            .build(connector);
+            .build(AppConnector::new(
+                connector,
+                edge.upstream_tls.clone(),
+                metrics.clone(),
+            ));
         let tasks = TaskTracker::new();
         let mut server = auto::Builder::new(TrackedExecutor(tasks.clone()));
         {
@@ -168,10 +176,7 @@ impl Listener {
         };
         let r = &cfg.retry;
         Self {
-            metrics: hooks
-                .metrics
-                .as_ref()
-                .map(|m| ListenerMetrics::new(m, &name)),
+            metrics,
             name,
             upstream,
             client,

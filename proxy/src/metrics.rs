@@ -40,6 +40,16 @@ pub struct KindLabels {
     pub kind: &'static str,
 }
 
+/// A listener and why a TLS handshake failed (`no_client_cert`, `unknown_ca`, `expired`,
+/// `san_not_allowed`, `name_mismatch`, `not_tls`, `timeout`, ...: a closed set).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// Listener name.
+    pub listener: Arc<String>,
+    /// The reason.
+    pub reason: &'static str,
+}
+
 /// Handles to every proxy metric. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -63,6 +73,14 @@ pub struct Metrics {
     pub errors: Family<KindLabels, Counter>,
     /// TCP-mode connections accepted.
     pub tcp_connections: Family<ListenerLabels, Counter>,
+    /// Client TLS handshakes refused or broken, by reason.
+    pub tls_handshake_failures: Family<ReasonLabels, Counter>,
+    /// TLS handshakes with the app that failed, by reason.
+    pub upstream_tls_failures: Family<ReasonLabels, Counter>,
+    /// Fetches of a JWKS URL started.
+    pub jwks_fetches: Family<ListenerLabels, Counter>,
+    /// Fetches of a JWKS URL that failed (the keys in use were kept).
+    pub jwks_fetch_failures: Family<ListenerLabels, Counter>,
 }
 
 // === impl Metrics ===
@@ -83,6 +101,10 @@ impl Metrics {
             timeouts: Family::default(),
             errors: Family::default(),
             tcp_connections: Family::default(),
+            tls_handshake_failures: Family::default(),
+            upstream_tls_failures: Family::default(),
+            jwks_fetches: Family::default(),
+            jwks_fetch_failures: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("tandem_proxy");
         r.register("requests", "Requests handled", m.requests.clone());
@@ -123,6 +145,26 @@ impl Metrics {
             "tcp_connections",
             "TCP-mode connections accepted",
             m.tcp_connections.clone(),
+        );
+        r.register(
+            "tls_handshake_failures",
+            "Client TLS handshakes refused or broken, by reason",
+            m.tls_handshake_failures.clone(),
+        );
+        r.register(
+            "upstream_tls_failures",
+            "TLS handshakes with the app that failed, by reason",
+            m.upstream_tls_failures.clone(),
+        );
+        r.register(
+            "jwks_fetches",
+            "Fetches of a JWKS URL started",
+            m.jwks_fetches.clone(),
+        );
+        r.register(
+            "jwks_fetch_failures",
+            "Fetches of a JWKS URL that failed (the keys in use were kept)",
+            m.jwks_fetch_failures.clone(),
         );
         m
     }
@@ -185,6 +227,40 @@ impl ListenerMetrics {
         self.all.errors.get_or_create(&labels).inc();
         if cause.is_timeout() {
             self.all.timeouts.get_or_create(&labels).inc();
+        }
+    }
+
+    /// Counts a refused client TLS handshake.
+    pub fn tls_handshake_failure(&self, reason: &'static str) {
+        self.all
+            .tls_handshake_failures
+            .get_or_create(&self.reason(reason))
+            .inc();
+    }
+
+    /// Counts a failed TLS handshake with the app.
+    pub fn upstream_tls_failure(&self, reason: &'static str) {
+        self.all
+            .upstream_tls_failures
+            .get_or_create(&self.reason(reason))
+            .inc();
+    }
+
+    /// This listener's JWKS fetch and failure counters.
+    pub fn jwks_counters(&self) -> [Counter; 2] {
+        let l = ListenerLabels {
+            listener: self.listener.clone(),
+        };
+        [
+            self.all.jwks_fetches.get_or_create(&l).clone(),
+            self.all.jwks_fetch_failures.get_or_create(&l).clone(),
+        ]
+    }
+
+    fn reason(&self, reason: &'static str) -> ReasonLabels {
+        ReasonLabels {
+            listener: self.listener.clone(),
+            reason,
         }
     }
 

@@ -1,4 +1,6 @@
-//! Raw TCP mode: for ports that do not speak HTTP (databases, custom protocols).
+//! Raw TCP mode: for ports that do not speak HTTP (databases, custom protocols), optionally
+//! behind TLS termination (`tls`, handshaked in `tls.rs` first) and TLS to the app
+//! (`upstream_tls`).
 //!
 //! Invariant: nothing is read from the client before the app's connection is up (no sniffing,
 //! server-speaks-first protocols work); a connect failure is retried because no byte has
@@ -8,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -17,8 +20,12 @@ use crate::cause::Cause;
 use crate::listener::Listener;
 use crate::ready::wait_ready;
 
-/// Proxies one accepted TCP connection to the app.
-pub(crate) async fn serve(l: Arc<Listener>, mut client: TcpStream, peer: SocketAddr) {
+/// A byte stream both ways: a socket, or TLS over one.
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// Proxies one accepted TCP connection (or TLS stream) to the app.
+pub(crate) async fn serve<C: Io>(l: Arc<Listener>, mut client: C, peer: SocketAddr) {
     let start = Instant::now();
     l.counters.in_flight.fetch_add(1, Ordering::AcqRel);
     if let Some(m) = &l.metrics {
@@ -81,7 +88,7 @@ async fn connect(
     l: &Listener,
     start: Instant,
     record: &mut AccessRecord,
-) -> Result<TcpStream, Cause> {
+) -> Result<Box<dyn Io>, Cause> {
     let mut readiness = l.readiness.clone();
     let hold_deadline = start + l.cfg.hold_timeout;
     let retry = &l.cfg.retry;
@@ -100,7 +107,14 @@ async fn connect(
         let cause = match r {
             Ok(Ok(s)) => {
                 let _ = s.set_nodelay(true);
-                return Ok(s);
+                return match &l.edge.upstream_tls {
+                    None => Ok(Box::new(s)),
+                    // Not retried: a certificate problem does not go away in a backoff.
+                    Some(tls) => match tls.connect(s, l.metrics.as_ref()).await {
+                        Ok(s) => Ok(Box::new(s)),
+                        Err(_) => Err(Cause::UpstreamTls),
+                    },
+                };
             }
             Ok(Err(_)) => Cause::ConnectFailed,
             Err(_) => Cause::ConnectTimeout,

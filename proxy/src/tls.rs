@@ -15,6 +15,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
@@ -154,7 +155,9 @@ impl TlsState {
     pub fn load(listener: &str, cfg: &TlsConfig, protocol: Protocol) -> Result<Self, FileError> {
         let alpn = match protocol {
             Protocol::H2c => vec![b"h2".to_vec()],
-            Protocol::Http | Protocol::Tcp => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            Protocol::Http => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            // Raw bytes: no application protocol to negotiate.
+            Protocol::Tcp => Vec::new(),
         };
         let loader = Loader {
             listener: listener.to_string(),
@@ -245,30 +248,80 @@ impl TlsState {
     }
 }
 
-/// Handshakes a new connection (bounded by `timeouts.header_read`, the slow-client guard),
-/// then serves it as HTTP. A failed handshake (no client certificate, wrong CA, expired, SAN
-/// not listed, not TLS at all) closes the connection; the client sees the TLS alert.
+/// Why a TLS handshake failed, as a label from a closed set (metrics, events). `e` is what
+/// tokio-rustls returned: an I/O error, carrying rustls's error when TLS itself failed.
+pub(crate) fn failure_reason(e: &std::io::Error) -> &'static str {
+    use rustls::CertificateError as C;
+    use rustls::Error as E;
+    let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<E>()) else {
+        return match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => "eof",
+            _ => "io",
+        };
+    };
+    match tls {
+        E::NoCertificatesPresented => "no_client_cert",
+        E::InvalidCertificate(c) => match c {
+            C::UnknownIssuer => "unknown_ca",
+            C::Expired | C::ExpiredContext { .. } => "expired",
+            C::NotValidYet | C::NotValidYetContext { .. } => "not_yet_valid",
+            C::NotValidForName | C::NotValidForNameContext { .. } => "name_mismatch",
+            // The SAN allow-list (mtls.rs) refuses with this one.
+            C::ApplicationVerificationFailure => "san_not_allowed",
+            C::Revoked => "revoked",
+            _ => "bad_certificate",
+        },
+        E::AlertReceived(_) => "peer_alert",
+        E::InvalidMessage(_) => "not_tls",
+        E::NoApplicationProtocol => "no_alpn",
+        E::PeerIncompatible(_) => "incompatible",
+        _ => "protocol_error",
+    }
+}
+
+/// Handshakes a new connection, bounded by `timeouts.header_read` (the slow-client guard). A
+/// failed handshake (no client certificate, wrong CA, expired, SAN not listed, not TLS at
+/// all) closes the connection, the client sees the TLS alert, and the failure is counted by
+/// reason and logged as a `tls_handshake_failed` event.
+pub(crate) async fn handshake(
+    l: &Listener,
+    tls: &TlsState,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> Option<TlsStream<TcpStream>> {
+    let acceptor = tls.acceptor();
+    let handshake = tokio::time::timeout(l.cfg.timeouts.header_read, acceptor.accept(stream));
+    let (reason, error) = tokio::select! {
+        r = handshake => match r {
+            Ok(Ok(s)) => return Some(s),
+            Ok(Err(e)) => (failure_reason(&e), e.to_string()),
+            Err(_) => ("timeout", "no complete handshake within timeouts.header_read".into()),
+        },
+        _ = l.shutdown.cancelled() => return None,
+    };
+    if let Some(m) = &l.metrics {
+        m.tls_handshake_failure(reason);
+    }
+    tracing::info!(
+        event = "tls_handshake_failed",
+        listener = %l.name,
+        %peer,
+        reason,
+        error = %error,
+        "TLS handshake failed"
+    );
+    None
+}
+
+/// Handshakes a new connection, then serves it as HTTP.
 pub(crate) async fn serve(
     l: Arc<Listener>,
     tls: Arc<TlsState>,
     stream: TcpStream,
     peer: SocketAddr,
 ) {
-    let acceptor = tls.acceptor();
-    let handshake = tokio::time::timeout(l.cfg.timeouts.header_read, acceptor.accept(stream));
-    let stream = tokio::select! {
-        r = handshake => match r {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                tracing::debug!(listener = %l.name, %peer, error = %e, "TLS handshake failed");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(listener = %l.name, %peer, "TLS handshake too slow; closing");
-                return;
-            }
-        },
-        _ = l.shutdown.cancelled() => return,
+    let Some(stream) = handshake(&l, &tls, stream, peer).await else {
+        return;
     };
     let (_, conn) = stream.get_ref();
     let h2 = conn.alpn_protocol() == Some(b"h2");

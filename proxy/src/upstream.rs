@@ -76,6 +76,12 @@ fn classify(e: &hyper_util::client::legacy::Error) -> Cause {
                 return h.source().map_or(Cause::ClientBody, body_error_cause);
             }
         }
+        if err
+            .downcast_ref::<crate::upstream_tls::UpstreamTlsError>()
+            .is_some()
+        {
+            return Cause::UpstreamTls;
+        }
         if body_error_cause(err) == Cause::BodyTooLarge {
             return Cause::BodyTooLarge;
         }

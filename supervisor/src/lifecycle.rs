@@ -389,7 +389,7 @@ impl Supervisor {
         if let Some(guard) = &mut self.guard {
             guard.track(Some(spawned.pid));
         }
-        tracing::info!(event = "started", pid = spawned.pid.as_raw(), restarts = self.restarts, command = %self.cfg.app.command.join(" "), "app started");
+        tracing::info!(event = "started", pid = spawned.pid.as_raw(), restarts = self.restarts, command = %crate::config::layers::redact_text(&self.cfg.app.command.join(" ")), "app started");
         self.metrics.starts.inc();
         self.metrics.app_up.set(1);
         self.set_phase(Phase::Running, Some(spawned.pid));

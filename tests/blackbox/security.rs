@@ -1,6 +1,7 @@
 //! Security at the edge, seen from outside the binary: an admin port reachable from other
 //! hosts without a token is refused at start-up; secrets in the app's log lines reach every
-//! sink redacted.
+//! sink redacted; `tandem check` hides credentials in URLs; the app runs as nobody while
+//! tandem (root) serves a privileged port in front of it.
 use std::fs;
 
 use crate::support::run;
@@ -141,4 +142,156 @@ fn admin_port_off_loopback_requires_the_bearer_token() {
     assert!(body.contains("\"phase\""), "{body}");
     t.signal(nix::sys::signal::Signal::SIGTERM);
     t.wait();
+}
+
+/// A privileged port on 127.0.0.1 that is free now.
+fn free_privileged_port() -> Option<u16> {
+    [443u16, 80, 1023, 1000, 999, 888]
+        .into_iter()
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+}
+
+/// The real uid line of `/proc/<pid>/status`: real, effective, saved, filesystem.
+fn uids(pid: i32) -> Vec<u32> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .unwrap()
+        .split_whitespace()
+        .map(|u| u.parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn app_runs_unprivileged_while_tandem_binds_a_privileged_port() {
+    use std::os::unix::fs::PermissionsExt;
+
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIP: tandem must run as root to bind a privileged port and switch users");
+        return;
+    }
+    let Ok(Some(nobody)) = nix::unistd::User::from_name("nobody") else {
+        eprintln!("SKIP: no user 'nobody'");
+        return;
+    };
+    let Some(listen) = free_privileged_port() else {
+        eprintln!("SKIP: no free privileged port on 127.0.0.1");
+        return;
+    };
+    // target/ may not be traversable by nobody: run a copy from a world-readable directory.
+    let dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let app = dir.path().join("legacy-app");
+    fs::copy(crate::support::legacy_app(), &app).unwrap();
+    fs::set_permissions(&app, fs::Permissions::from_mode(0o755)).unwrap();
+    let port = crate::support::free_port();
+    let cfg = dir.path().join("tandem.toml");
+    fs::write(
+        &cfg,
+        format!(
+            r#"
+[app]
+command = ["{app}", "--port", "{port}"]
+user = "nobody"
+stop_timeout = "5s"
+[admin]
+listen = "127.0.0.1:0"
+[health.readiness]
+kind = "http"
+target = "http://127.0.0.1:{port}/health"
+interval = "50ms"
+timeout = "500ms"
+[[proxy.listeners]]
+name = "web"
+listen = "127.0.0.1:{listen}"
+upstream = "127.0.0.1:{port}"
+"#,
+            app = app.display()
+        ),
+    )
+    .unwrap();
+    let mut t = crate::support::Tandem::spawn(&["--config", cfg.to_str().unwrap()]);
+    t.collect_stdout();
+    let proxy = t.wait_event("proxy_listening")["addr"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(proxy, format!("127.0.0.1:{listen}"));
+    let pid = t.app_pid();
+    t.wait_event("ready");
+
+    // tandem holds the privileged port as root; the app runs as nobody, every uid of it.
+    assert_eq!(uids(t.pid()), vec![0; 4], "tandem itself runs as root");
+    assert_eq!(
+        uids(pid),
+        vec![nobody.uid.as_raw(); 4],
+        "the app (pid {pid}) runs as nobody"
+    );
+    let (status, _, body) = crate::support::http(&proxy, "GET", "/", b"", &[]).unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+
+    t.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(t.wait_code(), 0);
+}
+
+#[test]
+fn check_redacts_url_credentials_and_names_new_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tandem.toml");
+    let ca = dir.path().join("app-ca.pem");
+    fs::write(
+        &cfg,
+        format!(
+            r#"
+[[proxy.listeners]]
+name = "web"
+listen = "127.0.0.1:0"
+upstream = "127.0.0.1:3000"
+[proxy.listeners.upstream_tls]
+ca_file = "{ca}"
+server_name = "app.internal"
+[proxy.listeners.auth.jwt]
+jwks_url = "https://tandem:hunter2pw@idp.test/.well-known/jwks.json"
+"#,
+            ca = ca.display()
+        ),
+    )
+    .unwrap();
+    let (code, out, stderr) = run(&["check", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!out.contains("hunter2pw"), "{out}");
+    assert!(out.contains("https://[REDACTED]@idp.test/"), "{out}");
+    assert!(out.contains("app-ca.pem"), "{out}");
+
+    // A missing ca_file is named as a key.
+    let text = fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(&format!("ca_file = \"{}\"\n", ca.display()), "");
+    fs::write(&cfg, text).unwrap();
+    let (code, _, stderr) = run(&["check", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, CONFIG, "{stderr}");
+    assert!(stderr.contains("upstream_tls.ca_file"), "{stderr}");
+    assert!(!stderr.contains("hunter2pw"), "{stderr}");
+}
+
+#[test]
+fn events_do_not_print_secrets_from_the_command_line() {
+    let (code, _, stderr) = run(&[
+        "--",
+        "sh",
+        "-c",
+        "exit 0",
+        "app",
+        "--password=hunter2xyz",
+        "--jwks=https://bob:pw-in-url-42@idp.test/jwks",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("\"event\":\"started\""), "{stderr}");
+    for secret in ["hunter2xyz", "pw-in-url-42"] {
+        assert!(
+            !stderr.contains(secret),
+            "tandem's events hold {secret}: {stderr}"
+        );
+    }
 }

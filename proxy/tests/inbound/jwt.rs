@@ -28,16 +28,16 @@ const RSA_PEM: &[u8] = include_bytes!("fixtures/rsa-test-key.pem");
 const HS_SECRET: &[u8] = b"an hmac secret of thirty-two bytes!!";
 
 /// Signing keys of every kind, and the JWKS that publishes their public halves.
-struct Keys {
-    rsa: EncodingKey,
-    ec: EncodingKey,
-    ec_other: EncodingKey,
-    ed: EncodingKey,
-    hs: EncodingKey,
-    jwks: Value,
+pub(crate) struct Keys {
+    pub rsa: EncodingKey,
+    pub ec: EncodingKey,
+    pub ec_other: EncodingKey,
+    pub ed: EncodingKey,
+    pub hs: EncodingKey,
+    pub jwks: Value,
 }
 
-fn ec_key(rng: &SystemRandom) -> (EncodingKey, Vec<u8>) {
+pub(crate) fn ec_key(rng: &SystemRandom) -> (EncodingKey, Vec<u8>) {
     let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, rng).expect("ec");
     let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), rng)
         .expect("ec parse");
@@ -47,7 +47,7 @@ fn ec_key(rng: &SystemRandom) -> (EncodingKey, Vec<u8>) {
     )
 }
 
-fn keys() -> Keys {
+pub(crate) fn keys() -> Keys {
     let rng = SystemRandom::new();
     let der = PrivateKeyDer::from_pem_slice(RSA_PEM).expect("rsa pem");
     let rsa_kp = RsaKeyPair::from_pkcs8(der.secret_der()).expect("rsa pkcs8");
@@ -81,7 +81,7 @@ fn now() -> i64 {
         .as_secs() as i64
 }
 
-fn claims() -> Value {
+pub(crate) fn claims() -> Value {
     json!({"iss": "https://issuer.test", "aud": "orders", "sub": "alice",
            "scope": "read write", "exp": now() + 300, "nbf": now() - 10})
 }
@@ -91,7 +91,7 @@ fn with(mut c: Value, key: &str, v: Value) -> Value {
     c
 }
 
-fn token(alg: Algorithm, kid: &str, key: &EncodingKey, claims: &Value) -> String {
+pub(crate) fn token(alg: Algorithm, kid: &str, key: &EncodingKey, claims: &Value) -> String {
     let mut h = Header::new(alg);
     h.kid = Some(kid.into());
     encode(&h, claims, key).expect("sign")
@@ -106,7 +106,11 @@ fn unsigned(kid: &str, claims: &Value) -> String {
     )
 }
 
-async fn call(proxy: &Proxy, path: &str, auth: Option<&str>) -> (StatusCode, HeaderMap, String) {
+pub(crate) async fn call(
+    proxy: &Proxy,
+    path: &str,
+    auth: Option<&str>,
+) -> (StatusCode, HeaderMap, String) {
     let mut b = Request::get(proxy.url(path)).header("x-jwt-sub", "mallory");
     if let Some(t) = auth {
         b = b.header("authorization", format!("Bearer {t}"));
@@ -117,20 +121,27 @@ async fn call(proxy: &Proxy, path: &str, auth: Option<&str>) -> (StatusCode, Hea
     (s, h, String::from_utf8_lossy(&body).into_owned())
 }
 
+/// The test policy: issuer, audience, a required claim and two forwarded claims.
+pub(crate) fn policy(base: JwtConfig) -> JwtConfig {
+    JwtConfig {
+        issuers: vec!["https://issuer.test".into()],
+        audiences: vec!["orders".into()],
+        leeway: Duration::from_secs(5),
+        required_claims: vec!["scope".into()],
+        forward_claims: BTreeMap::from([
+            ("sub".to_string(), "x-jwt-sub".to_string()),
+            ("scope".to_string(), "x-jwt-scope".to_string()),
+        ]),
+        ..base
+    }
+}
+
 fn jwt_config(jwks_file: std::path::PathBuf) -> AuthConfig {
     AuthConfig {
         exempt_paths: vec!["/health".into()],
         jwt: Some(JwtConfig {
-            jwks_file,
             reload_interval: Duration::from_millis(50),
-            issuers: vec!["https://issuer.test".into()],
-            audiences: vec!["orders".into()],
-            leeway: Duration::from_secs(5),
-            required_claims: vec!["scope".into()],
-            forward_claims: BTreeMap::from([
-                ("sub".to_string(), "x-jwt-sub".to_string()),
-                ("scope".to_string(), "x-jwt-scope".to_string()),
-            ]),
+            ..policy(JwtConfig::from_file(jwks_file))
         }),
         api_key: None,
         basic: None,

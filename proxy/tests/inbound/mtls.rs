@@ -1,6 +1,7 @@
 //! mTLS: a client without a certificate, with one from another CA, with an expired one, or
 //! with a SAN not on the allow-list is refused in the handshake; an allowed one reaches the
 //! app with the identity header tandem wrote, and a client-sent copy of that header is gone.
+//! Each refusal is counted on the metrics under its reason.
 
 use std::time::Duration;
 
@@ -71,6 +72,12 @@ async fn client_certificates_refused_and_accepted() {
         ] {
             let r = try_request(proxy.addr, &ca, client).await;
             assert!(r.is_err(), "{what} was let through: {r:?}");
+        }
+        // Each refusal is counted under its reason.
+        for reason in ["no_client_cert", "unknown_ca", "expired", "san_not_allowed"] {
+            let series =
+                format!("tandem_proxy_tls_handshake_failures_total{{listener=\"test\",reason=\"{reason}\"}}");
+            eventually(&series, || proxy.metric(&series) == 1.0).await;
         }
         assert_eq!(
             up.seen.hits("/headers"),

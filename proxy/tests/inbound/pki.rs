@@ -211,3 +211,38 @@ pub fn write_server_cert(dir: &TempDir, ca: &Ca, cn: &str) -> (PathBuf, PathBuf,
     let key = dir.write("server-key.pem", &leaf.key_pem);
     (cert, key, leaf)
 }
+
+/// A rustls server config presenting `leaf`; with `client_ca`, a client certificate from it
+/// is required (mTLS).
+pub fn server_config(
+    leaf: &Issued,
+    client_ca: Option<&Ca>,
+    alpn: &[&[u8]],
+) -> Arc<rustls::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let b = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("versions");
+    let b = match client_ca {
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            roots.add(ca.cert.der().clone()).expect("root");
+            let v = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .expect("verifier");
+            b.with_client_cert_verifier(v)
+        }
+        None => b.with_no_client_auth(),
+    };
+    let mut c = b
+        .with_single_cert(
+            vec![leaf.der.clone()],
+            PrivateKeyDer::try_from(leaf.key_der.clone()).expect("key der"),
+        )
+        .expect("server config");
+    c.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    Arc::new(c)
+}

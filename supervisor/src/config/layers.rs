@@ -500,6 +500,38 @@ pub fn is_secret_key(key: &str) -> bool {
     .any(|s| k.contains(s))
 }
 
+/// Replaces the `user:password@` of every URL in `text` with `[REDACTED]@`.
+pub fn redact_userinfo(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| matches!(c, '/' | '?' | '#' | '"' | '\'' | '\\') || c.is_whitespace())
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match authority.rfind('@') {
+            Some(at) => {
+                out.push_str("[REDACTED]");
+                out.push_str(&authority[at..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `text` as tandem's own events and `tandem check` may print it: the default log patterns
+/// (bearer tokens, JWTs, AWS keys, `password=` pairs) and URL credentials redacted.
+pub fn redact_text(text: &str) -> String {
+    static REDACTOR: std::sync::OnceLock<crate::logs::redact::Redactor> =
+        std::sync::OnceLock::new();
+    redact_userinfo(&REDACTOR.get_or_init(redactor).text(text))
+}
+
 fn redactor() -> crate::logs::redact::Redactor {
     crate::logs::redact::Redactor::new(&crate::logs::redact::RedactConfig::default())
         .expect("the built-in patterns compile")
@@ -533,8 +565,10 @@ fn render_table(
         let value = if is_secret_key(k) {
             "\"[REDACTED]\"".to_string()
         } else {
-            // A secret inside a value (a command line's `--password=...`): the log patterns.
-            redact.text(&v.to_string()).into_owned()
+            // A secret inside a value (a command line's `--password=...`): the log patterns;
+            // credentials in a URL (`jwks_url = "https://user:pw@idp/..."`), even inside an
+            // array of tables such as `proxy.listeners`.
+            redact_userinfo(&redact.text(&v.to_string()))
         };
         let _ = writeln!(out, "{key} = {value}  # {source}");
     }
@@ -563,6 +597,21 @@ mod tests {
         for k in ["token_file", "keys_file", "listen", "key", "PATH"] {
             assert!(!is_secret_key(k), "{k}");
         }
+    }
+
+    #[test]
+    fn userinfo_in_urls() {
+        assert_eq!(
+            redact_userinfo(
+                r#"[{ jwks_url = "https://bob:pw@idp.test:8443/keys", x = "http://h/" }]"#
+            ),
+            r#"[{ jwks_url = "https://[REDACTED]@idp.test:8443/keys", x = "http://h/" }]"#
+        );
+        assert_eq!(redact_userinfo("no url here"), "no url here");
+        assert_eq!(
+            redact_userinfo("redis://:pw@cache"),
+            "redis://[REDACTED]@cache"
+        );
     }
 
     fn file(text: &str) -> tempfile::NamedTempFile {
