@@ -95,6 +95,7 @@ const RESERVED_ENV: &[&str] = &["TANDEM_LOG", "TANDEM_LOG_FORMAT"];
 /// Keys that have no default (so they are absent from the defaults table) but may be set.
 const OPTIONAL_KEYS: &[&str] = &[
     "service.name",
+    "service.version",
     "app.workdir",
     "app.user",
     "app.group",
@@ -483,6 +484,10 @@ fn record_sources(
 /// than a file holding one (`token_file`, `keys_file`): `tandem check` prints `[REDACTED]`.
 pub fn is_secret_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
+    // OTLP export headers carry the receiver's API key (`authorization`, `x-api-key`, ...).
+    if k.starts_with("telemetry.headers.") {
+        return true;
+    }
     if k.ends_with("_file") || k.ends_with("_path") || k == "key" {
         return false;
     }
