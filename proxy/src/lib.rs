@@ -82,4 +82,6 @@ pub use metered::{ATTEMPT_COUNT, UPSTREAM_SERVICE_TIME};
 pub use metrics::Metrics;
 pub use spec::parse_listener_spec;
 pub use tokio_util::sync::CancellationToken;
-pub use trace::{extract as extract_trace_context, inject as inject_trace_context, SharedTracer, TRACEPARENT};
+pub use trace::{
+    extract as extract_trace_context, inject as inject_trace_context, SharedTracer, TRACEPARENT,
+};

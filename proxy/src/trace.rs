@@ -3,8 +3,9 @@
 //! attempt's context passed to the app in `traceparent`.
 //!
 //! Invariant: tracing never fails a request. A malformed header is ignored (a new trace
-//! starts); with no tracer configured ([`crate::Hooks::with_tracer`]) the layer is a single
-//! branch per request and nothing is parsed, allocated or written.
+//! starts). With no tracer configured ([`crate::Hooks::with_tracer`]) the server-span layer is
+//! left out of the stack and the attempt span is one `Option` check: nothing is parsed,
+//! allocated or written.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,8 +15,8 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response};
 use opentelemetry::global::BoxedTracer;
 use opentelemetry::trace::{
-    Span, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId,
-    TraceState, Tracer,
+    Span, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState,
+    Tracer,
 };
 use opentelemetry::{Context, KeyValue};
 use tower::{Layer, Service, ServiceExt};
@@ -368,7 +369,10 @@ mod tests {
     #[test]
     fn traceparent() {
         let sc = parse_traceparent(TP, Some("vendor=x")).expect("valid");
-        assert_eq!(sc.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            sc.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
         assert_eq!(sc.span_id().to_string(), "00f067aa0ba902b7");
         assert!(sc.is_sampled() && sc.is_remote());
         assert_eq!(sc.trace_state().header(), "vendor=x");
@@ -394,26 +398,42 @@ mod tests {
 
     #[test]
     fn b3() {
-        let sc = parse_b3_single("80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90")
-            .expect("valid");
-        assert_eq!(sc.trace_id().to_string(), "80f198ee56343ba864fe8b2a57d3eff7");
+        let sc =
+            parse_b3_single("80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90")
+                .expect("valid");
+        assert_eq!(
+            sc.trace_id().to_string(),
+            "80f198ee56343ba864fe8b2a57d3eff7"
+        );
         assert!(sc.is_sampled());
         let short = parse_b3_single("64fe8b2a57d3eff7-e457b5a2e4d86bd1-0").expect("valid");
-        assert_eq!(short.trace_id().to_string(), "000000000000000064fe8b2a57d3eff7");
+        assert_eq!(
+            short.trace_id().to_string(),
+            "000000000000000064fe8b2a57d3eff7"
+        );
         assert!(!short.is_sampled());
         assert!(parse_b3_single("0").is_none());
         assert!(parse_b3_single("nope-e457b5a2e4d86bd1").is_none());
         let mut h = HeaderMap::new();
-        h.insert(B3_TRACE_ID, HeaderValue::from_static("463ac35c9f6413ad48485a3953bb6124"));
+        h.insert(
+            B3_TRACE_ID,
+            HeaderValue::from_static("463ac35c9f6413ad48485a3953bb6124"),
+        );
         h.insert(B3_SPAN_ID, HeaderValue::from_static("a2fb4a1d1a96d312"));
         h.insert(B3_SAMPLED, HeaderValue::from_static("1"));
         let m = extract(&h).expect("multi");
         assert_eq!(m.span_id().to_string(), "a2fb4a1d1a96d312");
         // traceparent wins over B3; a malformed one falls back to B3.
         h.insert(TRACEPARENT, HeaderValue::from_static(TP));
-        assert_eq!(extract(&h).expect("tp").span_id().to_string(), "00f067aa0ba902b7");
+        assert_eq!(
+            extract(&h).expect("tp").span_id().to_string(),
+            "00f067aa0ba902b7"
+        );
         h.insert(TRACEPARENT, HeaderValue::from_static("garbage"));
-        assert_eq!(extract(&h).expect("b3").span_id().to_string(), "a2fb4a1d1a96d312");
+        assert_eq!(
+            extract(&h).expect("b3").span_id().to_string(),
+            "a2fb4a1d1a96d312"
+        );
     }
 
     #[test]

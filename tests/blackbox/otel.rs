@@ -134,7 +134,11 @@ impl Receiver {
     fn metric_sum(&self, name: &str) -> Option<f64> {
         let pushes = self.of("metrics");
         for p in pushes.iter().rev() {
-            for rm in p["request"]["resourceMetrics"].as_array().into_iter().flatten() {
+            for rm in p["request"]["resourceMetrics"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
                 for sm in rm["scopeMetrics"].as_array().into_iter().flatten() {
                     for m in sm["metrics"].as_array().into_iter().flatten() {
                         if m["name"] != name {
@@ -247,7 +251,10 @@ upstream = "127.0.0.1:{port}"
             // The test's own environment must not redirect the export.
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .env_remove("OTEL_SDK_DISABLED")
-            .env("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=test"),
+            .env(
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "deployment.environment.name=test",
+            ),
     );
     t.collect_stdout();
     let proxy = t.wait_event("proxy_listening")["addr"]
@@ -306,24 +313,41 @@ fn grpc_spans_follow_the_callers_trace_and_show_each_attempt() {
     let tp2 = format!("00-{trace2}-b7ad6b7169203331-01");
     let proxy2 = proxy.clone();
     let slow = thread::spawn(move || {
-        http(&proxy2, "GET", "/slow?ms=3000", b"", &[("traceparent", &tp2)]).unwrap()
+        http(
+            &proxy2,
+            "GET",
+            "/slow?ms=3000",
+            b"",
+            &[("traceparent", &tp2)],
+        )
+        .unwrap()
     });
     eventually("the app logged the slow request", || {
-        t.records()
-            .iter()
-            .any(|r| r["msg"].as_str().is_some_and(|m| m.contains("slow request")))
+        t.records().iter().any(|r| {
+            r["msg"]
+                .as_str()
+                .is_some_and(|m| m.contains("slow request"))
+        })
     });
     let app = t.app_pid();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(app), Signal::SIGKILL).unwrap();
     let (status, head, _) = slow.join().unwrap();
     assert_eq!(status, 200, "{head}");
     assert!(
-        head.to_ascii_lowercase().contains("x-tandem-attempt-count: 2"),
+        head.to_ascii_lowercase()
+            .contains("x-tandem-attempt-count: 2"),
         "{head}"
     );
 
     // 3. A malformed traceparent starts a new trace, and the request still succeeds.
-    let (status, _, _) = http(&proxy, "GET", "/health", b"", &[("traceparent", "00-zz-1-01")]).unwrap();
+    let (status, _, _) = http(
+        &proxy,
+        "GET",
+        "/health",
+        b"",
+        &[("traceparent", "00-zz-1-01")],
+    )
+    .unwrap();
     assert_eq!(status, 200);
 
     let mut spans = Vec::new();
@@ -351,12 +375,20 @@ fn grpc_spans_follow_the_callers_trace_and_show_each_attempt() {
         ("network.peer.address", "127.0.0.1"),
         ("user_agent.original", "otel-test/1"),
     ] {
-        assert_eq!(server.attrs.get(k).map(String::as_str), Some(v), "{k}: {server:?}");
+        assert_eq!(
+            server.attrs.get(k).map(String::as_str),
+            Some(v),
+            "{k}: {server:?}"
+        );
     }
     assert_eq!(server.resource["service.name"], "legacy");
     assert_eq!(server.resource["service.version"], "1.2.3");
     assert_eq!(server.resource["deployment.environment.name"], "test");
-    assert!(server.resource.contains_key("host.name"), "{:?}", server.resource);
+    assert!(
+        server.resource.contains_key("host.name"),
+        "{:?}",
+        server.resource
+    );
     assert!(server.resource.contains_key("service.instance.id"));
     // One client span per attempt, children of the server span.
     let server_id = server.id("spanId");
@@ -378,8 +410,10 @@ fn grpc_spans_follow_the_callers_trace_and_show_each_attempt() {
         .collect();
     assert_eq!(attempts.len(), 2, "{attempts:?}");
     assert!(
-        attempts.iter().any(|a| a.v["status"]["code"] == "STATUS_CODE_ERROR"
-            && a.attrs.get("error.type").map(String::as_str) == Some("upstream_reset")),
+        attempts
+            .iter()
+            .any(|a| a.v["status"]["code"] == "STATUS_CODE_ERROR"
+                && a.attrs.get("error.type").map(String::as_str) == Some("upstream_reset")),
         "the first attempt failed: {attempts:?}"
     );
     assert!(attempts
@@ -390,17 +424,24 @@ fn grpc_spans_follow_the_callers_trace_and_show_each_attempt() {
         .find(|s| s.attrs.get("url.path").map(String::as_str) == Some("/health"))
         .unwrap();
     assert_ne!(new_trace.id("traceId"), "");
-    assert_eq!(new_trace.id("parentSpanId"), "", "a new trace has no parent");
+    assert_eq!(
+        new_trace.id("parentSpanId"),
+        "",
+        "a new trace has no parent"
+    );
 
     // The app received a traceparent of the same trace: it logged it, and its log record
     // arrives linked to the client span that carried it.
     let client_id = clients[0].id("spanId");
     let mut logs = Vec::new();
-    eventually("the app's request log line arrives linked to the trace", || {
-        logs = rx.logs();
-        logs.iter()
-            .any(|l| l.id("traceId") == TRACE && l.id("spanId") == client_id)
-    });
+    eventually(
+        "the app's request log line arrives linked to the trace",
+        || {
+            logs = rx.logs();
+            logs.iter()
+                .any(|l| l.id("traceId") == TRACE && l.id("spanId") == client_id)
+        },
+    );
     let linked = logs
         .iter()
         .find(|l| l.id("traceId") == TRACE && l.id("spanId") == client_id)
@@ -443,8 +484,14 @@ fn http_logs_and_metrics_match_what_prometheus_scrapes() {
     .unwrap();
     let web = format!("127.0.0.1:{}", free_port());
     let mut prom = Command::new("prometheus")
-        .arg(format!("--config.file={}", prom_dir.join("prometheus.yml").display()))
-        .arg(format!("--storage.tsdb.path={}", prom_dir.join("data").display()))
+        .arg(format!(
+            "--config.file={}",
+            prom_dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            prom_dir.join("data").display()
+        ))
         .arg(format!("--web.listen-address={web}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -548,7 +595,12 @@ fn receiver_down_then_up_drops_are_counted_and_export_resumes() {
         scrape(&admin, "tandem_otlp_dropped_total{signal=\"traces\"") > 0.0
     });
     assert!(scrape(&admin, "tandem_otlp_dropped_total{signal=\"logs\"") > 0.0);
-    assert!(scrape(&admin, "tandem_otlp_failed_requests_total{signal=\"traces\"}") > 0.0);
+    assert!(
+        scrape(
+            &admin,
+            "tandem_otlp_failed_requests_total{signal=\"traces\"}"
+        ) > 0.0
+    );
     assert_eq!(
         scrape(&admin, "tandem_otlp_exported_total{signal=\"traces\"}"),
         0.0
@@ -605,8 +657,10 @@ fn sigterm_flushes_the_last_spans_and_logs() {
         assert!(
             of_trace.iter().any(|s| s.kind == "SPAN_KIND_SERVER"
                 && s.parent_span_id == PARENT
-                && s.attributes.get("http.response.status_code").map(String::as_str)
-                    == Some("200")),
+                // The fake collector keeps attribute values in their Debug form.
+                && s.attributes
+                    .get("http.response.status_code")
+                    .is_some_and(|v| v.contains("IntValue(200)"))),
             "{tr}: {of_trace:?}"
         );
         assert!(of_trace.iter().any(|s| s.kind == "SPAN_KIND_CLIENT"));
@@ -621,4 +675,29 @@ fn sigterm_flushes_the_last_spans_and_logs() {
     // The last metrics push carries the final request count.
     let metrics = rt.block_on(collector.exported_metrics(1, Duration::from_secs(2)));
     assert!(!metrics.is_empty(), "a last metrics push at stop");
+}
+
+#[test]
+fn bad_telemetry_settings_are_errors_naming_the_key_or_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("t.toml");
+    std::fs::write(
+        &cfg,
+        "[app]\ncommand = [\"true\"]\n[telemetry]\nendpoint = \"http://127.0.0.1:4317\"\nprotocol = \"udp\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = crate::support::run(&["check", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("telemetry.protocol"), "{err}");
+    // A malformed standard variable stops tandem before anything starts, naming it.
+    let out = Command::new(crate::support::bin())
+        .args(["--admin", "", "--", "true"])
+        .env("TANDEM_LOG_FORMAT", "json")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
+        .env("OTEL_TRACES_SAMPLER", "sometimes")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(err.contains("OTEL_TRACES_SAMPLER"), "{err}");
 }

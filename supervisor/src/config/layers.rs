@@ -484,10 +484,6 @@ fn record_sources(
 /// than a file holding one (`token_file`, `keys_file`): `tandem check` prints `[REDACTED]`.
 pub fn is_secret_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
-    // OTLP export headers carry the receiver's API key (`authorization`, `x-api-key`, ...).
-    if k.starts_with("telemetry.headers.") {
-        return true;
-    }
     if k.ends_with("_file") || k.ends_with("_path") || k == "key" {
         return false;
     }
@@ -535,7 +531,8 @@ fn render_table(
         } else {
             format!("{k:?}")
         };
-        let value = if is_secret_key(k) {
+        // OTLP export headers carry the receiver's API key, whatever the header's name.
+        let value = if is_secret_key(k) || path.starts_with("telemetry.headers.") {
             "\"[REDACTED]\"".to_string()
         } else {
             // A secret inside a value (a command line's `--password=...`): the log patterns.

@@ -287,7 +287,10 @@ mod tests {
         assert!(c.validate().unwrap_err().starts_with("telemetry.protocol"));
         c = TelemetryConfig::default();
         c.logs.endpoint = "collector:4318".into();
-        assert!(c.validate().unwrap_err().starts_with("telemetry.logs.endpoint"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .starts_with("telemetry.logs.endpoint"));
         c = TelemetryConfig::default();
         c.traces.sampler_ratio = 2.0;
         assert!(c
@@ -296,6 +299,9 @@ mod tests {
             .starts_with("telemetry.traces.sampler_ratio"));
         c = TelemetryConfig::default();
         c.traces.sampler = "sometimes".into();
-        assert!(c.validate().unwrap_err().starts_with("telemetry.traces.sampler"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .starts_with("telemetry.traces.sampler"));
     }
 }

@@ -24,11 +24,17 @@ fn metadata(e: &Export) -> Result<opentelemetry_otlp::tonic_types::metadata::Met
 }
 
 fn headers(e: &Export) -> HashMap<String, String> {
-    e.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    e.headers
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 fn err(what: &str, e: &Export, error: impl std::fmt::Display) -> String {
-    format!("cannot build the OTLP {what} exporter for {}: {error}", e.endpoint)
+    format!(
+        "cannot build the OTLP {what} exporter for {}: {error}",
+        e.endpoint
+    )
 }
 
 /// The span exporter.

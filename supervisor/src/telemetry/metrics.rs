@@ -164,7 +164,10 @@ impl Push {
 fn encode(registry: &Registry) -> String {
     let mut text = String::new();
     if prometheus_client::encoding::text::encode(&mut text, registry).is_err() {
-        tracing::warn!(event = "otlp_metrics_encode_failed", "cannot encode the metrics registry");
+        tracing::warn!(
+            event = "otlp_metrics_encode_failed",
+            "cannot encode the metrics registry"
+        );
     }
     text
 }
@@ -262,17 +265,23 @@ pub fn start(
             match pushed {
                 Ok(()) => {
                     failures = 0;
-                    stats.exported.get_or_create(&super::export::SignalLabels {
-                        signal: Signal::Metrics.as_str(),
-                    }).inc();
+                    stats
+                        .exported
+                        .get_or_create(&super::export::SignalLabels {
+                            signal: Signal::Metrics.as_str(),
+                        })
+                        .inc();
                 }
                 Err(err) => {
                     // Counters are cumulative: the next push carries what this one lost.
                     failures += 1;
                     stats.drop_n(Signal::Metrics, "export_failed", 1);
-                    stats.failed_requests.get_or_create(&super::export::SignalLabels {
-                        signal: Signal::Metrics.as_str(),
-                    }).inc();
+                    stats
+                        .failed_requests
+                        .get_or_create(&super::export::SignalLabels {
+                            signal: Signal::Metrics.as_str(),
+                        })
+                        .inc();
                     if failures.is_power_of_two() {
                         tracing::warn!(event = "otlp_export_failed", signal = "metrics", failures, error = %err, "OTLP metrics push failed");
                     }

@@ -128,8 +128,9 @@ impl Settings {
         }
         let protocol = match var("OTEL_EXPORTER_OTLP_PROTOCOL") {
             Some(p) => parse_protocol(p, "OTEL_EXPORTER_OTLP_PROTOCOL")?,
-            None => Protocol::parse(&cfg.protocol)
-                .ok_or_else(|| format!("telemetry.protocol: {:?} is not a protocol", cfg.protocol))?,
+            None => Protocol::parse(&cfg.protocol).ok_or_else(|| {
+                format!("telemetry.protocol: {:?} is not a protocol", cfg.protocol)
+            })?,
         };
         let mut headers = cfg.headers.clone();
         if let Some(h) = var("OTEL_EXPORTER_OTLP_HEADERS") {
@@ -173,7 +174,8 @@ impl Settings {
                 e.protocol = parse_protocol(p, &format!("{prefix}_PROTOCOL"))?;
             }
             if let Some(h) = var(&format!("{prefix}_HEADERS")) {
-                e.headers.extend(key_values(h, &format!("{prefix}_HEADERS"))?);
+                e.headers
+                    .extend(key_values(h, &format!("{prefix}_HEADERS"))?);
             }
             if let Some(ms) = var(&format!("{prefix}_TIMEOUT")) {
                 e.timeout = millis(ms, &format!("{prefix}_TIMEOUT"))?;
@@ -197,25 +199,26 @@ impl Settings {
             };
             Ok(Some(e))
         };
-        let queue = |sig: &str, size: usize, batch: usize, delay: Duration| -> Result<Queue, String> {
-            let num = |k: String, d: usize| -> Result<usize, String> {
-                match var(&k) {
-                    Some(v) => v
-                        .parse::<usize>()
-                        .ok()
-                        .filter(|n| *n > 0)
-                        .ok_or_else(|| format!("{k}: {v:?} is not a positive number")),
-                    None => Ok(d),
-                }
+        let queue =
+            |sig: &str, size: usize, batch: usize, delay: Duration| -> Result<Queue, String> {
+                let num = |k: String, d: usize| -> Result<usize, String> {
+                    match var(&k) {
+                        Some(v) => v
+                            .parse::<usize>()
+                            .ok()
+                            .filter(|n| *n > 0)
+                            .ok_or_else(|| format!("{k}: {v:?} is not a positive number")),
+                        None => Ok(d),
+                    }
+                };
+                let size = num(format!("OTEL_{sig}_MAX_QUEUE_SIZE"), size)?;
+                let batch = num(format!("OTEL_{sig}_MAX_EXPORT_BATCH_SIZE"), batch)?.min(size);
+                let delay = match var(&format!("OTEL_{sig}_SCHEDULE_DELAY")) {
+                    Some(ms) => millis(ms, &format!("OTEL_{sig}_SCHEDULE_DELAY"))?,
+                    None => delay,
+                };
+                Ok(Queue { size, batch, delay })
             };
-            let size = num(format!("OTEL_{sig}_MAX_QUEUE_SIZE"), size)?;
-            let batch = num(format!("OTEL_{sig}_MAX_EXPORT_BATCH_SIZE"), batch)?.min(size);
-            let delay = match var(&format!("OTEL_{sig}_SCHEDULE_DELAY")) {
-                Some(ms) => millis(ms, &format!("OTEL_{sig}_SCHEDULE_DELAY"))?,
-                None => delay,
-            };
-            Ok(Queue { size, batch, delay })
-        };
         let t = &cfg.traces;
         let traces = match export(Signal::Traces, t.enabled, &t.endpoint)? {
             Some(e) => Some((
@@ -255,11 +258,7 @@ impl Settings {
     }
 }
 
-fn sampling(
-    name: &str,
-    ratio: f64,
-    env: &BTreeMap<String, String>,
-) -> Result<Sampling, String> {
+fn sampling(name: &str, ratio: f64, env: &BTreeMap<String, String>) -> Result<Sampling, String> {
     let var = |k: &str| env.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
     let name = var("OTEL_TRACES_SAMPLER").unwrap_or(name);
     if !SAMPLERS.contains(&name) {
@@ -273,7 +272,9 @@ fn sampling(
             .parse::<f64>()
             .ok()
             .filter(|r| (0.0..=1.0).contains(r))
-            .ok_or_else(|| format!("OTEL_TRACES_SAMPLER_ARG: {v:?} is not a ratio from 0.0 to 1.0"))?,
+            .ok_or_else(|| {
+                format!("OTEL_TRACES_SAMPLER_ARG: {v:?} is not a ratio from 0.0 to 1.0")
+            })?,
         _ => ratio,
     };
     Ok(match name {
@@ -366,7 +367,10 @@ mod tests {
             ..TelemetryConfig::default()
         };
         let s = resolve(&cfg, &[]).expect("ok").expect("on");
-        assert_eq!(s.traces.as_ref().expect("t").0.endpoint, "http://file:4318/v1/traces");
+        assert_eq!(
+            s.traces.as_ref().expect("t").0.endpoint,
+            "http://file:4318/v1/traces"
+        );
         let s = resolve(
             &cfg,
             &[
@@ -376,7 +380,10 @@ mod tests {
                 ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=a%20b,x=1"),
                 ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
                 ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
-                ("OTEL_RESOURCE_ATTRIBUTES", "service.version=1.2,deployment.environment.name=prod"),
+                (
+                    "OTEL_RESOURCE_ATTRIBUTES",
+                    "service.version=1.2,deployment.environment.name=prod",
+                ),
                 ("OTEL_SERVICE_NAME", "svc"),
             ],
         )
@@ -388,7 +395,10 @@ mod tests {
         assert_eq!(sampling, Sampling::ParentBased(0.25));
         assert_eq!(s.logs.expect("l").0.endpoint, "http://logs:9/custom");
         let (m, _) = s.metrics.expect("m");
-        assert_eq!((m.endpoint.as_str(), m.protocol), ("http://env:4318/", Protocol::Grpc));
+        assert_eq!(
+            (m.endpoint.as_str(), m.protocol),
+            ("http://env:4318/", Protocol::Grpc)
+        );
         assert_eq!(s.resource["service.version"], "1.2");
         assert_eq!(s.resource["service.name"], "svc");
     }
@@ -408,8 +418,8 @@ mod tests {
             let err = resolve(&cfg, &[on, (k, v)]).expect_err(k);
             assert!(err.starts_with(k), "{err}");
         }
-        let err = resolve(&cfg, &[("OTEL_EXPORTER_OTLP_ENDPOINT", "localhost:4317")])
-            .expect_err("url");
+        let err =
+            resolve(&cfg, &[("OTEL_EXPORTER_OTLP_ENDPOINT", "localhost:4317")]).expect_err("url");
         assert!(err.starts_with("OTEL_EXPORTER_OTLP_ENDPOINT"), "{err}");
     }
 }

@@ -20,9 +20,7 @@ use super::settings::{Export, Queue, Sampling, Signal};
 /// The sampler for `s`: parent-based unless the operator chose a plain ratio.
 pub fn sampler(s: Sampling) -> Sampler {
     match s {
-        Sampling::ParentBased(r) => {
-            Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(r)))
-        }
+        Sampling::ParentBased(r) => Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(r))),
         Sampling::ParentBasedAlwaysOn => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
         Sampling::ParentBasedAlwaysOff => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
         Sampling::Ratio(r) if r >= 1.0 => Sampler::AlwaysOn,

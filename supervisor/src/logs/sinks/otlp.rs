@@ -53,7 +53,10 @@ impl OtlpSink {
             lr.add_attribute("tandem.app.pid", i64::from(pid));
         }
         if r.origin.restart_count > 0 {
-            lr.add_attribute("tandem.app.restart_count", i64::from(r.origin.restart_count));
+            lr.add_attribute(
+                "tandem.app.restart_count",
+                i64::from(r.origin.restart_count),
+            );
         }
         if r.partial.is_some() {
             lr.add_attribute("tandem.partial", true);
@@ -69,7 +72,11 @@ impl OtlpSink {
                 lr.add_attribute(Key::new(k), any_value(v));
             }
         }
-        if let Some(trace) = r.trace_id.as_deref().and_then(|t| TraceId::from_hex(t).ok()) {
+        if let Some(trace) = r
+            .trace_id
+            .as_deref()
+            .and_then(|t| TraceId::from_hex(t).ok())
+        {
             let span = r
                 .span_id
                 .as_deref()
