@@ -64,6 +64,7 @@ mod stack;
 mod tcp;
 mod timeout;
 mod tls;
+mod trace;
 mod upgrade;
 mod upstream;
 mod upstream_tls;
@@ -85,3 +86,6 @@ pub use metered::{ATTEMPT_COUNT, UPSTREAM_SERVICE_TIME};
 pub use metrics::Metrics;
 pub use spec::parse_listener_spec;
 pub use tokio_util::sync::CancellationToken;
+pub use trace::{
+    extract as extract_trace_context, inject as inject_trace_context, SharedTracer, TRACEPARENT,
+};

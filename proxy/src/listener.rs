@@ -23,6 +23,7 @@ use crate::edge::Edge;
 use crate::metrics::{ListenerMetrics, Metrics};
 use crate::replay::UpstreamBody;
 use crate::upstream_tls::AppConnector;
+use crate::trace::SharedTracer;
 
 /// Observers the caller plugs in: an access-log sink and metrics. Both optional.
 #[derive(Clone, Default)]
@@ -31,6 +32,8 @@ pub struct Hooks {
     pub access_log: Option<AccessLogFn>,
     /// Metric handles, registered in the caller's registry.
     pub metrics: Option<Metrics>,
+    /// Spans per request and per attempt; None: tracing off (no per-request cost).
+    pub tracer: Option<SharedTracer>,
 }
 
 impl std::fmt::Debug for Hooks {
@@ -38,6 +41,7 @@ impl std::fmt::Debug for Hooks {
         f.debug_struct("Hooks")
             .field("access_log", &self.access_log.is_some())
             .field("metrics", &self.metrics.is_some())
+            .field("tracer", &self.tracer.is_some())
             .finish()
     }
 }
@@ -53,6 +57,13 @@ impl Hooks {
     /// Adds an access-log sink.
     pub fn with_access_log(mut self, f: impl Fn(&AccessRecord) + Send + Sync + 'static) -> Self {
         self.access_log = Some(Arc::new(f));
+        self
+    }
+
+    /// Traces every request: a SERVER span per request, a CLIENT span per attempt, the
+    /// attempt's `traceparent` passed to the app.
+    pub fn with_tracer(mut self, tracer: SharedTracer) -> Self {
+        self.tracer = Some(tracer);
         self
     }
 

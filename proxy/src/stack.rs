@@ -18,7 +18,8 @@ use crate::cause::ProxyBody;
 use crate::conn::ConnActivity;
 use crate::listener::Listener;
 use crate::{
-    auth, hygiene, limits, metered, mtls, ratelimit, ready, retry, shed, timeout, upgrade, upstream,
+    auth, hygiene, limits, metered, mtls, ratelimit, ready, retry, shed, timeout, trace, upgrade,
+    upstream,
 };
 
 /// The future every layer returns.
@@ -40,6 +41,13 @@ pub(crate) fn build(
     ServiceBuilder::new()
         // access log, RED metrics, attempt headers; a cause becomes tandem's response
         .layer(metered::layer(l.clone(), conn))
+        // the SERVER span, under the caller's trace context (absent when tracing is off)
+        .option_layer(
+            l.hooks
+                .tracer
+                .is_some()
+                .then(|| trace::layer(l.clone(), peer)),
+        )
         // over max_concurrent in flight: 503 + Retry-After
         .layer(shed::layer(l.clone()))
         // header size/count: 431; Content-Length over the body limit: 413

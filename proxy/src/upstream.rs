@@ -20,6 +20,7 @@ use crate::context::Ctx;
 use crate::listener::Listener;
 use crate::replay::{body_error_cause, UpstreamBody};
 use crate::stack::BoxFuture;
+use crate::trace::AttemptSpan;
 
 /// Sends one attempt to the app.
 #[derive(Clone)]
@@ -42,22 +43,27 @@ impl Service<Request<UpstreamBody>> for Upstream {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<UpstreamBody>) -> Self::Future {
+    fn call(&mut self, mut req: Request<UpstreamBody>) -> Self::Future {
         let l = self.l.clone();
         Box::pin(async move {
             let ctx = Ctx::of(&req);
-            ctx.add_attempt();
+            let attempt = ctx.add_attempt();
+            let span = AttemptSpan::start(&l, &mut req, attempt);
             if let Some(m) = &l.metrics {
                 m.attempts.inc();
             }
             let sent = Instant::now();
             let result = tokio::time::timeout(l.cfg.timeouts.per_try, l.client.request(req)).await;
             ctx.set_upstream_time(sent.elapsed());
-            match result {
+            let result = match result {
                 Err(_) => Err(Cause::PerTryTimeout),
                 Ok(Err(e)) => Err(classify(&e)),
                 Ok(Ok(resp)) => Ok(resp.map(|b| b.boxed_unsync())),
+            };
+            if let Some(span) = span {
+                span.finish(result.as_ref().map(|r| r.status().as_u16()).map_err(|c| *c));
             }
+            result
         })
     }
 }

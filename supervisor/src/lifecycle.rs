@@ -9,7 +9,8 @@
 //!    │        └─ no ─▶ exit with the app's code
 //!    └─ SIGTERM/INT/QUIT ─▶ Stopping: STOPPING=1, /readyz 503 ─▶ shutdown.delay
 //!         ─▶ drain proxy ─▶ stop_signal to the app's group ─▶ stop_timeout ─▶ SIGKILL
-//!         ─▶ read pipes to EOF, flush logs ─▶ forward the pass-through's queue ─▶ exit(code)
+//!         ─▶ read pipes to EOF, flush logs ─▶ forward the pass-through's queue
+//!         ─▶ flush OTLP (spans, logs, metrics) ─▶ exit(code)
 //! ```
 //! Other modules only offer operations (bind, serve, drain, spawn, probe, flush); this file
 //! alone decides their order. A second stop signal at any point of Stopping SIGKILLs at once.
@@ -129,6 +130,9 @@ pub async fn run(cfg: Config, opts: Options) -> i32 {
     sup.finish_proxy().await;
     sup.finish_logs().await;
     sup.finish_passthrough().await;
+    // Last: the spans of the drained requests and the records of the flushed logs are now
+    // all in the export queues.
+    sup.finish_telemetry().await;
     sup.finish(code)
 }
 
@@ -162,6 +166,10 @@ struct Supervisor {
     access_injector: Option<crate::logs::Injector>,
     /// The OTLP pass-through for the app's own telemetry, when enabled.
     passthrough: Option<Passthrough>,
+    /// OTLP export settings, resolved (with `OTEL_*`) before anything starts; None: off.
+    otlp: Option<crate::telemetry::Settings>,
+    /// The running OTLP export.
+    telemetry: Option<crate::telemetry::Telemetry>,
 }
 
 /// Exit statuses for exec probes come from the one reaper (see `child::reap`).
@@ -198,6 +206,17 @@ impl Supervisor {
             tracing::warn!(event = "notify_unavailable", error = %e, "sd_notify disabled");
             Notifier::disabled()
         });
+        let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+        let otlp = crate::telemetry::Settings::resolve(
+            &cfg.telemetry,
+            cfg.service.version.as_deref(),
+            crate::telemetry::resource::attributes(&cfg.service_name()),
+            &env,
+        )
+        .map_err(|e| {
+            tracing::error!(event = "config_error", "{e}");
+            exit::CONFIG
+        })?;
         let spec = cfg
             .app
             .command
@@ -234,12 +253,18 @@ impl Supervisor {
             watchdog: None,
             access_injector: None,
             passthrough: None,
+            otlp,
+            telemetry: None,
         })
     }
 
     /// The state machine, top to bottom. Returns the exit code.
     async fn run(&mut self) -> i32 {
         self.set_phase(Phase::Starting, None);
+        // OTLP export before its users: the log pipeline's sink and the proxy's tracer.
+        if let Err(code) = self.start_telemetry() {
+            return code;
+        }
         // The log pipeline starts first, so the first line (and the first access record)
         // already has a reader.
         if let Err(code) = self.start_logs() {
@@ -634,6 +659,9 @@ impl Supervisor {
             .as_mut()
             .expect("the registry is taken by the admin port, after the proxy");
         let mut hooks = Hooks::new().with_metrics(registry);
+        if let Some(tracer) = self.telemetry.as_ref().and_then(|t| t.tracer()) {
+            hooks = hooks.with_tracer(tracer);
+        }
         if self.cfg.proxy.access_log {
             if let Some(logs) = &self.logs {
                 let injector = logs.injector();
@@ -721,6 +749,14 @@ impl Supervisor {
                 injected_dropped: self.access_injector.clone(),
             }));
         }
+        let registry = Arc::new(registry);
+        if let Some(t) = &mut self.telemetry {
+            // Every family is registered by now: the OTLP push reads the same registry.
+            if let Err(e) = t.start_metrics(registry.clone()) {
+                tracing::error!(event = "otlp_failed", error = %e, "cannot start the OTLP metrics push");
+                return Err(exit::CONFIG);
+            }
+        }
         let listen = self.cfg.admin.listen.trim();
         if listen.is_empty() {
             return Ok(());
@@ -749,7 +785,7 @@ impl Supervisor {
         let state = Arc::new(AdminState {
             service: self.cfg.service_name(),
             status: self.status.subscribe(),
-            registry: Arc::new(registry),
+            registry,
             started: std::time::Instant::now(),
         });
         // Off loopback the admin port requires a bearer token (config validation made sure a
@@ -854,10 +890,45 @@ impl Supervisor {
         });
     }
 
+    /// Start the OTLP export queues (spans, logs), when an endpoint is configured.
+    fn start_telemetry(&mut self) -> Result<(), i32> {
+        let Some(settings) = self.otlp.take() else {
+            return Ok(());
+        };
+        let registry = self
+            .registry
+            .as_mut()
+            .expect("the registry is taken by the admin port, after telemetry");
+        match crate::telemetry::Telemetry::start(settings, registry) {
+            Ok(t) => {
+                self.telemetry = Some(t);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(event = "otlp_failed", error = %e, "cannot start the OTLP export");
+                Err(exit::CONFIG)
+            }
+        }
+    }
+
+    /// Send the last spans, log records and metrics (bounded by telemetry.shutdown_timeout).
+    async fn finish_telemetry(&mut self) {
+        if let Some(t) = self.telemetry.take() {
+            t.shutdown().await;
+        }
+    }
+
     /// Start the log pipeline (and tail mode, if configured).
     fn start_logs(&mut self) -> Result<(), i32> {
         let ctx = LogContext::from_process(self.cfg.service_name());
-        let started = Pipeline::start(&self.cfg.logs, ctx).and_then(|p| p.tail().map(|()| p));
+        let extra: Vec<_> = self
+            .telemetry
+            .as_ref()
+            .and_then(|t| t.log_sink())
+            .into_iter()
+            .collect();
+        let started =
+            Pipeline::start_with(&self.cfg.logs, ctx, extra).and_then(|p| p.tail().map(|()| p));
         match started {
             Ok(p) => {
                 self.logs = Some(p);

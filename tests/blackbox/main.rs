@@ -13,6 +13,7 @@ mod exit_codes;
 mod logs;
 mod nomad;
 mod notify;
+mod otel;
 mod passthrough;
 mod proxy;
 mod reaping;

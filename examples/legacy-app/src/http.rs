@@ -22,6 +22,9 @@ pub struct Request {
     pub body: Vec<u8>,
     /// Whether the client wants the connection kept open after the response.
     pub keep_alive: bool,
+    /// The W3C `traceparent` header, when sent (logged, so an instrumented app's trace id
+    /// shows up in its logs).
+    pub traceparent: Option<String>,
 }
 
 /// Why a request could not be read.
@@ -59,6 +62,7 @@ pub fn read_request(reader: &mut impl BufRead) -> Result<Request, ReadError> {
     }
     let mut keep_alive = version == "HTTP/1.1";
     let mut content_length = 0usize;
+    let mut traceparent = None;
     for _ in 0..=MAX_HEADERS {
         let line = read_line(reader, &mut head_bytes)?.ok_or(ReadError::Bad(
             400,
@@ -80,6 +84,7 @@ pub fn read_request(reader: &mut impl BufRead) -> Result<Request, ReadError> {
                 query,
                 body,
                 keep_alive,
+                traceparent,
             });
         }
         let Some((name, value)) = line.split_once(':') else {
@@ -92,6 +97,7 @@ pub fn read_request(reader: &mut impl BufRead) -> Result<Request, ReadError> {
                     .parse()
                     .map_err(|_| ReadError::Bad(400, "invalid content-length"))?;
             }
+            "traceparent" => traceparent = Some(value.to_string()),
             "transfer-encoding" => {
                 return Err(ReadError::Bad(411, "chunked bodies are not supported"));
             }

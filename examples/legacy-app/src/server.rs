@@ -140,21 +140,26 @@ fn connection(stream: TcpStream) {
         };
         let keep_alive = req.keep_alive && !SHUTTING_DOWN.load(Ordering::SeqCst);
         let written = http::write_response(&mut writer, status, &body, keep_alive);
+        let mut fields = vec![
+            ("method", Field::Str(&req.method)),
+            ("path", Field::Str(&req.path)),
+            ("status", Field::Num(u64::from(status))),
+            ("bytes", Field::Num(body.len() as u64)),
+            (
+                "duration_ms",
+                Field::Num(started.elapsed().as_millis() as u64),
+            ),
+            ("peer", Field::Str(&peer)),
+        ];
+        // As an instrumented app would: its log line carries the trace it was called in.
+        if let Some(tp) = &req.traceparent {
+            fields.push(("traceparent", Field::Str(tp)));
+        }
         log::json(
             Stream::Stdout,
             if status >= 500 { "error" } else { "info" },
             "request",
-            &[
-                ("method", Field::Str(&req.method)),
-                ("path", Field::Str(&req.path)),
-                ("status", Field::Num(u64::from(status))),
-                ("bytes", Field::Num(body.len() as u64)),
-                (
-                    "duration_ms",
-                    Field::Num(started.elapsed().as_millis() as u64),
-                ),
-                ("peer", Field::Str(&peer)),
-            ],
+            &fields,
         );
         drop(in_flight);
         if written.is_err() || !keep_alive {

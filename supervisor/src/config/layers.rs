@@ -95,6 +95,7 @@ const RESERVED_ENV: &[&str] = &["TANDEM_LOG", "TANDEM_LOG_FORMAT"];
 /// Keys that have no default (so they are absent from the defaults table) but may be set.
 const OPTIONAL_KEYS: &[&str] = &[
     "service.name",
+    "service.version",
     "app.workdir",
     "app.user",
     "app.group",
@@ -562,7 +563,8 @@ fn render_table(
         } else {
             format!("{k:?}")
         };
-        let value = if is_secret_key(k) {
+        // OTLP export headers carry the receiver's API key, whatever the header's name.
+        let value = if is_secret_key(k) || path.starts_with("telemetry.headers.") {
             "\"[REDACTED]\"".to_string()
         } else {
             // A secret inside a value (a command line's `--password=...`): the log patterns;

@@ -114,6 +114,9 @@ pub struct ServiceConfig {
     /// Service name; defaults to the file name of the app's command.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// `service.version` on every OTLP resource (`OTEL_RESOURCE_ATTRIBUTES` may set it too).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 /// The app tandem runs as its child.
@@ -280,6 +283,7 @@ impl Config {
             .passthrough
             .validate()
             .map_err(|e| e.to_string())?;
+        self.telemetry.validate()?;
         let r = &self.restart;
         if !(r.multiplier >= 1.0 && r.multiplier.is_finite()) {
             return Err(format!(

@@ -1,10 +1,307 @@
-//! The `[telemetry]` section of the config.
+//! The `[telemetry]` section of the config: where tandem's OTLP goes and how much it may hold.
+//!
+//! Export is off until an endpoint is known (`telemetry.endpoint`, a per-signal endpoint, or
+//! `OTEL_EXPORTER_OTLP_ENDPOINT`); the standard `OTEL_*` variables are applied over these keys
+//! at start (see [`super::settings`]), the way `TANDEM_*` variables are applied over files.
+use std::collections::BTreeMap;
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 /// OpenTelemetry export and pass-through.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetryConfig {
+    /// OTLP receiver base URL (`http://collector:4317` for gRPC, `http://collector:4318` for
+    /// HTTP, where `/v1/traces` etc. are appended); `""`: off unless `OTEL_*` sets one.
+    pub endpoint: String,
+    /// `grpc` or `http/protobuf`.
+    pub protocol: String,
+    /// Headers on every export request (e.g. an API key); values are redacted by `tandem check`.
+    pub headers: BTreeMap<String, String>,
+    /// Longest one export request may take.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How long a batch is retried (exponential backoff) while the receiver is down; after
+    /// that it is dropped and counted in `tandem_otlp_dropped_total{reason="export_failed"}`.
+    #[serde(with = "humantime_serde")]
+    pub retry_for: Duration,
+    /// At stop: the longest tandem waits for the last spans, logs and metrics to be sent.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// Extra resource attributes (`deployment.environment.name = "prod"`).
+    pub resource: BTreeMap<String, String>,
+    /// The proxy's spans.
+    pub traces: TracesConfig,
+    /// The app's log records.
+    pub logs: SignalConfig,
+    /// tandem's metrics (the same as `/metrics`).
+    pub metrics: MetricsConfig,
     /// OTLP receiver for the app's own telemetry (see [`super::passthrough`]).
     pub passthrough: super::passthrough::PassthroughConfig,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: String::new(),
+            protocol: "grpc".into(),
+            headers: BTreeMap::new(),
+            timeout: Duration::from_secs(10),
+            retry_for: Duration::from_secs(60),
+            shutdown_timeout: Duration::from_secs(5),
+            resource: BTreeMap::new(),
+            traces: TracesConfig::default(),
+            logs: SignalConfig::default(),
+            metrics: MetricsConfig::default(),
+            passthrough: Default::default(),
+        }
+    }
+}
+
+/// What every exported signal has.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SignalConfig {
+    /// Export this signal (when an endpoint is known).
+    pub enabled: bool,
+    /// This signal's own URL, used as given (for HTTP include the path, `/v1/logs`).
+    pub endpoint: String,
+    /// Records held while waiting for export; when full, new ones are dropped and counted.
+    pub queue_size: usize,
+    /// Records per export request.
+    pub batch_size: usize,
+    /// Longest a record waits for its batch to fill.
+    #[serde(with = "humantime_serde")]
+    pub batch_delay: Duration,
+}
+
+impl Default for SignalConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            endpoint: String::new(),
+            queue_size: 2048,
+            batch_size: 512,
+            batch_delay: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Traces: a signal plus its sampler.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracesConfig {
+    /// Export spans (when an endpoint is known).
+    pub enabled: bool,
+    /// The traces URL, used as given (for HTTP include `/v1/traces`).
+    pub endpoint: String,
+    /// Spans held while waiting for export; when full, new ones are dropped and counted.
+    pub queue_size: usize,
+    /// Spans per export request.
+    pub batch_size: usize,
+    /// Longest a span waits for its batch to fill.
+    #[serde(with = "humantime_serde")]
+    pub batch_delay: Duration,
+    /// `parentbased_traceidratio` (default), `parentbased_always_on`, `parentbased_always_off`,
+    /// `traceidratio`, `always_on`, `always_off` (`OTEL_TRACES_SAMPLER`'s names).
+    pub sampler: String,
+    /// The ratio of new traces sampled, 0.0 to 1.0 (`OTEL_TRACES_SAMPLER_ARG`).
+    pub sampler_ratio: f64,
+}
+
+impl Default for TracesConfig {
+    fn default() -> Self {
+        let s = SignalConfig::default();
+        Self {
+            enabled: s.enabled,
+            endpoint: s.endpoint,
+            queue_size: s.queue_size,
+            batch_size: s.batch_size,
+            batch_delay: s.batch_delay,
+            sampler: "parentbased_traceidratio".into(),
+            sampler_ratio: 1.0,
+        }
+    }
+}
+
+// === impl TracesConfig ===
+
+impl TracesConfig {
+    /// The keys every signal has.
+    pub fn signal(&self) -> SignalConfig {
+        SignalConfig {
+            enabled: self.enabled,
+            endpoint: self.endpoint.clone(),
+            queue_size: self.queue_size,
+            batch_size: self.batch_size,
+            batch_delay: self.batch_delay,
+        }
+    }
+}
+
+/// Metrics: a periodic push of the same instruments `/metrics` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Push metrics (when an endpoint is known).
+    pub enabled: bool,
+    /// The metrics URL, used as given (for HTTP include `/v1/metrics`).
+    pub endpoint: String,
+    /// Time between pushes (`OTEL_METRIC_EXPORT_INTERVAL`).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            endpoint: String::new(),
+            interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The export protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// OTLP/gRPC (default port 4317).
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies (default port 4318).
+    HttpProtobuf,
+}
+
+impl Protocol {
+    /// Parse the names `OTEL_EXPORTER_OTLP_PROTOCOL` uses.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim() {
+            "grpc" => Some(Self::Grpc),
+            "http/protobuf" | "http" => Some(Self::HttpProtobuf),
+            _ => None,
+        }
+    }
+}
+
+/// The sampler names `OTEL_TRACES_SAMPLER` uses.
+pub const SAMPLERS: [&str; 6] = [
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+];
+
+// === impl TelemetryConfig ===
+
+impl TelemetryConfig {
+    /// Checks serde cannot express; each error names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if Protocol::parse(&self.protocol).is_none() {
+            return Err(format!(
+                "telemetry.protocol: {:?} is not a protocol (grpc | http/protobuf)",
+                self.protocol
+            ));
+        }
+        for (key, url) in [
+            ("telemetry.endpoint", &self.endpoint),
+            ("telemetry.traces.endpoint", &self.traces.endpoint),
+            ("telemetry.logs.endpoint", &self.logs.endpoint),
+            ("telemetry.metrics.endpoint", &self.metrics.endpoint),
+        ] {
+            check_url(url).map_err(|e| format!("{key}: {e}"))?;
+        }
+        for name in self.headers.keys() {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(format!(
+                    "telemetry.headers: {name:?} is not a valid header name"
+                ));
+            }
+        }
+        if !SAMPLERS.contains(&self.traces.sampler.as_str()) {
+            return Err(format!(
+                "telemetry.traces.sampler: {:?} is not a sampler ({})",
+                self.traces.sampler,
+                SAMPLERS.join(" | ")
+            ));
+        }
+        let r = self.traces.sampler_ratio;
+        if !(0.0..=1.0).contains(&r) {
+            return Err(format!(
+                "telemetry.traces.sampler_ratio: must be between 0.0 and 1.0, got {r}"
+            ));
+        }
+        for (key, s) in &[
+            ("telemetry.traces", &self.traces.signal()),
+            ("telemetry.logs", &self.logs),
+        ] {
+            if s.queue_size == 0 || s.batch_size == 0 {
+                return Err(format!(
+                    "{key}.queue_size and {key}.batch_size: must be at least 1"
+                ));
+            }
+            if s.batch_size > s.queue_size {
+                return Err(format!(
+                    "{key}.batch_size ({}) is larger than {key}.queue_size ({})",
+                    s.batch_size, s.queue_size
+                ));
+            }
+        }
+        for (key, d) in [
+            ("telemetry.timeout", self.timeout),
+            ("telemetry.metrics.interval", self.metrics.interval),
+        ] {
+            if d.is_zero() {
+                return Err(format!("{key}: must be more than 0s"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An endpoint is empty (unset) or an absolute http(s) URL.
+pub fn check_url(url: &str) -> Result<(), String> {
+    if url.is_empty() {
+        return Ok(());
+    }
+    match url.parse::<http::Uri>() {
+        Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some() => {
+            Ok(())
+        }
+        _ => Err(format!(
+            "{url:?} is not an http:// or https:// URL with a host"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_key() {
+        let mut c = TelemetryConfig::default();
+        assert!(c.validate().is_ok());
+        c.protocol = "udp".into();
+        assert!(c.validate().unwrap_err().starts_with("telemetry.protocol"));
+        c = TelemetryConfig::default();
+        c.logs.endpoint = "collector:4318".into();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .starts_with("telemetry.logs.endpoint"));
+        c = TelemetryConfig::default();
+        c.traces.sampler_ratio = 2.0;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .starts_with("telemetry.traces.sampler_ratio"));
+        c = TelemetryConfig::default();
+        c.traces.sampler = "sometimes".into();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .starts_with("telemetry.traces.sampler"));
+    }
 }

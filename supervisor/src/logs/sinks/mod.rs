@@ -13,6 +13,7 @@ use super::record::Record;
 
 pub mod file;
 pub mod json;
+pub mod otlp;
 pub mod pretty;
 pub mod stdout;
 pub mod worker;
