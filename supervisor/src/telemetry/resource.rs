@@ -9,7 +9,37 @@ use crate::logs::LogContext;
 /// `service.instance.id` is the host name and tandem's pid unless Nomad's alloc id is known.
 pub fn attributes(service: &str) -> BTreeMap<String, String> {
     let ctx = LogContext::from_process(service);
-    from_context(&ctx, std::process::id())
+    let mut out = from_context(&ctx, std::process::id());
+    if let Some(unit) = std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|c| systemd_unit(&c))
+    {
+        out.insert("systemd.unit".into(), unit);
+    }
+    if let Some(name) = std::env::current_exe()
+        .ok()
+        .and_then(|p| Some(p.file_name()?.to_string_lossy().into_owned()))
+    {
+        out.insert("process.executable.name".into(), name);
+    }
+    out.insert("os.type".into(), "linux".into());
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    out.insert("host.arch".into(), arch.into());
+    out
+}
+
+/// The systemd service tandem runs in, from `/proc/self/cgroup` (`0::/system.slice/x.service`).
+pub fn systemd_unit(cgroup: &str) -> Option<String> {
+    cgroup
+        .lines()
+        .filter_map(|l| l.rsplit(':').next())
+        .flat_map(|path| path.split('/'))
+        .rfind(|seg| seg.ends_with(".service"))
+        .map(str::to_string)
 }
 
 /// Build from an already-read [`LogContext`] (testable without touching the process).
@@ -40,6 +70,22 @@ pub fn from_context(ctx: &LogContext, pid: u32) -> BTreeMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn systemd_unit_from_cgroup() {
+        assert_eq!(
+            systemd_unit("0::/system.slice/billing.service\n").as_deref(),
+            Some("billing.service")
+        );
+        assert_eq!(
+            systemd_unit(
+                "12:pids:/user.slice/user-1000.slice/user@1000.service/app.slice/x.service"
+            )
+            .as_deref(),
+            Some("x.service")
+        );
+        assert_eq!(systemd_unit("0::/docker/abc"), None);
+    }
 
     #[test]
     fn nomad_alloc_is_the_instance() {
