@@ -6,19 +6,15 @@
 //! is a [`Cause`] (401 with `WWW-Authenticate`, or 403), answered by `metered` like any other.
 
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use http::{header, HeaderName, HeaderValue, Request, Response};
-use tower::{Layer, Service, ServiceExt};
+use http::{header, HeaderName, HeaderValue, Request};
 
 use crate::apikey::ApiKeys;
 use crate::basic::BasicUsers;
-use crate::cause::{Cause, Challenge, ProxyBody};
+use crate::cause::{Cause, Challenge};
 use crate::config::AuthConfig;
 use crate::error::FileError;
 use crate::jwt::{claim_text, JwtAuth, Reject};
-use crate::listener::Listener;
-use crate::stack::BoxFuture;
 
 /// The credential check a listener uses.
 #[derive(Debug)]
@@ -75,7 +71,7 @@ impl Auth {
     }
 
     /// Checks the request's credentials, rewriting its headers for the app.
-    fn check<B>(&self, req: &mut Request<B>) -> Result<(), Cause> {
+    pub(crate) fn check<B>(&self, req: &mut Request<B>) -> Result<(), Cause> {
         if let Method::Jwt(j) = &self.method {
             for (_, h) in j.forwarded_headers() {
                 req.headers_mut().remove(h);
@@ -128,44 +124,5 @@ impl Auth {
                 Ok(())
             }
         }
-    }
-}
-
-/// The auth layer (a no-op on listeners without `auth`).
-pub(crate) fn layer<S>(l: Arc<Listener>) -> impl Layer<S, Service = Authenticate<S>> + Clone {
-    tower::layer::layer_fn(move |inner| Authenticate {
-        inner,
-        auth: l.edge.auth.clone(),
-    })
-}
-
-/// See [`layer`].
-#[derive(Clone)]
-pub(crate) struct Authenticate<S> {
-    inner: S,
-    auth: Option<Arc<Auth>>,
-}
-
-impl<S, B> Service<Request<B>> for Authenticate<S>
-where
-    S: Service<Request<B>, Response = Response<ProxyBody>, Error = Cause> + Clone + Send + 'static,
-    S::Future: Send,
-    B: Send + 'static,
-{
-    type Response = Response<ProxyBody>;
-    type Error = Cause;
-    type Future = BoxFuture<Result<Response<ProxyBody>, Cause>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Cause>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        if let Some(auth) = &self.auth {
-            if let Err(cause) = auth.check(&mut req) {
-                return Box::pin(async move { Err(cause) });
-            }
-        }
-        Box::pin(self.inner.clone().oneshot(req))
     }
 }
