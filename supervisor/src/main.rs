@@ -12,11 +12,6 @@ use tandem::{
 };
 use tracing_subscriber::{fmt, EnvFilter};
 
-// mimalloc rather than glibc's malloc: the proxy allocates per request (hyper's buffers and
-// header maps), and glibc's malloc/free were ~9% of its CPU (BENCHMARKS.md, profile).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
