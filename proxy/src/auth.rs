@@ -3,24 +3,20 @@
 //!
 //! Invariant: headers tandem vouches for (forwarded JWT claims) are removed from every
 //! request first, exempt or not, so the app only ever sees values tandem verified; a refusal
-//! is a [`Cause`] (401 with `WWW-Authenticate`, or 403), answered by `metered` like any other.
+//! is a [`Cause`] (401 with `WWW-Authenticate`, or 403), answered by the stack like any other.
 //! A token whose key is unknown to a JWKS-URL listener waits for one (rate-bounded) refetch
 //! and is checked again; everything else is decided without awaiting.
 
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use http::{header, HeaderName, HeaderValue, Request, Response};
-use tower::{Layer, Service, ServiceExt};
+use http::{header, HeaderName, HeaderValue, Request};
 
 use crate::apikey::ApiKeys;
 use crate::basic::BasicUsers;
-use crate::cause::{Cause, Challenge, ProxyBody};
+use crate::cause::{Cause, Challenge};
 use crate::config::AuthConfig;
 use crate::error::FileError;
 use crate::jwt::{claim_text, JwtAuth, Reject};
-use crate::listener::Listener;
-use crate::stack::BoxFuture;
 
 /// The credential check a listener uses.
 #[derive(Debug)]
@@ -148,60 +144,23 @@ impl Auth {
             }
         }
     }
-}
 
-/// The auth layer (a no-op on listeners without `auth`).
-pub(crate) fn layer<S>(l: Arc<Listener>) -> impl Layer<S, Service = Authenticate<S>> + Clone {
-    tower::layer::layer_fn(move |inner| Authenticate {
-        inner,
-        auth: l.edge.auth.clone(),
-    })
-}
-
-/// See [`layer`].
-#[derive(Clone)]
-pub(crate) struct Authenticate<S> {
-    inner: S,
-    auth: Option<Arc<Auth>>,
-}
-
-impl<S, B> Service<Request<B>> for Authenticate<S>
-where
-    S: Service<Request<B>, Response = Response<ProxyBody>, Error = Cause> + Clone + Send + 'static,
-    S::Future: Send,
-    B: Send + 'static,
-{
-    type Response = Response<ProxyBody>;
-    type Error = Cause;
-    type Future = BoxFuture<Result<Response<ProxyBody>, Cause>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Cause>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        if let Some(auth) = &self.auth {
-            match auth.check(&mut req, true) {
-                Ok(()) => {}
-                Err(Refusal::Cause(cause)) => return Box::pin(async move { Err(cause) }),
-                Err(Refusal::UnknownKey) => {
-                    let auth = auth.clone();
-                    let inner = self.inner.clone();
-                    return Box::pin(async move {
-                        if let Method::Jwt(j) = &auth.method {
-                            j.fetch("unknown_kid").await;
-                        }
-                        match auth.check(&mut req, false) {
-                            Ok(()) => inner.oneshot(req).await,
-                            Err(Refusal::Cause(c)) => Err(c),
-                            Err(Refusal::UnknownKey) => {
-                                Err(Cause::Unauthorized(Challenge::BearerInvalid))
-                            }
-                        }
-                    });
+    /// Checks the request's credentials, rewriting its headers for the app. A token whose
+    /// key a JWKS URL may bring waits for one (rate-bounded) refetch and is checked again.
+    pub(crate) async fn authorize<B>(&self, req: &mut Request<B>) -> Result<(), Cause> {
+        match self.check(req, true) {
+            Ok(()) => Ok(()),
+            Err(Refusal::Cause(cause)) => Err(cause),
+            Err(Refusal::UnknownKey) => {
+                if let Method::Jwt(j) = &self.method {
+                    j.fetch("unknown_kid").await;
+                }
+                match self.check(req, false) {
+                    Ok(()) => Ok(()),
+                    Err(Refusal::Cause(c)) => Err(c),
+                    Err(Refusal::UnknownKey) => Err(Cause::Unauthorized(Challenge::BearerInvalid)),
                 }
             }
         }
-        Box::pin(self.inner.clone().oneshot(req))
     }
 }

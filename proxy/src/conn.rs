@@ -18,14 +18,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 use crate::cause::Cause;
 use crate::config::Protocol;
 use crate::listener::Listener;
-use crate::stack;
+use crate::stack::Stack;
 use crate::tls::TlsInfo;
 
 /// What one client connection is doing, for the idle and header-read clocks.
@@ -172,17 +171,7 @@ pub(crate) async fn serve<IO>(
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(ConnActivity::new());
-    let stack = stack::build(&l, peer, activity.clone());
-    let svc = TowerToHyperService::new(
-        tower::ServiceBuilder::new()
-            .map_request(move |mut req: http::Request<hyper::body::Incoming>| {
-                if let Some(t) = &tls {
-                    req.extensions_mut().insert(t.clone());
-                }
-                req
-            })
-            .service(stack),
-    );
+    let svc = Stack::new(l.clone(), peer, activity.clone(), tls);
     let io = Watched {
         inner: stream,
         activity: activity.clone(),

@@ -1,14 +1,15 @@
-//! The per-request context the layers share: created by the outermost layer, carried in the
-//! request's extensions, read back when the request is logged.
+//! The per-request context the stack's steps share: created by the outermost step, handed to
+//! the others by reference (see `stack`), read back when the request is logged.
 //!
-//! Invariant: layers talk to each other only through this context (and the request itself),
-//! never through each other's state; every field has a meaningful empty value, so a layer
-//! that runs without it (a unit test) still works.
+//! Invariant: steps talk to each other only through this context (and the request itself),
+//! never through each other's state; every field has a meaningful empty value, so a step that
+//! runs without it (a unit test) still works.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+use http::HeaderValue;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
@@ -21,8 +22,9 @@ pub(crate) struct Ctx {
     /// Microseconds the last attempt waited for response headers; `u64::MAX`: no attempt.
     upstream_us: AtomicU64,
     bytes_in: AtomicU64,
-    request_id: Mutex<String>,
-    trace_id: Mutex<Option<String>>,
+    /// Set once, by hygiene; kept as the header value so echoing it costs no copy.
+    request_id: OnceLock<HeaderValue>,
+    trace_id: OnceLock<String>,
     /// The shed layer's slot, released when the request is finished.
     permit: Mutex<Option<OwnedSemaphorePermit>>,
 }
@@ -36,18 +38,10 @@ impl Ctx {
             attempts: AtomicU32::new(0),
             upstream_us: AtomicU64::new(u64::MAX),
             bytes_in: AtomicU64::new(0),
-            request_id: Mutex::new(String::new()),
-            trace_id: Mutex::new(None),
+            request_id: OnceLock::new(),
+            trace_id: OnceLock::new(),
             permit: Mutex::new(None),
         }
-    }
-
-    /// The context of a request, or a fresh one if no outer layer set it.
-    pub fn of<B>(req: &http::Request<B>) -> Arc<Ctx> {
-        req.extensions()
-            .get::<Arc<Ctx>>()
-            .cloned()
-            .unwrap_or_else(|| Arc::new(Ctx::new()))
     }
 
     /// Counts an attempt sent to the app; returns its number.
@@ -79,24 +73,29 @@ impl Ctx {
         self.bytes_in.load(Ordering::Relaxed)
     }
 
-    pub fn set_ids(&self, request_id: String, trace_id: Option<String>) {
-        if let Ok(mut r) = self.request_id.lock() {
-            *r = request_id;
+    /// Records the request id in use and the W3C trace id; the first call wins.
+    pub fn set_ids(&self, request_id: HeaderValue, trace_id: Option<String>) {
+        let _ = self.request_id.set(request_id);
+        if let Some(t) = trace_id {
+            let _ = self.trace_id.set(t);
         }
-        if let Ok(mut t) = self.trace_id.lock() {
-            *t = trace_id;
-        }
+    }
+
+    /// The request id as sent to the app, if one was set and is not empty.
+    pub fn request_id_value(&self) -> Option<&HeaderValue> {
+        self.request_id.get().filter(|v| !v.is_empty())
     }
 
     pub fn request_id(&self) -> String {
         self.request_id
-            .lock()
-            .map(|r| r.clone())
+            .get()
+            .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
+            .to_string()
     }
 
     pub fn trace_id(&self) -> Option<String> {
-        self.trace_id.lock().ok().and_then(|t| t.clone())
+        self.trace_id.get().cloned()
     }
 
     pub fn hold_permit(&self, permit: OwnedSemaphorePermit) {

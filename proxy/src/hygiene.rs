@@ -5,21 +5,18 @@
 //! plus the classic list) never cross the proxy, except `Upgrade`/`Connection: upgrade` on a
 //! request that asks for an upgrade, which the upgrade handshake needs end to end.
 
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::uri::{self, PathAndQuery, Scheme};
+use http::{Request, Uri, Version};
 use rand::Rng;
-use tower::{Layer, Service, ServiceExt};
 
 use crate::access_log::trace_id;
-use crate::cause::{Cause, ProxyBody};
+use crate::cause::Cause;
 use crate::config::Protocol;
 use crate::context::Ctx;
 use crate::listener::Listener;
-use crate::stack::BoxFuture;
 
 /// The request id header, created when absent and echoed on the response.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -83,26 +80,35 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+/// The client's address as an `X-Forwarded-For` element (made once per connection).
+pub fn ip_value(ip: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value")
+}
+
 /// Appends the client to `X-Forwarded-For`; sets `X-Forwarded-Proto` and `X-Forwarded-Host`
 /// when a proxy in front of us has not set them already.
 pub fn set_forwarded(
     headers: &mut HeaderMap,
-    client: IpAddr,
+    client: &HeaderValue,
     proto: &'static str,
-    host: Option<&str>,
+    host: Option<HeaderValue>,
 ) {
     let xff = HeaderName::from_static("x-forwarded-for");
     let value = match headers.get(&xff).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {client}"),
-        _ => client.to_string(),
+        Some(prev) if !prev.trim().is_empty() => {
+            let client = client.to_str().unwrap_or_default();
+            HeaderValue::from_str(&format!("{prev}, {client}")).ok()
+        }
+        // The common case: no proxy in front, no copy.
+        _ => Some(client.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    if let Some(v) = value {
         headers.insert(xff, v);
     }
     headers
         .entry(HeaderName::from_static("x-forwarded-proto"))
         .or_insert(HeaderValue::from_static(proto));
-    if let Some(host) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
+    if let Some(host) = host {
         headers
             .entry(HeaderName::from_static("x-forwarded-host"))
             .or_insert(host);
@@ -120,121 +126,77 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
         }
     }
     let id: u128 = rand::thread_rng().gen();
-    let v = HeaderValue::from_str(&format!("{id:032x}"))
-        .expect("32 hex digits are a valid header value");
+    let mut hex = [0u8; 32];
+    for (i, b) in hex.iter_mut().enumerate() {
+        *b = b"0123456789abcdef"[((id >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    let v = HeaderValue::from_bytes(&hex).expect("32 hex digits are a valid header value");
     headers.insert(REQUEST_ID, v.clone());
     v
 }
 
-/// The hygiene layer: cleans and rewrites the request for the app, and the response for the
-/// client.
-pub(crate) fn layer<S>(
-    l: Arc<Listener>,
-    peer: SocketAddr,
-) -> impl Layer<S, Service = Hygiene<S>> + Clone {
-    tower::layer::layer_fn(move |inner| Hygiene {
-        inner,
-        l: l.clone(),
-        peer,
-    })
-}
-
-/// See [`layer`].
-#[derive(Clone)]
-pub(crate) struct Hygiene<S> {
-    inner: S,
-    l: Arc<Listener>,
-    peer: SocketAddr,
-}
-
-impl<S, B> Service<Request<B>> for Hygiene<S>
-where
-    S: Service<Request<B>, Response = Response<ProxyBody>, Error = Cause> + Clone + Send + 'static,
-    S::Future: Send,
-    B: Send + 'static,
-{
-    type Response = Response<ProxyBody>;
-    type Error = Cause;
-    type Future = BoxFuture<Result<Response<ProxyBody>, Cause>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Cause>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        let req = match self.rewrite(req) {
-            Ok(req) => req,
-            Err(cause) => return Box::pin(async move { Err(cause) }),
-        };
-        let inner = self.inner.clone();
-        Box::pin(async move {
-            let mut resp = inner.oneshot(req).await?;
-            if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-                strip_hop_by_hop(resp.headers_mut(), false);
-            }
-            Ok(resp)
-        })
-    }
-}
-
-impl<S> Hygiene<S> {
-    fn rewrite<B>(&self, req: Request<B>) -> Result<Request<B>, Cause> {
-        let upgrade = self.l.cfg.protocol == Protocol::Http && wants_upgrade(req.headers());
-        let ctx = Ctx::of(&req);
-        let (mut parts, body) = req.into_parts();
-        let rid = ensure_request_id(&mut parts.headers);
-        let trace = trace_id(
-            parts
-                .headers
-                .get("traceparent")
-                .and_then(|v| v.to_str().ok()),
-        );
-        ctx.set_ids(rid.to_str().unwrap_or_default().to_string(), trace);
-        // HTTP/2 carries the host in :authority; an HTTP/1 app wants a Host header.
-        if !parts.headers.contains_key(header::HOST) {
-            if let Some(v) = parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            {
-                parts.headers.insert(header::HOST, v);
-            }
+/// Cleans and rewrites the request for the app: request id (recorded in `ctx`),
+/// X-Forwarded-*, hop-by-hop headers, the app's URI and version. `client` is the peer's IP as
+/// a header value ([`ip_value`]).
+pub(crate) fn rewrite<B>(
+    l: &Listener,
+    client: &HeaderValue,
+    ctx: &Ctx,
+    req: Request<B>,
+) -> Result<Request<B>, Cause> {
+    let upgrade = l.cfg.protocol == Protocol::Http && wants_upgrade(req.headers());
+    let (mut parts, body) = req.into_parts();
+    let rid = ensure_request_id(&mut parts.headers);
+    let trace = parts
+        .headers
+        .get("traceparent")
+        .and_then(|v| trace_id(v.to_str().ok()));
+    ctx.set_ids(rid, trace);
+    // HTTP/2 carries the host in :authority; an HTTP/1 app wants a Host header.
+    if !parts.headers.contains_key(header::HOST) {
+        if let Some(v) = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            parts.headers.insert(header::HOST, v);
         }
-        let host = parts
-            .headers
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let proto = if parts.extensions.get::<crate::tls::TlsInfo>().is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        set_forwarded(&mut parts.headers, self.peer.ip(), proto, host.as_deref());
-        strip_hop_by_hop(&mut parts.headers, upgrade);
-        let path_and_query = parts
+    }
+    // A clone of the client's Host value shares its bytes; only a visible-ASCII one is kept.
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .filter(|v| v.to_str().is_ok())
+        .cloned();
+    let proto = if parts.extensions.get::<crate::tls::TlsInfo>().is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    set_forwarded(&mut parts.headers, client, proto, host);
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    let mut uri = uri::Parts::default();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(l.upstream.clone());
+    uri.path_and_query = Some(
+        parts
             .uri
             .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
-        parts.uri = Uri::builder()
-            .scheme("http")
-            .authority(self.l.upstream.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|_| Cause::BadRequest)?;
-        parts.version = match self.l.cfg.protocol {
-            Protocol::H2c => {
-                // HTTP/2 carries the host in :authority (the upstream's, from the URI); a Host
-                // header beside it is a duplicate that nginx and Envoy answer with 400. The
-                // client's host stays in X-Forwarded-Host.
-                parts.headers.remove(header::HOST);
-                Version::HTTP_2
-            }
-            Protocol::Http | Protocol::Tcp => Version::HTTP_11,
-        };
-        Ok(Request::from_parts(parts, body))
-    }
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    parts.uri = Uri::from_parts(uri).map_err(|_| Cause::BadRequest)?;
+    parts.version = match l.cfg.protocol {
+        Protocol::H2c => {
+            // HTTP/2 carries the host in :authority (the upstream's, from the URI); a Host
+            // header beside it is a duplicate that nginx and Envoy answer with 400. The
+            // client's host stays in X-Forwarded-Host.
+            parts.headers.remove(header::HOST);
+            Version::HTTP_2
+        }
+        Protocol::Http | Protocol::Tcp => Version::HTTP_11,
+    };
+    Ok(Request::from_parts(parts, body))
 }
 
 #[cfg(test)]
@@ -283,9 +245,9 @@ mod tests {
         ]);
         set_forwarded(
             &mut h,
-            "127.0.0.1".parse().expect("ip"),
+            &ip_value("127.0.0.1".parse().expect("ip")),
             "http",
-            Some("example.com"),
+            Some(HeaderValue::from_static("example.com")),
         );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");

@@ -2,18 +2,13 @@
 //! and a declared Content-Length over the body limit (413). A body without Content-Length is
 //! limited while it is read (see `replay`).
 //!
-//! Invariant: hyper enforces a coarser parse-buffer limit before this layer runs (and answers
+//! Invariant: hyper enforces a coarser parse-buffer limit before this check runs (and answers
 //! 431 itself); the check here is the exact, configurable one.
 
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use http::HeaderMap;
 
-use http::{HeaderMap, Request, Response};
-use tower::{Layer, Service, ServiceExt};
-
-use crate::cause::{Cause, ProxyBody};
-use crate::listener::Listener;
-use crate::stack::BoxFuture;
+use crate::cause::Cause;
+use crate::config::LimitsConfig;
 
 /// 431 when the request head is over the configured size or count.
 pub fn check_header_limits(
@@ -47,48 +42,10 @@ pub fn check_content_length(headers: &HeaderMap, max_body: Option<u64>) -> Resul
     }
 }
 
-/// The limits layer.
-pub(crate) fn layer<S>(l: Arc<Listener>) -> impl Layer<S, Service = Limits<S>> + Clone {
-    tower::layer::layer_fn(move |inner| Limits {
-        inner,
-        l: l.clone(),
-    })
-}
-
-/// See [`layer`].
-#[derive(Clone)]
-pub(crate) struct Limits<S> {
-    inner: S,
-    l: Arc<Listener>,
-}
-
-impl<S, B> Service<Request<B>> for Limits<S>
-where
-    S: Service<Request<B>, Response = Response<ProxyBody>, Error = Cause> + Clone + Send + 'static,
-    S::Future: Send,
-    B: Send + 'static,
-{
-    type Response = Response<ProxyBody>;
-    type Error = Cause;
-    type Future = BoxFuture<Result<Response<ProxyBody>, Cause>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Cause>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        let limits = &self.l.cfg.limits;
-        let checked = check_header_limits(
-            req.headers(),
-            limits.max_header_bytes,
-            limits.max_header_count,
-        )
-        .and_then(|()| check_content_length(req.headers(), limits.max_body_bytes));
-        if let Err(cause) = checked {
-            return Box::pin(async move { Err(cause) });
-        }
-        Box::pin(self.inner.clone().oneshot(req))
-    }
+/// Both checks, with the listener's limits.
+pub(crate) fn check(limits: &LimitsConfig, headers: &HeaderMap) -> Result<(), Cause> {
+    check_header_limits(headers, limits.max_header_bytes, limits.max_header_count)?;
+    check_content_length(headers, limits.max_body_bytes)
 }
 
 #[cfg(test)]

@@ -22,8 +22,8 @@ use crate::config::{ListenerConfig, Protocol};
 use crate::edge::Edge;
 use crate::metrics::{ListenerMetrics, Metrics};
 use crate::replay::UpstreamBody;
-use crate::upstream_tls::AppConnector;
 use crate::trace::SharedTracer;
+use crate::upstream_tls::AppConnector;
 
 /// Observers the caller plugs in: an access-log sink and metrics. Both optional.
 #[derive(Clone, Default)]

@@ -1,4 +1,4 @@
-//! The outermost layer: accounting of one request from arrival until its response body ends
+//! The outermost step of the stack: accounting of one request from arrival until its response body ends
 //! (in-flight counts, the access-log record, RED metrics, the drain counters, tandem's
 //! response headers), and the one place a [`Cause`] becomes a response.
 //!
@@ -6,7 +6,6 @@
 //! request is counted as finished, whether the body ended, the client went away or drain cut
 //! it; so in-flight gauges cannot leak and every request gets exactly one log record.
 
-use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -14,10 +13,9 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
-use http::{Request, Response};
+use http::Response;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use tower::{Layer, Service};
 
 use crate::access_log::AccessRecord;
 use crate::cause::{Cause, ProxyBody};
@@ -26,76 +24,12 @@ use crate::context::Ctx;
 use crate::hygiene::REQUEST_ID;
 use crate::listener::Listener;
 use crate::metrics::method_label;
-use crate::stack::BoxFuture;
 
 /// Number of attempts sent to the app, as Envoy's `x-envoy-attempt-count`.
 pub const ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-tandem-attempt-count");
 /// Milliseconds the last attempt waited for the app's response headers.
 pub const UPSTREAM_SERVICE_TIME: HeaderName =
     HeaderName::from_static("x-tandem-upstream-service-time");
-
-/// The accounting layer.
-pub(crate) fn layer<S>(
-    l: Arc<Listener>,
-    conn: Arc<ConnActivity>,
-) -> impl Layer<S, Service = Metered<S>> + Clone {
-    tower::layer::layer_fn(move |inner| Metered {
-        inner,
-        l: l.clone(),
-        conn: conn.clone(),
-    })
-}
-
-/// See [`layer`].
-#[derive(Clone)]
-pub(crate) struct Metered<S> {
-    inner: S,
-    l: Arc<Listener>,
-    conn: Arc<ConnActivity>,
-}
-
-impl<S, B> Service<Request<B>> for Metered<S>
-where
-    S: Service<Request<CountingBody<B>>, Response = Response<ProxyBody>, Error = Cause>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-    B: Send + 'static,
-{
-    type Response = Response<ProxyBody>;
-    type Error = Infallible;
-    type Future = BoxFuture<Result<Response<ProxyBody>, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        let ctx = Arc::new(Ctx::new());
-        let mut guard = RequestGuard::new(
-            self.l.clone(),
-            Some(self.conn.clone()),
-            req.method(),
-            req.uri().path(),
-            ctx.clone(),
-        );
-        let (mut parts, body) = req.into_parts();
-        parts.extensions.insert(ctx.clone());
-        let req = Request::from_parts(parts, CountingBody::new(body, ctx));
-        let inner = self.inner.clone();
-        Box::pin(async move {
-            let resp = match tower::ServiceExt::oneshot(inner, req).await {
-                Ok(resp) => resp,
-                Err(cause) => {
-                    guard.set_cause(cause);
-                    cause.response()
-                }
-            };
-            Ok(guard.respond(resp))
-        })
-    }
-}
 
 /// Counts request body bytes as they are read.
 pub(crate) struct CountingBody<B> {
@@ -164,13 +98,19 @@ impl RequestGuard {
         if let Some(c) = &conn {
             c.begin();
         }
+        // Only the access log needs owned copies; without one, no allocation per request.
+        let (method_text, path) = if listener.hooks.access_log.is_some() {
+            (method.to_string(), path.to_string())
+        } else {
+            (String::new(), String::new())
+        };
         Self {
             listener,
             conn,
             ctx,
             method_label: method_label(method),
-            method: method.to_string(),
-            path: path.to_string(),
+            method: method_text,
+            path,
             status: 0,
             cause: None,
             bytes_out: 0,
@@ -191,7 +131,7 @@ impl RequestGuard {
     }
 
     /// Adds tandem's response headers and ties the guard to the response body.
-    fn respond(mut self, mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
+    pub fn respond(mut self, mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
         self.status = resp.status().as_u16();
         let h = resp.headers_mut();
         h.insert(ATTEMPT_COUNT, HeaderValue::from(self.ctx.attempts()));
@@ -201,10 +141,8 @@ impl RequestGuard {
                 HeaderValue::from(u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
             );
         }
-        if let Ok(id) = HeaderValue::from_str(&self.ctx.request_id()) {
-            if !id.is_empty() {
-                h.entry(REQUEST_ID).or_insert(id);
-            }
+        if let Some(id) = self.ctx.request_id_value() {
+            h.entry(REQUEST_ID).or_insert(id.clone());
         }
         resp.map(|body| MeteredBody::new(body, self).boxed_unsync())
     }

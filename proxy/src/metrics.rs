@@ -3,7 +3,7 @@
 //! Invariant: label values come from closed sets (listener names from config, a fixed list of
 //! methods, status classes, cause labels), so cardinality is bounded whatever clients send.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use http::Method;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -182,7 +182,17 @@ pub(crate) struct ListenerMetrics {
     pub shed: Counter,
     pub budget_exhausted: Counter,
     pub tcp_connections: Counter,
+    /// The request counter's series, by method and status class, each looked up in the
+    /// family (a lock and a hash) on first use only.
+    requests: Arc<[OnceLock<Counter>; METHODS.len() * CLASSES.len()]>,
 }
+
+/// The method labels, as [`method_label`] gives them.
+const METHODS: [&str; 10] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE", "OTHER",
+];
+/// The status class labels, as [`status_class`] gives them.
+const CLASSES: [&str; 6] = ["none", "1xx", "2xx", "3xx", "4xx", "5xx"];
 
 // === impl ListenerMetrics ===
 
@@ -199,6 +209,7 @@ impl ListenerMetrics {
             shed: all.shed.get_or_create(&l).clone(),
             budget_exhausted: all.budget_exhausted.get_or_create(&l).clone(),
             tcp_connections: all.tcp_connections.get_or_create(&l).clone(),
+            requests: Arc::new(std::array::from_fn(|_| OnceLock::new())),
             all: all.clone(),
             listener,
         }
@@ -206,14 +217,20 @@ impl ListenerMetrics {
 
     /// Counts a finished request.
     pub fn request(&self, method: &'static str, status: u16) {
-        self.all
-            .requests
-            .get_or_create(&RequestLabels {
-                listener: self.listener.clone(),
-                method,
-                status_class: status_class(status),
-            })
-            .inc();
+        let status_class = status_class(status);
+        let labels = || RequestLabels {
+            listener: self.listener.clone(),
+            method,
+            status_class,
+        };
+        let m = METHODS.iter().position(|x| *x == method);
+        let c = CLASSES.iter().position(|x| *x == status_class);
+        match (m, c) {
+            (Some(m), Some(c)) => self.requests[m * CLASSES.len() + c]
+                .get_or_init(|| self.all.requests.get_or_create(&labels()).clone())
+                .inc(),
+            _ => self.all.requests.get_or_create(&labels()).inc(),
+        };
     }
 
     /// Counts a retry by reason.

@@ -2,25 +2,21 @@
 //! allow-list checked during the handshake, and the verified identity forwarded to the app in
 //! one header (Envoy's `x-forwarded-client-cert` format).
 //!
-//! Invariant: the identity header the app sees was written by tandem: the layer removes every
+//! Invariant: the identity header the app sees was written by tandem: the stack removes every
 //! client-sent copy on every request, on TLS and cleartext connections alike, before adding
 //! the identity of the certificate verified on this connection.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use http::{HeaderName, HeaderValue, Request, Response};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
-use tower::{Layer, Service, ServiceExt};
 use x509_parser::extensions::GeneralName;
 
-use crate::cause::{Cause, ProxyBody};
 use crate::listener::Listener;
-use crate::stack::BoxFuture;
 use crate::tls::TlsInfo;
 
 /// The header used when no client auth is configured: still stripped, so an app behind a
@@ -147,53 +143,22 @@ impl ClientCertVerifier for AllowListVerifier {
     }
 }
 
-/// The identity layer: strips client copies of the header, adds the verified identity.
-pub(crate) fn layer<S>(l: Arc<Listener>) -> impl Layer<S, Service = Identity<S>> + Clone {
-    let header = l
-        .cfg
+/// The listener's identity header name (the default one without client auth).
+pub(crate) fn identity_header(l: &Listener) -> HeaderName {
+    l.cfg
         .tls
         .as_ref()
         .and_then(|t| t.client_auth.as_ref())
         .and_then(|c| HeaderName::from_bytes(c.identity_header.as_bytes()).ok())
-        .unwrap_or(DEFAULT_IDENTITY_HEADER);
-    tower::layer::layer_fn(move |inner| Identity {
-        inner,
-        header: header.clone(),
-    })
+        .unwrap_or(DEFAULT_IDENTITY_HEADER)
 }
 
-/// See [`layer`].
-#[derive(Clone)]
-pub(crate) struct Identity<S> {
-    inner: S,
-    header: HeaderName,
-}
-
-impl<S, B> Service<Request<B>> for Identity<S>
-where
-    S: Service<Request<B>, Response = Response<ProxyBody>, Error = Cause> + Clone + Send + 'static,
-    S::Future: Send,
-    B: Send + 'static,
-{
-    type Response = Response<ProxyBody>;
-    type Error = Cause;
-    type Future = BoxFuture<Result<Response<ProxyBody>, Cause>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Cause>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let id = req
-            .extensions()
-            .get::<TlsInfo>()
-            .and_then(|t| t.client_identity.clone());
-        let h = req.headers_mut();
-        h.remove(&self.header);
-        if let Some(v) = id.and_then(|id| HeaderValue::from_str(&id).ok()) {
-            h.insert(self.header.clone(), v);
-        }
-        Box::pin(self.inner.clone().oneshot(req))
+/// Strips client copies of the identity header, then adds the verified identity, if any.
+pub(crate) fn set_identity(header: &HeaderName, tls: Option<&TlsInfo>, headers: &mut HeaderMap) {
+    headers.remove(header);
+    let id = tls.and_then(|t| t.client_identity.as_deref());
+    if let Some(v) = id.and_then(|id| HeaderValue::from_str(id).ok()) {
+        headers.insert(header.clone(), v);
     }
 }
 

@@ -6,18 +6,14 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::sync::Mutex;
 
-use http::{Request, Response};
+use http::Request;
 use tokio::time::Instant;
-use tower::{Layer, Service, ServiceExt};
 
-use crate::cause::{Cause, ProxyBody};
+use crate::cause::Cause;
 use crate::config::RateLimitConfig;
 use crate::jwt::{claim_text, Claims};
-use crate::listener::Listener;
-use crate::stack::BoxFuture;
 
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
@@ -103,49 +99,16 @@ impl RateLimiter {
     }
 }
 
-/// The rate-limit layer (a no-op on listeners without `rate_limit`).
-pub(crate) fn layer<S>(
-    l: Arc<Listener>,
+/// Takes a token from the client's bucket: `RateLimited` when it is empty.
+pub(crate) fn check<B>(
+    limiter: &RateLimiter,
+    req: &Request<B>,
     peer: SocketAddr,
-) -> impl Layer<S, Service = RateLimit<S>> + Clone {
-    tower::layer::layer_fn(move |inner| RateLimit {
-        inner,
-        limiter: l.edge.rate.clone(),
-        peer,
-    })
-}
-
-/// See [`layer`].
-#[derive(Clone)]
-pub(crate) struct RateLimit<S> {
-    inner: S,
-    limiter: Option<Arc<RateLimiter>>,
-    peer: SocketAddr,
-}
-
-impl<S, B> Service<Request<B>> for RateLimit<S>
-where
-    S: Service<Request<B>, Response = Response<ProxyBody>, Error = Cause> + Clone + Send + 'static,
-    S::Future: Send,
-    B: Send + 'static,
-{
-    type Response = Response<ProxyBody>;
-    type Error = Cause;
-    type Future = BoxFuture<Result<Response<ProxyBody>, Cause>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Cause>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        if let Some(limiter) = &self.limiter {
-            let key = limiter.key(&req, self.peer);
-            if let Err(retry_after_secs) = limiter.take(key, Instant::now()) {
-                return Box::pin(async move { Err(Cause::RateLimited { retry_after_secs }) });
-            }
-        }
-        Box::pin(self.inner.clone().oneshot(req))
-    }
+) -> Result<(), Cause> {
+    let key = limiter.key(req, peer);
+    limiter
+        .take(key, Instant::now())
+        .map_err(|retry_after_secs| Cause::RateLimited { retry_after_secs })
 }
 
 #[cfg(test)]

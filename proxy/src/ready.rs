@@ -3,18 +3,12 @@
 //! Invariant: a request waits at most until its hold deadline, measured from when it arrived,
 //! however many attempts pass the gate; past it the answer is 503 with Retry-After.
 
-use std::sync::Arc;
-use std::task::{Context, Poll};
-
-use http::{Request, Response};
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tower::{Layer, Service, ServiceExt};
 
-use crate::cause::{Cause, ProxyBody};
+use crate::cause::Cause;
 use crate::context::Ctx;
 use crate::listener::Listener;
-use crate::stack::BoxFuture;
 
 /// Waits until `readiness` is true or `deadline` passes.
 pub async fn wait_ready(
@@ -35,44 +29,15 @@ pub async fn wait_ready(
     }
 }
 
-/// The readiness layer: waits for the app before passing the request on.
-pub(crate) fn layer<S>(l: Arc<Listener>) -> impl Layer<S, Service = Ready<S>> + Clone {
-    tower::layer::layer_fn(move |inner| Ready {
-        inner,
-        l: l.clone(),
-    })
-}
-
-/// See [`layer`].
-#[derive(Clone)]
-pub(crate) struct Ready<S> {
-    inner: S,
-    l: Arc<Listener>,
-}
-
-impl<S, B> Service<Request<B>> for Ready<S>
-where
-    S: Service<Request<B>, Response = Response<ProxyBody>, Error = Cause> + Clone + Send + 'static,
-    S::Future: Send,
-    B: Send + 'static,
-{
-    type Response = Response<ProxyBody>;
-    type Error = Cause;
-    type Future = BoxFuture<Result<Response<ProxyBody>, Cause>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Cause>> {
-        Poll::Ready(Ok(()))
+/// The gate a request (and each of its attempts) passes: at once while the app is ready, else
+/// waits until it is or the request's hold deadline passes.
+pub(crate) async fn gate(l: &Listener, ctx: &Ctx) -> Result<(), Cause> {
+    // The common case, without cloning the receiver.
+    if *l.readiness.borrow() {
+        return Ok(());
     }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        let deadline = Ctx::of(&req).start + self.l.cfg.hold_timeout;
-        let mut readiness = self.l.readiness.clone();
-        let inner = self.inner.clone();
-        Box::pin(async move {
-            wait_ready(&mut readiness, deadline).await?;
-            inner.oneshot(req).await
-        })
-    }
+    let mut readiness = l.readiness.clone();
+    wait_ready(&mut readiness, ctx.start + l.cfg.hold_timeout).await
 }
 
 #[cfg(test)]

@@ -6,21 +6,17 @@
 //! app, so it is always safe (and does not draw on the budget). Only a body kept whole for
 //! replay (see `replay`) can be sent again; a streamed one gets one attempt.
 
-use std::sync::Arc;
-use std::task::{Context, Poll};
-
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body::Body;
-use tower::util::BoxCloneService;
-use tower::{Layer, Service, ServiceExt};
 
 use crate::backoff::jittered;
 use crate::cause::{Cause, ProxyBody};
 use crate::config::RetryConfig;
+use crate::context::Ctx;
 use crate::listener::Listener;
-use crate::replay::{BoxError, Prepared, UpstreamBody};
-use crate::stack::BoxFuture;
+use crate::replay::{BoxError, Prepared};
+use crate::{ready, upstream};
 
 /// What one attempt ended with, as far as retrying cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,65 +75,12 @@ pub fn verdict(outcome: Outcome, safe_to_repeat: bool) -> Verdict {
     }
 }
 
-/// The service behind the retry layer, boxed: attempts are made on a concrete type.
-type Inner = BoxCloneService<Request<UpstreamBody>, Response<ProxyBody>, Cause>;
-
-/// The retry layer.
-pub(crate) fn layer<S>(l: Arc<Listener>) -> impl Layer<S, Service = Retry> + Clone
-where
-    S: Service<Request<UpstreamBody>, Response = Response<ProxyBody>, Error = Cause>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    tower::layer::layer_fn(move |inner: S| Retry {
-        inner: BoxCloneService::new(inner),
-        l: l.clone(),
-    })
-}
-
-/// See [`layer`].
-#[derive(Clone)]
-pub(crate) struct Retry {
-    inner: Inner,
-    l: Arc<Listener>,
-}
-
-impl<B> Service<Request<B>> for Retry
-where
-    B: Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<BoxError>,
-{
-    type Response = Response<ProxyBody>;
-    type Error = Cause;
-    type Future = BoxFuture<Result<Response<ProxyBody>, Cause>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Cause>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        let inner = self.inner.clone();
-        let l = self.l.clone();
-        Box::pin(attempts(inner, l, req))
-    }
-}
-
-/// One attempt through a clone of the inner service. A plain function, not inline in the
-/// async loop: it keeps the `Service` obligation out of the loop's future (rustc#64552).
-fn send(
-    inner: &Inner,
-    req: Request<UpstreamBody>,
-) -> BoxFuture<Result<Response<ProxyBody>, Cause>> {
-    Box::pin(inner.clone().oneshot(req))
-}
-
 /// Attempts until a response worth returning, a failure not worth retrying, the attempt
-/// limit, or an exhausted budget.
-async fn attempts<B>(
-    inner: Inner,
-    l: Arc<Listener>,
+/// limit, or an exhausted budget. Each attempt passes the readiness gate again (the app may be
+/// restarting) and then goes to [`upstream::send`].
+pub(crate) async fn attempts<B>(
+    l: &Listener,
+    ctx: &Ctx,
     req: Request<B>,
 ) -> Result<Response<ProxyBody>, Cause>
 where
@@ -164,7 +107,10 @@ where
         *req.version_mut() = parts.version;
         *req.headers_mut() = parts.headers.clone();
         *req.extensions_mut() = parts.extensions.clone();
-        let result = send(&inner, req).await;
+        let result = match ready::gate(l, ctx).await {
+            Ok(()) => upstream::send(l, ctx, req).await,
+            Err(cause) => Err(cause),
+        };
         let outcome = match &result {
             Ok(resp) => Outcome::Status(resp.status()),
             Err(cause) => Outcome::Failed(*cause),

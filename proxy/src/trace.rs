@@ -9,7 +9,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::task::{Context as TaskContext, Poll};
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response};
@@ -19,11 +18,9 @@ use opentelemetry::trace::{
     Tracer,
 };
 use opentelemetry::{Context, KeyValue};
-use tower::{Layer, Service, ServiceExt};
 
 use crate::cause::{Cause, ProxyBody};
 use crate::listener::Listener;
-use crate::stack::BoxFuture;
 
 /// The W3C trace context header.
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -168,82 +165,52 @@ pub fn inject(sc: &SpanContext, headers: &mut HeaderMap) {
     }
 }
 
-// === the server span layer ===
+// === the server span ===
 
-/// The layer that starts the SERVER span (a pass-through without a tracer).
-pub(crate) fn layer<S>(
-    l: Arc<Listener>,
-    peer: SocketAddr,
-) -> impl Layer<S, Service = Traced<S>> + Clone {
-    tower::layer::layer_fn(move |inner| Traced {
-        inner,
-        l: l.clone(),
-        peer,
-    })
+/// A request's SERVER span, under the caller's trace context (or a new trace).
+pub(crate) struct ServerSpan {
+    cx: Context,
 }
 
-/// See [`layer`].
-#[derive(Clone)]
-pub(crate) struct Traced<S> {
-    inner: S,
-    l: Arc<Listener>,
-    peer: SocketAddr,
-}
+// === impl ServerSpan ===
 
-impl<S, B> Service<Request<B>> for Traced<S>
-where
-    S: Service<Request<B>, Response = Response<ProxyBody>, Error = Cause> + Clone + Send + 'static,
-    S::Future: Send,
-    B: Send + 'static,
-{
-    type Response = Response<ProxyBody>;
-    type Error = Cause;
-    type Future = BoxFuture<Result<Response<ProxyBody>, Cause>>;
-
-    fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), Cause>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let inner = self.inner.clone();
-        let Some(tracer) = self.l.hooks.tracer.clone() else {
-            return Box::pin(inner.oneshot(req));
-        };
-        let cx = server_span(&tracer, &req, self.peer);
-        // The access log (hygiene reads `traceparent`) and the app see tandem's trace even
-        // when the caller sent none; each attempt replaces it with its own span.
+impl ServerSpan {
+    /// Start the span for `req` from `peer` and write tandem's `traceparent` into it (the
+    /// access log reads it; each attempt replaces it with its own span). None when tracing
+    /// is off: nothing is allocated.
+    pub fn start<B>(l: &Listener, req: &mut Request<B>, peer: SocketAddr) -> Option<Self> {
+        let tracer = l.hooks.tracer.as_ref()?;
+        let cx = server_span(tracer, req, peer);
         inject(&cx.span().span_context().clone(), req.headers_mut());
         req.extensions_mut().insert(ServerTrace(cx.clone()));
-        Box::pin(async move {
-            let result = inner.oneshot(req).await;
-            let span = cx.span();
-            match &result {
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    span.set_attribute(KeyValue::new(
-                        "http.response.status_code",
-                        i64::from(status),
-                    ));
-                    if status >= 500 {
-                        span.set_attribute(KeyValue::new("error.type", status.to_string()));
-                        span.set_status(Status::error(""));
-                    }
-                }
-                Err(cause) => {
-                    let status = cause.response().status().as_u16();
-                    span.set_attribute(KeyValue::new(
-                        "http.response.status_code",
-                        i64::from(status),
-                    ));
-                    span.set_attribute(KeyValue::new("error.type", cause.as_str()));
-                    if status >= 500 {
-                        span.set_status(Status::error(cause.as_str()));
-                    }
+        Some(Self { cx })
+    }
+
+    /// End the span with the request's outcome.
+    pub fn finish(self, result: &Result<Response<ProxyBody>, Cause>) {
+        let span = self.cx.span();
+        let status = match result {
+            Ok(resp) => resp.status().as_u16(),
+            Err(cause) => cause.response().status().as_u16(),
+        };
+        span.set_attribute(KeyValue::new(
+            "http.response.status_code",
+            i64::from(status),
+        ));
+        match result {
+            Ok(_) if status >= 500 => {
+                span.set_attribute(KeyValue::new("error.type", status.to_string()));
+                span.set_status(Status::error(""));
+            }
+            Ok(_) => {}
+            Err(cause) => {
+                span.set_attribute(KeyValue::new("error.type", cause.as_str()));
+                if status >= 500 {
+                    span.set_status(Status::error(cause.as_str()));
                 }
             }
-            span.end();
-            result
-        })
+        }
+        span.end();
     }
 }
 

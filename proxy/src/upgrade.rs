@@ -2,68 +2,32 @@
 //! connections are joined and bytes copied both ways.
 //!
 //! Invariant: the client's upgrade handle is taken out of the request here, before the retry
-//! layer copies extensions; a tunnel is a task in the listener's tracker and stops at the
+//! step copies extensions; a tunnel is a task in the listener's tracker and stops at the
 //! drain deadline (`hard_stop`), so an open WebSocket can delay a drain but never block it.
-
-use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use http::{Request, Response, StatusCode};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tower::{Layer, Service, ServiceExt};
 
-use crate::cause::{Cause, ProxyBody};
+use crate::cause::ProxyBody;
 use crate::config::Protocol;
 use crate::hygiene::wants_upgrade;
 use crate::listener::Listener;
-use crate::stack::BoxFuture;
 
-/// The upgrade layer.
-pub(crate) fn layer<S>(l: Arc<Listener>) -> impl Layer<S, Service = Upgrade<S>> + Clone {
-    tower::layer::layer_fn(move |inner| Upgrade {
-        inner,
-        l: l.clone(),
-    })
+/// Takes the client's upgrade handle out of the request (always, so no copy of the request
+/// carries it), and returns it when the request asks for an upgrade tandem will honour.
+pub(crate) fn take<B>(l: &Listener, req: &mut Request<B>) -> Option<OnUpgrade> {
+    // Hygiene keeps Upgrade/Connection only on such requests.
+    let wanted = l.cfg.protocol == Protocol::Http && wants_upgrade(req.headers());
+    let client_side = req.extensions_mut().remove::<OnUpgrade>();
+    client_side.filter(|_| wanted)
 }
 
-/// See [`layer`].
-#[derive(Clone)]
-pub(crate) struct Upgrade<S> {
-    inner: S,
-    l: Arc<Listener>,
-}
-
-impl<S, B> Service<Request<B>> for Upgrade<S>
-where
-    S: Service<Request<B>, Response = Response<ProxyBody>, Error = Cause> + Clone + Send + 'static,
-    S::Future: Send,
-    B: Send + 'static,
-{
-    type Response = Response<ProxyBody>;
-    type Error = Cause;
-    type Future = BoxFuture<Result<Response<ProxyBody>, Cause>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Cause>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        // Hygiene keeps Upgrade/Connection only on such requests.
-        let wanted = self.l.cfg.protocol == Protocol::Http && wants_upgrade(req.headers());
-        let client_side = req.extensions_mut().remove::<OnUpgrade>();
-        let inner = self.inner.clone();
-        let l = self.l.clone();
-        Box::pin(async move {
-            let mut resp = inner.oneshot(req).await?;
-            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                if let (true, Some(client_side)) = (wanted, client_side) {
-                    let app_side = hyper::upgrade::on(&mut resp);
-                    tunnel(&l, client_side, app_side);
-                }
-            }
-            Ok(resp)
-        })
+/// When the app answered 101, joins the client's and the app's upgraded connections.
+pub(crate) fn finish(l: &Listener, client_side: OnUpgrade, resp: &mut Response<ProxyBody>) {
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let app_side = hyper::upgrade::on(resp);
+        tunnel(l, client_side, app_side);
     }
 }
 

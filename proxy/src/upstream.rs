@@ -1,4 +1,4 @@
-//! The innermost service: one attempt to the app through the pooled keep-alive client,
+//! The innermost step: one attempt to the app through the pooled keep-alive client,
 //! within `timeouts.per_try`.
 //!
 //! Invariant: errors are classified by whether the request can have reached the app: a
@@ -7,65 +7,41 @@
 //! dead before any byte was written is retried inside the pool and never surfaces here.
 
 use std::error::Error as StdError;
-use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use http::{Request, Response};
 use http_body_util::BodyExt;
 use tokio::time::Instant;
-use tower::Service;
 
 use crate::cause::{Cause, ProxyBody};
 use crate::context::Ctx;
 use crate::listener::Listener;
 use crate::replay::{body_error_cause, UpstreamBody};
-use crate::stack::BoxFuture;
 use crate::trace::AttemptSpan;
 
-/// Sends one attempt to the app.
-#[derive(Clone)]
-pub(crate) struct Upstream {
-    l: Arc<Listener>,
-}
-
-impl Upstream {
-    pub fn new(l: Arc<Listener>) -> Self {
-        Self { l }
+/// Sends one attempt to the app, within `timeouts.per_try`.
+pub(crate) async fn send(
+    l: &Listener,
+    ctx: &Ctx,
+    mut req: Request<UpstreamBody>,
+) -> Result<Response<ProxyBody>, Cause> {
+    let attempt = ctx.add_attempt();
+    // the CLIENT span of this attempt (None when tracing is off): its traceparent goes to the app
+    let span = AttemptSpan::start(l, &mut req, attempt);
+    if let Some(m) = &l.metrics {
+        m.attempts.inc();
     }
-}
-
-impl Service<Request<UpstreamBody>> for Upstream {
-    type Response = Response<ProxyBody>;
-    type Error = Cause;
-    type Future = BoxFuture<Result<Response<ProxyBody>, Cause>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Cause>> {
-        Poll::Ready(Ok(()))
+    let sent = Instant::now();
+    let result = tokio::time::timeout(l.cfg.timeouts.per_try, l.client.request(req)).await;
+    ctx.set_upstream_time(sent.elapsed());
+    let result = match result {
+        Err(_) => Err(Cause::PerTryTimeout),
+        Ok(Err(e)) => Err(classify(&e)),
+        Ok(Ok(resp)) => Ok(resp.map(|b| b.boxed_unsync())),
+    };
+    if let Some(span) = span {
+        span.finish(result.as_ref().map(|r| r.status().as_u16()).map_err(|c| *c));
     }
-
-    fn call(&mut self, mut req: Request<UpstreamBody>) -> Self::Future {
-        let l = self.l.clone();
-        Box::pin(async move {
-            let ctx = Ctx::of(&req);
-            let attempt = ctx.add_attempt();
-            let span = AttemptSpan::start(&l, &mut req, attempt);
-            if let Some(m) = &l.metrics {
-                m.attempts.inc();
-            }
-            let sent = Instant::now();
-            let result = tokio::time::timeout(l.cfg.timeouts.per_try, l.client.request(req)).await;
-            ctx.set_upstream_time(sent.elapsed());
-            let result = match result {
-                Err(_) => Err(Cause::PerTryTimeout),
-                Ok(Err(e)) => Err(classify(&e)),
-                Ok(Ok(resp)) => Ok(resp.map(|b| b.boxed_unsync())),
-            };
-            if let Some(span) = span {
-                span.finish(result.as_ref().map(|r| r.status().as_u16()).map_err(|c| *c));
-            }
-            result
-        })
-    }
+    result
 }
 
 /// Maps a client error to a cause.

@@ -120,20 +120,35 @@ impl LogContext {
 pub fn container_id(cgroup: &str, mountinfo: &str) -> Option<String> {
     static CGROUP: OnceLock<Regex> = OnceLock::new();
     static MOUNT: OnceLock<Regex> = OnceLock::new();
-    let cgroup_re = CGROUP.get_or_init(|| {
-        Regex::new(r"[/-]([0-9a-f]{64})(?:\.scope)?(?:/|$)").expect("pattern compiles")
-    });
-    let mount_re = MOUNT.get_or_init(|| {
-        Regex::new(
-            r"/(?:docker/containers|overlay-containers|containerd/[^ ]*/sandboxes)/([0-9a-f]{64})/",
-        )
-        .expect("pattern compiles")
-    });
-    cgroup
-        .lines()
-        .find_map(|l| cgroup_re.captures(l))
-        .or_else(|| mountinfo.lines().find_map(|l| mount_re.captures(l)))
-        .map(|c| c[1].to_string())
+    // A container id is 64 hex digits: without a run of them there is nothing to match, and
+    // the regexes (compiling them was a good part of start-up) are not needed at all.
+    let hex64 = |s: &str| {
+        s.as_bytes()
+            .split(|b| !b.is_ascii_hexdigit())
+            .any(|run| run.len() >= 64)
+    };
+    let from_cgroup = || {
+        if !hex64(cgroup) {
+            return None;
+        }
+        let cgroup_re = CGROUP.get_or_init(|| {
+            Regex::new(r"[/-]([0-9a-f]{64})(?:\.scope)?(?:/|$)").expect("pattern compiles")
+        });
+        cgroup.lines().find_map(|l| cgroup_re.captures(l))
+    };
+    let from_mounts = || {
+        if !hex64(mountinfo) {
+            return None;
+        }
+        let mount_re = MOUNT.get_or_init(|| {
+            Regex::new(
+                r"/(?:docker/containers|overlay-containers|containerd/[^ ]*/sandboxes)/([0-9a-f]{64})/",
+            )
+            .expect("pattern compiles")
+        });
+        mountinfo.lines().find_map(|l| mount_re.captures(l))
+    };
+    from_cgroup().or_else(from_mounts).map(|c| c[1].to_string())
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! A secret split across two `partial` records of an over-long line may escape a pattern.
 
 use std::borrow::Cow;
+use std::sync::{Arc, OnceLock};
 
 use regex::{Regex, RegexSet};
 use serde::{Deserialize, Serialize};
@@ -56,20 +57,35 @@ const DEFAULTS: &[(&str, &str)] = &[
     ),
 ];
 
-/// Compiled patterns of one pipeline.
+/// The patterns of one pipeline. The built-in patterns are compiled once per process (they
+/// used to be compiled three times at start: config check, stdout and stderr processors,
+/// most of `tandem -- true`'s start-up time), when a processor is built ([`Redactor::warm`]),
+/// so the first record of a run is not delayed behind the next run's; an operator's own
+/// patterns are compiled by [`Redactor::new`], so a bad one fails the config check.
 #[derive(Debug, Clone)]
 pub struct Redactor {
+    rules: Rules,
+}
+
+#[derive(Debug, Clone)]
+enum Rules {
+    None,
+    BuiltIn,
+    Compiled(Arc<Compiled>),
+}
+
+#[derive(Debug)]
+struct Compiled {
     any: RegexSet,
     rules: Vec<(Regex, &'static str)>,
 }
 
-// === impl Redactor ===
+// === impl Compiled ===
 
-impl Redactor {
-    /// Compiles the config; an error names the pattern.
-    pub fn new(cfg: &RedactConfig) -> Result<Self, String> {
+impl Compiled {
+    fn new(defaults: bool, patterns: &[String]) -> Result<Self, String> {
         let mut rules = Vec::new();
-        if cfg.defaults {
+        if defaults {
             for (p, with) in DEFAULTS {
                 rules.push((
                     Regex::new(p).map_err(|e| format!("built-in redact pattern: {e}"))?,
@@ -77,7 +93,7 @@ impl Redactor {
                 ));
             }
         }
-        for (i, p) in cfg.patterns.iter().enumerate() {
+        for (i, p) in patterns.iter().enumerate() {
             let re = Regex::new(p).map_err(|e| format!("logs.redact.patterns[{i}] {p:?}: {e}"))?;
             rules.push((re, "[REDACTED]"));
         }
@@ -86,13 +102,49 @@ impl Redactor {
         Ok(Self { any, rules })
     }
 
+    /// The built-in patterns, compiled once per process on first use.
+    fn built_in() -> &'static Compiled {
+        static BUILT_IN: OnceLock<Compiled> = OnceLock::new();
+        BUILT_IN.get_or_init(|| Compiled::new(true, &[]).expect("the built-in patterns compile"))
+    }
+}
+
+// === impl Redactor ===
+
+impl Redactor {
+    /// Compiles the operator's patterns; an error names the pattern.
+    pub fn new(cfg: &RedactConfig) -> Result<Self, String> {
+        let rules = match (cfg.defaults, cfg.patterns.is_empty()) {
+            (false, true) => Rules::None,
+            (true, true) => Rules::BuiltIn,
+            (defaults, false) => Rules::Compiled(Arc::new(Compiled::new(defaults, &cfg.patterns)?)),
+        };
+        Ok(Self { rules })
+    }
+
+    /// Compiles the built-in patterns now if they are in use and not compiled yet.
+    pub fn warm(&self) {
+        let _ = self.compiled();
+    }
+
+    fn compiled(&self) -> Option<&Compiled> {
+        match &self.rules {
+            Rules::None => None,
+            Rules::BuiltIn => Some(Compiled::built_in()),
+            Rules::Compiled(c) => Some(c),
+        }
+    }
+
     /// `text` with every secret replaced; borrowed when nothing matched.
     pub fn text<'a>(&self, text: &'a str) -> Cow<'a, str> {
-        if self.rules.is_empty() || !self.any.is_match(text) {
+        let Some(c) = self.compiled() else {
+            return Cow::Borrowed(text);
+        };
+        if c.rules.is_empty() || !c.any.is_match(text) {
             return Cow::Borrowed(text);
         }
         let mut out = Cow::Borrowed(text);
-        for (re, with) in &self.rules {
+        for (re, with) in &c.rules {
             if let Cow::Owned(s) = re.replace_all(&out, *with) {
                 out = Cow::Owned(s);
             }
