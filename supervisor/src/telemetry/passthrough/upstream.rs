@@ -131,11 +131,15 @@ pub fn resolve(
 
     let mut out = Vec::new();
     if let Some((name, v, _)) = var("HEADERS") {
-        for pair in v.split(',').filter(|p| !p.trim().is_empty()) {
-            let Some((k, val)) = pair.split_once('=') else {
-                return Err(err(&name, format!("{pair:?} is not key=value")));
-            };
-            out.push(header(&name, k.trim(), &percent_decode(val.trim()))?);
+        // The same list syntax as tandem's own exporters read (one parser).
+        let pairs = crate::telemetry::settings::key_values(&v, &name).map_err(|e| {
+            err(
+                &name,
+                e.trim_start_matches(&format!("{name}: ")).to_string(),
+            )
+        })?;
+        for (k, val) in pairs {
+            out.push(header(&name, &k, &val)?);
         }
     }
     for (k, v) in headers {
@@ -155,26 +159,6 @@ fn header(source: &str, k: &str, v: &str) -> Result<(HeaderName, HeaderValue), U
     let value = HeaderValue::from_str(v)
         .map_err(|_| err(source, format!("the value of header {k:?} is not valid")))?;
     Ok((name, value))
-}
-
-/// OTEL_EXPORTER_OTLP_HEADERS values are URL-encoded (W3C baggage format).
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
