@@ -53,6 +53,7 @@ mod listener;
 mod metered;
 mod metrics;
 mod mtls;
+mod quiet;
 mod ratelimit;
 mod ready;
 mod replay;

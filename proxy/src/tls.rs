@@ -9,6 +9,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -23,6 +24,7 @@ use crate::config::{Protocol, TlsConfig};
 use crate::error::FileError;
 use crate::listener::Listener;
 use crate::mtls::{self, AllowListVerifier};
+use crate::quiet::{Decision, EventBudget};
 
 /// What the handshake established, carried in each request's extensions.
 #[derive(Debug, Clone, Default)]
@@ -60,7 +62,13 @@ pub(crate) struct TlsState {
     loader: Loader,
     current: RwLock<Arc<ServerConfig>>,
     tried: Mutex<Tried>,
+    /// Bounds the `tls_handshake_failed` events (every failure is still counted).
+    failure_events: EventBudget,
 }
+
+/// At most this many `tls_handshake_failed` events per listener and window.
+const FAILURE_EVENT_BURST: u32 = 10;
+const FAILURE_EVENT_WINDOW: Duration = Duration::from_secs(10);
 
 // === impl Loader ===
 
@@ -170,6 +178,7 @@ impl TlsState {
             loader,
             current: RwLock::new(config),
             tried: Mutex::new(Tried { files, error: None }),
+            failure_events: EventBudget::new(FAILURE_EVENT_BURST, FAILURE_EVENT_WINDOW),
         })
     }
 
@@ -302,14 +311,19 @@ pub(crate) async fn handshake(
     if let Some(m) = &l.metrics {
         m.tls_handshake_failure(reason);
     }
-    tracing::info!(
-        event = "tls_handshake_failed",
-        listener = %l.name,
-        %peer,
-        reason,
-        error = %error,
-        "TLS handshake failed"
-    );
+    // A flood of failures (a scanner, a client with the wrong CA in a retry loop) is counted
+    // in full but logged at most FAILURE_EVENT_BURST times per window.
+    if let Decision::Log { suppressed } = tls.failure_events.check(Instant::now()) {
+        tracing::info!(
+            event = "tls_handshake_failed",
+            listener = %l.name,
+            %peer,
+            reason,
+            error = %error,
+            suppressed,
+            "TLS handshake failed"
+        );
+    }
     None
 }
 

@@ -295,3 +295,84 @@ fn events_do_not_print_secrets_from_the_command_line() {
         );
     }
 }
+
+/// A flood of failed TLS handshakes (here: plain HTTP sent to a TLS port, as a scanner or a
+/// client without TLS would) is counted in full on `/metrics`, while the log gets a bounded
+/// number of `tls_handshake_failed` events instead of one per connection.
+#[test]
+fn failed_handshakes_are_all_counted_but_logged_boundedly() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    fs::write(&cert_path, cert.pem()).unwrap();
+    fs::write(&key_path, key.serialize_pem()).unwrap();
+    let port = crate::support::free_port();
+    let cfg = dir.path().join("tandem.toml");
+    fs::write(
+        &cfg,
+        format!(
+            r#"
+[app]
+command = ["{app}", "--port", "{port}"]
+[admin]
+listen = "127.0.0.1:0"
+[[proxy.listeners]]
+name = "web"
+listen = "127.0.0.1:0"
+upstream = "127.0.0.1:{port}"
+[proxy.listeners.tls]
+cert = "{cert}"
+key = "{key}"
+"#,
+            app = crate::support::legacy_app().display(),
+            cert = cert_path.display(),
+            key = key_path.display(),
+        ),
+    )
+    .unwrap();
+    let mut t = crate::support::Tandem::spawn(&["--config", cfg.to_str().unwrap()]);
+    t.collect_stdout();
+    let proxy = t.wait_event("proxy_listening")["addr"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let admin = t.wait_event("admin_listening")["addr"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    const ATTEMPTS: usize = 40;
+    for _ in 0..ATTEMPTS {
+        // Not TLS: the handshake fails at once and the connection is closed.
+        let _ = crate::support::http(&proxy, "GET", "/", b"", &[]);
+    }
+    let failures = || {
+        let (_, _, body) = crate::support::http(&admin, "GET", "/metrics", b"", &[]).unwrap();
+        String::from_utf8_lossy(&body)
+            .lines()
+            .filter(|l| l.starts_with("tandem_proxy_tls_handshake_failures_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    crate::support::eventually("every failed handshake counted", || {
+        failures() >= ATTEMPTS as f64
+    });
+    assert_eq!(failures(), ATTEMPTS as f64);
+    let logged = t
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "tls_handshake_failed")
+        .count();
+    assert!(logged >= 1, "the first failures are logged");
+    assert!(
+        logged <= 10,
+        "{logged} tls_handshake_failed events for {ATTEMPTS} failures: the log is not bounded"
+    );
+
+    t.signal(nix::sys::signal::Signal::SIGTERM);
+    t.wait_code();
+}
