@@ -77,18 +77,28 @@ trap 'exit 130' INT TERM
 
 UP=$BASE_PORT UP_H2=$((BASE_PORT + 1))
 declare -A H1_PORT=([direct]=$UP [nginx]=$((BASE_PORT + 10)) [haproxy]=$((BASE_PORT + 20))
-  [envoy]=$((BASE_PORT + 30)) [tandem]=$((BASE_PORT + 40)))
+  [envoy]=$((BASE_PORT + 30)) [tandem]=$((BASE_PORT + 40)) [tandem_traced]=$((BASE_PORT + 42))
+  [tandem_sampled]=$((BASE_PORT + 44)))
 declare -A H2_PORT=([direct]=$UP_H2 [nginx]=$((BASE_PORT + 11)) [haproxy]=$((BASE_PORT + 21))
-  [envoy]=$((BASE_PORT + 31)) [tandem]=$((BASE_PORT + 41)))
+  [envoy]=$((BASE_PORT + 31)) [tandem]=$((BASE_PORT + 41)) [tandem_traced]=$((BASE_PORT + 43))
+  [tandem_sampled]=$((BASE_PORT + 45)))
 declare -A PID=()
 TARGETS=(direct nginx haproxy envoy tandem)
+# tandem with tracing on (binary only): `tandem_traced` traces every request but samples none
+# (parent-based, ratio 0: wrk sends no traceparent), so the cost is context extraction, the
+# propagated traceparent and the span bookkeeping; `tandem_sampled` samples and exports every
+# span over OTLP/HTTP to a stub receiver (nginx answering 200 to every POST, pinned to the
+# client CPU so the export's receiving side does not take the proxy's core). These two run
+# the small-response throughput and c1 latency only.
+TRACED=(tandem_traced tandem_sampled)
+OTLP_PORT=$((BASE_PORT + 60)) SAMPLED_ADMIN=$((BASE_PORT + 61))
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 wait_port() {
   for _ in $(seq 1 200); do port_open "$1" && return 0; sleep 0.05; done
   say "port $1 never opened"; exit 1
 }
-for p in "${H1_PORT[@]}" "${H2_PORT[@]}" $((BASE_PORT + 50)) $((BASE_PORT + 51)); do
+for p in "${H1_PORT[@]}" "${H2_PORT[@]}" $((BASE_PORT + 50)) $((BASE_PORT + 51)) "$OTLP_PORT" "$SAMPLED_ADMIN"; do
   if port_open "$p"; then say "port $p is already in use (set BASE_PORT)"; exit 1; fi
 done
 
@@ -137,6 +147,16 @@ http {
     location = /1m { alias $W/www/1m; }
     location / { return 200 "ok\n"; }
   }
+}
+EOF
+
+cat >"$W/otlp-stub.conf" <<EOF
+$nginx_common
+error_log $W/otlp-stub.err warn; pid $W/otlp-stub.pid;
+http {
+  $nginx_http
+  client_max_body_size 64m; client_body_buffer_size 1m; default_type application/x-protobuf;
+  server { listen 127.0.0.1:$OTLP_PORT; location / { return 200 ""; } }
 }
 EOF
 
@@ -229,6 +249,28 @@ if "$TANDEM" --help 2>&1 | grep -q -- '--proxy'; then
       --proxy "h2c:127.0.0.1:${H2_PORT[tandem]}=127.0.0.1:$UP_H2" -- sleep 100000 \
       >/dev/null 2>"$W/tandem.out" &
   }
+  # $1 contender, $2 sampler ratio, $3 admin listen address
+  start_traced() {
+    cat >"$W/$1.toml" <<EOF
+[admin]
+listen = "$3"
+[proxy]
+access_log = false
+[telemetry]
+endpoint = "http://127.0.0.1:$OTLP_PORT"
+protocol = "http/protobuf"
+[telemetry.traces]
+sampler = "parentbased_traceidratio"
+sampler_ratio = $2
+[telemetry.logs]
+enabled = false
+EOF
+    TANDEM_LOG=warn "${ON_SERVER[@]}" "$TANDEM" --config "$W/$1.toml" --set runtime.worker_threads=1 \
+      --proxy "127.0.0.1:${H1_PORT[$1]}=127.0.0.1:$UP" \
+      --proxy "h2c:127.0.0.1:${H2_PORT[$1]}=127.0.0.1:$UP_H2" -- sleep 100000 \
+      >/dev/null 2>"$W/$1.out" &
+  }
+  TARGETS+=("${TRACED[@]}")
 else
   TANDEM_KIND="proxy/examples/standalone (binary has no --proxy yet)"
   start_tandem() {
@@ -245,6 +287,12 @@ say "tandem contender: $TANDEM_KIND"
 "${ON_SERVER[@]}" "$ENVOY" -c "$W/envoy.yaml" --concurrency 1 --disable-hot-restart -l error \
   >"$W/envoy.out" 2>&1 & PID[envoy]=$!; pids+=($!)
 start_tandem; PID[tandem]=$!; pids+=($!)
+if [ "$TANDEM_KIND" = "tandem binary (--proxy)" ]; then
+  taskset -c "$CLIENT_CPU" nginx -c "$W/otlp-stub.conf" -p "$W" & pids+=($!)
+  wait_port "$OTLP_PORT"
+  start_traced tandem_traced 0.0 "127.0.0.1:0"; PID[tandem_traced]=$!; pids+=($!)
+  start_traced tandem_sampled 1.0 "127.0.0.1:$SAMPLED_ADMIN"; PID[tandem_sampled]=$!; pids+=($!)
+fi
 for t in "${TARGETS[@]}"; do wait_port "${H1_PORT[$t]}"; wait_port "${H2_PORT[$t]}"; done
 sleep 1
 for t in "${TARGETS[@]}"; do
@@ -294,6 +342,7 @@ for r in $(seq 1 "$RUNS"); do
     # 2. latency at one connection (closed loop).
     read -r rps p50 p99 bad < <(on_client wrk -t1 -c1 -d"${DUR}s" --latency "$url/" | parse_wrk)
     row c1 "$t" p50_us "$p50"; row c1 "$t" p99_us "$p99"; row c1 "$t" errors "$bad"
+    case "$t" in tandem_*) continue ;; esac
     # 3. latency at a fixed rate below saturation: h2load --h1 --rps (per connection).
     rm -f "$W/h2load.log"
     on_client h2load --h1 -t1 -c"$CONNS" --rps "$((RATE / CONNS))" -D "$DUR" \
@@ -313,6 +362,17 @@ for r in $(seq 1 "$RUNS"); do
     row 1mib "$t" rps "$rps"; row 1mib "$t" errors "$bad"
   done
 done
+
+# What the sampled contender exported and dropped (its own counters, from /metrics).
+if [ -n "${PID[tandem_sampled]:-}" ]; then
+  sleep 2   # one batch delay (1 s) and an export
+  curl -fsS "http://127.0.0.1:$SAMPLED_ADMIN/metrics" | awk '
+    /^tandem_otlp_exported_total\{.*signal="traces"/ { e += $NF }
+    /^tandem_otlp_dropped_total\{.*signal="traces"/ { d += $NF }
+    /^tandem_proxy_requests_total\{/ { r += $NF }
+    END { printf "otlp\ttandem_sampled\tspans_exported\t%d\notlp\ttandem_sampled\tspans_dropped\t%d\notlp\ttandem_sampled\trequests\t%d\n", e, d, r }' >>"$RES" ||
+    say "could not read the sampled contender's /metrics"
+fi
 
 # ---------------------------------------------------------------- crash to serving again
 # Needs the proxy in the binary: tandem supervises hello_app (restart always, no delay), the
