@@ -37,10 +37,10 @@ pub type TestBody = UnsyncBoxBody<Bytes, Infallible>;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Runs a test body under a deadline, so a hang is a failure.
-pub async fn bounded<F: Future<Output = ()>>(f: F) {
+pub async fn bounded<T, F: Future<Output = T>>(f: F) -> T {
     tokio::time::timeout(Duration::from_secs(60), f)
         .await
-        .expect("test exceeded its 60 s bound");
+        .expect("test exceeded its 60 s bound")
 }
 
 /// Polls `cond` every 10 ms, up to 10 s; panics with `what` if it never holds.
