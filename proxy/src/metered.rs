@@ -15,7 +15,6 @@ use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::Response;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt;
 
 use crate::access_log::AccessRecord;
 use crate::cause::{Cause, ProxyBody};
@@ -131,7 +130,7 @@ impl RequestGuard {
     }
 
     /// Adds tandem's response headers and ties the guard to the response body.
-    pub fn respond(mut self, mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
+    pub fn respond(mut self, mut resp: Response<ProxyBody>) -> Response<MeteredBody<ProxyBody>> {
         self.status = resp.status().as_u16();
         let h = resp.headers_mut();
         h.insert(ATTEMPT_COUNT, HeaderValue::from(self.ctx.attempts()));
@@ -144,7 +143,7 @@ impl RequestGuard {
         if let Some(id) = self.ctx.request_id_value() {
             h.entry(REQUEST_ID).or_insert(id.clone());
         }
-        resp.map(|body| MeteredBody::new(body, self).boxed_unsync())
+        resp.map(|body| MeteredBody::new(body, self))
     }
 }
 

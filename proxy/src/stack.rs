@@ -29,7 +29,7 @@ use crate::cause::{Cause, ProxyBody};
 use crate::conn::ConnActivity;
 use crate::context::Ctx;
 use crate::listener::Listener;
-use crate::metered::{CountingBody, RequestGuard};
+use crate::metered::{CountingBody, MeteredBody, RequestGuard};
 use crate::tls::TlsInfo;
 use crate::trace::ServerSpan;
 use crate::{hygiene, limits, mtls, ratelimit, ready, retry, shed, timeout, upgrade};
@@ -76,7 +76,7 @@ impl Stack {
 
     /// One request, arrival to response head. Accounting (access log, RED metrics, in-flight
     /// and drain counters, tandem's response headers) lasts until the response body ends.
-    async fn handle(self, req: Request<Incoming>) -> Response<ProxyBody> {
+    async fn handle(self, req: Request<Incoming>) -> Response<MeteredBody<ProxyBody>> {
         let s = &*self.0;
         let ctx = Arc::new(Ctx::new());
         let mut guard = RequestGuard::new(
@@ -161,9 +161,9 @@ impl Stack {
 type RespResult = Result<Response<ProxyBody>, Cause>;
 
 impl hyper::service::Service<Request<Incoming>> for Stack {
-    type Response = Response<ProxyBody>;
+    type Response = Response<MeteredBody<ProxyBody>>;
     type Error = Infallible;
-    type Future = BoxFuture<Result<Response<ProxyBody>, Infallible>>;
+    type Future = BoxFuture<Result<Self::Response, Infallible>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let this = self.clone();
