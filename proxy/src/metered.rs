@@ -133,17 +133,25 @@ impl RequestGuard {
     pub fn respond(mut self, mut resp: Response<ProxyBody>) -> Response<MeteredBody<ProxyBody>> {
         self.status = resp.status().as_u16();
         let h = resp.headers_mut();
-        h.insert(ATTEMPT_COUNT, HeaderValue::from(self.ctx.attempts()));
+        h.insert(ATTEMPT_COUNT, number_value(u64::from(self.ctx.attempts())));
         if let Some(t) = self.ctx.upstream_time() {
-            h.insert(
-                UPSTREAM_SERVICE_TIME,
-                HeaderValue::from(u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
-            );
+            let ms = u64::try_from(t.as_millis()).unwrap_or(u64::MAX);
+            h.insert(UPSTREAM_SERVICE_TIME, number_value(ms));
         }
         if let Some(id) = self.ctx.request_id_value() {
             h.entry(REQUEST_ID).or_insert(id.clone());
         }
         resp.map(|body| MeteredBody::new(body, self))
+    }
+}
+
+/// A number as a header value; the small ones every response carries (attempt counts,
+/// milliseconds of a fast app) without an allocation.
+fn number_value(n: u64) -> HeaderValue {
+    const SMALL: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    match usize::try_from(n).ok().and_then(|i| SMALL.get(i)) {
+        Some(s) => HeaderValue::from_static(s),
+        None => HeaderValue::from(n),
     }
 }
 
