@@ -23,6 +23,7 @@ use crate::context::Ctx;
 use crate::hygiene::REQUEST_ID;
 use crate::listener::Listener;
 use crate::metrics::method_label;
+use crate::trace::ServerSpan;
 
 /// Number of attempts sent to the app, as Envoy's `x-envoy-attempt-count`.
 pub const ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-tandem-attempt-count");
@@ -80,6 +81,8 @@ pub(crate) struct RequestGuard {
     cause: Option<Cause>,
     bytes_out: u64,
     completed: bool,
+    /// The SERVER span, ended with the guard (when the response body ends or is cut).
+    span: Option<ServerSpan>,
 }
 
 impl RequestGuard {
@@ -114,7 +117,13 @@ impl RequestGuard {
             cause: None,
             bytes_out: 0,
             completed: false,
+            span: None,
         }
+    }
+
+    /// Ties the request's SERVER span (if traced) to the guard, so it ends with the response.
+    pub fn trace(&mut self, span: Option<ServerSpan>) {
+        self.span = span;
     }
 
     /// Notes that tandem answers with `cause`, and counts it.
@@ -132,6 +141,9 @@ impl RequestGuard {
     /// Adds tandem's response headers and ties the guard to the response body.
     pub fn respond(mut self, mut resp: Response<ProxyBody>) -> Response<MeteredBody<ProxyBody>> {
         self.status = resp.status().as_u16();
+        if let Some(span) = &mut self.span {
+            span.respond(self.status, self.cause);
+        }
         let h = resp.headers_mut();
         h.insert(ATTEMPT_COUNT, number_value(u64::from(self.ctx.attempts())));
         if let Some(t) = self.ctx.upstream_time() {
@@ -162,6 +174,9 @@ impl Drop for RequestGuard {
         l.counters.completed.fetch_add(1, Ordering::AcqRel);
         if let Some(c) = &self.conn {
             c.end();
+        }
+        if let Some(span) = self.span.take() {
+            span.end(self.completed);
         }
         let duration = self.ctx.start.elapsed();
         if let Some(m) = &l.metrics {
@@ -222,11 +237,15 @@ impl<B: Body<Data = Bytes> + Unpin> Body for MeteredBody<B> {
         match &polled {
             Poll::Ready(Some(Ok(f))) => {
                 let n = f.data_ref().map_or(0, |d| d.len() as u64);
-                // hyper stops polling once a body with a known length is complete.
+                // hyper stops polling once a body with a known length is complete: finish
+                // the request now, not when hyper gets round to dropping the body.
                 let ended = self.inner.is_end_stream();
                 if let Some(g) = self.guard.as_mut() {
                     g.bytes_out += n;
                     g.completed |= ended;
+                }
+                if ended {
+                    self.guard.take();
                 }
             }
             Poll::Ready(None) => {

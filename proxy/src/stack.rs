@@ -11,8 +11,9 @@
 //! turns a cause into tandem's response (through the request's `RequestGuard`), so each
 //! failure is counted and logged exactly once.
 //!
-//! Where per-request instrumentation plugs in (tracing): a server span around
-//! [`Stack::handle`] (it sees the request head, the final response and the cause), and a
+//! Where per-request instrumentation plugs in (tracing): a server span from the start of
+//! [`Stack::handle`] to the end of the response body (the request's `RequestGuard` holds it:
+//! it sees the request head, the final response, the cause and how the body ended), and a
 //! client span per attempt around [`upstream::send`] (called once per attempt by
 //! [`retry::attempts`], after each attempt's readiness gate).
 
@@ -87,12 +88,10 @@ impl Stack {
             ctx.clone(),
         );
         let mut req = req.map(|body| CountingBody::new(body, ctx.clone()));
-        // the SERVER span (None when tracing is off)
-        let span = ServerSpan::start(&s.l, &mut req, s.peer);
+        // the SERVER span (None when tracing is off); it ends with the guard, when the
+        // response body ends or is cut
+        guard.trace(ServerSpan::start(&s.l, &mut req, s.peer));
         let result = self.forward(req, &ctx).await;
-        if let Some(span) = span {
-            span.finish(&result);
-        }
         let resp = match result {
             Ok(resp) => resp,
             Err(cause) => {
