@@ -68,6 +68,13 @@ pub struct ListenerConfig {
     /// Per-client rate limit; absent: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitConfig>,
+    /// Keep the case of HTTP/1 header names as the client and the app wrote them (both
+    /// directions). Off by default, as in Envoy and HAProxy: names are case-insensitive
+    /// (RFC 9110 §5.1) and HTTP/2 clients send them lowercase anyway. On for a legacy app or
+    /// client that matches names case-sensitively, at the cost of a second header map per
+    /// request and per response.
+    #[serde(default)]
+    pub preserve_header_case: bool,
 }
 
 /// TLS termination on the listener. The files are read at bind time, polled every
@@ -361,6 +368,7 @@ impl ListenerConfig {
             upstream_tls: None,
             auth: None,
             rate_limit: None,
+            preserve_header_case: false,
         }
     }
 

@@ -7,7 +7,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{self, PathAndQuery, Scheme};
 use http::{Request, Uri, Version};
 use rand::Rng;
@@ -17,9 +17,13 @@ use crate::cause::Cause;
 use crate::config::Protocol;
 use crate::context::Ctx;
 use crate::listener::Listener;
+use crate::trace::TRACEPARENT;
 
 /// The request id header, created when absent and echoed on the response.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 /// Longest incoming request id that is passed through; longer ones are replaced.
 const MAX_REQUEST_ID_LEN: usize = 128;
 
@@ -45,8 +49,32 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
+/// Whether `name` is hop-by-hop in itself (the classic list; `Upgrade` aside).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    // Header names are stored lowercase: one string match, no map lookup.
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+    )
+}
+
 /// Removes hop-by-hop headers. With `upgrade`, keeps `Upgrade` and sets `Connection: upgrade`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // The common case, a head without any of them: one pass over the names instead of a
+    // lookup per listed header. (`Connection` names the others, so none can hide.)
+    if !headers
+        .keys()
+        .any(|n| is_hop_by_hop(n) || n == header::UPGRADE)
+    {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -93,45 +121,62 @@ pub fn set_forwarded(
     proto: &'static str,
     host: Option<HeaderValue>,
 ) {
-    let xff = HeaderName::from_static("x-forwarded-for");
-    let value = match headers.get(&xff).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => {
-            let client = client.to_str().unwrap_or_default();
-            HeaderValue::from_str(&format!("{prev}, {client}")).ok()
-        }
+    match headers.entry(X_FORWARDED_FOR) {
         // The common case: no proxy in front, no copy.
-        _ => Some(client.clone()),
-    };
-    if let Some(v) = value {
-        headers.insert(xff, v);
+        Entry::Vacant(e) => {
+            e.insert(client.clone());
+        }
+        Entry::Occupied(mut e) => {
+            let value = match e.get().to_str() {
+                Ok(prev) if !prev.trim().is_empty() => {
+                    let client = client.to_str().unwrap_or_default();
+                    HeaderValue::from_str(&format!("{prev}, {client}")).ok()
+                }
+                _ => Some(client.clone()),
+            };
+            if let Some(v) = value {
+                // `insert` replaces every earlier value, as the map's `insert` did.
+                e.insert(v);
+            }
+        }
     }
     headers
-        .entry(HeaderName::from_static("x-forwarded-proto"))
+        .entry(X_FORWARDED_PROTO)
         .or_insert(HeaderValue::from_static(proto));
     if let Some(host) = host {
-        headers
-            .entry(HeaderName::from_static("x-forwarded-host"))
-            .or_insert(host);
+        headers.entry(X_FORWARDED_HOST).or_insert(host);
     }
 }
 
 /// Keeps a sane incoming `x-request-id` or creates one; returns the value in use.
 pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(&REQUEST_ID) {
-        let ok = !v.is_empty()
-            && v.len() <= MAX_REQUEST_ID_LEN
-            && v.as_bytes().iter().all(|b| b.is_ascii_graphic());
-        if ok {
-            return v.clone();
+    let entry = match headers.entry(REQUEST_ID) {
+        Entry::Occupied(e) => {
+            let v = e.get();
+            let ok = !v.is_empty()
+                && v.len() <= MAX_REQUEST_ID_LEN
+                && v.as_bytes().iter().all(|b| b.is_ascii_graphic());
+            if ok {
+                return v.clone();
+            }
+            Entry::Occupied(e)
         }
-    }
+        vacant => vacant,
+    };
     let id: u128 = rand::thread_rng().gen();
     let mut hex = [0u8; 32];
     for (i, b) in hex.iter_mut().enumerate() {
         *b = b"0123456789abcdef"[((id >> (124 - 4 * i)) & 0xf) as usize];
     }
     let v = HeaderValue::from_bytes(&hex).expect("32 hex digits are a valid header value");
-    headers.insert(REQUEST_ID, v.clone());
+    match entry {
+        Entry::Occupied(mut e) => {
+            e.insert(v.clone());
+        }
+        Entry::Vacant(e) => {
+            e.insert(v.clone());
+        }
+    }
     v
 }
 
@@ -149,25 +194,20 @@ pub(crate) fn rewrite<B>(
     let rid = ensure_request_id(&mut parts.headers);
     let trace = parts
         .headers
-        .get("traceparent")
+        .get(TRACEPARENT)
         .and_then(|v| trace_id(v.to_str().ok()));
     ctx.set_ids(rid, trace);
     // HTTP/2 carries the host in :authority; an HTTP/1 app wants a Host header.
-    if !parts.headers.contains_key(header::HOST) {
-        if let Some(v) = parts
+    let host = match parts.headers.entry(header::HOST) {
+        Entry::Occupied(e) => Some(e.get().clone()),
+        Entry::Vacant(e) => parts
             .uri
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            parts.headers.insert(header::HOST, v);
-        }
-    }
+            .map(|v| e.insert(v).clone()),
+    };
     // A clone of the client's Host value shares its bytes; only a visible-ASCII one is kept.
-    let host = parts
-        .headers
-        .get(header::HOST)
-        .filter(|v| v.to_str().is_ok())
-        .cloned();
+    let host = host.filter(|v| v.to_str().is_ok());
     let proto = if parts.extensions.get::<crate::tls::TlsInfo>().is_some() {
         "https"
     } else {

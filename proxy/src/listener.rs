@@ -148,7 +148,7 @@ impl Listener {
             .timer(TokioTimer::new())
             .pool_idle_timeout(t.pool_idle)
             .pool_max_idle_per_host(64)
-            .http1_preserve_header_case(true)
+            .http1_preserve_header_case(cfg.preserve_header_case)
             .http2_only(cfg.protocol == Protocol::H2c)
             // Reused pooled connections found dead before the request was written are
             // retried by the pool itself: that is the "safe even for POST" case.
@@ -167,7 +167,7 @@ impl Listener {
             // idles, closing it early; `conn` runs the header-read clock itself.
             h1.timer(TokioTimer::new())
                 .header_read_timeout(None)
-                .preserve_header_case(true)
+                .preserve_header_case(cfg.preserve_header_case)
                 .max_headers(cfg.limits.max_header_count)
                 .max_buf_size(cfg.limits.max_header_bytes.saturating_add(16 * 1024));
         }

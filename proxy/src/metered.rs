@@ -15,7 +15,6 @@ use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::Response;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt;
 
 use crate::access_log::AccessRecord;
 use crate::cause::{Cause, ProxyBody};
@@ -24,6 +23,7 @@ use crate::context::Ctx;
 use crate::hygiene::REQUEST_ID;
 use crate::listener::Listener;
 use crate::metrics::method_label;
+use crate::trace::ServerSpan;
 
 /// Number of attempts sent to the app, as Envoy's `x-envoy-attempt-count`.
 pub const ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-tandem-attempt-count");
@@ -81,6 +81,8 @@ pub(crate) struct RequestGuard {
     cause: Option<Cause>,
     bytes_out: u64,
     completed: bool,
+    /// The SERVER span, ended with the guard (when the response body ends or is cut).
+    span: Option<ServerSpan>,
 }
 
 impl RequestGuard {
@@ -115,7 +117,13 @@ impl RequestGuard {
             cause: None,
             bytes_out: 0,
             completed: false,
+            span: None,
         }
+    }
+
+    /// Ties the request's SERVER span (if traced) to the guard, so it ends with the response.
+    pub fn trace(&mut self, span: Option<ServerSpan>) {
+        self.span = span;
     }
 
     /// Notes that tandem answers with `cause`, and counts it.
@@ -131,20 +139,31 @@ impl RequestGuard {
     }
 
     /// Adds tandem's response headers and ties the guard to the response body.
-    pub fn respond(mut self, mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
+    pub fn respond(mut self, mut resp: Response<ProxyBody>) -> Response<MeteredBody<ProxyBody>> {
         self.status = resp.status().as_u16();
+        if let Some(span) = &mut self.span {
+            span.respond(self.status, self.cause);
+        }
         let h = resp.headers_mut();
-        h.insert(ATTEMPT_COUNT, HeaderValue::from(self.ctx.attempts()));
+        h.insert(ATTEMPT_COUNT, number_value(u64::from(self.ctx.attempts())));
         if let Some(t) = self.ctx.upstream_time() {
-            h.insert(
-                UPSTREAM_SERVICE_TIME,
-                HeaderValue::from(u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
-            );
+            let ms = u64::try_from(t.as_millis()).unwrap_or(u64::MAX);
+            h.insert(UPSTREAM_SERVICE_TIME, number_value(ms));
         }
         if let Some(id) = self.ctx.request_id_value() {
             h.entry(REQUEST_ID).or_insert(id.clone());
         }
-        resp.map(|body| MeteredBody::new(body, self).boxed_unsync())
+        resp.map(|body| MeteredBody::new(body, self))
+    }
+}
+
+/// A number as a header value; the small ones every response carries (attempt counts,
+/// milliseconds of a fast app) without an allocation.
+fn number_value(n: u64) -> HeaderValue {
+    const SMALL: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    match usize::try_from(n).ok().and_then(|i| SMALL.get(i)) {
+        Some(s) => HeaderValue::from_static(s),
+        None => HeaderValue::from(n),
     }
 }
 
@@ -155,6 +174,9 @@ impl Drop for RequestGuard {
         l.counters.completed.fetch_add(1, Ordering::AcqRel);
         if let Some(c) = &self.conn {
             c.end();
+        }
+        if let Some(span) = self.span.take() {
+            span.end(self.completed);
         }
         let duration = self.ctx.start.elapsed();
         if let Some(m) = &l.metrics {
@@ -215,11 +237,15 @@ impl<B: Body<Data = Bytes> + Unpin> Body for MeteredBody<B> {
         match &polled {
             Poll::Ready(Some(Ok(f))) => {
                 let n = f.data_ref().map_or(0, |d| d.len() as u64);
-                // hyper stops polling once a body with a known length is complete.
+                // hyper stops polling once a body with a known length is complete: finish
+                // the request now, not when hyper gets round to dropping the body.
                 let ended = self.inner.is_end_stream();
                 if let Some(g) = self.guard.as_mut() {
                     g.bytes_out += n;
                     g.completed |= ended;
+                }
+                if ended {
+                    self.guard.take();
                 }
             }
             Poll::Ready(None) => {

@@ -44,14 +44,14 @@ impl Prepared {
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
+        if body.is_end_stream() {
+            return Ok(Prepared::Replayable(Bytes::new()));
+        }
         // A declared length over `max_body` was refused by the limits layer already.
         let content_length = headers
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
-        if body.is_end_stream() {
-            return Ok(Prepared::Replayable(Bytes::new()));
-        }
         let limited: UpstreamBody = match max_body {
             Some(max) => {
                 Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX)).boxed_unsync()

@@ -11,8 +11,9 @@
 //! turns a cause into tandem's response (through the request's `RequestGuard`), so each
 //! failure is counted and logged exactly once.
 //!
-//! Where per-request instrumentation plugs in (tracing): a server span around
-//! [`Stack::handle`] (it sees the request head, the final response and the cause), and a
+//! Where per-request instrumentation plugs in (tracing): a server span from the start of
+//! [`Stack::handle`] to the end of the response body (the request's `RequestGuard` holds it:
+//! it sees the request head, the final response, the cause and how the body ended), and a
 //! client span per attempt around [`upstream::send`] (called once per attempt by
 //! [`retry::attempts`], after each attempt's readiness gate).
 
@@ -29,7 +30,7 @@ use crate::cause::{Cause, ProxyBody};
 use crate::conn::ConnActivity;
 use crate::context::Ctx;
 use crate::listener::Listener;
-use crate::metered::{CountingBody, RequestGuard};
+use crate::metered::{CountingBody, MeteredBody, RequestGuard};
 use crate::tls::TlsInfo;
 use crate::trace::ServerSpan;
 use crate::{hygiene, limits, mtls, ratelimit, ready, retry, shed, timeout, upgrade};
@@ -76,7 +77,7 @@ impl Stack {
 
     /// One request, arrival to response head. Accounting (access log, RED metrics, in-flight
     /// and drain counters, tandem's response headers) lasts until the response body ends.
-    async fn handle(self, req: Request<Incoming>) -> Response<ProxyBody> {
+    async fn handle(self, req: Request<Incoming>) -> Response<MeteredBody<ProxyBody>> {
         let s = &*self.0;
         let ctx = Arc::new(Ctx::new());
         let mut guard = RequestGuard::new(
@@ -87,12 +88,10 @@ impl Stack {
             ctx.clone(),
         );
         let mut req = req.map(|body| CountingBody::new(body, ctx.clone()));
-        // the SERVER span (None when tracing is off)
-        let span = ServerSpan::start(&s.l, &mut req, s.peer);
+        // the SERVER span (None when tracing is off); it ends with the guard, when the
+        // response body ends or is cut
+        guard.trace(ServerSpan::start(&s.l, &mut req, s.peer));
         let result = self.forward(req, &ctx).await;
-        if let Some(span) = span {
-            span.finish(&result);
-        }
         let resp = match result {
             Ok(resp) => resp,
             Err(cause) => {
@@ -161,9 +160,9 @@ impl Stack {
 type RespResult = Result<Response<ProxyBody>, Cause>;
 
 impl hyper::service::Service<Request<Incoming>> for Stack {
-    type Response = Response<ProxyBody>;
+    type Response = Response<MeteredBody<ProxyBody>>;
     type Error = Infallible;
-    type Future = BoxFuture<Result<Response<ProxyBody>, Infallible>>;
+    type Future = BoxFuture<Result<Self::Response, Infallible>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let this = self.clone();

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response};
+use http::Request;
 use opentelemetry::global::BoxedTracer;
 use opentelemetry::trace::{
     Span, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState,
@@ -19,7 +19,7 @@ use opentelemetry::trace::{
 };
 use opentelemetry::{Context, KeyValue};
 
-use crate::cause::{Cause, ProxyBody};
+use crate::cause::Cause;
 use crate::listener::Listener;
 
 /// The W3C trace context header.
@@ -167,9 +167,17 @@ pub fn inject(sc: &SpanContext, headers: &mut HeaderMap) {
 
 // === the server span ===
 
-/// A request's SERVER span, under the caller's trace context (or a new trace).
+/// `error.type` of a server span whose response did not reach its end: the app's body broke
+/// mid-way, the client went away, or the request was dropped before any response head.
+pub const RESPONSE_INCOMPLETE: &str = "response_incomplete";
+
+/// A request's SERVER span, under the caller's trace context (or a new trace). It ends when
+/// the response body ends, as Envoy's and OTel's HTTP server spans do: the request's
+/// `RequestGuard` holds it, so no body wrapper exists for it, traced or not.
 pub(crate) struct ServerSpan {
     cx: Context,
+    /// `error.type` was set from the response head.
+    failed: bool,
 }
 
 // === impl ServerSpan ===
@@ -183,32 +191,42 @@ impl ServerSpan {
         let cx = server_span(tracer, req, peer);
         inject(&cx.span().span_context().clone(), req.headers_mut());
         req.extensions_mut().insert(ServerTrace(cx.clone()));
-        Some(Self { cx })
+        Some(Self { cx, failed: false })
     }
 
-    /// End the span with the request's outcome.
-    pub fn finish(self, result: &Result<Response<ProxyBody>, Cause>) {
+    /// Record the response head: its status, and the cause when tandem answered for the app.
+    pub fn respond(&mut self, status: u16, cause: Option<Cause>) {
         let span = self.cx.span();
-        let status = match result {
-            Ok(resp) => resp.status().as_u16(),
-            Err(cause) => cause.response().status().as_u16(),
-        };
         span.set_attribute(KeyValue::new(
             "http.response.status_code",
             i64::from(status),
         ));
-        match result {
-            Ok(_) if status >= 500 => {
+        match cause {
+            None if status >= 500 => {
                 span.set_attribute(KeyValue::new("error.type", status.to_string()));
                 span.set_status(Status::error(""));
+                self.failed = true;
             }
-            Ok(_) => {}
-            Err(cause) => {
+            None => {}
+            Some(cause) => {
                 span.set_attribute(KeyValue::new("error.type", cause.as_str()));
                 if status >= 500 {
                     span.set_status(Status::error(cause.as_str()));
                 }
+                self.failed = true;
             }
+        }
+    }
+
+    /// End the span: the response body ended (`completed`), or it was cut, which is an error
+    /// ([`RESPONSE_INCOMPLETE`] unless the head already named one).
+    pub fn end(self, completed: bool) {
+        let span = self.cx.span();
+        if !completed {
+            if !self.failed {
+                span.set_attribute(KeyValue::new("error.type", RESPONSE_INCOMPLETE));
+            }
+            span.set_status(Status::error(RESPONSE_INCOMPLETE));
         }
         span.end();
     }

@@ -9,7 +9,7 @@
 use std::error::Error as StdError;
 
 use http::{Request, Response};
-use http_body_util::BodyExt;
+use http_body_util::Either;
 use tokio::time::Instant;
 
 use crate::cause::{Cause, ProxyBody};
@@ -36,7 +36,7 @@ pub(crate) async fn send(
     let result = match result {
         Err(_) => Err(Cause::PerTryTimeout),
         Ok(Err(e)) => Err(classify(&e)),
-        Ok(Ok(resp)) => Ok(resp.map(|b| b.boxed_unsync())),
+        Ok(Ok(resp)) => Ok(resp.map(Either::Left)),
     };
     if let Some(span) = span {
         span.finish(result.as_ref().map(|r| r.status().as_u16()).map_err(|c| *c));

@@ -21,4 +21,5 @@ mod retry;
 mod tcp;
 mod timeouts;
 mod tls;
+mod trace;
 mod upstream_tls;

@@ -37,10 +37,10 @@ pub type TestBody = UnsyncBoxBody<Bytes, Infallible>;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Runs a test body under a deadline, so a hang is a failure.
-pub async fn bounded<F: Future<Output = ()>>(f: F) {
+pub async fn bounded<T, F: Future<Output = T>>(f: F) -> T {
     tokio::time::timeout(Duration::from_secs(60), f)
         .await
-        .expect("test exceeded its 60 s bound");
+        .expect("test exceeded its 60 s bound")
 }
 
 /// Polls `cond` every 10 ms, up to 10 s; panics with `what` if it never holds.
@@ -317,6 +317,18 @@ impl Proxy {
         ready: bool,
         tweak: impl FnOnce(&mut ListenerConfig),
     ) -> Self {
+        Self::start_with_hooks(upstream, protocol, ready, tweak, |h| h).await
+    }
+
+    /// As [`Proxy::start`], with `hooks` adding to the access log and metrics (e.g. a tracer).
+    pub async fn start_with_hooks(
+        upstream: SocketAddr,
+        protocol: Protocol,
+        ready: bool,
+        tweak: impl FnOnce(&mut ListenerConfig),
+        hooks: impl FnOnce(Hooks) -> Hooks,
+    ) -> Self {
+        let add = hooks;
         let mut cfg = ListenerConfig::new(
             "127.0.0.1:0".parse().expect("addr"),
             upstream.to_string(),
@@ -331,9 +343,9 @@ impl Proxy {
         let mut registry = Registry::default();
         let hooks = {
             let log = log.clone();
-            Hooks::new()
+            add(Hooks::new()
                 .with_access_log(move |r| log.lock().expect("lock").push(r.clone()))
-                .with_metrics(&mut registry)
+                .with_metrics(&mut registry))
         };
         let serving = serve(bound, rx, CancellationToken::new(), hooks);
         Self {
