@@ -178,7 +178,7 @@ impl Drop for Receiver {
 pub(crate) struct Item {
     resource: BTreeMap<String, String>,
     attrs: BTreeMap<String, String>,
-    v: Value,
+    pub(crate) v: Value,
 }
 
 impl Item {
