@@ -717,4 +717,18 @@ fn bad_telemetry_settings_are_errors_naming_the_key_or_variable() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "{err}");
     assert!(err.contains("OTEL_TRACES_SAMPLER"), "{err}");
+    // A CA file that is not there: exit 64 naming the variable and the file.
+    let out = Command::new(crate::support::bin())
+        .args(["--admin", "", "--", "true"])
+        .env("TANDEM_LOG_FORMAT", "json")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "https://127.0.0.1:4317")
+        .env("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains("OTEL_EXPORTER_OTLP_CERTIFICATE: /nonexistent/ca.pem"),
+        "{err}"
+    );
 }
