@@ -14,6 +14,7 @@ mod logs;
 mod nomad;
 mod notify;
 mod otel;
+mod otel_tls;
 mod passthrough;
 mod proxy;
 mod reaping;

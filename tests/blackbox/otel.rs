@@ -22,16 +22,16 @@ use tandem::admin_client::get;
 
 use crate::support::{eventually, free_port, http, legacy_app, require_tool, Tandem, PATIENCE};
 
-const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
-const PARENT: &str = "00f067aa0ba902b7";
+pub(crate) const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+pub(crate) const PARENT: &str = "00f067aa0ba902b7";
 
-fn repo() -> PathBuf {
+pub(crate) fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 /// Whether `oteltest` is importable from scripts/test's target/py (fails under
 /// REQUIRE_TEST_TOOLS when it is not).
-fn require_oteltest() -> bool {
+pub(crate) fn require_oteltest() -> bool {
     if !require_tool("python3") {
         return false;
     }
@@ -53,17 +53,23 @@ fn require_oteltest() -> bool {
 }
 
 /// An `oteltest` receiver in a child process; every request it decodes, as JSON.
-struct Receiver {
+pub(crate) struct Receiver {
     child: Child,
     requests: Arc<Mutex<Vec<Value>>>,
 }
 
 impl Receiver {
     /// `kind`: "grpc" or "http"; listens on 127.0.0.1:`port`.
-    fn start(kind: &str, port: u16) -> Receiver {
+    pub(crate) fn start(kind: &str, port: u16) -> Receiver {
+        Receiver::start_with(kind, port, &[])
+    }
+
+    /// [`Receiver::start`] with more of receiver.py's arguments (`--tls CERT KEY`, ...).
+    pub(crate) fn start_with(kind: &str, port: u16, args: &[&str]) -> Receiver {
         let mut child = Command::new("python3")
             .arg(repo().join("tests/otel/receiver.py"))
             .args([kind, &port.to_string()])
+            .args(args)
             .env("PYTHONPATH", repo().join("target/py"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -91,7 +97,7 @@ impl Receiver {
         Receiver { child, requests }
     }
 
-    fn of(&self, signal: &str) -> Vec<Value> {
+    pub(crate) fn of(&self, signal: &str) -> Vec<Value> {
         self.requests
             .lock()
             .unwrap()
@@ -102,12 +108,12 @@ impl Receiver {
     }
 
     /// Every span received, with its resource's attributes.
-    fn spans(&self) -> Vec<Item> {
+    pub(crate) fn spans(&self) -> Vec<Item> {
         self.flatten("traces", "resourceSpans", "scopeSpans", "spans")
     }
 
     /// Every log record received, with its resource's attributes.
-    fn logs(&self) -> Vec<Item> {
+    pub(crate) fn logs(&self) -> Vec<Item> {
         self.flatten("logs", "resourceLogs", "scopeLogs", "logRecords")
     }
 
@@ -169,15 +175,15 @@ impl Drop for Receiver {
 
 /// A span or log record with its attributes and its resource's.
 #[derive(Debug, Clone)]
-struct Item {
+pub(crate) struct Item {
     resource: BTreeMap<String, String>,
     attrs: BTreeMap<String, String>,
-    v: Value,
+    pub(crate) v: Value,
 }
 
 impl Item {
     /// An id field (base64 in protobuf's JSON) as hex.
-    fn id(&self, field: &str) -> String {
+    pub(crate) fn id(&self, field: &str) -> String {
         let b64 = self.v[field].as_str().unwrap_or("");
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(b64)
@@ -210,7 +216,17 @@ fn attrs(list: &Value) -> BTreeMap<String, String> {
 }
 
 /// tandem supervising legacy-app on `port` behind one proxy listener, exporting to `endpoint`.
-fn start_tandem(dir: &Path, port: u16, telemetry: &str) -> (Tandem, String, String) {
+pub(crate) fn start_tandem(dir: &Path, port: u16, telemetry: &str) -> (Tandem, String, String) {
+    start_tandem_env(dir, port, telemetry, &[])
+}
+
+/// [`start_tandem`] with more variables in tandem's environment.
+pub(crate) fn start_tandem_env(
+    dir: &Path,
+    port: u16,
+    telemetry: &str,
+    env: &[(&str, &str)],
+) -> (Tandem, String, String) {
     let cfg = dir.join("tandem.toml");
     std::fs::write(
         &cfg,
@@ -254,7 +270,8 @@ upstream = "127.0.0.1:{port}"
             .env(
                 "OTEL_RESOURCE_ATTRIBUTES",
                 "deployment.environment.name=test",
-            ),
+            )
+            .envs(env.iter().copied()),
     );
     t.collect_stdout();
     let proxy = t.wait_event("proxy_listening")["addr"]
@@ -270,7 +287,7 @@ upstream = "127.0.0.1:{port}"
 }
 
 /// A counter's value on tandem's /metrics (0 when the series does not exist yet).
-fn scrape(admin: &str, series: &str) -> f64 {
+pub(crate) fn scrape(admin: &str, series: &str) -> f64 {
     let (_, body) = get(admin, "/metrics").unwrap();
     body.lines()
         .filter(|l| l.starts_with(series))
@@ -700,4 +717,18 @@ fn bad_telemetry_settings_are_errors_naming_the_key_or_variable() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "{err}");
     assert!(err.contains("OTEL_TRACES_SAMPLER"), "{err}");
+    // A CA file that is not there: exit 64 naming the variable and the file.
+    let out = Command::new(crate::support::bin())
+        .args(["--admin", "", "--", "true"])
+        .env("TANDEM_LOG_FORMAT", "json")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "https://127.0.0.1:4317")
+        .env("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains("OTEL_EXPORTER_OTLP_CERTIFICATE: /nonexistent/ca.pem"),
+        "{err}"
+    );
 }

@@ -19,6 +19,15 @@ pub struct TelemetryConfig {
     pub protocol: String,
     /// Headers on every export request (e.g. an API key); values are redacted by `tandem check`.
     pub headers: BTreeMap<String, String>,
+    /// PEM CA bundle an `https://` receiver's certificate must chain to; empty: the built-in
+    /// Mozilla roots (`OTEL_EXPORTER_OTLP_CERTIFICATE`).
+    pub ca_file: String,
+    /// PEM client certificate chain for mTLS (`OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE`).
+    pub cert_file: String,
+    /// PEM private key of `cert_file` (`OTEL_EXPORTER_OTLP_CLIENT_KEY`).
+    pub key_file: String,
+    /// `none` or `gzip` (`OTEL_EXPORTER_OTLP_COMPRESSION`).
+    pub compression: String,
     /// Longest one export request may take.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
@@ -47,6 +56,10 @@ impl Default for TelemetryConfig {
             endpoint: String::new(),
             protocol: "grpc".into(),
             headers: BTreeMap::new(),
+            ca_file: String::new(),
+            cert_file: String::new(),
+            key_file: String::new(),
+            compression: "none".into(),
             timeout: Duration::from_secs(10),
             retry_for: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(5),
@@ -183,6 +196,26 @@ impl Protocol {
     }
 }
 
+/// How request bodies are compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// As they are.
+    None,
+    /// gzip (`Content-Encoding: gzip`; gRPC: `grpc-encoding: gzip`).
+    Gzip,
+}
+
+impl Compression {
+    /// Parse the names `OTEL_EXPORTER_OTLP_COMPRESSION` uses.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim() {
+            "none" | "" => Some(Self::None),
+            "gzip" => Some(Self::Gzip),
+            _ => None,
+        }
+    }
+}
+
 /// The sampler names `OTEL_TRACES_SAMPLER` uses.
 pub const SAMPLERS: [&str; 6] = [
     "always_on",
@@ -202,6 +235,12 @@ impl TelemetryConfig {
             return Err(format!(
                 "telemetry.protocol: {:?} is not a protocol (grpc | http/protobuf)",
                 self.protocol
+            ));
+        }
+        if Compression::parse(&self.compression).is_none() {
+            return Err(format!(
+                "telemetry.compression: {:?} is not supported (none | gzip)",
+                self.compression
             ));
         }
         for (key, url) in [
@@ -297,6 +336,12 @@ mod tests {
             .validate()
             .unwrap_err()
             .starts_with("telemetry.traces.sampler_ratio"));
+        c = TelemetryConfig::default();
+        c.compression = "zstd".into();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .starts_with("telemetry.compression"));
         c = TelemetryConfig::default();
         c.traces.sampler = "sometimes".into();
         assert!(c

@@ -1,15 +1,24 @@
 //! The OTLP exporters, built from resolved [`Export`] settings (gRPC with tonic, HTTP/protobuf
 //! with hyper). Every value is passed in code, so the exporter's own `OTEL_*` reading never
 //! disagrees with [`super::settings`].
+//!
+//! The connections are tandem's: a tonic channel and a hyper client on the connector of
+//! [`super::tls`], handed to the exporter builders. So `https://` works with one rustls (ring)
+//! config for both protocols, and the exporter's own TLS features (which would pick roots and a
+//! crypto provider of their own) stay off.
 use std::collections::HashMap;
 
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use opentelemetry_http::hyper::HyperClient;
 use opentelemetry_otlp::{
     LogExporter, MetricExporter, SpanExporter, WithExportConfig, WithHttpConfig, WithTonicConfig,
 };
 use opentelemetry_sdk::metrics::Temporality;
 
-use super::config::Protocol;
+use super::config::{Compression, Protocol};
 use super::settings::Export;
+use super::tls::HttpVersion;
 
 fn metadata(e: &Export) -> Result<opentelemetry_otlp::tonic_types::metadata::MetadataMap, String> {
     let mut headers = http::HeaderMap::new();
@@ -30,6 +39,31 @@ fn headers(e: &Export) -> HashMap<String, String> {
         .collect()
 }
 
+/// A lazily connecting gRPC channel to `e.endpoint` (TLS when it is `https://`).
+fn channel(e: &Export) -> Result<tonic::transport::Channel, String> {
+    let endpoint = tonic::transport::Endpoint::from_shared(e.endpoint.clone())
+        .map_err(|x| format!("{:?} is not a gRPC endpoint: {x}", e.endpoint))?
+        .timeout(e.timeout)
+        .connect_timeout(e.timeout);
+    Ok(endpoint.connect_with_connector_lazy(e.tls.connector(HttpVersion::Http2, e.timeout)))
+}
+
+/// The HTTP client for OTLP/HTTP (TLS when the URL is `https://`).
+fn http_client(e: &Export) -> HyperClient<HttpsConnector<HttpConnector>> {
+    HyperClient::new(
+        e.tls.connector(HttpVersion::Http1, e.timeout),
+        e.timeout,
+        None,
+    )
+}
+
+fn compression(e: &Export) -> Option<opentelemetry_otlp::Compression> {
+    match e.compression {
+        Compression::None => None,
+        Compression::Gzip => Some(opentelemetry_otlp::Compression::Gzip),
+    }
+}
+
 fn err(what: &str, e: &Export, error: impl std::fmt::Display) -> String {
     format!(
         "cannot build the OTLP {what} exporter for {}: {error}",
@@ -41,19 +75,30 @@ fn err(what: &str, e: &Export, error: impl std::fmt::Display) -> String {
 pub fn span(e: &Export) -> Result<SpanExporter, String> {
     let b = SpanExporter::builder();
     match e.protocol {
-        Protocol::Grpc => b
-            .with_tonic()
-            .with_endpoint(e.endpoint.clone())
-            .with_timeout(e.timeout)
-            .with_metadata(metadata(e)?)
-            .build(),
-        Protocol::HttpProtobuf => b
-            .with_http()
-            .with_endpoint(e.endpoint.clone())
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .with_timeout(e.timeout)
-            .with_headers(headers(e))
-            .build(),
+        Protocol::Grpc => {
+            let mut b = b
+                .with_tonic()
+                .with_channel(channel(e)?)
+                .with_timeout(e.timeout)
+                .with_metadata(metadata(e)?);
+            if let Some(c) = compression(e) {
+                b = b.with_compression(c);
+            }
+            b.build()
+        }
+        Protocol::HttpProtobuf => {
+            let mut b = b
+                .with_http()
+                .with_http_client(http_client(e))
+                .with_endpoint(e.endpoint.clone())
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_timeout(e.timeout)
+                .with_headers(headers(e));
+            if let Some(c) = compression(e) {
+                b = b.with_compression(c);
+            }
+            b.build()
+        }
     }
     .map_err(|x| err("span", e, x))
 }
@@ -62,19 +107,30 @@ pub fn span(e: &Export) -> Result<SpanExporter, String> {
 pub fn log(e: &Export) -> Result<LogExporter, String> {
     let b = LogExporter::builder();
     match e.protocol {
-        Protocol::Grpc => b
-            .with_tonic()
-            .with_endpoint(e.endpoint.clone())
-            .with_timeout(e.timeout)
-            .with_metadata(metadata(e)?)
-            .build(),
-        Protocol::HttpProtobuf => b
-            .with_http()
-            .with_endpoint(e.endpoint.clone())
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .with_timeout(e.timeout)
-            .with_headers(headers(e))
-            .build(),
+        Protocol::Grpc => {
+            let mut b = b
+                .with_tonic()
+                .with_channel(channel(e)?)
+                .with_timeout(e.timeout)
+                .with_metadata(metadata(e)?);
+            if let Some(c) = compression(e) {
+                b = b.with_compression(c);
+            }
+            b.build()
+        }
+        Protocol::HttpProtobuf => {
+            let mut b = b
+                .with_http()
+                .with_http_client(http_client(e))
+                .with_endpoint(e.endpoint.clone())
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_timeout(e.timeout)
+                .with_headers(headers(e));
+            if let Some(c) = compression(e) {
+                b = b.with_compression(c);
+            }
+            b.build()
+        }
     }
     .map_err(|x| err("log", e, x))
 }
@@ -83,21 +139,32 @@ pub fn log(e: &Export) -> Result<LogExporter, String> {
 pub fn metric(e: &Export) -> Result<MetricExporter, String> {
     let b = MetricExporter::builder();
     match e.protocol {
-        Protocol::Grpc => b
-            .with_tonic()
-            .with_endpoint(e.endpoint.clone())
-            .with_timeout(e.timeout)
-            .with_metadata(metadata(e)?)
-            .with_temporality(Temporality::Cumulative)
-            .build(),
-        Protocol::HttpProtobuf => b
-            .with_http()
-            .with_endpoint(e.endpoint.clone())
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .with_timeout(e.timeout)
-            .with_headers(headers(e))
-            .with_temporality(Temporality::Cumulative)
-            .build(),
+        Protocol::Grpc => {
+            let mut b = b
+                .with_tonic()
+                .with_channel(channel(e)?)
+                .with_timeout(e.timeout)
+                .with_metadata(metadata(e)?)
+                .with_temporality(Temporality::Cumulative);
+            if let Some(c) = compression(e) {
+                b = b.with_compression(c);
+            }
+            b.build()
+        }
+        Protocol::HttpProtobuf => {
+            let mut b = b
+                .with_http()
+                .with_http_client(http_client(e))
+                .with_endpoint(e.endpoint.clone())
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_timeout(e.timeout)
+                .with_headers(headers(e))
+                .with_temporality(Temporality::Cumulative);
+            if let Some(c) = compression(e) {
+                b = b.with_compression(c);
+            }
+            b.build()
+        }
     }
     .map_err(|x| err("metric", e, x))
 }

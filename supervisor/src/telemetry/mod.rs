@@ -4,7 +4,7 @@
 //! Layout: [`config`] is the `[telemetry]` section and [`settings`] the same with `OTEL_*`
 //! applied; [`resource`] is what every signal carries (service, host, process, orchestrator
 //! identity); [`export`] is tandem's bounded, counted queue in front of each exporter
-//! ([`exporters`]); [`traces`], [`logs`] and [`metrics`] are the three signals;
+//! ([`exporters`], their connections through [`tls`]); [`traces`], [`logs`] and [`metrics`] are the three signals;
 //! [`passthrough`] is the OTLP receiver on 127.0.0.1:4317/4318 for instrumented apps.
 //!
 //! Invariant: [`Telemetry`] only offers operations (start, the tracer, the log sink, the
@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod passthrough;
 pub mod resource;
 pub mod settings;
+pub mod tls;
 pub mod traces;
 
 use std::collections::BTreeMap;
@@ -95,7 +96,7 @@ impl Telemetry {
             ("metrics", settings.metrics.as_ref().map(|m| &m.0)),
         ] {
             if let Some(e) = e {
-                tracing::info!(event = "otlp_export", signal, endpoint = %e.endpoint, protocol = ?e.protocol, "exporting over OTLP");
+                tracing::info!(event = "otlp_export", signal, endpoint = %e.endpoint, protocol = ?e.protocol, compression = ?e.compression, tls_roots = e.tls.roots(), "exporting over OTLP");
             }
         }
         Ok(Self {

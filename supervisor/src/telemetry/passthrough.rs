@@ -45,6 +45,17 @@ pub struct PassthroughConfig {
     pub protocol: String,
     /// Headers sent upstream, over `OTEL_EXPORTER_OTLP_[SIGNAL_]HEADERS`.
     pub headers: BTreeMap<String, String>,
+    /// PEM CA bundle an `https://` upstream must chain to; empty:
+    /// `OTEL_EXPORTER_OTLP_[SIGNAL_]CERTIFICATE`, else the built-in Mozilla roots.
+    pub ca_file: String,
+    /// PEM client certificate chain for mTLS; empty:
+    /// `OTEL_EXPORTER_OTLP_[SIGNAL_]CLIENT_CERTIFICATE`.
+    pub cert_file: String,
+    /// PEM private key of `cert_file`; empty: `OTEL_EXPORTER_OTLP_[SIGNAL_]CLIENT_KEY`.
+    pub key_file: String,
+    /// `none` or `gzip` for requests upstream; empty: `OTEL_EXPORTER_OTLP_[SIGNAL_]COMPRESSION`,
+    /// else `none`.
+    pub compression: String,
     /// Larger requests are refused (413 / INVALID_ARGUMENT).
     pub max_request_size: ByteSize,
     /// Bytes queued per signal while the upstream is slow or down; beyond: 429.
@@ -70,6 +81,10 @@ impl Default for PassthroughConfig {
             endpoint: String::new(),
             protocol: String::new(),
             headers: BTreeMap::new(),
+            ca_file: String::new(),
+            cert_file: String::new(),
+            key_file: String::new(),
+            compression: String::new(),
             max_request_size: ByteSize::mib(4),
             queue_size: ByteSize::mib(16),
             timeout: Duration::from_secs(10),
@@ -239,14 +254,7 @@ impl Passthrough {
             })?;
         let mut upstreams = Vec::new();
         for s in Signal::ALL {
-            let up = upstream::resolve(
-                s,
-                &cfg.endpoint,
-                &cfg.protocol,
-                &cfg.headers,
-                env,
-                &[grpc_addr, http_addr],
-            )?;
+            let up = upstream::resolve(s, cfg, env, &[grpc_addr, http_addr])?;
             upstreams.push((s, up));
         }
         let bind = |key: &'static str, addr: SocketAddr| async move {
@@ -267,7 +275,7 @@ impl Passthrough {
         let mut queues = Vec::new();
         let mut forwarders = JoinSet::new();
         for (s, up) in upstreams {
-            tracing::info!(event = "otlp_passthrough_upstream", signal = s.as_str(), protocol = up.protocol.as_str(), url = %up.url, "the app's {} go to {}", s.as_str(), up.url);
+            tracing::info!(event = "otlp_passthrough_upstream", signal = s.as_str(), protocol = up.protocol.as_str(), url = %up.url, compression = ?up.compression, tls_roots = up.tls.roots(), "the app's {} go to {}", s.as_str(), up.url);
             let (queue, rx) = forward::Queue::new(cfg.queue_size.as_u64() as usize);
             let f = forward::Forwarder::new(
                 s,

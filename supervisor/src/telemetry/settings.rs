@@ -7,7 +7,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::config::{check_url, Protocol, TelemetryConfig, SAMPLERS};
+use super::config::{check_url, Compression, Protocol, TelemetryConfig, SAMPLERS};
+use super::tls::{ClientTls, TlsFile, TlsFiles};
 
 /// The three signals tandem exports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -50,6 +51,10 @@ pub struct Export {
     pub headers: BTreeMap<String, String>,
     /// Longest one request may take.
     pub timeout: Duration,
+    /// Request bodies gzipped or not.
+    pub compression: Compression,
+    /// The TLS client for `https://` endpoints (CA, client certificate), loaded.
+    pub tls: ClientTls,
 }
 
 /// The queue in front of a signal's exporter.
@@ -140,12 +145,46 @@ impl Settings {
             Some(ms) => millis(ms, "OTEL_EXPORTER_OTLP_TIMEOUT")?,
             None => cfg.timeout,
         };
-        let base = Export {
-            endpoint: String::new(),
-            protocol,
-            headers,
-            timeout,
+        let compression = match var("OTEL_EXPORTER_OTLP_COMPRESSION") {
+            Some(c) => parse_compression(c, "OTEL_EXPORTER_OTLP_COMPRESSION")?,
+            None => Compression::parse(&cfg.compression).ok_or_else(|| {
+                format!(
+                    "telemetry.compression: {:?} is not supported (none | gzip)",
+                    cfg.compression
+                )
+            })?,
         };
+        // Each file: the config key, over it the general variable, over that the signal's.
+        let file = |key: &str, name: &str, sig: Signal| -> Option<TlsFile> {
+            let specific = format!("OTEL_EXPORTER_OTLP_{}_{name}", sig.env());
+            let general = format!("OTEL_EXPORTER_OTLP_{name}");
+            let from_env = |v: String| var(&v).map(|p| (v.clone(), p.to_string()));
+            let (source, path) =
+                from_env(specific)
+                    .or_else(|| from_env(general))
+                    .or_else(|| {
+                        let v = match key {
+                            "ca_file" => &cfg.ca_file,
+                            "cert_file" => &cfg.cert_file,
+                            _ => &cfg.key_file,
+                        };
+                        let v = v.trim();
+                        (!v.is_empty()).then(|| (format!("telemetry.{key}"), v.to_string()))
+                    })?;
+            Some(TlsFile {
+                source,
+                path: path.into(),
+            })
+        };
+        let tls = |sig: Signal| -> Result<ClientTls, String> {
+            let files = TlsFiles {
+                ca: file("ca_file", "CERTIFICATE", sig),
+                cert: file("cert_file", "CLIENT_CERTIFICATE", sig),
+                key: file("key_file", "CLIENT_KEY", sig),
+            };
+            ClientTls::load(&files).map_err(|e| e.to_string())
+        };
+        let base = (protocol, headers, timeout, compression);
         let general = match var("OTEL_EXPORTER_OTLP_ENDPOINT") {
             Some(e) => {
                 check_url(e).map_err(|m| format!("OTEL_EXPORTER_OTLP_ENDPOINT: {m}"))?;
@@ -169,26 +208,28 @@ impl Settings {
             } else if !enabled {
                 return Ok(None);
             }
-            let mut e = base.clone();
+            let (mut protocol, mut headers, mut timeout, mut compression) = base.clone();
+            if let Some(c) = var(&format!("{prefix}_COMPRESSION")) {
+                compression = parse_compression(c, &format!("{prefix}_COMPRESSION"))?;
+            }
             if let Some(p) = var(&format!("{prefix}_PROTOCOL")) {
-                e.protocol = parse_protocol(p, &format!("{prefix}_PROTOCOL"))?;
+                protocol = parse_protocol(p, &format!("{prefix}_PROTOCOL"))?;
             }
             if let Some(h) = var(&format!("{prefix}_HEADERS")) {
-                e.headers
-                    .extend(key_values(h, &format!("{prefix}_HEADERS"))?);
+                headers.extend(key_values(h, &format!("{prefix}_HEADERS"))?);
             }
             if let Some(ms) = var(&format!("{prefix}_TIMEOUT")) {
-                e.timeout = millis(ms, &format!("{prefix}_TIMEOUT"))?;
+                timeout = millis(ms, &format!("{prefix}_TIMEOUT"))?;
             }
             // A signal's own URL is used as given; the general one gets the signal's path.
             let own_env = var(&format!("{prefix}_ENDPOINT"));
             if let Some(u) = own_env {
                 check_url(u).map_err(|m| format!("{prefix}_ENDPOINT: {m}"))?;
             }
-            e.endpoint = match (own_env, own.is_empty(), general.is_empty()) {
+            let endpoint = match (own_env, own.is_empty(), general.is_empty()) {
                 (Some(u), _, _) => u.to_string(),
                 (None, false, _) if var("OTEL_EXPORTER_OTLP_ENDPOINT").is_none() => own.to_string(),
-                (None, _, false) => match e.protocol {
+                (None, _, false) => match protocol {
                     Protocol::Grpc => general.clone(),
                     Protocol::HttpProtobuf => {
                         format!("{}/v1/{}", general.trim_end_matches('/'), sig.as_str())
@@ -197,7 +238,16 @@ impl Settings {
                 (None, false, true) => own.to_string(),
                 (None, true, true) => return Ok(None),
             };
-            Ok(Some(e))
+            // Only a signal that is exported reads its files (an `http://` one too: a file
+            // that is set and bad is a mistake to report, whatever the scheme today).
+            Ok(Some(Export {
+                endpoint,
+                protocol,
+                headers,
+                timeout,
+                compression,
+                tls: tls(sig)?,
+            }))
         };
         let queue =
             |sig: &str, size: usize, batch: usize, delay: Duration| -> Result<Queue, String> {
@@ -291,6 +341,10 @@ fn parse_protocol(v: &str, var: &str) -> Result<Protocol, String> {
     Protocol::parse(v).ok_or_else(|| {
         format!("{var}: {v:?} is not supported (grpc | http/protobuf; http/json is not)")
     })
+}
+
+fn parse_compression(v: &str, var: &str) -> Result<Compression, String> {
+    Compression::parse(v).ok_or_else(|| format!("{var}: {v:?} is not supported (none | gzip)"))
 }
 
 fn millis(v: &str, var: &str) -> Result<Duration, String> {

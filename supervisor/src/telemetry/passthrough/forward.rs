@@ -15,6 +15,7 @@ use std::{
 use bytes::Bytes;
 use http::{header, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::TokioExecutor,
@@ -30,6 +31,7 @@ use super::{
     upstream::Upstream,
     Protocol, Signal,
 };
+use crate::telemetry::{config::Compression, tls::HttpVersion};
 
 /// First retry delay; doubled after each failure up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -66,7 +68,7 @@ enum Attempt {
 pub struct Forwarder {
     signal: Signal,
     upstream: Upstream,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     attempt_timeout: Duration,
     max_retry_time: Duration,
     counters: Counters,
@@ -126,12 +128,14 @@ impl Forwarder {
     ) -> Self {
         let mut builder = Client::builder(TokioExecutor::new());
         builder.pool_idle_timeout(Duration::from_secs(30));
-        if upstream.protocol == Protocol::Grpc {
+        let version = if upstream.protocol == Protocol::Grpc {
             builder.http2_only(true);
-        }
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(attempt_timeout));
-        connector.set_nodelay(true);
+            HttpVersion::Http2
+        } else {
+            HttpVersion::Http1
+        };
+        // TLS for an `https://` upstream, plain TCP for `http://`.
+        let connector = upstream.tls.connector(version, attempt_timeout);
         Self {
             signal,
             upstream,
@@ -174,6 +178,11 @@ impl Forwarder {
     /// Send one request, retrying with backoff for up to `max_retry_time`.
     async fn deliver(&self, body: Bytes) {
         let began = Instant::now();
+        // Compressed once, whatever the number of attempts.
+        let body = match self.upstream.compression {
+            Compression::None => body,
+            Compression::Gzip => gzip(&body),
+        };
         let mut backoff = FIRST_BACKOFF;
         loop {
             match self.attempt(body.clone()).await {
@@ -209,13 +218,25 @@ impl Forwarder {
         for (k, v) in &self.upstream.headers {
             req = req.header(k, v);
         }
+        let gzipped = self.upstream.compression == Compression::Gzip;
         let req = if grpc {
-            req.header(header::CONTENT_TYPE, "application/grpc")
-                .header(header::TE, "trailers")
-                .body(Full::new(grpc::frame(&body)))
+            let req = req
+                .header(header::CONTENT_TYPE, "application/grpc")
+                .header(header::TE, "trailers");
+            if gzipped {
+                req.header("grpc-encoding", "gzip")
+                    .body(Full::new(grpc::gzip_frame(&body)))
+            } else {
+                req.body(Full::new(grpc::frame(&body)))
+            }
         } else {
-            req.header(header::CONTENT_TYPE, "application/x-protobuf")
-                .body(Full::new(body))
+            let req = req.header(header::CONTENT_TYPE, "application/x-protobuf");
+            if gzipped {
+                req.header(header::CONTENT_ENCODING, "gzip")
+                    .body(Full::new(body))
+            } else {
+                req.body(Full::new(body))
+            }
         };
         let req = match req {
             Ok(r) => r,
@@ -264,9 +285,33 @@ impl Forwarder {
     }
 }
 
+/// `body` gzipped (flate2's default level: OTLP protobuf shrinks several times over).
+fn gzip(body: &[u8]) -> Bytes {
+    use std::io::Write as _;
+    let mut enc = flate2::write::GzEncoder::new(
+        Vec::with_capacity(body.len() / 2),
+        flate2::Compression::default(),
+    );
+    enc.write_all(body).expect("writing to a Vec cannot fail");
+    Bytes::from(enc.finish().expect("writing to a Vec cannot fail"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gzip_round_trips() {
+        use std::io::Read as _;
+        let body = b"opentelemetry ".repeat(100);
+        let z = gzip(&body);
+        assert!(z.len() < body.len() / 4);
+        let mut back = Vec::new();
+        flate2::read::GzDecoder::new(&z[..])
+            .read_to_end(&mut back)
+            .expect("gzip");
+        assert_eq!(back, body);
+    }
 
     #[test]
     fn the_queue_is_bounded_in_bytes_and_refuses_after_close() {

@@ -56,8 +56,17 @@ pub fn unframe(body: &[u8]) -> Result<&[u8], FrameError> {
 
 /// `message` as one uncompressed gRPC frame.
 pub fn frame(message: &[u8]) -> Bytes {
+    framed(0, message)
+}
+
+/// An already gzipped `message` as one compressed gRPC frame (sent with `grpc-encoding: gzip`).
+pub fn gzip_frame(gzipped: &[u8]) -> Bytes {
+    framed(1, gzipped)
+}
+
+fn framed(compressed: u8, message: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(5 + message.len());
-    out.put_u8(0);
+    out.put_u8(compressed);
     out.put_u32(u32::try_from(message.len()).unwrap_or(u32::MAX));
     out.put_slice(message);
     out.freeze()
