@@ -57,11 +57,12 @@ const DEFAULTS: &[(&str, &str)] = &[
     ),
 ];
 
-/// The patterns of one pipeline. The built-in patterns are compiled once per process (they
-/// used to be compiled three times at start: config check, stdout and stderr processors,
-/// most of `tandem -- true`'s start-up time), when a processor is built ([`Redactor::warm`]),
-/// so the first record of a run is not delayed behind the next run's; an operator's own
-/// patterns are compiled by [`Redactor::new`], so a bad one fails the config check.
+/// The patterns of one pipeline. The built-in patterns are compiled once per process, on the
+/// first record that needs them: compiling them is most of the start-up work of an app that
+/// writes nothing (`tandem -- true`), and costs a few milliseconds on the first record
+/// instead. (That delay must not reorder records across restarts: the lifecycle waits for a
+/// run's readers to deliver before it starts the next run.) An operator's own patterns are
+/// compiled by [`Redactor::new`], so a bad one fails the config check.
 #[derive(Debug, Clone)]
 pub struct Redactor {
     rules: Rules,
@@ -120,11 +121,6 @@ impl Redactor {
             (defaults, false) => Rules::Compiled(Arc::new(Compiled::new(defaults, &cfg.patterns)?)),
         };
         Ok(Self { rules })
-    }
-
-    /// Compiles the built-in patterns now if they are in use and not compiled yet.
-    pub fn warm(&self) {
-        let _ = self.compiled();
     }
 
     fn compiled(&self) -> Option<&Compiled> {
