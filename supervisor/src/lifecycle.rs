@@ -5,7 +5,8 @@
 //!    ─▶ bind proxy listeners (held: not ready) ─▶ bind admin ─▶ spawn app ─▶ Running
 //!    ─▶ readiness probe passes ─▶ ready: proxy forwards, READY=1
 //! Running ── app exits, or liveness fails (then: stop it) ─▶ policy says restart?
-//!    │        ├─ yes ─▶ Restarting: not ready, proxy holds requests; backoff ─▶ spawn ...
+//!    │        ├─ yes ─▶ Restarting: not ready, proxy holds requests; backoff, and the
+//!    │        │         last run's records delivered (bounded) ─▶ spawn ...
 //!    │        └─ no ─▶ exit with the app's code
 //!    └─ SIGTERM/INT/QUIT ─▶ Stopping: STOPPING=1, /readyz 503 ─▶ shutdown.delay
 //!         ─▶ drain proxy ─▶ stop_signal to the app's group ─▶ stop_timeout ─▶ SIGKILL
@@ -40,7 +41,7 @@ use crate::{
         probe::{ExitWatcher, ProbeStatus},
         HealthMonitor,
     },
-    logs::{AppInstance, Level, LogContext, LogsError, Pipeline, Stream},
+    logs::{AppInstance, Delivered, Level, LogContext, LogsError, Pipeline, Stream},
     metrics::{ExitLabels, SupervisorMetrics},
     restart::{Backoff, StartLimit},
     signals::{SignalEvent, Signals},
@@ -101,6 +102,8 @@ struct App {
     pid: Pid,
     exit: oneshot::Receiver<ExitStatus>,
     started: Instant,
+    /// Its pipe readers' end: the next run waits for them, so records stay in run order.
+    logs: Vec<Delivered>,
 }
 
 /// Why the wait on a running app ended.
@@ -331,7 +334,7 @@ impl Supervisor {
                 "restarting the app in {} ms",
                 delay.as_millis()
             );
-            if let Some(sig) = self.backoff_wait(delay).await {
+            if let Some(sig) = self.backoff_wait(delay, &mut app.logs).await {
                 tracing::info!(event = "stopping", signal = %sig, "stop requested while waiting to restart");
                 self.set_phase(Phase::Stopping, None);
                 return status.exit_code();
@@ -410,7 +413,7 @@ impl Supervisor {
             }
         };
         let exit = self.reaper.watch(spawned.pid);
-        self.attach_logs(&mut spawned);
+        let logs = self.attach_logs(&mut spawned);
         if let Some(guard) = &mut self.guard {
             guard.track(Some(spawned.pid));
         }
@@ -424,6 +427,7 @@ impl Supervisor {
             pid: spawned.pid,
             exit,
             started: Instant::now(),
+            logs,
         })
     }
 
@@ -859,13 +863,33 @@ impl Supervisor {
         }
     }
 
-    /// Sleep `delay`, unless a stop signal comes first (then return it).
-    async fn backoff_wait(&mut self, delay: Duration) -> Option<Signal> {
-        let timer = sleep(delay);
-        tokio::pin!(timer);
+    /// Sleep `delay`, and until the last run's readers have delivered its records, so they
+    /// come before the next run's (at most `logs.exit_timeout` from now, as at exit: a process
+    /// that left the app's group may hold a pipe open), unless a stop signal comes first (then
+    /// return it).
+    async fn backoff_wait(
+        &mut self,
+        delay: Duration,
+        delivered: &mut [Delivered],
+    ) -> Option<Signal> {
+        let deadline = Instant::now() + self.cfg.logs.exit_timeout;
+        let ready = async move {
+            sleep(delay).await;
+            let mut all = true;
+            for d in delivered {
+                all &= d.wait(deadline).await;
+            }
+            all
+        };
+        tokio::pin!(ready);
         loop {
             tokio::select! {
-                () = &mut timer => return None,
+                all = &mut ready => {
+                    if !all {
+                        tracing::warn!(event = "logs_still_open", "a pipe of the last run is still open (held by a process outside its group?); its later records may mix with the next run's");
+                    }
+                    return None;
+                }
                 ev = self.signals.recv() => match ev {
                     SignalEvent::Stop(sig) => return Some(sig),
                     SignalEvent::Forward(sig) => tracing::debug!(signal = %sig, "no app running; signal not forwarded"),
@@ -944,9 +968,12 @@ impl Supervisor {
         }
     }
 
-    /// Hand the app's pipes to the log pipeline.
-    fn attach_logs(&mut self, spawned: &mut child::Spawned) {
-        let Some(logs) = &self.logs else { return };
+    /// Hand the app's pipes to the log pipeline; the readers' ends, to wait on at a restart.
+    fn attach_logs(&mut self, spawned: &mut child::Spawned) -> Vec<Delivered> {
+        let mut delivered = Vec::new();
+        let Some(logs) = &self.logs else {
+            return delivered;
+        };
         let instance = AppInstance {
             pid: spawned.pid.as_raw() as u32,
             restart_count: self.restarts,
@@ -956,11 +983,15 @@ impl Supervisor {
             (Stream::Stderr, spawned.stderr.take()),
         ] {
             if let Some(fd) = fd {
-                if let Err(e) = logs.attach(stream, fd, instance) {
-                    tracing::error!(event = "logs_failed", error = %e, "cannot read the app's output; it is lost");
+                match logs.attach(stream, fd, instance) {
+                    Ok(d) => delivered.push(d),
+                    Err(e) => {
+                        tracing::error!(event = "logs_failed", error = %e, "cannot read the app's output; it is lost");
+                    }
                 }
             }
         }
+        delivered
     }
 
     /// Read the app's pipes to EOF (a grandchild may hold them open: bounded by

@@ -528,6 +528,11 @@ pub fn redact_userinfo(text: &str) -> String {
 /// `text` as tandem's own events and `tandem check` may print it: the default log patterns
 /// (bearer tokens, JWTs, AWS keys, `password=` pairs) and URL credentials redacted.
 pub fn redact_text(text: &str) -> String {
+    if !crate::logs::redact::built_in_may_match(text) {
+        // Compiling the patterns was most of `tandem -- true`'s start-up (the app's command
+        // line is logged at every start): skip it when none could match.
+        return redact_userinfo(text);
+    }
     static REDACTOR: std::sync::OnceLock<crate::logs::redact::Redactor> =
         std::sync::OnceLock::new();
     redact_userinfo(&REDACTOR.get_or_init(redactor).text(text))

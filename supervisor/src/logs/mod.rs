@@ -36,7 +36,7 @@ pub use config::{Backpressure, LogsConfig};
 pub use counters::{Counters, CountersSnapshot};
 pub use enrich::{AppInstance, LogContext};
 pub use inject::Injector;
-pub use pipeline::Pipeline;
+pub use pipeline::{Delivered, Pipeline};
 pub use record::{Level, Record, Stream};
 pub use sinks::Sink;
 

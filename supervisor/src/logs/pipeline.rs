@@ -4,12 +4,15 @@
 //! cancelled at the deadline and delivers what it already has) then `shutdown(timeout)` (sink
 //! queues drain, sinks flush). Sink threads end when the last sender is gone, so the pipeline
 //! holds senders only inside readers and in its sink handles, which `shutdown` drops.
+//! Across restarts, a run's records come before the next run's only if its readers have
+//! delivered before the next run is attached: [`Pipeline::attach`] returns a [`Delivered`]
+//! for the lifecycle to wait on.
 
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -47,6 +50,11 @@ struct Reader {
     follows: bool,
 }
 
+/// Resolves when one pipe reader has handed its last record to the sink queues (it reached
+/// EOF, was cancelled, or is gone).
+#[derive(Debug)]
+pub struct Delivered(Option<oneshot::Receiver<()>>);
+
 /// An extra sink handed in by the caller (an OTLP sink, a test's slow sink).
 pub struct ExtraSink {
     /// Its name in counters and drop summaries.
@@ -55,6 +63,25 @@ pub struct ExtraSink {
     pub sink: Box<dyn Sink>,
     /// Its queue and backpressure.
     pub queue: QueueConfig,
+}
+
+// === impl Delivered ===
+
+impl Delivered {
+    /// Wait until the reader has delivered, at most until `deadline`. True if it did.
+    /// Cancel-safe: waiting again after a timeout or a dropped wait picks up where it was.
+    pub async fn wait(&mut self, deadline: Instant) -> bool {
+        let Some(rx) = &mut self.0 else {
+            return true;
+        };
+        // A reader aborted or panicked drops its sender: nothing more comes from it either.
+        let done = tokio::time::timeout_at(deadline, rx).await.is_ok();
+        if done {
+            // A finished receiver must not be polled again.
+            self.0 = None;
+        }
+        done
+    }
 }
 
 // === impl Pipeline ===
@@ -107,13 +134,14 @@ impl Pipeline {
         })
     }
 
-    /// Read the app's `stream` from `fd` (the read end of its pipe) in a new task.
+    /// Read the app's `stream` from `fd` (the read end of its pipe) in a new task. The
+    /// returned [`Delivered`] resolves when that task has queued its last record.
     pub fn attach(
         &self,
         stream: Stream,
         fd: OwnedFd,
         instance: AppInstance,
-    ) -> Result<(), LogsError> {
+    ) -> Result<Delivered, LogsError> {
         let origin = self.ctx.origin(&self.cfg.attributes, Some(instance));
         let processor = Processor::new(&self.cfg, stream, origin.clone(), self.counters.clone())?;
         let (cancel_tx, cancel_rx) = watch::channel(false);
@@ -125,8 +153,13 @@ impl Pipeline {
             batch: self.cfg.batch_records,
             cancel: cancel_rx,
         };
-        self.push_reader(tokio::spawn(reader.run()), cancel_tx, false);
-        Ok(())
+        let (done_tx, done_rx) = oneshot::channel();
+        let task = async move {
+            reader.run().await;
+            let _ = done_tx.send(());
+        };
+        self.push_reader(tokio::spawn(task), cancel_tx, false);
+        Ok(Delivered(Some(done_rx)))
     }
 
     /// A handle for records tandem makes itself (the proxy's access log). Its queue is

@@ -52,7 +52,6 @@ impl Processor {
         let s = cfg.stream(stream);
         let rules = MultilineRules::compile(&s.multiline).map_err(LogsError::Config)?;
         let redact = Redactor::new(&cfg.redact).map_err(LogsError::Config)?;
-        redact.warm();
         Ok(Self {
             framer: Framer::new(usize::try_from(cfg.max_line_bytes.as_u64()).unwrap_or(usize::MAX)),
             multiline: Multiline::new(rules),

@@ -57,11 +57,29 @@ const DEFAULTS: &[(&str, &str)] = &[
     ),
 ];
 
-/// The patterns of one pipeline. The built-in patterns are compiled once per process (they
-/// used to be compiled three times at start: config check, stdout and stderr processors,
-/// most of `tandem -- true`'s start-up time), when a processor is built ([`Redactor::warm`]),
-/// so the first record of a run is not delayed behind the next run's; an operator's own
-/// patterns are compiled by [`Redactor::new`], so a bad one fails the config check.
+/// Lowercase words one of which every built-in pattern needs (ASCII case-insensitively):
+/// keep in step with [`DEFAULTS`].
+const DEFAULT_NEEDLES: &[&str] = &[
+    "bearer", "eyj", "akia", "asia", "aws", "passw", "pwd", "secret", "api", "token",
+];
+
+/// Whether a built-in pattern could match `text`, without compiling them: for text redacted
+/// once (tandem's own events), not per record. Exact for ASCII text (where Unicode case
+/// folding and `\b` add nothing); any other text answers yes.
+pub fn built_in_may_match(text: &str) -> bool {
+    if !text.is_ascii() {
+        return true;
+    }
+    let lower = text.to_ascii_lowercase();
+    DEFAULT_NEEDLES.iter().any(|n| lower.contains(n))
+}
+
+/// The patterns of one pipeline. The built-in patterns are compiled once per process, on the
+/// first record that needs them: compiling them is most of the start-up work of an app that
+/// writes nothing (`tandem -- true`), and costs a few milliseconds on the first record
+/// instead. (That delay must not reorder records across restarts: the lifecycle waits for a
+/// run's readers to deliver before it starts the next run.) An operator's own patterns are
+/// compiled by [`Redactor::new`], so a bad one fails the config check.
 #[derive(Debug, Clone)]
 pub struct Redactor {
     rules: Rules,
@@ -120,11 +138,6 @@ impl Redactor {
             (defaults, false) => Rules::Compiled(Arc::new(Compiled::new(defaults, &cfg.patterns)?)),
         };
         Ok(Self { rules })
-    }
-
-    /// Compiles the built-in patterns now if they are in use and not compiled yet.
-    pub fn warm(&self) {
-        let _ = self.compiled();
     }
 
     fn compiled(&self) -> Option<&Compiled> {
@@ -209,11 +222,14 @@ mod tests {
                 r#""passwd": "[REDACTED]""#,
             ),
         ] {
+            assert!(built_in_may_match(line), "{line}");
             let out = r().text(line).into_owned();
             assert!(!out.contains(secret), "{line} -> {out}");
             assert!(out.contains(kept), "{line} -> {out}");
         }
         assert!(matches!(r().text("nothing secret here"), Cow::Borrowed(_)));
+        assert!(!built_in_may_match("sleep 60 --port 8080"));
+        assert!(built_in_may_match("--Api-Key=x") && built_in_may_match("naïve"));
     }
 
     #[test]
