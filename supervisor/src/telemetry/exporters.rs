@@ -71,34 +71,38 @@ fn err(what: &str, e: &Export, error: impl std::fmt::Display) -> String {
     )
 }
 
+/// The gRPC settings every signal's builder takes (the same channel, metadata, compression).
+fn tonic<B: WithTonicConfig + WithExportConfig>(b: B, e: &Export) -> Result<B, String> {
+    let b = b
+        .with_channel(channel(e)?)
+        .with_timeout(e.timeout)
+        .with_metadata(metadata(e)?);
+    Ok(match compression(e) {
+        Some(c) => WithTonicConfig::with_compression(b, c),
+        None => b,
+    })
+}
+
+/// The HTTP/protobuf settings every signal's builder takes.
+fn http<B: WithHttpConfig + WithExportConfig>(b: B, e: &Export) -> B {
+    let b = b
+        .with_http_client(http_client(e))
+        .with_endpoint(e.endpoint.clone())
+        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+        .with_timeout(e.timeout)
+        .with_headers(headers(e));
+    match compression(e) {
+        Some(c) => WithHttpConfig::with_compression(b, c),
+        None => b,
+    }
+}
+
 /// The span exporter.
 pub fn span(e: &Export) -> Result<SpanExporter, String> {
     let b = SpanExporter::builder();
     match e.protocol {
-        Protocol::Grpc => {
-            let mut b = b
-                .with_tonic()
-                .with_channel(channel(e)?)
-                .with_timeout(e.timeout)
-                .with_metadata(metadata(e)?);
-            if let Some(c) = compression(e) {
-                b = b.with_compression(c);
-            }
-            b.build()
-        }
-        Protocol::HttpProtobuf => {
-            let mut b = b
-                .with_http()
-                .with_http_client(http_client(e))
-                .with_endpoint(e.endpoint.clone())
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_timeout(e.timeout)
-                .with_headers(headers(e));
-            if let Some(c) = compression(e) {
-                b = b.with_compression(c);
-            }
-            b.build()
-        }
+        Protocol::Grpc => tonic(b.with_tonic(), e)?.build(),
+        Protocol::HttpProtobuf => http(b.with_http(), e).build(),
     }
     .map_err(|x| err("span", e, x))
 }
@@ -107,30 +111,8 @@ pub fn span(e: &Export) -> Result<SpanExporter, String> {
 pub fn log(e: &Export) -> Result<LogExporter, String> {
     let b = LogExporter::builder();
     match e.protocol {
-        Protocol::Grpc => {
-            let mut b = b
-                .with_tonic()
-                .with_channel(channel(e)?)
-                .with_timeout(e.timeout)
-                .with_metadata(metadata(e)?);
-            if let Some(c) = compression(e) {
-                b = b.with_compression(c);
-            }
-            b.build()
-        }
-        Protocol::HttpProtobuf => {
-            let mut b = b
-                .with_http()
-                .with_http_client(http_client(e))
-                .with_endpoint(e.endpoint.clone())
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_timeout(e.timeout)
-                .with_headers(headers(e));
-            if let Some(c) = compression(e) {
-                b = b.with_compression(c);
-            }
-            b.build()
-        }
+        Protocol::Grpc => tonic(b.with_tonic(), e)?.build(),
+        Protocol::HttpProtobuf => http(b.with_http(), e).build(),
     }
     .map_err(|x| err("log", e, x))
 }
@@ -139,32 +121,12 @@ pub fn log(e: &Export) -> Result<LogExporter, String> {
 pub fn metric(e: &Export) -> Result<MetricExporter, String> {
     let b = MetricExporter::builder();
     match e.protocol {
-        Protocol::Grpc => {
-            let mut b = b
-                .with_tonic()
-                .with_channel(channel(e)?)
-                .with_timeout(e.timeout)
-                .with_metadata(metadata(e)?)
-                .with_temporality(Temporality::Cumulative);
-            if let Some(c) = compression(e) {
-                b = b.with_compression(c);
-            }
-            b.build()
-        }
-        Protocol::HttpProtobuf => {
-            let mut b = b
-                .with_http()
-                .with_http_client(http_client(e))
-                .with_endpoint(e.endpoint.clone())
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_timeout(e.timeout)
-                .with_headers(headers(e))
-                .with_temporality(Temporality::Cumulative);
-            if let Some(c) = compression(e) {
-                b = b.with_compression(c);
-            }
-            b.build()
-        }
+        Protocol::Grpc => tonic(b.with_tonic(), e)?
+            .with_temporality(Temporality::Cumulative)
+            .build(),
+        Protocol::HttpProtobuf => http(b.with_http(), e)
+            .with_temporality(Temporality::Cumulative)
+            .build(),
     }
     .map_err(|x| err("metric", e, x))
 }
