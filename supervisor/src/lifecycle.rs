@@ -154,6 +154,9 @@ struct Supervisor {
     rng: StdRng,
     restarts: u32,
     /// The log pipeline; None until started (and after it was finished at exit).
+    /// What `Supervisor::new` read of this process for the OTLP resource, handed on to the
+    /// log pipeline when it starts (taken then).
+    log_ctx: Option<LogContext>,
     logs: Option<Pipeline>,
     /// The proxy while it serves; taken when drained.
     proxy: Option<Serving>,
@@ -210,10 +213,13 @@ impl Supervisor {
             Notifier::disabled()
         });
         let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+        // Host name, container id, systemd and Nomad identity: read once, for the OTLP
+        // resource here and the log pipeline's records in `start_logs`.
+        let log_ctx = LogContext::from_process(cfg.service_name());
         let otlp = crate::telemetry::Settings::resolve(
             &cfg.telemetry,
             cfg.service.version.as_deref(),
-            crate::telemetry::resource::attributes(&cfg.service_name()),
+            crate::telemetry::resource::of_process(&log_ctx),
             &env,
         )
         .map_err(|e| {
@@ -247,6 +253,7 @@ impl Supervisor {
             admin_explicit: opts.admin_explicit,
             rng: StdRng::from_entropy(),
             restarts: 0,
+            log_ctx: Some(log_ctx),
             logs: None,
             proxy: None,
             proxy_ready: watch::channel(false).0,
@@ -944,7 +951,10 @@ impl Supervisor {
 
     /// Start the log pipeline (and tail mode, if configured).
     fn start_logs(&mut self) -> Result<(), i32> {
-        let ctx = LogContext::from_process(self.cfg.service_name());
+        let ctx = self
+            .log_ctx
+            .take()
+            .unwrap_or_else(|| LogContext::from_process(self.cfg.service_name()));
         let extra: Vec<_> = self
             .telemetry
             .as_ref()

@@ -115,7 +115,11 @@ fn run(args: &RunArgs) -> i32 {
         admin_explicit: loaded.source("admin.listen") != Some(&config::Source::Default),
     };
     // block_on keeps the lifecycle on the main thread: see lifecycle's invariant.
-    runtime.block_on(lifecycle::run(loaded.config, opts))
+    let code = runtime.block_on(lifecycle::run(loaded.config, opts));
+    // The lifecycle has drained, flushed and reaped everything it started; what is left are
+    // idle workers. Joining them only delays the exit code (and the orchestrator's restart).
+    runtime.shutdown_background();
+    code
 }
 
 fn status(admin: &str) -> i32 {

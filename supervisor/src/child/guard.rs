@@ -56,7 +56,8 @@ impl Guard {
     /// Tell the guard which process group to kill if tandem dies (`None`: none now).
     pub fn track(&mut self, pgid: Option<Pid>) {
         let id = pgid.map_or(0, Pid::as_raw);
-        if let Err(e) = writeln!(self.pipe, "{id}") {
+        // One write per line: the pipe is unbuffered, and `writeln!` would write twice.
+        if let Err(e) = self.pipe.write_all(format!("{id}\n").as_bytes()) {
             tracing::warn!(error = %e, "guard process is gone; the app's group is not protected against tandem's death");
         }
     }

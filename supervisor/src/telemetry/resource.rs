@@ -8,8 +8,13 @@ use crate::logs::LogContext;
 
 /// `service.instance.id` is the host name and tandem's pid unless Nomad's alloc id is known.
 pub fn attributes(service: &str) -> BTreeMap<String, String> {
-    let ctx = LogContext::from_process(service);
-    let mut out = from_context(&ctx, std::process::id());
+    of_process(&LogContext::from_process(service))
+}
+
+/// [`attributes`] from a [`LogContext`] already read from this process (the supervisor reads
+/// host name, cgroup and mountinfo once, for both the log pipeline and the OTLP resource).
+pub fn of_process(ctx: &LogContext) -> BTreeMap<String, String> {
+    let mut out = from_context(ctx, std::process::id());
     if let Some(unit) = std::fs::read_to_string("/proc/self/cgroup")
         .ok()
         .and_then(|c| systemd_unit(&c))
