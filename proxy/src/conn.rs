@@ -183,12 +183,22 @@ pub(crate) async fn serve<IO>(
     let t = &l.cfg.timeouts;
     // HTTP/2 has no request head to dribble (and pings move bytes while idle).
     let header_clock = l.cfg.protocol == Protocol::Http && !h2;
+    // One timer per clock and one waiter per token for the connection's whole life, re-armed
+    // only when a timer fires: the connection task wakes several times per request, and
+    // registering fresh timers and token waiters on each wake was measurable per request.
+    // A timer that fires early (activity since it was armed) is set to the new deadline, so
+    // both clocks stay exact.
+    let idle = tokio::time::sleep_until(activity.idle_deadline(t.idle));
+    let header = tokio::time::sleep_until(
+        activity
+            .header_deadline(t.header_read)
+            .unwrap_or_else(|| Instant::now() + t.header_read),
+    );
+    let shutdown = l.shutdown.cancelled();
+    let hard_stop = l.hard_stop.cancelled();
+    tokio::pin!(idle, header, shutdown, hard_stop);
     let mut closing = false;
     loop {
-        let idle_at = activity.idle_deadline(t.idle);
-        let header_at = header_clock
-            .then(|| activity.header_deadline(t.header_read))
-            .flatten();
         tokio::select! {
             res = conn.as_mut() => {
                 if let Err(e) = res {
@@ -196,40 +206,39 @@ pub(crate) async fn serve<IO>(
                 }
                 return;
             }
-            _ = l.shutdown.cancelled(), if !closing => {
+            () = shutdown.as_mut(), if !closing => {
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
-            _ = l.hard_stop.cancelled() => {
+            () = hard_stop.as_mut() => {
                 tracing::debug!(listener = %l.name, %peer, "connection cut at drain deadline");
                 return;
             }
-            _ = tokio::time::sleep_until(idle_at), if !closing => {
-                // Woken at the deadline computed before; activity since then moves it on.
-                if activity.is_idle() && activity.idle_deadline(t.idle) <= Instant::now() {
+            () = idle.as_mut(), if !closing => {
+                let at = activity.idle_deadline(t.idle);
+                if activity.is_idle() && at <= Instant::now() {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
+                } else {
+                    idle.as_mut().reset(at);
                 }
             }
-            _ = sleep_until_some(header_at) => {
-                let late = activity
-                    .header_deadline(t.header_read)
-                    .is_some_and(|d| d <= Instant::now());
-                if late {
-                    tracing::debug!(listener = %l.name, %peer, "request head too slow; closing");
-                    if let Some(m) = &l.metrics {
-                        m.error(Cause::HeaderReadTimeout);
+            () = header.as_mut(), if header_clock => {
+                let now = Instant::now();
+                match activity.header_deadline(t.header_read) {
+                    Some(at) if at <= now => {
+                        tracing::debug!(listener = %l.name, %peer, "request head too slow; closing");
+                        if let Some(m) = &l.metrics {
+                            m.error(Cause::HeaderReadTimeout);
+                        }
+                        return;
                     }
-                    return;
+                    Some(at) => header.as_mut().reset(at),
+                    // No head awaited now: look again one period later; a head that begins
+                    // meanwhile is late no earlier than that.
+                    None => header.as_mut().reset(now + t.header_read),
                 }
             }
         }
-    }
-}
-
-async fn sleep_until_some(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }

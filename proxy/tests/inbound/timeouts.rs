@@ -158,3 +158,49 @@ async fn keep_alive_outlives_the_header_read_timeout() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_head_after_an_idle_keep_alive_is_cut_from_when_it_began() {
+    bounded(async {
+        let up = Upstream::start().await;
+        let header_read = Duration::from_millis(300);
+        let proxy = Proxy::start(up.addr, Protocol::Http, true, |c| {
+            c.timeouts.header_read = header_read;
+            c.timeouts.idle = Duration::from_secs(60);
+        })
+        .await;
+        let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+        s.write_all(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        read_until(&mut s, "\r\n\r\n").await;
+        // Idle for a period and a half (the header clock's timer fires meanwhile and finds no
+        // head), then begin a head and stall: the cut must come one period after the head
+        // began, neither at the timer's next tick nor never.
+        tokio::time::sleep(header_read * 3 / 2).await;
+        s.write_all(b"GET /echo HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .expect("partial head");
+        let began = tokio::time::Instant::now();
+        let mut buf = [0u8; 1024];
+        let mut got = Vec::new();
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        let waited = began.elapsed();
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            got.is_empty() || text.starts_with("HTTP/1.1 408"),
+            "unexpected: {text}"
+        );
+        assert!(
+            waited >= header_read * 9 / 10,
+            "cut {waited:?} after the head began, before the {header_read:?} it is allowed"
+        );
+        assert_eq!(up.seen.hits("/echo"), 1);
+    })
+    .await;
+}
