@@ -24,7 +24,10 @@ pub(crate) struct Ctx {
     bytes_in: AtomicU64,
     /// Set once, by hygiene; kept as the header value so echoing it costs no copy.
     request_id: OnceLock<HeaderValue>,
-    trace_id: OnceLock<String>,
+    /// The `traceparent` sent to the app (the trace id is read from it only for a log record).
+    traceparent: OnceLock<HeaderValue>,
+    /// The SERVER span's context (tracing on), the parent of each attempt's CLIENT span.
+    server_trace: OnceLock<opentelemetry::Context>,
     /// The shed layer's slot, released when the request is finished.
     permit: Mutex<Option<OwnedSemaphorePermit>>,
 }
@@ -39,7 +42,8 @@ impl Ctx {
             upstream_us: AtomicU64::new(u64::MAX),
             bytes_in: AtomicU64::new(0),
             request_id: OnceLock::new(),
-            trace_id: OnceLock::new(),
+            traceparent: OnceLock::new(),
+            server_trace: OnceLock::new(),
             permit: Mutex::new(None),
         }
     }
@@ -73,12 +77,23 @@ impl Ctx {
         self.bytes_in.load(Ordering::Relaxed)
     }
 
-    /// Records the request id in use and the W3C trace id; the first call wins.
-    pub fn set_ids(&self, request_id: HeaderValue, trace_id: Option<String>) {
+    /// Records the request id in use and the `traceparent` (a header value: no copy, no
+    /// parse on the request path); the first call wins.
+    pub fn set_ids(&self, request_id: HeaderValue, traceparent: Option<HeaderValue>) {
         let _ = self.request_id.set(request_id);
-        if let Some(t) = trace_id {
-            let _ = self.trace_id.set(t);
+        if let Some(t) = traceparent {
+            let _ = self.traceparent.set(t);
         }
+    }
+
+    /// Records the SERVER span's context; the first call wins.
+    pub fn set_server_trace(&self, cx: opentelemetry::Context) {
+        let _ = self.server_trace.set(cx);
+    }
+
+    /// The SERVER span's context, when the request is traced.
+    pub fn server_trace(&self) -> Option<&opentelemetry::Context> {
+        self.server_trace.get()
     }
 
     /// The request id as sent to the app, if one was set and is not empty.
@@ -94,8 +109,9 @@ impl Ctx {
             .to_string()
     }
 
+    /// The W3C trace id of the request, when it has a valid `traceparent`.
     pub fn trace_id(&self) -> Option<String> {
-        self.trace_id.get().cloned()
+        crate::access_log::trace_id(self.traceparent.get()?.to_str().ok())
     }
 
     pub fn hold_permit(&self, permit: OwnedSemaphorePermit) {

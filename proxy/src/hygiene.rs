@@ -12,7 +12,6 @@ use http::uri::{self, PathAndQuery, Scheme};
 use http::{Request, Uri, Version};
 use rand::Rng;
 
-use crate::access_log::trace_id;
 use crate::cause::Cause;
 use crate::config::Protocol;
 use crate::context::Ctx;
@@ -192,11 +191,7 @@ pub(crate) fn rewrite<B>(
     let upgrade = l.cfg.protocol == Protocol::Http && wants_upgrade(req.headers());
     let (mut parts, body) = req.into_parts();
     let rid = ensure_request_id(&mut parts.headers);
-    let trace = parts
-        .headers
-        .get(TRACEPARENT)
-        .and_then(|v| trace_id(v.to_str().ok()));
-    ctx.set_ids(rid, trace);
+    ctx.set_ids(rid, parts.headers.get(TRACEPARENT).cloned());
     // HTTP/2 carries the host in :authority; an HTTP/1 app wants a Host header.
     let host = match parts.headers.entry(header::HOST) {
         Entry::Occupied(e) => Some(e.get().clone()),

@@ -90,7 +90,7 @@ impl Stack {
         let mut req = req.map(|body| CountingBody::new(body, ctx.clone()));
         // the SERVER span (None when tracing is off); it ends with the guard, when the
         // response body ends or is cut
-        guard.trace(ServerSpan::start(&s.l, &mut req, s.peer));
+        guard.trace(ServerSpan::start(&s.l, &ctx, &mut req, s.peer));
         let result = self.forward(req, &ctx).await;
         let resp = match result {
             Ok(resp) => resp,

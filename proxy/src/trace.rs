@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::Request;
-use opentelemetry::global::BoxedTracer;
+use opentelemetry::global::{BoxedSpan, BoxedTracer};
 use opentelemetry::trace::{
     Span, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState,
     Tracer,
@@ -20,6 +20,7 @@ use opentelemetry::trace::{
 use opentelemetry::{Context, KeyValue};
 
 use crate::cause::Cause;
+use crate::context::Ctx;
 use crate::listener::Listener;
 
 /// The W3C trace context header.
@@ -33,10 +34,6 @@ const B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
 
 /// The tracer the proxy's spans are made with (set up by the binary, exported elsewhere).
 pub type SharedTracer = Arc<BoxedTracer>;
-
-/// The server span's context, carried in the request's extensions to each attempt.
-#[derive(Clone)]
-pub(crate) struct ServerTrace(pub Context);
 
 // === propagation ===
 
@@ -145,14 +142,21 @@ pub fn inject(sc: &SpanContext, headers: &mut HeaderMap) {
     if !sc.is_valid() {
         return;
     }
-    let v = format!(
-        "00-{}-{}-{:02x}",
-        sc.trace_id(),
-        sc.span_id(),
-        sc.trace_flags().to_u8()
-    );
-    if let Ok(v) = HeaderValue::from_str(&v) {
+    // "00-{32 hex}-{16 hex}-{2 hex}", written in place: this runs once or twice per traced
+    // request, sampled or not.
+    let mut v = [0u8; 55];
+    v[..3].copy_from_slice(b"00-");
+    hex_into(&sc.trace_id().to_bytes(), &mut v[3..35]);
+    v[35] = b'-';
+    hex_into(&sc.span_id().to_bytes(), &mut v[36..52]);
+    v[52] = b'-';
+    hex_into(&[sc.trace_flags().to_u8()], &mut v[53..55]);
+    if let Ok(v) = HeaderValue::from_bytes(&v) {
         headers.insert(TRACEPARENT, v);
+    }
+    if *sc.trace_state() == TraceState::NONE {
+        headers.remove(TRACESTATE);
+        return;
     }
     let state = sc.trace_state().header();
     match HeaderValue::from_str(&state) {
@@ -162,6 +166,38 @@ pub fn inject(sc: &SpanContext, headers: &mut HeaderMap) {
         _ => {
             headers.remove(TRACESTATE);
         }
+    }
+}
+
+/// Lowercase hex of `bytes` into `out` (twice as long).
+fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0xf)];
+    }
+}
+
+/// The span name for a request: its method, static for the standard ones (no allocation).
+fn method_name(m: &http::Method) -> std::borrow::Cow<'static, str> {
+    use http::Method;
+    let known = [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::PATCH,
+        Method::CONNECT,
+        Method::TRACE,
+    ];
+    const NAMES: [&str; 9] = [
+        "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+    ];
+    match known.iter().position(|k| k == m) {
+        Some(i) => std::borrow::Cow::Borrowed(NAMES[i]),
+        None => std::borrow::Cow::Owned(m.as_str().to_owned()),
     }
 }
 
@@ -176,6 +212,8 @@ pub const RESPONSE_INCOMPLETE: &str = "response_incomplete";
 /// `RequestGuard` holds it, so no body wrapper exists for it, traced or not.
 pub(crate) struct ServerSpan {
     cx: Context,
+    /// Sampled: attributes and status are worth setting (an unsampled span drops them).
+    recording: bool,
     /// `error.type` was set from the response head.
     failed: bool,
 }
@@ -186,16 +224,30 @@ impl ServerSpan {
     /// Start the span for `req` from `peer` and write tandem's `traceparent` into it (the
     /// access log reads it; each attempt replaces it with its own span). None when tracing
     /// is off: nothing is allocated.
-    pub fn start<B>(l: &Listener, req: &mut Request<B>, peer: SocketAddr) -> Option<Self> {
+    pub fn start<B>(
+        l: &Listener,
+        ctx: &Ctx,
+        req: &mut Request<B>,
+        peer: SocketAddr,
+    ) -> Option<Self> {
         let tracer = l.hooks.tracer.as_ref()?;
         let cx = server_span(tracer, req, peer);
-        inject(&cx.span().span_context().clone(), req.headers_mut());
-        req.extensions_mut().insert(ServerTrace(cx.clone()));
-        Some(Self { cx, failed: false })
+        let span = cx.span();
+        let recording = span.is_recording();
+        inject(&span.span_context().clone(), req.headers_mut());
+        ctx.set_server_trace(cx.clone());
+        Some(Self {
+            cx,
+            recording,
+            failed: false,
+        })
     }
 
     /// Record the response head: its status, and the cause when tandem answered for the app.
     pub fn respond(&mut self, status: u16, cause: Option<Cause>) {
+        if !self.recording {
+            return;
+        }
         let span = self.cx.span();
         span.set_attribute(KeyValue::new(
             "http.response.status_code",
@@ -222,7 +274,7 @@ impl ServerSpan {
     /// ([`RESPONSE_INCOMPLETE`] unless the head already named one).
     pub fn end(self, completed: bool) {
         let span = self.cx.span();
-        if !completed {
+        if !completed && self.recording {
             if !self.failed {
                 span.set_attribute(KeyValue::new("error.type", RESPONSE_INCOMPLETE));
             }
@@ -233,14 +285,34 @@ impl ServerSpan {
 }
 
 /// Start the SERVER span for `req` under the caller's context (or a new trace).
+///
+/// The sampler decides first, from the parent context, the trace id and the span's name and
+/// kind; the request's attributes are built only for a span that records. (The samplers
+/// tandem offers, `OTEL_TRACES_SAMPLER`'s built-ins, do not read attributes; building eight
+/// owned strings for a span that is dropped was most of an unsampled request's tracing cost.)
 fn server_span<B>(tracer: &SharedTracer, req: &Request<B>, peer: SocketAddr) -> Context {
     let parent = match extract(req.headers()) {
         Some(sc) => Context::new().with_remote_span_context(sc),
         None => Context::new(),
     };
-    let method = req.method().as_str().to_owned();
-    let mut attrs = Vec::with_capacity(8);
-    attrs.push(KeyValue::new("http.request.method", method.clone()));
+    // No route is known to a proxy: the span is named by the method alone (semconv).
+    let mut span = tracer
+        .span_builder(method_name(req.method()))
+        .with_kind(SpanKind::Server)
+        .start_with_context(tracer.as_ref(), &parent);
+    if span.is_recording() {
+        span.set_attributes(server_attributes(req, peer));
+    }
+    parent.with_span(span)
+}
+
+/// The HTTP server semantic-convention attributes of `req` from `peer`.
+fn server_attributes<B>(req: &Request<B>, peer: SocketAddr) -> Vec<KeyValue> {
+    let mut attrs = Vec::with_capacity(10);
+    attrs.push(KeyValue::new(
+        "http.request.method",
+        method_name(req.method()),
+    ));
     attrs.push(KeyValue::new("url.path", req.uri().path().to_owned()));
     if let Some(q) = req.uri().query() {
         attrs.push(KeyValue::new("url.query", q.to_owned()));
@@ -274,18 +346,12 @@ fn server_span<B>(tracer: &SharedTracer, req: &Request<B>, peer: SocketAddr) -> 
     {
         attrs.push(KeyValue::new("user_agent.original", ua.to_owned()));
     }
-    // No route is known to a proxy: the span is named by the method alone (semconv).
-    let span = tracer
-        .span_builder(method)
-        .with_kind(SpanKind::Server)
-        .with_attributes(attrs)
-        .start_with_context(tracer.as_ref(), &parent);
-    parent.with_span(span)
+    attrs
 }
 
 /// One attempt's CLIENT span, a child of the server span; its context goes to the app.
 pub(crate) struct AttemptSpan {
-    cx: Context,
+    span: BoxedSpan,
 }
 
 // === impl AttemptSpan ===
@@ -293,38 +359,41 @@ pub(crate) struct AttemptSpan {
 impl AttemptSpan {
     /// Start the span for attempt number `attempt` of `req` and write its `traceparent`
     /// into the request. None when tracing is off for this request.
-    pub fn start<B>(l: &Listener, req: &mut Request<B>, attempt: u32) -> Option<Self> {
+    pub fn start<B>(l: &Listener, ctx: &Ctx, req: &mut Request<B>, attempt: u32) -> Option<Self> {
         let tracer = l.hooks.tracer.as_ref()?;
-        let parent = req.extensions().get::<ServerTrace>()?.0.clone();
-        let method = req.method().as_str().to_owned();
-        let mut attrs = vec![
-            KeyValue::new("http.request.method", method.clone()),
-            KeyValue::new("server.address", l.upstream.host().to_owned()),
-            KeyValue::new("url.full", req.uri().to_string()),
-        ];
-        if let Some(p) = l.upstream.port_u16() {
-            attrs.push(KeyValue::new("server.port", i64::from(p)));
-        }
-        if attempt > 1 {
-            attrs.push(KeyValue::new(
-                "http.request.resend_count",
-                i64::from(attempt - 1),
-            ));
-        }
-        let span = tracer
-            .span_builder(method)
+        let parent = ctx.server_trace()?.clone();
+        // As for the server span: attributes only for a span that records.
+        let mut span = tracer
+            .span_builder(method_name(req.method()))
             .with_kind(SpanKind::Client)
-            .with_attributes(attrs)
             .start_with_context(tracer.as_ref(), &parent);
+        if span.is_recording() {
+            let mut attrs = vec![
+                KeyValue::new("http.request.method", method_name(req.method())),
+                KeyValue::new("server.address", l.upstream.host().to_owned()),
+                KeyValue::new("url.full", req.uri().to_string()),
+            ];
+            if let Some(p) = l.upstream.port_u16() {
+                attrs.push(KeyValue::new("server.port", i64::from(p)));
+            }
+            if attempt > 1 {
+                attrs.push(KeyValue::new(
+                    "http.request.resend_count",
+                    i64::from(attempt - 1),
+                ));
+            }
+            span.set_attributes(attrs);
+        }
         inject(span.span_context(), req.headers_mut());
-        Some(Self {
-            cx: parent.with_span(span),
-        })
+        Some(Self { span })
     }
 
     /// End the span with the attempt's outcome.
-    pub fn finish(self, outcome: Result<u16, Cause>) {
-        let span = self.cx.span();
+    pub fn finish(mut self, outcome: Result<u16, Cause>) {
+        let span = &mut self.span;
+        if !span.is_recording() {
+            return;
+        }
         match outcome {
             Ok(status) => {
                 span.set_attribute(KeyValue::new(

@@ -26,7 +26,7 @@ pub(crate) async fn send(
 ) -> Result<Response<ProxyBody>, Cause> {
     let attempt = ctx.add_attempt();
     // the CLIENT span of this attempt (None when tracing is off): its traceparent goes to the app
-    let span = AttemptSpan::start(l, &mut req, attempt);
+    let span = AttemptSpan::start(l, ctx, &mut req, attempt);
     if let Some(m) = &l.metrics {
         m.attempts.inc();
     }
