@@ -102,20 +102,30 @@ for p in "${H1_PORT[@]}" "${H2_PORT[@]}" $((BASE_PORT + 50)) $((BASE_PORT + 51))
   if port_open "$p"; then say "port $p is already in use (set BASE_PORT)"; exit 1; fi
 done
 
-# Resident memory of a process and its direct children (nginx: master + worker), in KiB.
+# A process and those of its direct children that run the same program: nginx's master and
+# worker; tandem and its guard process, but not the app tandem supervises (`sleep`), whose
+# memory and CPU are the app's, not the proxy's.
+own_pids() {
+  local p comm
+  comm=$(cat "/proc/$1/comm" 2>/dev/null || true)
+  echo "$1"
+  for p in $(cat "/proc/$1"/task/*/children 2>/dev/null || true); do
+    [ "$(cat "/proc/$p/comm" 2>/dev/null || true)" = "$comm" ] && echo "$p"
+  done
+  return 0
+}
+# Resident memory (VmRSS) of a proxy's own processes (see own_pids), in KiB.
 rss_kb() {
-  local total=0 p kids
-  kids=$(cat "/proc/$1"/task/*/children 2>/dev/null || true)
-  for p in "$1" $kids; do
+  local total=0 p
+  for p in $(own_pids "$1"); do
     total=$((total + $(awk '/^VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)))
   done
   echo "$total"
 }
-# CPU time (user + system, in clock ticks) of a process and its direct children.
+# CPU time (user + system, in clock ticks) of a proxy's own processes (see own_pids).
 cpu_ticks() {
-  local total=0 p kids
-  kids=$(cat "/proc/$1"/task/*/children 2>/dev/null || true)
-  for p in "$1" $kids; do
+  local total=0 p
+  for p in $(own_pids "$1"); do
     total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
   done
   echo "$total"
@@ -398,12 +408,19 @@ EOF
   python3 - "$CPID" "$PX_PORT" "$APP_PORT" "$EXAMPLES/hello_app" "$((BASE_PORT + 52))" >>"$RES" <<'PY'
 import os, signal, socket, statistics, subprocess, sys, time
 tpid, px, app_port, app, solo_port = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+def comm(pid):
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 def children(pid):
+    # the app only: tandem's guard process is a child too (same comm as tandem)
     out = []
     for t in os.listdir(f"/proc/{pid}/task"):
         with open(f"/proc/{pid}/task/{t}/children") as f:
             out += [int(x) for x in f.read().split()]
-    return out
+    return [c for c in out if comm(c) != comm(pid)]
 def get_ok(port):
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
