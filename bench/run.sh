@@ -36,7 +36,7 @@ say() { printf 'bench: %s\n' "$*" >&2; }
 install_peers() {
   local missing=()
   for pair in wrk:wrk nginx:nginx-light haproxy:haproxy h2load:nghttp2-client \
-      hyperfine:hyperfine tini:tini dumb-init:dumb-init taskset:util-linux curl:curl; do
+      hyperfine:hyperfine tini:tini tini-static:tini dumb-init:dumb-init taskset:util-linux curl:curl; do
     command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
   done
   if [ "${#missing[@]}" -gt 0 ]; then
@@ -57,6 +57,12 @@ say "building tandem (release)"
 cargo build --release -q -p tandem -p tandem-proxy --bins --example standalone --example hello_app
 TANDEM=$ROOT/target/release/tandem
 EXAMPLES=$ROOT/target/release/examples
+# The static binary of the container images (compose/build-images.sh builds it the same way),
+# for the start-up rows against tini-static: what `docker run --init` and most images use.
+say "building tandem (static, as in the images)"
+RUSTFLAGS='-C target-feature=+crt-static -C relocation-model=static' \
+  cargo build --release -q --locked --target x86_64-unknown-linux-gnu -p tandem
+TANDEM_STATIC=$ROOT/target/x86_64-unknown-linux-gnu/release/tandem
 
 # ---------------------------------------------------------------- scratch, ports, cleanup
 W=$(mktemp -d /tmp/tandem-bench.XXXXXX)
@@ -462,6 +468,7 @@ for r in $(seq 1 "$RUNS"); do
   hyperfine -N -w 10 -r 100 --export-json "$W/hf.json" \
     -n true 'true' -n tini 'tini -- true' -n dumb-init 'dumb-init true' \
     -n tandem "$TANDEM -- true" -n tandem_noadmin "$TANDEM --config $W/noadmin.toml -- true" \
+    -n tini_static 'tini-static -- true' -n tandem_static "$TANDEM_STATIC -- true" \
     >/dev/null 2>&1
   python3 - "$W/hf.json" >>"$RES" <<'PY'
 import json, sys
