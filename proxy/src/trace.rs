@@ -180,24 +180,9 @@ fn hex_into(bytes: &[u8], out: &mut [u8]) {
 
 /// The span name for a request: its method, static for the standard ones (no allocation).
 fn method_name(m: &http::Method) -> std::borrow::Cow<'static, str> {
-    use http::Method;
-    let known = [
-        Method::GET,
-        Method::POST,
-        Method::PUT,
-        Method::DELETE,
-        Method::HEAD,
-        Method::OPTIONS,
-        Method::PATCH,
-        Method::CONNECT,
-        Method::TRACE,
-    ];
-    const NAMES: [&str; 9] = [
-        "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
-    ];
-    match known.iter().position(|k| k == m) {
-        Some(i) => std::borrow::Cow::Borrowed(NAMES[i]),
-        None => std::borrow::Cow::Owned(m.as_str().to_owned()),
+    match crate::metrics::method_label(m) {
+        "OTHER" => std::borrow::Cow::Owned(m.as_str().to_owned()),
+        known => std::borrow::Cow::Borrowed(known),
     }
 }
 
