@@ -33,6 +33,10 @@ pub enum Cause {
     ConnectTimeout,
     /// The connection to the app broke after the request was (maybe) sent.
     UpstreamReset,
+    /// The app exited while handling this request more often than
+    /// `retry.max_replays_after_app_exit` allows: a request that may be crashing the app
+    /// ("query of death") is not sent again.
+    PoisonRequest,
     /// The TLS handshake with the app failed (`upstream_tls`: unknown CA, name mismatch,
     /// client certificate refused); not retried, it is a configuration problem.
     UpstreamTls,
@@ -81,9 +85,10 @@ impl Cause {
             Cause::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Cause::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Cause::NotReady | Cause::Shed | Cause::Draining => StatusCode::SERVICE_UNAVAILABLE,
-            Cause::ConnectFailed | Cause::UpstreamReset | Cause::UpstreamTls => {
-                StatusCode::BAD_GATEWAY
-            }
+            Cause::ConnectFailed
+            | Cause::UpstreamReset
+            | Cause::UpstreamTls
+            | Cause::PoisonRequest => StatusCode::BAD_GATEWAY,
             Cause::ConnectTimeout | Cause::PerTryTimeout | Cause::RequestTimeout => {
                 StatusCode::GATEWAY_TIMEOUT
             }
@@ -105,6 +110,7 @@ impl Cause {
             Cause::ConnectFailed => "connect_failed",
             Cause::ConnectTimeout => "connect_timeout",
             Cause::UpstreamReset => "upstream_reset",
+            Cause::PoisonRequest => "poison_request",
             Cause::UpstreamTls => "upstream_tls",
             Cause::PerTryTimeout => "per_try_timeout",
             Cause::RequestTimeout => "request_timeout",
@@ -131,7 +137,10 @@ impl Cause {
     /// The response tandem sends: status, a one-line body naming the cause, and Retry-After
     /// where waiting helps.
     pub fn response(self) -> Response<ProxyBody> {
-        let body = format!("tandem: {}\n", self.as_str());
+        let body = match self {
+            Cause::PoisonRequest => "tandem: poison_request: the app exited while handling this request, and again after it was replayed; it is not sent again\n".to_string(),
+            _ => format!("tandem: {}\n", self.as_str()),
+        };
         let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();

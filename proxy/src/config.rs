@@ -285,6 +285,11 @@ pub struct RetryConfig {
     pub retry_post_with_idempotency_key: bool,
     /// Retry any method on a retryable status or reset (unsafe for most apps).
     pub retry_non_idempotent: bool,
+    /// How often a request that was in flight when the app exited is sent again to the next
+    /// instance (if it may be retried at all); at the next exit it gets a 502
+    /// (`poison_request`): one bad request must not crash the app once per attempt. 0: never
+    /// replayed after an app exit.
+    pub max_replays_after_app_exit: u32,
 }
 
 /// Limits. Each one, when hit, answers with its own status and counts.
@@ -676,6 +681,7 @@ impl Default for RetryConfig {
             max_replay_body_bytes: 64 * 1024,
             retry_post_with_idempotency_key: true,
             retry_non_idempotent: false,
+            max_replays_after_app_exit: 1,
         }
     }
 }

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::app_exits::{AppExits, InFlight};
 use crate::config::{ListenerConfig, Protocol};
 use crate::drain::{drain, DrainReport, ListenerDrain};
 use crate::edge::Edge;
@@ -42,6 +43,7 @@ pub struct Serving {
     addrs: Vec<(String, SocketAddr)>,
     tasks: Vec<JoinHandle<ListenerDrain>>,
     edges: Vec<Edge>,
+    app_exits: AppExits,
 }
 
 // === impl Inbound ===
@@ -111,6 +113,7 @@ pub fn serve(
 ) -> Serving {
     let addrs = bound.local_addrs();
     let mut edges = Vec::new();
+    let app_exits = AppExits::new();
     let tasks = bound
         .listeners
         .into_iter()
@@ -122,6 +125,7 @@ pub fn serve(
                 hooks.clone(),
                 shutdown.child_token(),
                 edge,
+                app_exits.clone(),
             ));
             l.edge.watch(&shutdown, l.metrics.as_ref());
             tokio::spawn(accept_loop(l, socket))
@@ -132,6 +136,7 @@ pub fn serve(
         addrs,
         tasks,
         edges,
+        app_exits,
     }
 }
 
@@ -187,6 +192,13 @@ impl Serving {
     /// keeps its old contents and is returned (and logged) naming listener and path.
     pub fn reload(&self) -> Vec<FileError> {
         self.edges.iter().flat_map(Edge::reload).collect()
+    }
+
+    /// The supervisor reaped the app: requests that were in flight to it count this exit
+    /// against their replays (see `retry.max_replays_after_app_exit`). Returns them, for the
+    /// exit log. Call it before the proxy's readiness turns false.
+    pub fn app_exited(&self) -> Vec<InFlight> {
+        self.app_exits.app_exited()
     }
 
     /// Stops accepting on every listener, lets in-flight requests finish within each

@@ -33,6 +33,7 @@
 
 mod access_log;
 mod apikey;
+mod app_exits;
 mod auth;
 mod backoff;
 mod basic;
@@ -71,6 +72,7 @@ mod upstream;
 mod upstream_tls;
 
 pub use access_log::{AccessLogFn, AccessRecord};
+pub use app_exits::{AppExits, InFlight};
 pub use cause::{Cause, Challenge};
 pub use config::{
     ApiKeyConfig, AuthConfig, BasicAuthConfig, ClientAuthConfig, JwtConfig, LimitsConfig,

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::access_log::{AccessLogFn, AccessRecord};
+use crate::app_exits::AppExits;
 use crate::budget::RetryBudget;
 use crate::config::{ListenerConfig, Protocol};
 use crate::edge::Edge;
@@ -117,6 +118,8 @@ pub(crate) struct Listener {
     pub tasks: TaskTracker,
     /// TLS, auth and rate-limit state loaded from files at bind.
     pub edge: Edge,
+    /// The app's exits and the attempts in flight (query-of-death protection).
+    pub app_exits: AppExits,
 }
 
 // === impl Listener ===
@@ -128,6 +131,7 @@ impl Listener {
         hooks: Hooks,
         shutdown: CancellationToken,
         edge: Edge,
+        app_exits: AppExits,
     ) -> Self {
         let name = cfg.display_name();
         // Validated before binding; a parse failure here would be a bug in validation.
@@ -201,6 +205,7 @@ impl Listener {
             hard_stop: CancellationToken::new(),
             tasks,
             edge,
+            app_exits,
             cfg,
         }
     }

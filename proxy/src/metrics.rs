@@ -67,6 +67,8 @@ pub struct Metrics {
     pub budget_exhausted: Family<ListenerLabels, Counter>,
     /// Requests shed over the concurrency limit.
     pub shed: Family<ListenerLabels, Counter>,
+    /// Requests refused as a query of death: in flight at more app exits than allowed.
+    pub poison_requests: Family<ListenerLabels, Counter>,
     /// Timeouts by kind.
     pub timeouts: Family<KindLabels, Counter>,
     /// Requests answered by tandem instead of the app, by cause.
@@ -98,6 +100,7 @@ impl Metrics {
             retries: Family::default(),
             budget_exhausted: Family::default(),
             shed: Family::default(),
+            poison_requests: Family::default(),
             timeouts: Family::default(),
             errors: Family::default(),
             tcp_connections: Family::default(),
@@ -134,6 +137,11 @@ impl Metrics {
             "shed",
             "Requests shed over the concurrency limit",
             m.shed.clone(),
+        );
+        r.register(
+            "poison_requests",
+            "Requests not sent again because the app exited while handling them, also after a replay",
+            m.poison_requests.clone(),
         );
         r.register("timeouts", "Timeouts by kind", m.timeouts.clone());
         r.register(
@@ -180,6 +188,7 @@ pub(crate) struct ListenerMetrics {
     pub attempts: Counter,
     pub duration: Histogram,
     pub shed: Counter,
+    pub poison_requests: Counter,
     pub budget_exhausted: Counter,
     pub tcp_connections: Counter,
     /// The request counter's series, by method and status class, each looked up in the
@@ -207,6 +216,7 @@ impl ListenerMetrics {
             attempts: all.attempts.get_or_create(&l).clone(),
             duration: all.duration.get_or_create(&l).clone(),
             shed: all.shed.get_or_create(&l).clone(),
+            poison_requests: all.poison_requests.get_or_create(&l).clone(),
             budget_exhausted: all.budget_exhausted.get_or_create(&l).clone(),
             tcp_connections: all.tcp_connections.get_or_create(&l).clone(),
             requests: Arc::new(std::array::from_fn(|_| OnceLock::new())),

@@ -5,11 +5,18 @@
 //! configured), or everything when the operator said so. A failed connect never reached the
 //! app, so it is always safe (and does not draw on the budget). Only a body kept whole for
 //! replay (see `replay`) can be sent again; a streamed one gets one attempt.
+//!
+//! A failed connect is not an attempt: the app is not listening (starting, restarting, or
+//! dead and not yet reaped), so the request waits, reconnecting with back-off, until its hold
+//! deadline, exactly as it would wait at the readiness gate. A request that was in flight
+//! when the app exited is replayed at most `max_replays_after_app_exit` times (see
+//! `app_exits`): one request must not crash the app once per attempt.
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body::Body;
 
+use crate::app_exits::Registered;
 use crate::backoff::jittered;
 use crate::cause::{Cause, ProxyBody};
 use crate::config::RetryConfig;
@@ -98,9 +105,14 @@ where
         l.cfg.limits.max_body_bytes,
     )
     .await?;
+    let hold_deadline = ctx.start + l.cfg.hold_timeout;
+    // Attempts that reached the app (or timed out trying), and connects that failed.
     let mut attempt: u32 = 0;
+    let mut connects_failed: u32 = 0;
+    // The last attempt that reached the app, registered as in flight until the next one.
+    let mut reached: Option<Registered> = None;
+    let mut replays_after_exit: u32 = 0;
     loop {
-        attempt += 1;
         let mut req = Request::new(prepared.take_body());
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = parts.uri.clone();
@@ -108,14 +120,43 @@ where
         *req.headers_mut() = parts.headers.clone();
         *req.extensions_mut() = parts.extensions.clone();
         let result = match ready::gate(l, ctx).await {
-            Ok(()) => upstream::send(l, ctx, req).await,
+            Ok(()) => {
+                if reached.as_ref().is_some_and(Registered::app_exited_since) {
+                    // The app exited while (or right after) it had this request.
+                    reached = None;
+                    replays_after_exit += 1;
+                    if replays_after_exit > cfg.max_replays_after_app_exit {
+                        poisoned(l, ctx, &parts.method, &parts.uri, replays_after_exit);
+                        return Err(Cause::PoisonRequest);
+                    }
+                    tracing::info!(listener = %l.name, method = %parts.method, path = parts.uri.path(), request_id = %ctx.request_id(), "replaying a request that was in flight when the app exited");
+                }
+                let registered =
+                    l.app_exits
+                        .register(&parts.method, &parts.uri, ctx.request_id_value());
+                let result = upstream::send(l, ctx, req).await;
+                if !matches!(result, Err(Cause::ConnectFailed | Cause::ConnectTimeout)) {
+                    reached = Some(registered);
+                }
+                result
+            }
             Err(cause) => Err(cause),
         };
         let outcome = match &result {
             Ok(resp) => Outcome::Status(resp.status()),
             Err(cause) => Outcome::Failed(*cause),
         };
-        let last = attempt >= cfg.max_attempts || !prepared.is_replayable();
+        let connect_failed = matches!(
+            outcome,
+            Outcome::Failed(Cause::ConnectFailed | Cause::ConnectTimeout)
+        );
+        let last = if connect_failed {
+            connects_failed += 1;
+            tokio::time::Instant::now() >= hold_deadline
+        } else {
+            attempt += 1;
+            attempt >= cfg.max_attempts
+        } || !prepared.is_replayable();
         let go = match if last {
             Verdict::Stop
         } else {
@@ -151,8 +192,32 @@ where
         }
         // Drop the failed response before waiting so its connection is released.
         drop(result);
-        tokio::time::sleep(jittered(cfg.backoff_base, cfg.backoff_max, attempt)).await;
+        let backoff = if connect_failed {
+            // Never past the hold deadline: the last reconnect happens at it.
+            let left = hold_deadline.saturating_duration_since(tokio::time::Instant::now());
+            jittered(cfg.backoff_base, cfg.backoff_max, connects_failed).min(left)
+        } else {
+            jittered(cfg.backoff_base, cfg.backoff_max, attempt)
+        };
+        tokio::time::sleep(backoff).await;
     }
+}
+
+/// A request in flight at one app exit more than it may be replayed after: answered with 502,
+/// counted and logged, never sent again.
+fn poisoned(l: &Listener, ctx: &Ctx, method: &Method, uri: &http::Uri, exits: u32) {
+    if let Some(m) = &l.metrics {
+        m.poison_requests.inc();
+    }
+    tracing::warn!(
+        event = "poison_request",
+        listener = %l.name,
+        method = %method,
+        path = uri.path(),
+        request_id = %ctx.request_id(),
+        app_exits = exits,
+        "the app exited while handling this request, also after it was replayed; not sending it again"
+    );
 }
 
 #[cfg(test)]

@@ -178,6 +178,21 @@ struct Supervisor {
     telemetry: Option<crate::telemetry::Telemetry>,
 }
 
+/// The requests in flight at an app exit, for its log line: `request id method path`, at most
+/// 20 of them (then how many more).
+fn in_flight_summary(in_flight: &[tandem_proxy::InFlight]) -> String {
+    const SHOWN: usize = 20;
+    let mut parts: Vec<String> = in_flight
+        .iter()
+        .take(SHOWN)
+        .map(|r| format!("{} {} {}", r.request_id, r.method, r.path))
+        .collect();
+    if in_flight.len() > SHOWN {
+        parts.push(format!("and {} more", in_flight.len() - SHOWN));
+    }
+    parts.join(", ")
+}
+
 /// Exit statuses for exec probes come from the one reaper (see `child::reap`).
 struct ReaperExits(Reaper);
 
@@ -203,10 +218,16 @@ impl Supervisor {
         let forward: Vec<Signal> = cfg.app.forward_signals.iter().map(|s| s.0).collect();
         let signals = Signals::install(&forward)
             .map_err(|e| internal("cannot install signal handlers", e))?;
-        let checks = cfg.health.validate().map_err(|e| {
+        let mut checks = cfg.health.validate().map_err(|e| {
             tracing::error!(event = "config_error", "{e}");
             exit::CONFIG
         })?;
+        if checks.readiness.is_none() {
+            checks.readiness = cfg.implicit_readiness();
+            if let Some(p) = &checks.readiness {
+                tracing::debug!(event = "implicit_readiness", probe = %p, "no readiness probe configured: the app is ready once its upstream accepts connections");
+            }
+        }
         let health = HealthMonitor::new(checks, Arc::new(ReaperExits(reaper.clone())));
         let notifier = Notifier::from_env().unwrap_or_else(|e| {
             tracing::warn!(event = "notify_unavailable", error = %e, "sd_notify disabled");
@@ -377,7 +398,7 @@ impl Supervisor {
                         self.health.app_stopped();
                         return 0;
                     }
-                    SignalEvent::Forward(sig) => self.reopen_on_hup(sig),
+                    other => self.on_signal(other, None),
                 },
                 changed = ready.changed() => if changed.is_err() { std::future::pending::<()>().await },
                 st = &mut liveness => {
@@ -451,7 +472,7 @@ impl Supervisor {
                 status = &mut app.exit => return Outcome::Exited(status.unwrap_or(LOST)),
                 ev = self.signals.recv() => match ev {
                     SignalEvent::Stop(sig) => return Outcome::StopRequested(sig),
-                    SignalEvent::Forward(sig) => self.forward(app.pid, sig),
+                    other => self.on_signal(other, Some(app.pid)),
                 },
                 changed = ready.changed() => if changed.is_err() { std::future::pending::<()>().await },
                 st = &mut liveness => return Outcome::LivenessFailed(st.last_failure.unwrap_or_default()),
@@ -535,7 +556,7 @@ impl Supervisor {
                     () = &mut delay => break,
                     ev = self.signals.recv() => match ev {
                         SignalEvent::Stop(sig) => return Err(sig),
-                        SignalEvent::Forward(sig) => self.forward_if_running(sig),
+                        other => self.on_signal_if_running(other),
                     },
                 }
             }
@@ -553,7 +574,7 @@ impl Supervisor {
                 }
                 ev = self.signals.recv() => match ev {
                     SignalEvent::Stop(sig) => return Err(sig),
-                    SignalEvent::Forward(sig) => self.forward_if_running(sig),
+                    other => self.on_signal_if_running(other),
                 },
             }
         }
@@ -579,7 +600,7 @@ impl Supervisor {
                 }
                 ev = self.signals.recv() => match ev {
                     SignalEvent::Stop(sig) => return Err(sig),
-                    SignalEvent::Forward(sig) => self.forward(app.pid, sig),
+                    other => self.on_signal(other, Some(app.pid)),
                 },
             }
         }
@@ -607,39 +628,51 @@ impl Supervisor {
         );
     }
 
+    /// A signal that is not a stop request: tandem's own reload on SIGHUP, then forwarding to
+    /// the app's main process `pid` when there is one and the signal is in the forward list.
+    fn on_signal(&self, ev: SignalEvent, pid: Option<Pid>) {
+        match ev {
+            SignalEvent::Stop(_) => {}
+            SignalEvent::Reload => self.reopen_on_hup(Signal::SIGHUP),
+            SignalEvent::Forward(sig) => {
+                self.reopen_on_hup(sig);
+                match pid {
+                    Some(pid) => self.forward(pid, sig),
+                    None => tracing::debug!(signal = %sig, "no app running; signal not forwarded"),
+                }
+            }
+        }
+    }
+
+    fn on_signal_if_running(&self, ev: SignalEvent) {
+        let pid = self.status.borrow().app_pid.map(Pid::from_raw);
+        self.on_signal(ev, pid);
+    }
+
     fn forward(&self, pid: Pid, sig: Signal) {
-        self.reopen_on_hup(sig);
         tracing::info!(event = "signal_forwarded", signal = %sig, pid = pid.as_raw(), "forwarding signal to the app");
         if let Err(e) = child::stop::signal_process(pid, sig) {
             tracing::warn!(event = "signal_failed", signal = %sig, error = %e, "cannot forward signal");
         }
     }
 
-    fn forward_if_running(&self, sig: Signal) {
-        match self.status.borrow().app_pid {
-            Some(pid) => self.forward(Pid::from_raw(pid), sig),
-            None => self.reopen_on_hup(sig),
-        }
-    }
-
     /// logrotate's postrotate HUP: tandem's own log files are reopened too, and the proxy's
     /// certificates, keys and auth files are reloaded now rather than at the next poll.
     fn reopen_on_hup(&self, sig: Signal) {
-        if sig == Signal::SIGHUP {
-            if let Some(logs) = &self.logs {
-                logs.reopen();
-            }
-            if let Some(proxy) = &self.proxy {
-                // Each failure is logged by the proxy, naming listener, key and file; the
-                // previous contents stay in use.
-                let failed = proxy.reload();
-                tracing::info!(
-                    event = "reloaded",
-                    failed = failed.len(),
-                    "proxy files reloaded on SIGHUP"
-                );
-            }
+        if sig != Signal::SIGHUP {
+            return;
         }
+        if let Some(logs) = &self.logs {
+            logs.reopen();
+        }
+        // Each failure is logged by the proxy, naming listener, key and file; the previous
+        // contents stay in use.
+        let failed = self.proxy.as_ref().map_or(0, |p| p.reload().len());
+        tracing::info!(
+            event = "reloaded",
+            failed,
+            "SIGHUP: log files reopened, proxy files reloaded"
+        );
     }
 
     /// Bind the proxy's listeners and serve them, gated by `proxy_ready` (false for now).
@@ -823,6 +856,13 @@ impl Supervisor {
 
     /// Log the exit and clear what the app left behind.
     fn app_exited(&mut self, app: &App, status: &ExitStatus) {
+        // First, before the proxy's gate closes: the requests in flight count this exit
+        // against their replays (query-of-death protection), and the log names them.
+        let in_flight = self
+            .proxy
+            .as_ref()
+            .map(Serving::app_exited)
+            .unwrap_or_default();
         tracing::info!(
             event = "exited",
             pid = app.pid.as_raw(),
@@ -831,6 +871,8 @@ impl Supervisor {
             signal = status.signal,
             core_dumped = status.core_dumped,
             ran_ms = app.started.elapsed().as_millis() as u64,
+            in_flight = in_flight.len(),
+            in_flight_requests = %in_flight_summary(&in_flight),
             "app exited"
         );
         if self.cfg.app.kill_group_on_exit && child::stop::group_alive(app.pid) {
@@ -899,7 +941,7 @@ impl Supervisor {
                 }
                 ev = self.signals.recv() => match ev {
                     SignalEvent::Stop(sig) => return Some(sig),
-                    SignalEvent::Forward(sig) => tracing::debug!(signal = %sig, "no app running; signal not forwarded"),
+                    other => self.on_signal(other, None),
                 },
             }
         }

@@ -5,8 +5,14 @@
 //! - SIGQUIT: some orchestrators' "stop now" (and nginx's graceful one): a stop too.
 //!   A second stop signal while stopping skips the wait and SIGKILLs the app's group (the
 //!   same signal again within 250 ms is one delivered twice, and is ignored).
+//! - SIGHUP is always tandem's: it reopens tandem's log files and reloads the proxy's files
+//!   (logrotate's postrotate, `systemctl reload`, a closing terminal), whether or not it is
+//!   also forwarded. Its default action would kill tandem with no stop sequence.
 //! - The forward list (default SIGHUP, SIGUSR1, SIGUSR2, SIGWINCH) goes to the app's main
 //!   process: reload, log reopen and resize are the app's business.
+//! - SIGUSR1, SIGUSR2, SIGALRM and SIGWINCH are always caught too: an operator or a script
+//!   that sends one of them (to the app's "main process", which is tandem) must never end
+//!   tandem by the signal's default action. Not forwarded, they are logged and ignored.
 //! - SIGCHLD belongs to the reaper (`child::reap`).
 use std::collections::HashSet;
 
@@ -21,8 +27,10 @@ use tokio::{
 pub enum SignalEvent {
     /// Start the stop sequence (or, while stopping, kill now).
     Stop(Signal),
-    /// Pass this signal on to the app.
+    /// Pass this signal on to the app (SIGHUP: after tandem's own reopen and reload).
     Forward(Signal),
+    /// SIGHUP, not in the forward list: tandem's own reopen and reload only.
+    Reload,
 }
 
 /// Signals received by tandem, in order.
@@ -38,14 +46,28 @@ const DUPLICATE_WINDOW: std::time::Duration = std::time::Duration::from_millis(2
 
 const STOP: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGQUIT];
 
+/// Caught whatever the forward list says: each one's default action ends the process (WINCH's
+/// does not, but a terminal sends it to tandem and it is cheap to own), and tandem must only
+/// ever end through its stop sequence.
+const OWNED: [Signal; 5] = [
+    Signal::SIGHUP,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGALRM,
+    Signal::SIGWINCH,
+];
+
 // === impl Signals ===
 
 impl Signals {
-    /// Install handlers for the stop signals and for `forward`.
+    /// Install handlers for the stop signals, the signals tandem owns, and `forward`.
     pub fn install(forward: &[Signal]) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel(64);
         let mut all: Vec<Signal> = STOP.to_vec();
-        all.extend(forward.iter().copied().filter(|s| !STOP.contains(s)));
+        all.extend(OWNED);
+        all.extend(forward.iter().copied());
+        all.sort_by_key(|s| *s as i32);
+        all.dedup();
         for sig in all {
             let mut stream = signal(SignalKind::from_raw(sig as i32))?;
             let tx = tx.clone();
@@ -80,7 +102,11 @@ impl Signals {
                     return SignalEvent::Stop(sig);
                 }
                 Some(sig) if self.forward.contains(&sig) => return SignalEvent::Forward(sig),
-                Some(_) => continue,
+                Some(Signal::SIGHUP) => return SignalEvent::Reload,
+                Some(sig) => {
+                    tracing::info!(event = "signal_ignored", signal = %sig, "signal not in app.forward_signals; ignored");
+                    continue;
+                }
                 None => std::future::pending::<()>().await,
             }
         }

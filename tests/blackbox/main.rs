@@ -18,6 +18,7 @@ mod otel_tls;
 mod passthrough;
 mod proxy;
 mod reaping;
+mod reliability;
 mod restart;
 mod security;
 mod signals;

@@ -102,3 +102,67 @@ fn the_same_stop_signal_delivered_twice_at_once_is_one_request() {
     );
     assert!(!t.event_names().contains(&"killed".to_string()));
 }
+
+/// Each signal a user, a terminal or `systemctl reload` commonly sends to tandem, with nothing
+/// forwarded: tandem keeps running (the app too), and a SIGTERM afterwards still runs the
+/// whole stop sequence. Before, SIGHUP (and USR1, USR2, ALRM) ended tandem by the signal's
+/// default action: no stop sequence, no log flush.
+#[test]
+fn signals_tandem_owns_never_end_it_when_not_forwarded() {
+    for sig in [
+        Signal::SIGHUP,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGALRM,
+        Signal::SIGWINCH,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let script = recorder(dir.path(), "trap 'echo term >> log; exit 0' TERM");
+        let mut t = Tandem::spawn(&["--set", "app.forward_signals=[]", "--", "sh", "-c", &script]);
+        wait_file(&dir.path().join("ready"));
+        t.signal(sig);
+        if sig == Signal::SIGHUP {
+            // HUP is tandem's own reload whether or not it is forwarded.
+            t.wait_event("reloaded");
+        } else {
+            assert_eq!(t.wait_event("signal_ignored")["signal"], sig.as_str());
+        }
+        assert!(
+            t.child.try_wait().unwrap().is_none(),
+            "{sig} ended tandem: {:?}",
+            t.event_names()
+        );
+        t.signal(Signal::SIGTERM);
+        assert_eq!(t.wait_code(), 0, "{sig}: {:?}", t.event_names());
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("log")).unwrap(),
+            "term\n",
+            "{sig}: the app got a signal it was not meant to"
+        );
+        t.assert_order(&["stopping", "stop_signal_sent", "exited"]);
+    }
+}
+
+/// With HUP in the forward list (the default), tandem reloads its own files and the app gets
+/// the HUP too.
+#[test]
+fn hup_is_both_tandems_reload_and_forwarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = recorder(
+        dir.path(),
+        "trap 'echo hup >> log' HUP; trap 'echo term >> log; exit 0' TERM",
+    );
+    let mut t = Tandem::spawn(&["--", "sh", "-c", &script]);
+    wait_file(&dir.path().join("ready"));
+    t.signal(Signal::SIGHUP);
+    let log = dir.path().join("log");
+    eventually("app recorded HUP", || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("hup")
+    });
+    t.wait_event("reloaded");
+    t.wait_event("signal_forwarded");
+    t.signal(Signal::SIGTERM);
+    assert_eq!(t.wait_code(), 0);
+}

@@ -92,15 +92,46 @@ pub struct Loaded {
 /// Variables that start with `TANDEM_` but are not config keys.
 const RESERVED_ENV: &[&str] = &["TANDEM_LOG", "TANDEM_LOG_FORMAT"];
 
-/// Keys that have no default (so they are absent from the defaults table) but may be set.
-const OPTIONAL_KEYS: &[&str] = &[
-    "service.name",
-    "service.version",
-    "app.workdir",
-    "app.user",
-    "app.group",
-    "admin.token_file",
-];
+/// The whole schema as a table: the defaults plus every optional key and table (those with
+/// no default, absent from the defaults table), each with an example value. Flags and
+/// `TANDEM_*` variables may set any leaf of it, values are typed by it, and `tandem check`
+/// lists the optional parts a config did not set from it, commented out.
+fn schema() -> Table {
+    use crate::health::probe::{ProbeConfig, ProbeKind, TargetSpec};
+    let mut c = Config::default();
+    c.service.name = Some("billing".into());
+    c.service.version = Some("1.4.2".into());
+    c.app.workdir = Some("/srv/billing".into());
+    c.app.user = Some("nobody".into());
+    c.app.group = Some("nogroup".into());
+    c.admin.token_file = Some("/run/secrets/tandem-admin-token".into());
+    let probe = |target: &str| ProbeConfig {
+        kind: ProbeKind::Http,
+        target: TargetSpec::Line(target.into()),
+        interval: std::time::Duration::from_secs(2),
+        timeout: std::time::Duration::from_secs(1),
+        success_threshold: 1,
+        failure_threshold: 3,
+        initial_delay: std::time::Duration::ZERO,
+    };
+    c.health.readiness = Some(probe("http://127.0.0.1:3000/ready"));
+    c.health.liveness = Some(probe("http://127.0.0.1:3000/health"));
+    for stream in [&mut c.logs.stdout, &mut c.logs.stderr] {
+        stream.multiline.start = Some(r"^\d{4}-\d{2}-\d{2}".into());
+        stream.multiline.continue_ = Some(r"^\s".into());
+    }
+    c.logs.sinks.file = Some(crate::logs::config::FileSinkConfig {
+        path: "/var/log/tandem/app.jsonl".into(),
+        rotate_every: Some(std::time::Duration::from_secs(86_400)),
+        ..Default::default()
+    });
+    c.logs.tail = Some(crate::logs::config::TailConfig {
+        paths: vec!["/alloc/logs/app.std*".into()],
+        checkpoint: Some("/alloc/data/tandem.checkpoint".into()),
+        ..Default::default()
+    });
+    Table::try_from(c).expect("the schema example serializes")
+}
 
 /// Load `files` (each with its includes), then apply `env` (`TANDEM_*` only) and `overrides`.
 pub fn load(
@@ -109,6 +140,7 @@ pub fn load(
     overrides: &Overrides,
 ) -> Result<Loaded, LoadError> {
     let defaults = Table::try_from(Config::default()).expect("the default config serializes");
+    let schema = schema();
     let mut sources = BTreeMap::new();
     record_sources(&defaults, "", &Source::Default, &mut sources);
     let mut merged = defaults.clone();
@@ -121,7 +153,7 @@ pub fn load(
         merge(&mut merged, table, "", &source, &mut sources);
     }
 
-    let known = known_keys(&defaults);
+    let known = known_keys(&schema);
     let mut warnings = Vec::new();
     let mut env: Vec<(String, String)> = env
         .into_iter()
@@ -140,7 +172,7 @@ pub fn load(
             ));
             continue;
         };
-        let layer = single_value(&defaults, key, &raw).map_err(|message| LoadError::Env {
+        let layer = single_value(&schema, key, &raw).map_err(|message| LoadError::Env {
             var: var.clone(),
             message,
         })?;
@@ -154,7 +186,7 @@ pub fn load(
                 message: format!("unknown config key {key:?}"),
             });
         }
-        let layer = single_value(&defaults, key, raw).map_err(|message| LoadError::Flag {
+        let layer = single_value(&schema, key, raw).map_err(|message| LoadError::Flag {
             flag: flag.clone(),
             message,
         })?;
@@ -209,10 +241,12 @@ pub fn load(
         }
     }
     sources.retain(|k, _| k != "include");
-    let config: Config = merged
-        .clone()
-        .try_into()
-        .map_err(|e: toml::de::Error| LoadError::Invalid(e.message().to_string()))?;
+    let config: Config = merged.clone().try_into().map_err(|e: toml::de::Error| {
+        LoadError::Invalid(
+            incomplete(&defaults, &schema, &merged, &sources)
+                .unwrap_or_else(|| e.message().to_string()),
+        )
+    })?;
     if overrides.require_command || !config.app.command.is_empty() {
         config.validate().map_err(LoadError::Invalid)?;
     } else {
@@ -238,6 +272,8 @@ impl Loaded {
     pub fn render(&self) -> String {
         let mut out = String::new();
         render_table(&self.merged, "", &self.sources, &redactor(), &mut out);
+        render_implicit(&self.config, &mut out);
+        render_absent(&schema(), &self.merged, &mut out);
         out
     }
 }
@@ -353,11 +389,57 @@ fn key_at(text: &str, line: usize) -> String {
     }
 }
 
+/// An optional table that flags or variables began but did not complete (`--set
+/// health.readiness.kind=tcp` without a `target`): its name, what is missing, and who set it.
+fn incomplete(
+    defaults: &Table,
+    schema: &Table,
+    merged: &Table,
+    sources: &BTreeMap<String, Source>,
+) -> Option<String> {
+    let mut optional = Vec::new();
+    optional_tables(schema, defaults, "", &mut optional);
+    optional.into_iter().find_map(|path| {
+        let value = lookup(merged, &path)?.clone();
+        let mut alone = defaults.clone();
+        merge(
+            &mut alone,
+            leaf_table(&path, value),
+            "",
+            &Source::Default,
+            &mut BTreeMap::new(),
+        );
+        let err = alone.try_into::<Config>().err()?;
+        let set_by: Vec<String> = sources
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("{path}.")))
+            .map(|(k, s)| format!("{k} ({s})"))
+            .collect();
+        Some(format!(
+            "[{path}]: {} (set: {})",
+            err.message().trim(),
+            set_by.join(", ")
+        ))
+    })
+}
+
+/// Dotted paths of the tables in `schema` that `defaults` does not have.
+fn optional_tables(schema: &Table, defaults: &Table, prefix: &str, out: &mut Vec<String>) {
+    for (k, v) in schema {
+        let path = join(prefix, k);
+        if let Value::Table(t) = v {
+            match defaults.get(k) {
+                Some(Value::Table(d)) => optional_tables(t, d, &path, out),
+                _ => out.push(path),
+            }
+        }
+    }
+}
+
 /// Map `TANDEM_RESTART_POLICY` style names to dotted keys, for every key the schema has.
-fn known_keys(defaults: &Table) -> BTreeMap<String, String> {
+fn known_keys(schema: &Table) -> BTreeMap<String, String> {
     let mut keys = Vec::new();
-    leaf_keys(defaults, "", &mut keys);
-    keys.extend(OPTIONAL_KEYS.iter().map(|k| k.to_string()));
+    leaf_keys(schema, "", &mut keys);
     keys.into_iter()
         .filter(|k| k != "include")
         .map(|k| {
@@ -381,10 +463,11 @@ fn leaf_keys(table: &Table, prefix: &str, out: &mut Vec<String>) {
     }
 }
 
-/// Build a one-value layer from a raw string, typed by the default at that key, and check it
-/// against the schema on its own.
-fn single_value(defaults: &Table, key: &str, raw: &str) -> Result<Table, String> {
-    let value = match lookup(defaults, key) {
+/// Build a one-value layer from a raw string, typed by the schema at that key, and check it
+/// against the schema on its own (on top of the schema's example, so a key of an optional
+/// table is checked without the table's other, required keys).
+fn single_value(schema: &Table, key: &str, raw: &str) -> Result<Table, String> {
+    let value = match lookup(schema, key) {
         None | Some(Value::String(_)) => Value::String(raw.to_string()),
         Some(Value::Array(_)) if !raw.trim_start().starts_with('[') => Value::Array(
             raw.split(',')
@@ -401,8 +484,15 @@ fn single_value(defaults: &Table, key: &str, raw: &str) -> Result<Table, String>
         },
     };
     let layer = leaf_table(key, value);
-    layer
-        .clone()
+    let mut check = schema.clone();
+    merge(
+        &mut check,
+        layer.clone(),
+        "",
+        &Source::Default,
+        &mut BTreeMap::new(),
+    );
+    check
         .try_into::<Config>()
         .map_err(|e: toml::de::Error| format!("key `{key}`: {}", e.message().trim()))?;
     Ok(layer)
@@ -541,6 +631,59 @@ pub fn redact_text(text: &str) -> String {
 fn redactor() -> crate::logs::redact::Redactor {
     crate::logs::redact::Redactor::new(&crate::logs::redact::RedactConfig::default())
         .expect("the built-in patterns compile")
+}
+
+/// What tandem does in place of a setting the config left out, where that is not obvious.
+fn render_implicit(config: &Config, out: &mut String) {
+    use std::fmt::Write;
+    if let Some(probe) = config.implicit_readiness() {
+        let _ = writeln!(
+            out,
+            "\n# [health.readiness] is not set: with proxy listeners, the app is ready once its\n\
+             # upstream accepts a TCP connection (implicit probe: {probe}); see docs/RELIABILITY.md"
+        );
+    }
+}
+
+/// The optional keys and tables of the schema that `merged` does not have, commented out with
+/// an example value, so `tandem check` shows every key there is.
+fn render_absent(schema: &Table, merged: &Table, out: &mut String) {
+    use std::fmt::Write;
+    let mut absent: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    absent_leaves(schema, merged, "", &mut absent);
+    if absent.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n# Optional, not set (in a file, with --set KEY=VALUE, or a TANDEM_* variable):"
+    );
+    for (table, keys) in absent {
+        let _ = writeln!(out, "# [{table}]");
+        for (k, v) in keys {
+            let _ = writeln!(out, "# {k} = {v}");
+        }
+    }
+}
+
+fn absent_leaves(
+    schema: &Table,
+    merged: &Table,
+    prefix: &str,
+    out: &mut BTreeMap<String, Vec<(String, String)>>,
+) {
+    for (k, v) in schema {
+        let path = join(prefix, k);
+        match (v, merged.get(k)) {
+            (Value::Table(t), Some(Value::Table(m))) => absent_leaves(t, m, &path, out),
+            (Value::Table(t), None) => absent_leaves(t, &Table::new(), &path, out),
+            (_, Some(_)) => {}
+            (v, None) => out
+                .entry(prefix.to_string())
+                .or_default()
+                .push((k.clone(), v.to_string())),
+        }
+    }
 }
 
 fn render_table(

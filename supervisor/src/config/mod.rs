@@ -229,6 +229,19 @@ impl Default for RestartConfig {
 }
 
 impl Config {
+    /// The readiness probe tandem runs when `[health.readiness]` is not set but proxy
+    /// listeners are: the app is ready once every listener's upstream accepts a TCP
+    /// connection, checked quickly after each spawn (not "ready at spawn", which let requests
+    /// through before the app listened and spent their attempts on refusals).
+    pub fn implicit_readiness(&self) -> Option<crate::health::probe::Probe> {
+        if self.health.readiness.is_some() {
+            return None;
+        }
+        crate::health::probe::Probe::implicit(
+            self.proxy.listeners.iter().map(|l| l.upstream.as_str()),
+        )
+    }
+
     /// Cross-field checks that serde cannot express. Each error names the key.
     pub fn validate(&self) -> Result<(), String> {
         // Without a command tandem runs beside the app rather than above it (a Nomad sidecar

@@ -3,7 +3,8 @@
 //!
 //! Invariants: `ready` is true only while the current app instance's readiness probe is
 //! passing, or, with no readiness probe, from the moment the app is spawned; it is false
-//! between instances. `healthy` is false only while the current instance's liveness probe is
+//! between instances. (With proxy listeners and no readiness probe the lifecycle passes the
+//! implicit one, [`probe::Probe::implicit`]: ready once the upstreams accept connections.) `healthy` is false only while the current instance's liveness probe is
 //! failing, or, with no liveness probe, its readiness probe. Probes belong to one app instance: [`HealthMonitor::app_started`] starts fresh
 //! ones and [`HealthMonitor::app_stopped`] ends them, while the two watch channels live as long
 //! as the monitor, so the proxy and the watchdog subscribe once.
@@ -27,7 +28,8 @@ use self::probe::{
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthConfig {
-    /// Gates traffic and `READY=1`. None: ready as soon as the app is spawned.
+    /// Gates traffic and `READY=1`. None: ready once every proxy upstream accepts a TCP
+    /// connection (the implicit probe), or, with no proxy listener, as soon as it is spawned.
     #[serde(default)]
     pub readiness: Option<ProbeConfig>,
     /// Failing means the app is stuck: restart it, stop the watchdog. None: never checked.

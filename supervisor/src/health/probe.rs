@@ -25,7 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio::time::{self, MissedTickBehavior};
+use tokio::time;
 
 /// Most bytes of an HTTP response read while looking for its status line.
 const MAX_STATUS_LINE_BYTES: usize = 1024;
@@ -140,7 +140,17 @@ pub struct Probe {
     pub failure_threshold: NonZeroU32,
     /// Delay before the first check.
     pub initial_delay: Duration,
+    /// Until the first pass after a spawn, check sooner than `interval`: first after
+    /// [`FAST_START_FIRST`], each gap half as long again, up to `interval` (the implicit
+    /// readiness probe: a request waits for the app no longer than it must).
+    pub fast_start: bool,
 }
+
+/// The first gap of a fast-starting probe (see [`Probe::fast_start`]).
+pub const FAST_START_FIRST: Duration = Duration::from_millis(10);
+
+/// The interval of the implicit readiness probe once the app has passed it.
+pub const IMPLICIT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A validated check.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,6 +163,9 @@ pub enum Check {
     },
     /// Connect to `host:port`.
     Tcp { host: String, port: u16 },
+    /// Connect to each `host:port`; passes when every one accepts (the implicit readiness
+    /// probe of the proxy's upstreams).
+    TcpEach(Vec<(String, u16)>),
     /// Run `program` with `args` in a process group of its own.
     Exec { program: String, args: Vec<String> },
 }
@@ -225,7 +238,80 @@ impl ProbeConfig {
             success_threshold: nonzero(self.success_threshold, "success_threshold")?,
             failure_threshold: nonzero(self.failure_threshold, "failure_threshold")?,
             initial_delay: self.initial_delay,
+            fast_start: false,
         })
+    }
+}
+
+// === impl Probe ===
+
+impl Probe {
+    /// The implicit readiness probe: every upstream (`host:port`) accepts a TCP connection.
+    /// Checked every 10 ms after a spawn, backing off by half again up to 1 s; then every 1 s,
+    /// failing after 3 refusals in a row. None when no upstream parses (the proxy's own
+    /// validation reports those).
+    pub fn implicit<'a>(upstreams: impl IntoIterator<Item = &'a str>) -> Option<Probe> {
+        let mut targets: Vec<(String, u16)> = upstreams
+            .into_iter()
+            .filter_map(|u| split_host_port(u, None).ok())
+            .collect();
+        targets.sort();
+        targets.dedup();
+        if targets.is_empty() {
+            return None;
+        }
+        Some(Probe {
+            check: Check::TcpEach(targets),
+            interval: IMPLICIT_INTERVAL,
+            timeout: Duration::from_secs(1),
+            success_threshold: NonZeroU32::MIN,
+            failure_threshold: NonZeroU32::new(3).expect("3 is not zero"),
+            initial_delay: Duration::ZERO,
+            fast_start: true,
+        })
+    }
+
+    /// The gap before the check after one that took place with `gap` before it; `passed`:
+    /// the probe has passed since the app was spawned.
+    fn next_gap(&self, gap: Duration, passed: bool) -> Duration {
+        if self.fast_start && !passed {
+            (gap + gap / 2).min(self.interval)
+        } else {
+            self.interval
+        }
+    }
+}
+
+impl fmt::Display for Probe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.check {
+            Check::Http { host, port, path } => {
+                write!(f, "http GET http://{}{path}", display_addr(host, *port))?
+            }
+            Check::Tcp { host, port } => write!(f, "tcp {}", display_addr(host, *port))?,
+            Check::TcpEach(targets) => {
+                let all: Vec<String> = targets.iter().map(|(h, p)| display_addr(h, *p)).collect();
+                write!(f, "tcp {}", all.join(" and "))?
+            }
+            Check::Exec { program, args } => write!(f, "exec {program} {}", args.join(" "))?,
+        }
+        if self.fast_start {
+            write!(
+                f,
+                ", every {} after each spawn backing off to {}, then every {}",
+                humantime::format_duration(FAST_START_FIRST),
+                humantime::format_duration(self.interval),
+                humantime::format_duration(self.interval)
+            )?;
+        } else {
+            write!(f, ", every {}", humantime::format_duration(self.interval))?;
+        }
+        write!(
+            f,
+            ", timeout {}, failing after {}",
+            humantime::format_duration(self.timeout),
+            self.failure_threshold
+        )
     }
 }
 
@@ -325,8 +411,6 @@ impl ExitWatcher for WaitPid {
     }
 }
 
-// === impl Probe ===
-
 impl Probe {
     /// Runs one check, bounded by the probe's timeout.
     pub async fn check(&self, exits: &dyn ExitWatcher) -> Result<(), ProbeFailure> {
@@ -335,6 +419,15 @@ impl Probe {
                 bounded(self.timeout, http_check(host, *port, path)).await
             }
             Check::Tcp { host, port } => bounded(self.timeout, tcp_check(host, *port)).await,
+            Check::TcpEach(targets) => {
+                bounded(self.timeout, async {
+                    for (host, port) in targets {
+                        tcp_check(host, *port).await?;
+                    }
+                    Ok(())
+                })
+                .await
+            }
             Check::Exec { program, args } => exec_check(program, args, self.timeout, exits).await,
         }
     }
@@ -626,17 +719,20 @@ pub async fn run(
     exits: Arc<dyn ExitWatcher>,
     tx: watch::Sender<ProbeStatus>,
 ) {
-    tokio::select! {
-        _ = tx.closed() => return,
-        _ = time::sleep(probe.initial_delay) => {}
-    }
-    let mut ticker = time::interval(probe.interval);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut next = time::Instant::now() + probe.initial_delay;
+    let mut gap = if probe.fast_start {
+        FAST_START_FIRST
+    } else {
+        probe.interval
+    };
+    let mut passed = false;
     loop {
         tokio::select! {
             _ = tx.closed() => return,
-            _ = ticker.tick() => {}
+            _ = time::sleep_until(next) => {}
         }
+        // From start to start: a slow check delays the next one rather than overlapping it.
+        next = time::Instant::now() + gap;
         let outcome = tokio::select! {
             _ = tx.closed() => return,
             outcome = probe.check(exits.as_ref()) => outcome,
@@ -652,6 +748,8 @@ pub async fn run(
             state = s.state;
             changed
         });
+        passed |= state == ProbeState::Passing;
+        gap = probe.next_gap(gap, passed);
         if changed {
             match (&state, &outcome) {
                 (ProbeState::Failing, Err(why)) => {
