@@ -144,7 +144,7 @@ struct Supervisor {
     spec: Option<AppSpec>,
     reaper: Reaper,
     signals: Signals,
-    guard: Option<Guard>,
+    guard: Option<crate::child::guard::SharedGuard>,
     status: watch::Sender<Status>,
     metrics: SupervisorMetrics,
     registry: Option<Registry>,
@@ -211,10 +211,11 @@ impl Supervisor {
         let metrics = SupervisorMetrics::register(&mut registry);
         let reaper = Reaper::start(metrics.orphans_reaped.clone())
             .map_err(|e| internal("cannot watch SIGCHLD", e))?;
-        if let Some(g) = &opts.guard {
-            // Claim the guard's exit status so it is not counted as an orphan.
-            drop(reaper.watch(g.pid()));
-        }
+        // The guard's exit is claimed (not counted as an orphan) and, while tandem runs, a
+        // killed guard is replaced.
+        let guard = opts
+            .guard
+            .map(|g| crate::child::guard::keep_alive(g, reaper.clone()));
         let forward: Vec<Signal> = cfg.app.forward_signals.iter().map(|s| s.0).collect();
         let signals = Signals::install(&forward)
             .map_err(|e| internal("cannot install signal handlers", e))?;
@@ -267,7 +268,7 @@ impl Supervisor {
             spec,
             reaper,
             signals,
-            guard: opts.guard,
+            guard,
             status: watch::channel(Status::initial()).0,
             metrics,
             registry: Some(registry),
@@ -442,7 +443,7 @@ impl Supervisor {
         };
         let exit = self.reaper.watch(spawned.pid);
         let logs = self.attach_logs(&mut spawned);
-        if let Some(guard) = &mut self.guard {
+        if let Some(guard) = &self.guard {
             guard.track(Some(spawned.pid));
         }
         tracing::info!(event = "started", pid = spawned.pid.as_raw(), restarts = self.restarts, command = %crate::config::layers::redact_text(&self.cfg.app.command.join(" ")), "app started");
@@ -884,7 +885,7 @@ impl Supervisor {
             );
             let _ = nix::sys::signal::killpg(app.pid, Signal::SIGKILL);
         }
-        if let Some(guard) = &mut self.guard {
+        if let Some(guard) = &self.guard {
             guard.track(None);
         }
         self.health.app_stopped();
@@ -1068,7 +1069,7 @@ impl Supervisor {
     /// Last step on every path out: publish Stopped and say goodbye.
     fn finish(&mut self, code: i32) -> i32 {
         self.set_phase(Phase::Stopped, None);
-        if let Some(guard) = &mut self.guard {
+        if let Some(guard) = &self.guard {
             guard.track(None);
         }
         tracing::info!(

@@ -10,6 +10,7 @@ mod admin;
 mod compose;
 mod config;
 mod exit_codes;
+mod faults;
 mod logs;
 mod nomad;
 mod notify;

@@ -1,0 +1,318 @@
+//! The fault matrix (docs/RELIABILITY.md): what tandem does when the app, tandem itself or
+//! the world misbehaves. Apps nobody here wrote where an app is involved: Python's
+//! `http.server`, the shell, coreutils.
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::support::{
+    eventually, free_port, group_members, http, proc_state, run, wait_file, Tandem,
+};
+
+fn admin(t: &Tandem) -> String {
+    t.wait_event("admin_listening")["addr"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// A hung app (Python's http.server stopped with SIGSTOP: its port still accepts, nothing
+/// answers) fails its HTTP liveness probe and is stopped (SIGKILL after `stop_timeout`, since a
+/// stopped process cannot act on SIGTERM) and started again.
+#[test]
+fn a_hung_app_is_restarted_by_its_liveness_probe() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = free_port();
+    let mut t = Tandem::spawn(&[
+        "--restart",
+        "always",
+        "--set",
+        "admin.listen=127.0.0.1:0",
+        "--set",
+        "app.stop_timeout=500ms",
+        "--set",
+        "health.liveness.kind=http",
+        "--set",
+        &format!("health.liveness.target=http://127.0.0.1:{app}/"),
+        "--set",
+        "health.liveness.interval=100ms",
+        "--set",
+        "health.liveness.timeout=200ms",
+        "--",
+        "python3",
+        "-m",
+        "http.server",
+        &app.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--directory",
+        dir.path().to_str().unwrap(),
+    ]);
+    t.collect_stdout();
+    let first = t.app_pid();
+    // Passing first, so the failure is the hang and not a slow start.
+    eventually("the app answers", || {
+        http(&format!("127.0.0.1:{app}"), "GET", "/", b"", &[]).is_ok_and(|r| r.0 == 200)
+    });
+    kill(Pid::from_raw(first), Signal::SIGSTOP).unwrap();
+    let failed = t.wait_event("liveness_failed");
+    assert_eq!(failed["pid"].as_i64(), Some(i64::from(first)), "{failed}");
+    t.wait_event("killed");
+    let second = t.wait_event_nth("started", 1)["pid"].as_i64().unwrap();
+    assert_ne!(second, i64::from(first));
+    eventually("the new instance answers", || {
+        http(&format!("127.0.0.1:{app}"), "GET", "/", b"", &[]).is_ok_and(|r| r.0 == 200)
+    });
+    t.signal(Signal::SIGTERM);
+    t.wait();
+}
+
+/// An app that never listens never becomes ready: /readyz stays 503, a request waits its
+/// `hold_timeout` and gets 503 with Retry-After, and tandem keeps running.
+#[test]
+fn an_app_that_never_listens_is_never_ready_and_requests_get_503_after_the_hold() {
+    let (listen, app) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tandem.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n[[proxy.listeners]]\nlisten = \"127.0.0.1:{listen}\"\nupstream = \"127.0.0.1:{app}\"\nhold_timeout = \"500ms\"\n"
+        ),
+    )
+    .unwrap();
+    let mut t = Tandem::spawn(&["--config", cfg.to_str().unwrap(), "--", "sleep", "600"]);
+    t.collect_stdout();
+    let admin = admin(&t);
+    t.wait_event("started");
+    let got = http(&format!("127.0.0.1:{listen}"), "GET", "/", b"", &[]).unwrap();
+    assert_eq!(got.0, 503, "{}", got.1);
+    assert!(
+        got.1.to_ascii_lowercase().contains("retry-after"),
+        "{}",
+        got.1
+    );
+    assert_eq!(tandem::admin_client::get(&admin, "/readyz").unwrap().0, 503);
+    assert!(!t.event_names().contains(&"ready".to_string()));
+    t.signal(Signal::SIGTERM);
+    assert_eq!(t.wait_code(), 143);
+}
+
+/// An app that closes its stdout early keeps running and keeps being heard on stderr; its
+/// exit is still reported with its code.
+#[test]
+fn an_app_that_closes_stdout_early_is_still_supervised() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = format!(
+        "exec 1>&-; echo after-close >&2; touch {}/closed; sleep 0.3; echo still-here >&2; exit 7",
+        dir.path().display()
+    );
+    let mut t = Tandem::spawn(&["--", "sh", "-c", &script]);
+    t.collect_stdout();
+    wait_file(&dir.path().join("closed"));
+    assert_eq!(t.wait_code(), 7);
+    let msgs: Vec<String> = t
+        .records()
+        .iter()
+        .filter_map(|r| r["msg"].as_str().map(String::from))
+        .collect();
+    assert!(msgs.contains(&"after-close".to_string()), "{msgs:?}");
+    assert!(msgs.contains(&"still-here".to_string()), "{msgs:?}");
+}
+
+/// An app that daemonizes (double fork) and exits: its main process's code is tandem's, and
+/// the daemon left in its group is killed (`app.kill_group_on_exit`), not orphaned.
+#[test]
+fn an_app_that_daemonizes_and_exits_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = format!(
+        "(sh -c 'echo $$ > {d}/daemon; exec sleep 600' &) ; while [ ! -s {d}/daemon ]; do sleep 0.01; done; exit 0",
+        d = dir.path().display()
+    );
+    let mut t = Tandem::spawn(&["--", "sh", "-c", &script]);
+    let pgid = t.app_pid();
+    assert_eq!(t.wait_code(), 0);
+    let daemon: i32 = std::fs::read_to_string(dir.path().join("daemon"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    eventually("the daemon is gone", || {
+        proc_state(daemon).is_none_or(|s| s == 'Z') && group_members(pgid).is_empty()
+    });
+}
+
+/// The app forks 10,000 short-lived children (a shell loop of `true &`): all are reaped,
+/// none is left a zombie, and the app's own exit code comes through.
+#[test]
+fn ten_thousand_short_lived_grandchildren_are_all_reaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = format!(
+        "i=0; while [ $i -lt 10000 ]; do ( true & ); i=$((i+1)); done; touch {}/done; exit 5",
+        dir.path().display()
+    );
+    let mut t = Tandem::spawn(&["--", "sh", "-c", &script]);
+    let tandem_pid = t.pid();
+    assert_eq!(t.wait_code(), 5);
+    wait_file(&dir.path().join("done"));
+    let reaped = t.wait_event("exit")["orphans_reaped"].as_u64().unwrap();
+    assert!(reaped >= 9_000, "reaped only {reaped} of 10,000 orphans");
+    assert!(crate::support::children(tandem_pid).is_empty());
+}
+
+/// The guard process (which kills the app's group if tandem is SIGKILLed) is itself killed:
+/// tandem notices, logs it, starts a new guard, and the protection holds: SIGKILL tandem
+/// afterwards and the app's whole group is gone.
+#[test]
+fn a_killed_guard_is_replaced_and_still_protects_the_app() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = format!(
+        "cd {}; sleep 1000 & sleep 1000 & touch ready; wait",
+        dir.path().display()
+    );
+    let mut t = Tandem::spawn(&["--", "sh", "-c", &script]);
+    wait_file(&dir.path().join("ready"));
+    let pgid = t.app_pid();
+    let guard = crate::support::children(t.pid())
+        .into_iter()
+        .find(|p| *p != pgid)
+        .expect("tandem's guard child");
+    kill(Pid::from_raw(guard), Signal::SIGKILL).unwrap();
+    let lost = t.wait_event("guard_lost");
+    assert_eq!(lost["pid"].as_i64(), Some(i64::from(guard)));
+    let restored = t.wait_event("guard_restored");
+    let new_guard = restored["pid"].as_i64().unwrap() as i32;
+    assert_ne!(new_guard, guard);
+    assert!(proc_state(new_guard).is_some_and(|s| s != 'Z'));
+    t.signal(Signal::SIGKILL);
+    t.wait();
+    eventually("the app's process group is gone", || {
+        group_members(pgid).is_empty()
+    });
+}
+
+/// A proxy port already taken: a clear error naming the listener and the address, exit 70,
+/// and the app is never started.
+#[test]
+fn a_taken_proxy_port_is_a_clear_error_and_the_app_never_starts() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("started");
+    let (code, _, err) = run(&[
+        "--set",
+        "admin.listen=127.0.0.1:0",
+        "--proxy",
+        &format!("{addr}=127.0.0.1:1"),
+        "--",
+        "touch",
+        marker.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 70, "{err}");
+    assert!(err.contains("bind_failed"), "{err}");
+    assert!(
+        err.contains(&addr.to_string()),
+        "the error must name {addr}: {err}"
+    );
+    assert!(!marker.exists(), "the app was started");
+    drop(taken);
+}
+
+/// tandem SIGTERMed twice in a row while the app ignores SIGTERM: the second one kills the
+/// app's group at once (no stop_timeout wait) and tandem exits 137, with its exit event.
+#[test]
+fn sigterm_twice_kills_at_once_and_still_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = format!(
+        "trap '' TERM; touch {}/ready; sleep 1000 & wait",
+        dir.path().display()
+    );
+    let mut t = Tandem::spawn(&["--stop-timeout", "10m", "--", "sh", "-c", &script]);
+    wait_file(&dir.path().join("ready"));
+    let pgid = t.app_pid();
+    t.signal(Signal::SIGTERM);
+    t.wait_event("stop_signal_sent");
+    std::thread::sleep(Duration::from_millis(300));
+    t.signal(Signal::SIGTERM);
+    assert_eq!(t.wait_code(), 137);
+    t.wait_event("exit");
+    eventually("the app's process group is gone", || {
+        group_members(pgid).is_empty()
+    });
+}
+
+/// The file sink's disk fills up (a 1 MiB tmpfs the test mounts): write errors are counted on
+/// /metrics and reported, the app is not held up and exits as it would, and once space is
+/// back the sink writes again. Needs root (to mount); skipped with a message otherwise.
+#[test]
+fn a_full_disk_for_the_file_sink_is_counted_and_writing_resumes_when_space_returns() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIP: mounting a tmpfs needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=1m",
+            "tandem-test",
+            mnt.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount tmpfs");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(mnt.clone());
+    // Leave almost nothing free.
+    let filler = mnt.join("filler");
+    let _ = std::fs::write(&filler, vec![b'x'; 1024 * 1024]);
+    let go = dir.path().join("go");
+    let script = format!(
+        "i=0; while [ $i -lt 2000 ]; do echo \"phase-one line $i with some padding to fill the disk quickly\"; i=$((i+1)); done; \
+         touch {d}/one-done; while [ ! -e {go} ]; do sleep 0.05; done; echo phase-two-line; sleep 1; exit 0",
+        d = dir.path().display(),
+        go = go.display()
+    );
+    let mut t = Tandem::spawn(&[
+        "--set",
+        "admin.listen=127.0.0.1:0",
+        "--set",
+        &format!("logs.sinks.file.path={}", mnt.join("app.jsonl").display()),
+        "--set",
+        "logs.sinks.file.max_size=0",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    t.collect_stdout();
+    let admin = admin(&t);
+    // The app is not held up by the full disk.
+    wait_file(&dir.path().join("one-done"));
+    eventually("write errors are counted", || {
+        crate::otel::scrape(&admin, "tandem_log_sink_errors_total{sink=\"file\"}") >= 1.0
+    });
+    // Space returns.
+    std::fs::remove_file(&filler).unwrap();
+    std::fs::write(&go, "").unwrap();
+    assert_eq!(t.wait_code(), 0);
+    let written = std::fs::read_to_string(mnt.join("app.jsonl")).unwrap_or_default();
+    assert!(
+        written.contains("phase-two-line"),
+        "the sink did not resume after space returned; file has {} bytes",
+        written.len()
+    );
+}
