@@ -205,7 +205,16 @@ fn fields(entries: &[Entry<'_>]) -> Option<Fields> {
         serde_json::to_writer(&mut out, e.key.as_ref()).expect("writing JSON to a Vec cannot fail");
         out.push(b':');
         match &e.val {
-            Val::Json(raw) => out.extend_from_slice(raw.get().as_bytes()),
+            // A raw newline in JSON is whitespace between tokens (inside a string it must be
+            // escaped), and a merged multiline record may hold a pretty-printed object: blank
+            // it, or the sink's "one record, one line" breaks.
+            Val::Json(raw) => {
+                out.extend(
+                    raw.get()
+                        .bytes()
+                        .map(|b| if matches!(b, b'\n' | b'\r') { b' ' } else { b }),
+                )
+            }
             Val::Str(s) => serde_json::to_writer(&mut out, s.as_ref())
                 .expect("writing JSON to a Vec cannot fail"),
             Val::Bare => out.extend_from_slice(b"true"),
@@ -348,6 +357,18 @@ mod tests {
             let mut out = Vec::new();
             crate::logs::sinks::json::JsonRenderer::default().render(&r, &mut out);
         }
+    }
+
+    #[test]
+    fn a_pretty_printed_object_renders_as_one_line() {
+        // Found by fuzz/log_parse: raw values were copied with their newlines.
+        let mut r = rec("{\"msg\":\"x\",\"user\":{\n  \"id\": 7,\r\n  \"n\": \"a\\nb\"\n}}");
+        assert!(parse_into(ParseFormat::Json, &mut r));
+        let mut out = Vec::new();
+        crate::logs::sinks::json::JsonRenderer::default().render(&r, &mut out);
+        assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1);
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("one JSON line");
+        assert_eq!(v["fields"]["user"]["n"], "a\nb");
     }
 
     #[test]
