@@ -78,7 +78,8 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(
         out.iter().filter(|&&b| b == b'\n').count(),
         1,
-        "a rendered record is exactly one line"
+        "a rendered record is exactly one line: {}",
+        String::from_utf8_lossy(&out)
     );
     let v: serde_json::Value = match serde_json::from_slice(&out) {
         Ok(v) => v,
