@@ -92,3 +92,21 @@ pub use tokio_util::sync::CancellationToken;
 pub use trace::{
     extract as extract_trace_context, inject as inject_trace_context, SharedTracer, TRACEPARENT,
 };
+
+/// Entry points for the `fuzz/` crate only: they reach parsers that are private to the proxy
+/// (JWT and JWKS) through the same code a listener runs. Not an API; may change at any time.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::path::Path;
+
+    /// Loads the JWKS file at `jwks_file` as a listener with `auth.jwt.jwks_file` would, then
+    /// verifies `token` against it. `Err` when the JWKS is refused; `Ok(Err(reason))` when the
+    /// token is.
+    pub fn verify_jwt(jwks_file: &Path, token: &str) -> Result<Result<(), String>, String> {
+        let cfg: crate::JwtConfig =
+            serde_json::from_value(serde_json::json!({ "jwks_file": jwks_file }))
+                .map_err(|e| e.to_string())?;
+        let auth = crate::jwt::JwtAuth::load("fuzz", &cfg).map_err(|e| e.to_string())?;
+        Ok(auth.verify(token).map(|_| ()).map_err(|r| format!("{r:?}")))
+    }
+}

@@ -205,7 +205,16 @@ fn fields(entries: &[Entry<'_>]) -> Option<Fields> {
         serde_json::to_writer(&mut out, e.key.as_ref()).expect("writing JSON to a Vec cannot fail");
         out.push(b':');
         match &e.val {
-            Val::Json(raw) => out.extend_from_slice(raw.get().as_bytes()),
+            // A raw newline in JSON is whitespace between tokens (inside a string it must be
+            // escaped), and a merged multiline record may hold a pretty-printed object: blank
+            // it, or the sink's "one record, one line" breaks.
+            Val::Json(raw) => {
+                out.extend(
+                    raw.get()
+                        .bytes()
+                        .map(|b| if matches!(b, b'\n' | b'\r') { b' ' } else { b }),
+                )
+            }
             Val::Str(s) => serde_json::to_writer(&mut out, s.as_ref())
                 .expect("writing JSON to a Vec cannot fail"),
             Val::Bare => out.extend_from_slice(b"true"),
@@ -234,12 +243,14 @@ fn level_of(v: Scalar<'_>) -> Option<Level> {
 fn time_of(v: Scalar<'_>) -> Option<SystemTime> {
     match v {
         Scalar::Str(s) => {
-            if let Ok(t) =
-                time::OffsetDateTime::parse(&s, &time::format_description::well_known::Rfc3339)
-            {
-                return Some(t.into());
-            }
-            humantime::parse_rfc3339_weak(&s).ok()
+            let t = time::OffsetDateTime::parse(&s, &time::format_description::well_known::Rfc3339)
+                .map(SystemTime::from)
+                .ok()
+                .or_else(|| humantime::parse_rfc3339_weak(&s).ok())?;
+            // The sinks write RFC 3339 from 1970 to year 9999 (humantime panics before the
+            // epoch, fails after 9999): a time outside is not a timestamp, and stays in fields.
+            let secs = t.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_secs();
+            (secs < 253_402_300_800).then_some(t)
         }
         Scalar::Num(x) => {
             if !x.is_finite() || x <= 0.0 {
@@ -329,6 +340,35 @@ mod tests {
         // Kept as written: order, spacing-free values, number text.
         assert_eq!(f.as_json(), r#"{"user":{"id":7},"retries":3}"#);
         assert_eq!(f.to_map()["user"]["id"], 7);
+    }
+
+    #[test]
+    fn a_time_the_sinks_cannot_write_stays_in_fields() {
+        // Found by fuzz/log_parse: year 11 reached the JSON sink, whose formatter panicked.
+        for line in [
+            "level=warn ts=0011-05-01T12:00:00Z msg=x",
+            r#"{"msg":"x","time":"9999-12-31T23:59:59-23:00"}"#,
+        ] {
+            let mut r = rec(line);
+            assert!(parse_into(ParseFormat::Auto, &mut r));
+            assert_eq!(r.time, None, "{line}");
+            let fields = r.fields.as_ref().map(|f| f.as_json().to_string());
+            assert!(fields.is_some_and(|f| f.contains("\"t")), "{line}");
+            let mut out = Vec::new();
+            crate::logs::sinks::json::JsonRenderer::default().render(&r, &mut out);
+        }
+    }
+
+    #[test]
+    fn a_pretty_printed_object_renders_as_one_line() {
+        // Found by fuzz/log_parse: raw values were copied with their newlines.
+        let mut r = rec("{\"msg\":\"x\",\"user\":{\n  \"id\": 7,\r\n  \"n\": \"a\\nb\"\n}}");
+        assert!(parse_into(ParseFormat::Json, &mut r));
+        let mut out = Vec::new();
+        crate::logs::sinks::json::JsonRenderer::default().render(&r, &mut out);
+        assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1);
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("one JSON line");
+        assert_eq!(v["fields"]["user"]["n"], "a\nb");
     }
 
     #[test]
