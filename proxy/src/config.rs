@@ -45,7 +45,7 @@ pub struct ListenerConfig {
     #[serde(default)]
     pub timeouts: TimeoutConfig,
     /// How long a request waits for the app to become ready before a 503.
-    #[serde(default = "defaults::hold_timeout", with = "humantime_serde")]
+    #[serde(default = "defaults::hold_timeout", with = "crate::duration")]
     pub hold_timeout: Duration,
     /// Retry policy and budget.
     #[serde(default)]
@@ -54,7 +54,7 @@ pub struct ListenerConfig {
     #[serde(default)]
     pub limits: LimitsConfig,
     /// How long in-flight requests may run once draining has begun.
-    #[serde(default = "defaults::drain_timeout", with = "humantime_serde")]
+    #[serde(default = "defaults::drain_timeout", with = "crate::duration")]
     pub drain_timeout: Duration,
     /// TLS termination (and mTLS); absent: cleartext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -87,7 +87,7 @@ pub struct TlsConfig {
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
     /// How often the files are checked for change (Vault agent, Nomad templates rotate in place).
-    #[serde(default = "defaults::reload_interval", with = "humantime_serde")]
+    #[serde(default = "defaults::reload_interval", with = "crate::duration")]
     pub reload_interval: Duration,
     /// Client certificates (mTLS); absent: none asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -167,17 +167,17 @@ pub struct JwtConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks_ca_file: Option<PathBuf>,
     /// How often `jwks_file` is checked for change.
-    #[serde(default = "defaults::reload_interval", with = "humantime_serde")]
+    #[serde(default = "defaults::reload_interval", with = "crate::duration")]
     pub reload_interval: Duration,
     /// How often `jwks_url` is fetched again; a `Cache-Control: max-age` from the server
     /// shortens it (never below `min_refetch_interval`).
-    #[serde(default = "defaults::jwks_refresh", with = "humantime_serde")]
+    #[serde(default = "defaults::jwks_refresh", with = "crate::duration")]
     pub refresh_interval: Duration,
     /// Fetches of `jwks_url` (unknown `kid`, failed refresh) start at most this often.
-    #[serde(default = "defaults::jwks_min_refetch", with = "humantime_serde")]
+    #[serde(default = "defaults::jwks_min_refetch", with = "crate::duration")]
     pub min_refetch_interval: Duration,
     /// Bound on one fetch of `jwks_url` (connect, TLS, response).
-    #[serde(default = "defaults::jwks_fetch_timeout", with = "humantime_serde")]
+    #[serde(default = "defaults::jwks_fetch_timeout", with = "crate::duration")]
     pub fetch_timeout: Duration,
     /// Accepted `iss` values; empty: not checked.
     #[serde(default)]
@@ -186,7 +186,7 @@ pub struct JwtConfig {
     #[serde(default)]
     pub audiences: Vec<String>,
     /// Clock skew allowed on `exp` and `nbf`.
-    #[serde(default = "defaults::leeway", with = "humantime_serde")]
+    #[serde(default = "defaults::leeway", with = "crate::duration")]
     pub leeway: Duration,
     /// Claims a valid token must carry, else 403.
     #[serde(default)]
@@ -239,24 +239,24 @@ pub struct TimeoutConfig {
     /// Time for a client to send a full request head (slowloris guard), counted from the
     /// connection's start or the first byte of the next request, not while keep-alive idles.
     /// Past it the connection is closed. HTTP/1 only.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub header_read: Duration,
     /// Time to establish a TCP connection to the app.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub connect: Duration,
     /// Time for one attempt to get response headers from the app.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub per_try: Duration,
     /// Time for the whole request (holds, attempts, backoff) to get response headers.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub request: Duration,
     /// A client keep-alive connection with no request in flight is closed after this long.
     /// HTTP only: a TCP-mode connection is never cut for idling (database pools idle).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub idle: Duration,
     /// Pooled connections to the app are dropped after this long unused. Keep it below the
     /// app's own keep-alive timeout, or reused connections die mid-request (istio#55138).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub pool_idle: Duration,
 }
 
@@ -267,17 +267,17 @@ pub struct RetryConfig {
     /// Attempts per request, the first included (1 disables retries).
     pub max_attempts: u32,
     /// First backoff; each next one doubles, with full jitter.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub backoff_base: Duration,
     /// Largest backoff.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub backoff_max: Duration,
     /// Retries allowed as a fraction of recent requests (linkerd: 0.2).
     pub budget_ratio: f64,
     /// Retries always allowed per second, whatever the traffic (linkerd: 10).
     pub budget_min_per_second: u32,
     /// How long a request counts towards the budget.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub budget_ttl: Duration,
     /// Request bodies up to this size are kept for replay; larger ones get one attempt.
     pub max_replay_body_bytes: usize,

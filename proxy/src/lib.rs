@@ -42,6 +42,7 @@ mod config;
 mod conn;
 mod context;
 mod drain;
+pub mod duration;
 mod edge;
 mod error;
 mod hygiene;
