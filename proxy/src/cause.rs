@@ -9,6 +9,8 @@ use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
+pub use crate::host::HostError;
+
 /// The body of every response of the proxy: the app's, as hyper's client read it, or one
 /// tandem made. Not boxed: a box per response was a measurable share of the proxy's CPU.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
@@ -44,6 +46,8 @@ pub enum Cause {
     ClientBody,
     /// The request cannot be forwarded as given (e.g. a path that is not a valid URI).
     BadRequest,
+    /// No, several, or a malformed `Host`, or one that differs from the target's authority.
+    BadHost(HostError),
     /// The listener is draining.
     Draining,
     /// No credentials, or credentials that do not verify (expired, wrong issuer, bad
@@ -87,7 +91,7 @@ impl Cause {
             Cause::ConnectTimeout | Cause::PerTryTimeout | Cause::RequestTimeout => {
                 StatusCode::GATEWAY_TIMEOUT
             }
-            Cause::ClientBody | Cause::BadRequest => StatusCode::BAD_REQUEST,
+            Cause::ClientBody | Cause::BadRequest | Cause::BadHost(_) => StatusCode::BAD_REQUEST,
             Cause::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Cause::Forbidden => StatusCode::FORBIDDEN,
             Cause::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -110,6 +114,7 @@ impl Cause {
             Cause::RequestTimeout => "request_timeout",
             Cause::ClientBody => "client_body_error",
             Cause::BadRequest => "bad_request",
+            Cause::BadHost(_) => "bad_host",
             Cause::Draining => "draining",
             Cause::Unauthorized(_) => "unauthorized",
             Cause::Forbidden => "forbidden",
@@ -131,7 +136,10 @@ impl Cause {
     /// The response tandem sends: status, a one-line body naming the cause, and Retry-After
     /// where waiting helps.
     pub fn response(self) -> Response<ProxyBody> {
-        let body = format!("tandem: {}\n", self.as_str());
+        let body = match self {
+            Cause::BadHost(why) => format!("tandem: {}: {}\n", self.as_str(), why.reason()),
+            _ => format!("tandem: {}\n", self.as_str()),
+        };
         let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();

@@ -75,6 +75,13 @@ pub struct ListenerConfig {
     /// request and per response.
     #[serde(default)]
     pub preserve_header_case: bool,
+    /// How many proxies in front of this listener are trusted to write `X-Forwarded-*`
+    /// (Envoy's `xff_num_trusted_hops`). 0: the client's `X-Forwarded-For`, `-Proto` and
+    /// `-Host` are replaced by tandem's own values. N: the last N entries of the client's
+    /// `X-Forwarded-For` (those the trusted proxies appended) are kept and the peer appended;
+    /// the peer's `X-Forwarded-Proto` and `-Host` are kept.
+    #[serde(default)]
+    pub trusted_hops: u32,
 }
 
 /// TLS termination on the listener. The files are read at bind time, polled every
@@ -369,6 +376,7 @@ impl ListenerConfig {
             auth: None,
             rate_limit: None,
             preserve_header_case: false,
+            trusted_hops: 0,
         }
     }
 

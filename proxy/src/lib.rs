@@ -45,6 +45,7 @@ mod drain;
 pub mod duration;
 mod edge;
 mod error;
+mod host;
 mod hygiene;
 mod inbound;
 mod jwks_url;
@@ -72,7 +73,7 @@ mod upstream;
 mod upstream_tls;
 
 pub use access_log::{AccessLogFn, AccessRecord};
-pub use cause::{Cause, Challenge};
+pub use cause::{Cause, Challenge, HostError};
 pub use config::{
     ApiKeyConfig, AuthConfig, BasicAuthConfig, ClientAuthConfig, JwtConfig, LimitsConfig,
     ListenerConfig, Protocol, RateLimitConfig, RetryConfig, TimeoutConfig, TlsConfig,

@@ -33,7 +33,7 @@ use crate::listener::Listener;
 use crate::metered::{CountingBody, MeteredBody, RequestGuard};
 use crate::tls::TlsInfo;
 use crate::trace::ServerSpan;
-use crate::{hygiene, limits, mtls, ratelimit, ready, retry, shed, timeout, upgrade};
+use crate::{host, hygiene, limits, mtls, ratelimit, ready, retry, shed, timeout, upgrade};
 
 /// The future a request's handling is.
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -117,6 +117,10 @@ impl Stack {
         ctx.hold_permit(shed::acquire(l)?);
         // header size/count: 431; Content-Length over the body limit: 413
         limits::check(&l.cfg.limits, req.headers())?;
+        // exactly one well-formed Host, the same as the target's authority: 400
+        let host = host::check(req.version(), req.uri(), req.headers()).map_err(Cause::BadHost)?;
+        // hop-by-hop headers the client named, removed before tandem adds any of its own
+        hygiene::strip_request(l, req.headers_mut());
         // client-sent identity header removed; the verified mTLS identity added
         mtls::set_identity(&s.identity_header, s.tls.as_ref(), req.headers_mut());
         // JWT / API key / basic credentials: 401 + WWW-Authenticate, 403; claims as headers
@@ -127,8 +131,8 @@ impl Stack {
         if let Some(limiter) = &l.edge.rate {
             ratelimit::check(limiter, &req, s.peer)?;
         }
-        // request id, X-Forwarded-*, hop-by-hop headers, the app's URI
-        let req = hygiene::rewrite(l, &s.peer_ip, ctx, req)?;
+        // request id, X-Forwarded-*, the app's Host, URI and version
+        let req = hygiene::rewrite(l, &s.peer_ip, ctx, host, req)?;
         // the whole request (holds, attempts, backoff): 504
         let mut resp = timeout::whole_request(l, ctx, self.upgradable(req, ctx)).await?;
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {

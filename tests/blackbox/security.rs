@@ -6,6 +6,8 @@ use std::fs;
 
 // The edge under attack (issue 19), one file per concern, in tests/blackbox/security/.
 mod config_bounds;
+mod headers;
+mod recording;
 
 use crate::support::run;
 
