@@ -11,6 +11,10 @@ use hyper::body::Incoming;
 
 pub use crate::host::HostError;
 
+/// The `Allow` header of a 405: the methods a listener forwards (every standard one but
+/// CONNECT, which tunnels rather than asks for a resource).
+const ALLOW: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH";
+
 /// The body of every response of the proxy: the app's, as hyper's client read it, or one
 /// tandem made. Not boxed: a box per response was a measurable share of the proxy's CPU.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
@@ -48,6 +52,8 @@ pub enum Cause {
     BadRequest,
     /// No, several, or a malformed `Host`, or one that differs from the target's authority.
     BadHost(HostError),
+    /// A method tandem does not forward (`CONNECT`: tandem fronts one app; it is no tunnel).
+    MethodNotAllowed,
     /// The listener is draining.
     Draining,
     /// No credentials, or credentials that do not verify (expired, wrong issuer, bad
@@ -92,6 +98,7 @@ impl Cause {
                 StatusCode::GATEWAY_TIMEOUT
             }
             Cause::ClientBody | Cause::BadRequest | Cause::BadHost(_) => StatusCode::BAD_REQUEST,
+            Cause::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Cause::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Cause::Forbidden => StatusCode::FORBIDDEN,
             Cause::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -115,6 +122,7 @@ impl Cause {
             Cause::ClientBody => "client_body_error",
             Cause::BadRequest => "bad_request",
             Cause::BadHost(_) => "bad_host",
+            Cause::MethodNotAllowed => "method_not_allowed",
             Cause::Draining => "draining",
             Cause::Unauthorized(_) => "unauthorized",
             Cause::Forbidden => "forbidden",
@@ -166,6 +174,9 @@ impl Cause {
                     Challenge::ApiKey => "ApiKey realm=\"tandem\"",
                 }),
             );
+        }
+        if self == Cause::MethodNotAllowed {
+            h.insert(header::ALLOW, HeaderValue::from_static(ALLOW));
         }
         if self == Cause::Draining {
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));

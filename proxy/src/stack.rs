@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::cause::{Cause, ProxyBody};
@@ -117,6 +117,10 @@ impl Stack {
         ctx.hold_permit(shed::acquire(l)?);
         // header size/count: 431; Content-Length over the body limit: 413
         limits::check(&l.cfg.limits, req.headers())?;
+        // CONNECT asks for a tunnel, not a resource of the app: 405 + Allow
+        if req.method() == Method::CONNECT {
+            return Err(Cause::MethodNotAllowed);
+        }
         // exactly one well-formed Host, the same as the target's authority: 400
         let host = host::check(req.version(), req.uri(), req.headers()).map_err(Cause::BadHost)?;
         // hop-by-hop headers the client named, removed before tandem adds any of its own

@@ -8,6 +8,7 @@ use std::fs;
 mod config_bounds;
 mod headers;
 mod recording;
+mod smuggling;
 
 use crate::support::run;
 
