@@ -9,6 +9,7 @@ mod config_bounds;
 mod headers;
 mod recording;
 mod smuggling;
+mod terminal;
 
 use crate::support::run;
 
