@@ -87,6 +87,7 @@ pub use jwks_url::redact_url;
 pub use listener::Hooks;
 pub use metered::{ATTEMPT_COUNT, UPSTREAM_SERVICE_TIME};
 pub use metrics::Metrics;
+pub use secret::secrets_equal;
 pub use spec::parse_listener_spec;
 pub use tokio_util::sync::CancellationToken;
 pub use trace::{
