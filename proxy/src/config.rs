@@ -82,6 +82,12 @@ pub struct ListenerConfig {
     /// the peer's `X-Forwarded-Proto` and `-Host` are kept.
     #[serde(default)]
     pub trusted_hops: u32,
+    /// Forward an HTTP/1.1 `CONNECT` to the app and, when it answers 2xx, join the client's
+    /// and the app's connections (as for a WebSocket's 101). Off by default: tandem fronts one
+    /// app and is not a forward proxy, so `CONNECT` is answered 405 with `Allow`. `http`
+    /// listeners only; an HTTP/2 `CONNECT` is always 405.
+    #[serde(default)]
+    pub allow_connect: bool,
 }
 
 /// TLS termination on the listener. The files are read at bind time, polled every
@@ -377,6 +383,7 @@ impl ListenerConfig {
             rate_limit: None,
             preserve_header_case: false,
             trusted_hops: 0,
+            allow_connect: false,
         }
     }
 
@@ -432,6 +439,12 @@ impl ListenerConfig {
             return Err(bad(
                 "retry.backoff_base",
                 "must not exceed retry.backoff_max".into(),
+            ));
+        }
+        if self.allow_connect && self.protocol != Protocol::Http {
+            return Err(bad(
+                "allow_connect",
+                "only with protocol = \"http\" (a tunnel is an HTTP/1.1 upgrade)".into(),
             ));
         }
         let l = &self.limits;
@@ -769,5 +782,11 @@ mod tests {
             .expect_err("hold not below request")
             .to_string();
         assert!(e.contains("hold_timeout"), "{e}");
+        l.hold_timeout = defaults::hold_timeout();
+        l.allow_connect = true;
+        assert!(l.validate().is_ok());
+        l.protocol = Protocol::H2c;
+        let e = l.validate().expect_err("no tunnel on h2c").to_string();
+        assert!(e.contains("allow_connect"), "{e}");
     }
 }

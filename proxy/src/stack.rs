@@ -117,8 +117,11 @@ impl Stack {
         ctx.hold_permit(shed::acquire(l)?);
         // header size/count: 431; Content-Length over the body limit: 413
         limits::check(&l.cfg.limits, req.headers())?;
-        // CONNECT asks for a tunnel, not a resource of the app: 405 + Allow
-        if req.method() == Method::CONNECT {
+        // CONNECT asks for a tunnel, not a resource of the app: 405 + Allow, unless the
+        // listener allows HTTP/1.1 tunnels
+        if req.method() == Method::CONNECT
+            && !(l.cfg.allow_connect && req.version() == http::Version::HTTP_11)
+        {
             return Err(Cause::MethodNotAllowed);
         }
         // exactly one well-formed Host, the same as the target's authority: 400
@@ -152,6 +155,7 @@ impl Stack {
         B::Error: Into<crate::replay::BoxError>,
     {
         let l = &self.0.l;
+        let connect = req.method() == Method::CONNECT;
         let client_side = upgrade::take(l, &mut req);
         // hold until the app is ready, before the body is read: 503 + Retry-After
         ready::gate(l, ctx).await?;
@@ -159,7 +163,7 @@ impl Stack {
         // readiness again and runs within per_try through the pooled client: 502/504
         let mut resp = retry::attempts(l, ctx, req).await?;
         if let Some(client_side) = client_side {
-            upgrade::finish(l, client_side, &mut resp);
+            upgrade::finish(l, client_side, connect, &mut resp);
         }
         Ok(resp)
     }

@@ -7,7 +7,7 @@ Listens on 127.0.0.1:PORT (HTTP/1.1 only). Every connection's bytes are appended
 arrive, to DIR/conn-<n>.raw, so a test can read what tandem really sent, ambiguous framing
 included. Each request is answered 200 with body "ok" (keep-alive). A request head it cannot
 frame (no Content-Length, not chunked, or both, or a bad chunk) is answered 400 and recorded
-in DIR/ambiguous.
+in DIR/ambiguous. A CONNECT is answered 200 and the connection then echoes what it receives.
 """
 import os
 import socket
@@ -60,6 +60,15 @@ def serve(conn, path, flag):
                     f.write(head + b"\n--\n")
                 conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
                 return
+            if lines[0].startswith(b"CONNECT "):
+                # A tunnel (only where tandem allows it): 200, then echo until EOF.
+                conn.sendall(b"HTTP/1.1 200 OK\r\n\r\n" + buf)
+                while True:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    record(data)
+                    conn.sendall(data)
             if te:
                 while True:
                     while b"\r\n" not in buf:

@@ -118,3 +118,31 @@ fn connect_is_refused_with_405_and_logged_so() {
         .unwrap();
     assert_eq!(rec["fields"]["status"], 405, "{rec}");
 }
+
+/// With `allow_connect = true`, an HTTP/1.1 CONNECT reaches the app and its 200 turns the
+/// connection into a tunnel, bytes copied both ways.
+#[test]
+fn connect_tunnels_where_the_listener_allows_it() {
+    use std::io::{Read, Write};
+
+    let Some(e) = Edge::start("allow_connect = true", "") else {
+        return;
+    };
+    let mut s = std::net::TcpStream::connect(&e.proxy).unwrap();
+    s.set_read_timeout(Some(crate::support::PATIENCE)).unwrap();
+    s.write_all(b"CONNECT db.internal:5432 HTTP/1.1\r\nHost: db.internal:5432\r\n\r\n")
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1, "closed: {head:?}");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s.write_all(b"ping through the tunnel\n").unwrap();
+    let mut echo = [0u8; 24];
+    s.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"ping through the tunnel\n");
+    assert!(e.received().contains("connect "), "{}", e.received());
+}
