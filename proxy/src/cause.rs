@@ -9,6 +9,12 @@ use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
+pub use crate::host::HostError;
+
+/// The `Allow` header of a 405: the methods a listener forwards (every standard one but
+/// CONNECT, which tunnels rather than asks for a resource).
+const ALLOW: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH";
+
 /// The body of every response of the proxy: the app's, as hyper's client read it, or one
 /// tandem made. Not boxed: a box per response was a measurable share of the proxy's CPU.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
@@ -48,6 +54,10 @@ pub enum Cause {
     ClientBody,
     /// The request cannot be forwarded as given (e.g. a path that is not a valid URI).
     BadRequest,
+    /// No, several, or a malformed `Host`, or one that differs from the target's authority.
+    BadHost(HostError),
+    /// A method tandem does not forward (`CONNECT`: tandem fronts one app; it is no tunnel).
+    MethodNotAllowed,
     /// The listener is draining.
     Draining,
     /// No credentials, or credentials that do not verify (expired, wrong issuer, bad
@@ -92,7 +102,8 @@ impl Cause {
             Cause::ConnectTimeout | Cause::PerTryTimeout | Cause::RequestTimeout => {
                 StatusCode::GATEWAY_TIMEOUT
             }
-            Cause::ClientBody | Cause::BadRequest => StatusCode::BAD_REQUEST,
+            Cause::ClientBody | Cause::BadRequest | Cause::BadHost(_) => StatusCode::BAD_REQUEST,
+            Cause::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Cause::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Cause::Forbidden => StatusCode::FORBIDDEN,
             Cause::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -116,6 +127,8 @@ impl Cause {
             Cause::RequestTimeout => "request_timeout",
             Cause::ClientBody => "client_body_error",
             Cause::BadRequest => "bad_request",
+            Cause::BadHost(_) => "bad_host",
+            Cause::MethodNotAllowed => "method_not_allowed",
             Cause::Draining => "draining",
             Cause::Unauthorized(_) => "unauthorized",
             Cause::Forbidden => "forbidden",
@@ -139,6 +152,7 @@ impl Cause {
     pub fn response(self) -> Response<ProxyBody> {
         let body = match self {
             Cause::PoisonRequest => "tandem: poison_request: the app exited while handling this request, and again after it was replayed; it is not sent again\n".to_string(),
+            Cause::BadHost(why) => format!("tandem: {}: {}\n", self.as_str(), why.reason()),
             _ => format!("tandem: {}\n", self.as_str()),
         };
         let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
@@ -167,6 +181,9 @@ impl Cause {
                     Challenge::ApiKey => "ApiKey realm=\"tandem\"",
                 }),
             );
+        }
+        if self == Cause::MethodNotAllowed {
+            h.insert(header::ALLOW, HeaderValue::from_static(ALLOW));
         }
         if self == Cause::Draining {
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -45,7 +45,7 @@ pub struct ListenerConfig {
     #[serde(default)]
     pub timeouts: TimeoutConfig,
     /// How long a request waits for the app to become ready before a 503.
-    #[serde(default = "defaults::hold_timeout", with = "humantime_serde")]
+    #[serde(default = "defaults::hold_timeout", with = "crate::duration")]
     pub hold_timeout: Duration,
     /// Retry policy and budget.
     #[serde(default)]
@@ -54,7 +54,7 @@ pub struct ListenerConfig {
     #[serde(default)]
     pub limits: LimitsConfig,
     /// How long in-flight requests may run once draining has begun.
-    #[serde(default = "defaults::drain_timeout", with = "humantime_serde")]
+    #[serde(default = "defaults::drain_timeout", with = "crate::duration")]
     pub drain_timeout: Duration,
     /// TLS termination (and mTLS); absent: cleartext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -75,6 +75,19 @@ pub struct ListenerConfig {
     /// request and per response.
     #[serde(default)]
     pub preserve_header_case: bool,
+    /// How many proxies in front of this listener are trusted to write `X-Forwarded-*`
+    /// (Envoy's `xff_num_trusted_hops`). 0: the client's `X-Forwarded-For`, `-Proto` and
+    /// `-Host` are replaced by tandem's own values. N: the last N entries of the client's
+    /// `X-Forwarded-For` (those the trusted proxies appended) are kept and the peer appended;
+    /// the peer's `X-Forwarded-Proto` and `-Host` are kept.
+    #[serde(default)]
+    pub trusted_hops: u32,
+    /// Forward an HTTP/1.1 `CONNECT` to the app and, when it answers 2xx, join the client's
+    /// and the app's connections (as for a WebSocket's 101). Off by default: tandem fronts one
+    /// app and is not a forward proxy, so `CONNECT` is answered 405 with `Allow`. `http`
+    /// listeners only; an HTTP/2 `CONNECT` is always 405.
+    #[serde(default)]
+    pub allow_connect: bool,
 }
 
 /// TLS termination on the listener. The files are read at bind time, polled every
@@ -87,7 +100,7 @@ pub struct TlsConfig {
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
     /// How often the files are checked for change (Vault agent, Nomad templates rotate in place).
-    #[serde(default = "defaults::reload_interval", with = "humantime_serde")]
+    #[serde(default = "defaults::reload_interval", with = "crate::duration")]
     pub reload_interval: Duration,
     /// Client certificates (mTLS); absent: none asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -167,17 +180,17 @@ pub struct JwtConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks_ca_file: Option<PathBuf>,
     /// How often `jwks_file` is checked for change.
-    #[serde(default = "defaults::reload_interval", with = "humantime_serde")]
+    #[serde(default = "defaults::reload_interval", with = "crate::duration")]
     pub reload_interval: Duration,
     /// How often `jwks_url` is fetched again; a `Cache-Control: max-age` from the server
     /// shortens it (never below `min_refetch_interval`).
-    #[serde(default = "defaults::jwks_refresh", with = "humantime_serde")]
+    #[serde(default = "defaults::jwks_refresh", with = "crate::duration")]
     pub refresh_interval: Duration,
     /// Fetches of `jwks_url` (unknown `kid`, failed refresh) start at most this often.
-    #[serde(default = "defaults::jwks_min_refetch", with = "humantime_serde")]
+    #[serde(default = "defaults::jwks_min_refetch", with = "crate::duration")]
     pub min_refetch_interval: Duration,
     /// Bound on one fetch of `jwks_url` (connect, TLS, response).
-    #[serde(default = "defaults::jwks_fetch_timeout", with = "humantime_serde")]
+    #[serde(default = "defaults::jwks_fetch_timeout", with = "crate::duration")]
     pub fetch_timeout: Duration,
     /// Accepted `iss` values; empty: not checked.
     #[serde(default)]
@@ -186,7 +199,7 @@ pub struct JwtConfig {
     #[serde(default)]
     pub audiences: Vec<String>,
     /// Clock skew allowed on `exp` and `nbf`.
-    #[serde(default = "defaults::leeway", with = "humantime_serde")]
+    #[serde(default = "defaults::leeway", with = "crate::duration")]
     pub leeway: Duration,
     /// Claims a valid token must carry, else 403.
     #[serde(default)]
@@ -239,24 +252,24 @@ pub struct TimeoutConfig {
     /// Time for a client to send a full request head (slowloris guard), counted from the
     /// connection's start or the first byte of the next request, not while keep-alive idles.
     /// Past it the connection is closed. HTTP/1 only.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub header_read: Duration,
     /// Time to establish a TCP connection to the app.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub connect: Duration,
     /// Time for one attempt to get response headers from the app.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub per_try: Duration,
     /// Time for the whole request (holds, attempts, backoff) to get response headers.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub request: Duration,
     /// A client keep-alive connection with no request in flight is closed after this long.
     /// HTTP only: a TCP-mode connection is never cut for idling (database pools idle).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub idle: Duration,
     /// Pooled connections to the app are dropped after this long unused. Keep it below the
     /// app's own keep-alive timeout, or reused connections die mid-request (istio#55138).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub pool_idle: Duration,
 }
 
@@ -267,17 +280,17 @@ pub struct RetryConfig {
     /// Attempts per request, the first included (1 disables retries).
     pub max_attempts: u32,
     /// First backoff; each next one doubles, with full jitter.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub backoff_base: Duration,
     /// Largest backoff.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub backoff_max: Duration,
     /// Retries allowed as a fraction of recent requests (linkerd: 0.2).
     pub budget_ratio: f64,
     /// Retries always allowed per second, whatever the traffic (linkerd: 10).
     pub budget_min_per_second: u32,
     /// How long a request counts towards the budget.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub budget_ttl: Duration,
     /// Request bodies up to this size are kept for replay; larger ones get one attempt.
     pub max_replay_body_bytes: usize,
@@ -374,6 +387,8 @@ impl ListenerConfig {
             auth: None,
             rate_limit: None,
             preserve_header_case: false,
+            trusted_hops: 0,
+            allow_connect: false,
         }
     }
 
@@ -429,6 +444,12 @@ impl ListenerConfig {
             return Err(bad(
                 "retry.backoff_base",
                 "must not exceed retry.backoff_max".into(),
+            ));
+        }
+        if self.allow_connect && self.protocol != Protocol::Http {
+            return Err(bad(
+                "allow_connect",
+                "only with protocol = \"http\" (a tunnel is an HTTP/1.1 upgrade)".into(),
             ));
         }
         let l = &self.limits;
@@ -767,5 +788,11 @@ mod tests {
             .expect_err("hold not below request")
             .to_string();
         assert!(e.contains("hold_timeout"), "{e}");
+        l.hold_timeout = defaults::hold_timeout();
+        l.allow_connect = true;
+        assert!(l.validate().is_ok());
+        l.protocol = Protocol::H2c;
+        let e = l.validate().expect_err("no tunnel on h2c").to_string();
+        assert!(e.contains("allow_connect"), "{e}");
     }
 }

@@ -3,7 +3,12 @@
 //!
 //! Invariant: hop-by-hop headers (RFC 9110 §7.6.1: `Connection` and every header it names,
 //! plus the classic list) never cross the proxy, except `Upgrade`/`Connection: upgrade` on a
-//! request that asks for an upgrade, which the upgrade handshake needs end to end.
+//! request that asks for an upgrade, which the upgrade handshake needs end to end. They are
+//! computed from the client's request *before* tandem adds a header of its own
+//! ([`strip_request`] runs first in the stack), so a client naming `X-Forwarded-For`,
+//! `X-Request-Id`, the identity or a claims header in `Connection` cannot remove tandem's
+//! copy. Tandem's `X-Forwarded-*` replace the client's unless the listener trusts
+//! `trusted_hops` proxies in front of it.
 
 use std::net::IpAddr;
 
@@ -107,43 +112,72 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+/// Removes the hop-by-hop headers of a client's request, first thing, before any step adds
+/// a header tandem vouches for.
+pub(crate) fn strip_request(l: &Listener, headers: &mut HeaderMap) {
+    let upgrade = l.cfg.protocol == Protocol::Http && wants_upgrade(headers);
+    strip_hop_by_hop(headers, upgrade);
+}
+
 /// The client's address as an `X-Forwarded-For` element (made once per connection).
 pub fn ip_value(ip: IpAddr) -> HeaderValue {
     HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value")
 }
 
-/// Appends the client to `X-Forwarded-For`; sets `X-Forwarded-Proto` and `X-Forwarded-Host`
-/// when a proxy in front of us has not set them already.
+/// Sets `X-Forwarded-For`, `-Proto` and `-Host`. With `trusted_hops` 0 the client's values
+/// are replaced: `X-Forwarded-For` is the peer, the others tandem's own. With N, the last N
+/// entries of the client's `X-Forwarded-For` (those the trusted proxies appended; entries
+/// further left are whatever the client sent) are kept and the peer appended, and the
+/// peer's `-Proto` and `-Host` are kept when present.
 pub fn set_forwarded(
     headers: &mut HeaderMap,
     client: &HeaderValue,
     proto: &'static str,
     host: Option<HeaderValue>,
+    trusted_hops: u32,
 ) {
-    match headers.entry(X_FORWARDED_FOR) {
-        // The common case: no proxy in front, no copy.
-        Entry::Vacant(e) => {
-            e.insert(client.clone());
-        }
-        Entry::Occupied(mut e) => {
-            let value = match e.get().to_str() {
-                Ok(prev) if !prev.trim().is_empty() => {
-                    let client = client.to_str().unwrap_or_default();
-                    HeaderValue::from_str(&format!("{prev}, {client}")).ok()
-                }
-                _ => Some(client.clone()),
-            };
-            if let Some(v) = value {
-                // `insert` replaces every earlier value, as the map's `insert` did.
-                e.insert(v);
-            }
-        }
+    if trusted_hops == 0 {
+        headers.insert(X_FORWARDED_FOR, client.clone());
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        match host {
+            Some(host) => headers.insert(X_FORWARDED_HOST, host),
+            None => headers.remove(X_FORWARDED_HOST),
+        };
+        return;
     }
-    headers
-        .entry(X_FORWARDED_PROTO)
-        .or_insert(HeaderValue::from_static(proto));
-    if let Some(host) = host {
-        headers.entry(X_FORWARDED_HOST).or_insert(host);
+    let value = match headers.entry(X_FORWARDED_FOR) {
+        // The common case: no proxy in front, no copy.
+        Entry::Vacant(_) => client.clone(),
+        Entry::Occupied(e) => {
+            // Every line of the header, in order, as one list (RFC 9110 §5.3).
+            let chain: Vec<&str> = e
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .collect();
+            let keep = chain.len().saturating_sub(trusted_hops as usize);
+            let mut list = chain[keep..].join(", ");
+            if !list.is_empty() {
+                list.push_str(", ");
+            }
+            list.push_str(client.to_str().unwrap_or_default());
+            HeaderValue::from_str(&list).unwrap_or_else(|_| client.clone())
+        }
+    };
+    // `insert` replaces every earlier line.
+    headers.insert(X_FORWARDED_FOR, value);
+    for (name, ours) in [
+        (X_FORWARDED_PROTO, Some(HeaderValue::from_static(proto))),
+        (X_FORWARDED_HOST, host),
+    ] {
+        // Exactly one line: the peer's first, else tandem's own.
+        let theirs = headers.get(&name).cloned();
+        match theirs.or(ours) {
+            Some(v) => headers.insert(name, v),
+            None => headers.remove(name),
+        };
     }
 }
 
@@ -182,34 +216,28 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
 /// Cleans and rewrites the request for the app: request id (recorded in `ctx`),
 /// X-Forwarded-*, hop-by-hop headers, the app's URI and version. `client` is the peer's IP as
 /// a header value ([`ip_value`]).
+/// `host` is the request's checked host ([`crate::host::check`]); hop-by-hop headers were
+/// removed by [`strip_request`] before any step added its own.
 pub(crate) fn rewrite<B>(
     l: &Listener,
     client: &HeaderValue,
     ctx: &Ctx,
+    host: Option<HeaderValue>,
     req: Request<B>,
 ) -> Result<Request<B>, Cause> {
-    let upgrade = l.cfg.protocol == Protocol::Http && wants_upgrade(req.headers());
     let (mut parts, body) = req.into_parts();
     let rid = ensure_request_id(&mut parts.headers);
     ctx.set_ids(rid, parts.headers.get(TRACEPARENT).cloned());
     // HTTP/2 carries the host in :authority; an HTTP/1 app wants a Host header.
-    let host = match parts.headers.entry(header::HOST) {
-        Entry::Occupied(e) => Some(e.get().clone()),
-        Entry::Vacant(e) => parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            .map(|v| e.insert(v).clone()),
-    };
-    // A clone of the client's Host value shares its bytes; only a visible-ASCII one is kept.
-    let host = host.filter(|v| v.to_str().is_ok());
+    if let Some(h) = &host {
+        parts.headers.insert(header::HOST, h.clone());
+    }
     let proto = if parts.extensions.get::<crate::tls::TlsInfo>().is_some() {
         "https"
     } else {
         "http"
     };
-    set_forwarded(&mut parts.headers, client, proto, host);
-    strip_hop_by_hop(&mut parts.headers, upgrade);
+    set_forwarded(&mut parts.headers, client, proto, host, l.cfg.trusted_hops);
     let mut uri = uri::Parts::default();
     uri.scheme = Some(Scheme::HTTP);
     uri.authority = Some(l.upstream.clone());
@@ -273,20 +301,50 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_appends() {
+    fn forwarded_replaced_without_trusted_hops() {
         let mut h = map(&[
             ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-for", "10.0.0.2"),
             ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.test"),
         ]);
+        let peer = ip_value("127.0.0.1".parse().expect("ip"));
         set_forwarded(
             &mut h,
-            &ip_value("127.0.0.1".parse().expect("ip")),
+            &peer,
             "http",
             Some(HeaderValue::from_static("example.com")),
+            0,
         );
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "example.com");
+    }
+
+    #[test]
+    fn forwarded_keeps_the_trusted_part_of_the_chain() {
+        let mut h = map(&[
+            ("x-forwarded-for", "6.6.6.6, 10.0.0.1"),
+            ("x-forwarded-for", "10.0.0.2"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        let peer = ip_value("127.0.0.1".parse().expect("ip"));
+        set_forwarded(
+            &mut h,
+            &peer,
+            "http",
+            Some(HeaderValue::from_static("example.com")),
+            2,
+        );
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "example.com");
+        let mut h = HeaderMap::new();
+        set_forwarded(&mut h, &peer, "https", None, 1);
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert!(h.get("x-forwarded-host").is_none());
     }
 
     #[test]

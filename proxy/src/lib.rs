@@ -43,8 +43,10 @@ mod config;
 mod conn;
 mod context;
 mod drain;
+pub mod duration;
 mod edge;
 mod error;
+mod host;
 mod hygiene;
 mod inbound;
 mod jwks_url;
@@ -73,7 +75,7 @@ mod upstream_tls;
 
 pub use access_log::{AccessLogFn, AccessRecord};
 pub use app_exits::{AppExits, InFlight};
-pub use cause::{Cause, Challenge};
+pub use cause::{Cause, Challenge, HostError};
 pub use config::{
     ApiKeyConfig, AuthConfig, BasicAuthConfig, ClientAuthConfig, JwtConfig, LimitsConfig,
     ListenerConfig, Protocol, RateLimitConfig, RetryConfig, TimeoutConfig, TlsConfig,
@@ -87,6 +89,7 @@ pub use jwks_url::redact_url;
 pub use listener::Hooks;
 pub use metered::{ATTEMPT_COUNT, UPSTREAM_SERVICE_TIME};
 pub use metrics::Metrics;
+pub use secret::secrets_equal;
 pub use spec::parse_listener_spec;
 pub use tokio_util::sync::CancellationToken;
 pub use trace::{

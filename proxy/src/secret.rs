@@ -51,6 +51,13 @@ impl Digest {
     }
 }
 
+/// Whether a presented secret equals the expected one, in time that depends on neither their
+/// contents nor their lengths: both are hashed and the fixed-size digests compared without an
+/// early exit (a length check first would tell an attacker the secret's length).
+pub fn secrets_equal(presented: &[u8], expected: &[u8]) -> bool {
+    Digest::of(presented).matches(&Digest::of(expected))
+}
+
 /// The meaningful lines of a secrets file: trimmed, without blanks and `#` comments, with
 /// their 1-based line numbers.
 pub(crate) fn lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
@@ -75,5 +82,16 @@ mod tests {
         assert!(!d.matches(&Digest::of(b"Secret")));
         assert!(Digest::parse("2bb8").is_err());
         assert!(Digest::parse("sha256:zz").is_err());
+    }
+
+    #[test]
+    fn secrets_equal_whatever_the_lengths() {
+        assert!(secrets_equal(b"s3cret-admin-token", b"s3cret-admin-token"));
+        assert!(!secrets_equal(b"s3cret-admin-token", b"s3cret-admin-tokem"));
+        assert!(!secrets_equal(b"", b"s3cret-admin-token"));
+        assert!(!secrets_equal(
+            b"s3cret-admin-token-and-more",
+            b"s3cret-admin-token"
+        ));
     }
 }

@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::cause::{Cause, ProxyBody};
@@ -33,7 +33,7 @@ use crate::listener::Listener;
 use crate::metered::{CountingBody, MeteredBody, RequestGuard};
 use crate::tls::TlsInfo;
 use crate::trace::ServerSpan;
-use crate::{hygiene, limits, mtls, ratelimit, ready, retry, shed, timeout, upgrade};
+use crate::{host, hygiene, limits, mtls, ratelimit, ready, retry, shed, timeout, upgrade};
 
 /// The future a request's handling is.
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -117,6 +117,17 @@ impl Stack {
         ctx.hold_permit(shed::acquire(l)?);
         // header size/count: 431; Content-Length over the body limit: 413
         limits::check(&l.cfg.limits, req.headers())?;
+        // CONNECT asks for a tunnel, not a resource of the app: 405 + Allow, unless the
+        // listener allows HTTP/1.1 tunnels
+        if req.method() == Method::CONNECT
+            && !(l.cfg.allow_connect && req.version() == http::Version::HTTP_11)
+        {
+            return Err(Cause::MethodNotAllowed);
+        }
+        // exactly one well-formed Host, the same as the target's authority: 400
+        let host = host::check(req.version(), req.uri(), req.headers()).map_err(Cause::BadHost)?;
+        // hop-by-hop headers the client named, removed before tandem adds any of its own
+        hygiene::strip_request(l, req.headers_mut());
         // client-sent identity header removed; the verified mTLS identity added
         mtls::set_identity(&s.identity_header, s.tls.as_ref(), req.headers_mut());
         // JWT / API key / basic credentials: 401 + WWW-Authenticate, 403; claims as headers
@@ -127,8 +138,8 @@ impl Stack {
         if let Some(limiter) = &l.edge.rate {
             ratelimit::check(limiter, &req, s.peer)?;
         }
-        // request id, X-Forwarded-*, hop-by-hop headers, the app's URI
-        let req = hygiene::rewrite(l, &s.peer_ip, ctx, req)?;
+        // request id, X-Forwarded-*, the app's Host, URI and version
+        let req = hygiene::rewrite(l, &s.peer_ip, ctx, host, req)?;
         // the whole request (holds, attempts, backoff): 504
         let mut resp = timeout::whole_request(l, ctx, self.upgradable(req, ctx)).await?;
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
@@ -144,6 +155,7 @@ impl Stack {
         B::Error: Into<crate::replay::BoxError>,
     {
         let l = &self.0.l;
+        let connect = req.method() == Method::CONNECT;
         let client_side = upgrade::take(l, &mut req);
         // hold until the app is ready, before the body is read: 503 + Retry-After
         ready::gate(l, ctx).await?;
@@ -151,7 +163,7 @@ impl Stack {
         // readiness again and runs within per_try through the pooled client: 502/504
         let mut resp = retry::attempts(l, ctx, req).await?;
         if let Some(client_side) = client_side {
-            upgrade::finish(l, client_side, &mut resp);
+            upgrade::finish(l, client_side, connect, &mut resp);
         }
         Ok(resp)
     }

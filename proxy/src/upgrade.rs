@@ -1,11 +1,12 @@
-//! Upgraded connections (WebSocket): when the app answers 101, the client's and the app's
-//! connections are joined and bytes copied both ways.
+//! Upgraded connections (WebSocket, and `CONNECT` where `allow_connect`): when the app answers
+//! 101 (or 2xx to a CONNECT), the client's and the app's connections are joined and bytes
+//! copied both ways.
 //!
 //! Invariant: the client's upgrade handle is taken out of the request here, before the retry
 //! step copies extensions; a tunnel is a task in the listener's tracker and stops at the
 //! drain deadline (`hard_stop`), so an open WebSocket can delay a drain but never block it.
 
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
@@ -18,14 +19,22 @@ use crate::listener::Listener;
 /// carries it), and returns it when the request asks for an upgrade tandem will honour.
 pub(crate) fn take<B>(l: &Listener, req: &mut Request<B>) -> Option<OnUpgrade> {
     // Hygiene keeps Upgrade/Connection only on such requests.
-    let wanted = l.cfg.protocol == Protocol::Http && wants_upgrade(req.headers());
+    let wanted = l.cfg.protocol == Protocol::Http
+        && (wants_upgrade(req.headers())
+            || (l.cfg.allow_connect && req.method() == Method::CONNECT));
     let client_side = req.extensions_mut().remove::<OnUpgrade>();
     client_side.filter(|_| wanted)
 }
 
-/// When the app answered 101, joins the client's and the app's upgraded connections.
-pub(crate) fn finish(l: &Listener, client_side: OnUpgrade, resp: &mut Response<ProxyBody>) {
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+/// When the app answered 101 (or 2xx to a `connect`), joins the client's and the app's
+/// upgraded connections.
+pub(crate) fn finish(
+    l: &Listener,
+    client_side: OnUpgrade,
+    connect: bool,
+    resp: &mut Response<ProxyBody>,
+) {
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS || (connect && resp.status().is_success()) {
         let app_side = hyper::upgrade::on(resp);
         tunnel(l, client_side, app_side);
     }

@@ -533,11 +533,14 @@ impl Supervisor {
             .max()
             .unwrap_or_default();
         let _ = self.notifier.extend_timeout(
-            self.cfg.shutdown.delay
-                + drain
-                + self.cfg.app.stop_timeout
-                + self.cfg.logs.exit_timeout * 2
-                + self.cfg.telemetry.passthrough.shutdown_timeout,
+            // Saturating: each value is bounded at load, their sum need not fit a clock.
+            self.cfg
+                .shutdown
+                .delay
+                .saturating_add(drain)
+                .saturating_add(self.cfg.app.stop_timeout)
+                .saturating_add(self.cfg.logs.exit_timeout.saturating_mul(2))
+                .saturating_add(self.cfg.telemetry.passthrough.shutdown_timeout),
         );
     }
 

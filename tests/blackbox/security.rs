@@ -4,6 +4,13 @@
 //! tandem (root) serves a privileged port in front of it.
 use std::fs;
 
+// The edge under attack (issue 19), one file per concern, in tests/blackbox/security/.
+mod config_bounds;
+mod headers;
+mod recording;
+mod smuggling;
+mod terminal;
+
 use crate::support::run;
 
 /// The config-error exit code (EX_USAGE).

@@ -299,3 +299,32 @@ async fn through_raw_app(preserve_header_case: bool) -> (String, String) {
     })
     .await
 }
+
+/// CONNECT over h2 (RFC 9113 §8.5) is answered 405 with `Allow` by tandem, never forwarded
+/// to the app (it used to reach the app, and the client got a reset).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_connect_is_refused_with_405() {
+    use hyper::client::conn::http2;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    bounded(async {
+        let up = Upstream::start().await;
+        let proxy = Proxy::start(up.addr, Protocol::H2c, true, |_| {}).await;
+        let io = TokioIo::new(TcpStream::connect(proxy.addr).await.expect("connect"));
+        let (mut tx, conn) = http2::handshake(TokioExecutor::new(), io)
+            .await
+            .expect("h2 handshake");
+        tokio::spawn(conn);
+        let req = Request::connect("db.internal:5432")
+            .body(full(Bytes::new()))
+            .expect("request");
+        tx.ready().await.expect("ready");
+        let resp = tx.send_request(req).await.expect("CONNECT answered");
+        assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert!(resp.headers()["allow"]
+            .to_str()
+            .is_ok_and(|a| a.contains("GET") && !a.contains("CONNECT")));
+        assert_eq!(up.seen.hits("/"), 0, "CONNECT reached the app");
+    })
+    .await;
+}

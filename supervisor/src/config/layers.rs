@@ -48,6 +48,8 @@ pub enum LoadError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("config file {path}: {reason}")]
+    Unreadable { path: PathBuf, reason: String },
     #[error("{path}:{line}:{column}: {key}{message}")]
     File {
         path: PathBuf,
@@ -278,15 +280,55 @@ impl Loaded {
     }
 }
 
+/// The largest config file read: far above any real one (a few KiB), far below what would
+/// hurt a small host.
+pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Reads a config file: a regular file (checked before opening, so a FIFO cannot block
+/// tandem and `/dev/zero` cannot fill its memory) of at most [`MAX_FILE_BYTES`], in UTF-8.
+fn read_file(path: &Path) -> Result<String, LoadError> {
+    use std::io::Read as _;
+
+    let unreadable = |reason: String| LoadError::Unreadable {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let read_err = |source| LoadError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(read_err)?;
+    if !meta.is_file() {
+        return Err(unreadable(
+            "not a regular file (a device, FIFO or directory cannot be a config file)".into(),
+        ));
+    }
+    let too_large = || unreadable(format!("larger than the limit of {MAX_FILE_BYTES} bytes"));
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .map_err(read_err)?
+        // One byte more than the limit: a file that grew since the check is still caught.
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(too_large());
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        unreadable(format!("not UTF-8 (invalid byte at offset {at})"))
+    })
+}
+
 fn load_file(
     path: &Path,
     stack: &mut Vec<PathBuf>,
     layers: &mut Vec<(Table, Source)>,
 ) -> Result<(), LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = read_file(path)?;
     let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     if stack.contains(&canonical) {
         let chain = stack

@@ -69,7 +69,7 @@ pub struct ShutdownConfig {
     /// After a stop is requested, how long tandem keeps serving while reporting "not ready"
     /// (so load balancers and service catalogs deregister it) before draining the proxy.
     /// Nomad's `shutdown_delay`, Kubernetes' preStop sleep.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "tandem_proxy::duration")]
     pub delay: Duration,
 }
 
@@ -139,7 +139,7 @@ pub struct AppConfig {
     /// Signal sent to the app's process group to ask it to stop.
     pub stop_signal: SignalName,
     /// How long the app has after `stop_signal` before its group is SIGKILLed.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "tandem_proxy::duration")]
     pub stop_timeout: Duration,
     /// Signals tandem receives and passes on to the app's main process.
     pub forward_signals: Vec<SignalName>,
@@ -191,10 +191,10 @@ pub struct RestartConfig {
     /// `never` | `on-failure` | `always`.
     pub policy: RestartPolicy,
     /// Delay before the first restart.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "tandem_proxy::duration")]
     pub initial_delay: Duration,
     /// Upper bound of the delay, however many failures came before.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "tandem_proxy::duration")]
     pub max_delay: Duration,
     /// Growth factor of the delay per consecutive failure.
     pub multiplier: f64,
@@ -203,13 +203,13 @@ pub struct RestartConfig {
     pub jitter: f64,
     /// A run at least this long counts as stable: the next delay starts again from
     /// `initial_delay`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "tandem_proxy::duration")]
     pub reset_after: Duration,
     /// At most this many starts within `start_limit_interval` (systemd's StartLimitBurst);
     /// one more and tandem gives up with exit code 75. 0 disables the limit.
     pub start_limit_burst: u32,
     /// The window of the start limit (systemd's StartLimitIntervalSec).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "tandem_proxy::duration")]
     pub start_limit_interval: Duration,
 }
 

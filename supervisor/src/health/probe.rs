@@ -78,10 +78,10 @@ pub struct ProbeConfig {
     /// Where or what: see [`TargetSpec`].
     pub target: TargetSpec,
     /// Time between the starts of two checks.
-    #[serde(with = "humantime_serde", default = "default_interval")]
+    #[serde(with = "tandem_proxy::duration", default = "default_interval")]
     pub interval: Duration,
     /// A check that takes longer fails.
-    #[serde(with = "humantime_serde", default = "default_timeout")]
+    #[serde(with = "tandem_proxy::duration", default = "default_timeout")]
     pub timeout: Duration,
     /// Consecutive successes needed to become passing.
     #[serde(default = "default_success_threshold")]
@@ -90,7 +90,7 @@ pub struct ProbeConfig {
     #[serde(default = "default_failure_threshold")]
     pub failure_threshold: u32,
     /// Wait this long after the app is spawned before the first check.
-    #[serde(with = "humantime_serde", default)]
+    #[serde(with = "tandem_proxy::duration", default)]
     pub initial_delay: Duration,
 }
 

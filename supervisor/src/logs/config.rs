@@ -28,7 +28,7 @@ pub struct LogsConfig {
     pub batch_records: usize,
     /// At exit: how long to wait for the app's pipes to reach EOF (a grandchild may hold them
     /// open), and then again for the sinks to flush.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "tandem_proxy::duration")]
     pub exit_timeout: Duration,
     /// Handling of the app's stdout.
     pub stdout: StreamConfig,
@@ -88,7 +88,7 @@ pub struct MultilineConfig {
     /// At most this many bytes are merged into one record.
     pub max_bytes: ByteSize,
     /// A pending record is delivered after this long without a continuation line.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "tandem_proxy::duration")]
     pub timeout: Duration,
 }
 
@@ -176,7 +176,10 @@ pub struct FileSinkConfig {
     /// Rotate when the active file would grow past this size (0: never by size).
     pub max_size: ByteSize,
     /// Rotate when the active file is this old (absent: never by time).
-    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        with = "tandem_proxy::duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub rotate_every: Option<Duration>,
     /// Rotated files kept; older ones are deleted.
     pub keep: usize,
@@ -197,7 +200,7 @@ pub struct TailConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<PathBuf>,
     /// How often files are checked for new data, new files and truncation.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "tandem_proxy::duration")]
     pub poll_interval: Duration,
     /// Where a sequence without a checkpoint starts: `beginning` or `end`.
     pub start_at: StartAt,

@@ -29,14 +29,14 @@ pub struct TelemetryConfig {
     /// `none` or `gzip` (`OTEL_EXPORTER_OTLP_COMPRESSION`).
     pub compression: String,
     /// Longest one export request may take.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "tandem_proxy::duration")]
     pub timeout: Duration,
     /// How long a batch is retried (exponential backoff) while the receiver is down; after
     /// that it is dropped and counted in `tandem_otlp_dropped_total{reason="export_failed"}`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "tandem_proxy::duration")]
     pub retry_for: Duration,
     /// At stop: the longest tandem waits for the last spans, logs and metrics to be sent.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "tandem_proxy::duration")]
     pub shutdown_timeout: Duration,
     /// Extra resource attributes (`deployment.environment.name = "prod"`).
     pub resource: BTreeMap<String, String>,
@@ -85,7 +85,7 @@ pub struct SignalConfig {
     /// Records per export request.
     pub batch_size: usize,
     /// Longest a record waits for its batch to fill.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "tandem_proxy::duration")]
     pub batch_delay: Duration,
 }
 
@@ -114,7 +114,7 @@ pub struct TracesConfig {
     /// Spans per export request.
     pub batch_size: usize,
     /// Longest a span waits for its batch to fill.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "tandem_proxy::duration")]
     pub batch_delay: Duration,
     /// `parentbased_traceidratio` (default), `parentbased_always_on`, `parentbased_always_off`,
     /// `traceidratio`, `always_on`, `always_off` (`OTEL_TRACES_SAMPLER`'s names).
@@ -162,7 +162,7 @@ pub struct MetricsConfig {
     /// The metrics URL, used as given (for HTTP include `/v1/metrics`).
     pub endpoint: String,
     /// Time between pushes (`OTEL_METRIC_EXPORT_INTERVAL`).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "tandem_proxy::duration")]
     pub interval: Duration,
 }
 

@@ -61,13 +61,13 @@ pub struct PassthroughConfig {
     /// Bytes queued per signal while the upstream is slow or down; beyond: 429.
     pub queue_size: ByteSize,
     /// One attempt at the upstream.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "tandem_proxy::duration")]
     pub timeout: Duration,
     /// How long one request is retried before it is dropped (and counted).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "tandem_proxy::duration")]
     pub max_retry_time: Duration,
     /// At exit: how long what is queued may take to be forwarded.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "tandem_proxy::duration")]
     pub shutdown_timeout: Duration,
 }
 
