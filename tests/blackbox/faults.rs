@@ -39,6 +39,9 @@ fn a_hung_app_is_restarted_by_its_liveness_probe() {
         "health.liveness.interval=100ms",
         "--set",
         "health.liveness.timeout=200ms",
+        // Time for python to listen (on a loaded machine) before the first check.
+        "--set",
+        "health.liveness.initial_delay=2s",
         "--",
         "python3",
         "-m",
@@ -315,4 +318,122 @@ fn a_full_disk_for_the_file_sink_is_counted_and_writing_resumes_when_space_retur
         "the sink did not resume after space returned; file has {} bytes",
         written.len()
     );
+}
+
+/// libfaketime, which makes a process see a wall clock the test sets (Debian's `faketime`).
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// The wall clock steps ten years back, then ten years forward (an NTP step, a VM resumed
+/// from a snapshot), under tandem, through libfaketime with the monotonic clock left real:
+/// tandem's timers (restart back-off, probe intervals and timeouts, proxy timeouts) run on
+/// the monotonic clock, so a killed app is restarted after its short back-off, the liveness
+/// probe does not fire falsely, and proxied requests keep succeeding; only the records'
+/// timestamps follow the wall clock.
+#[test]
+fn wall_clock_jumps_do_not_break_timers() {
+    if !std::path::Path::new(LIBFAKETIME).exists() {
+        assert!(
+            std::env::var_os("REQUIRE_TEST_TOOLS").is_none(),
+            "{LIBFAKETIME} is required (REQUIRE_TEST_TOOLS is set): apt install faketime"
+        );
+        eprintln!("SKIP: {LIBFAKETIME} not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let clock = dir.path().join("clock");
+    std::fs::write(&clock, "+0d\n").unwrap();
+    let (listen, app) = (free_port(), free_port());
+    let mut t = Tandem::spawn_cmd(
+        std::process::Command::new(crate::support::bin())
+            .args([
+                "--restart",
+                "always",
+                "--set",
+                "restart.initial_delay=200ms",
+                "--set",
+                "admin.listen=127.0.0.1:0",
+                "--set",
+                "health.liveness.kind=tcp",
+                "--set",
+                &format!("health.liveness.target=127.0.0.1:{app}"),
+                "--set",
+                "health.liveness.interval=100ms",
+                "--set",
+                "health.liveness.timeout=500ms",
+                // Time for python to listen before the first check (after each start).
+                "--set",
+                "health.liveness.initial_delay=1s",
+                "--proxy",
+                &format!("127.0.0.1:{listen}=127.0.0.1:{app}"),
+                "--",
+                "python3",
+                "-m",
+                "http.server",
+                &app.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+                dir.path().to_str().unwrap(),
+            ])
+            .env("LD_PRELOAD", LIBFAKETIME)
+            .env("FAKETIME_TIMESTAMP_FILE", &clock)
+            .env("FAKETIME_CACHE_DURATION", "1")
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+    );
+    t.collect_stdout();
+    let proxy = format!("127.0.0.1:{listen}");
+    let admin = admin(&t);
+    t.wait_event("ready");
+    let mut restarts = 0;
+    for (step, year) in [("-3650d", "2016-"), ("+3650d", "2036-")] {
+        std::fs::write(&clock, format!("{step}\n")).unwrap();
+        // The jump is in effect once a fresh record carries the new wall-clock time.
+        eventually("records carry the jumped wall clock", || {
+            let _ = http(&proxy, "GET", "/", b"", &[]);
+            std::thread::sleep(Duration::from_millis(200));
+            let records = t.records();
+            let last = records
+                .last()
+                .and_then(|r| r["time"].as_str())
+                .unwrap_or("");
+            last.starts_with(year)
+        });
+        for i in 0..50 {
+            let (status, _, _) = http(&proxy, "GET", "/", b"", &[]).unwrap();
+            assert_eq!(status, 200, "request {i} after the {step} jump");
+        }
+        let pid = t.wait_event_nth("started", restarts)["pid"]
+            .as_i64()
+            .unwrap() as i32;
+        if let Err(e) = kill(Pid::from_raw(pid), Signal::SIGKILL) {
+            panic!(
+                "app {pid} gone before the kill ({e}) after the {step} jump: {:#?}",
+                t.events()
+            );
+        }
+        restarts += 1;
+        let again = t.wait_event_nth("started", restarts)["pid"]
+            .as_i64()
+            .unwrap();
+        assert_ne!(again, i64::from(pid), "restarted after the {step} jump");
+        eventually("ready again", || {
+            crate::support::http(&admin, "GET", "/readyz", b"", &[]).is_ok_and(|r| r.0 == 200)
+        });
+        // The probe's initial delay and many periods pass: no false liveness failure, no
+        // extra restart.
+        std::thread::sleep(Duration::from_secs(3));
+        let names = t.event_names();
+        assert!(
+            !names.iter().any(|n| n == "liveness_failed"),
+            "a false liveness failure after the {step} jump: {names:?}"
+        );
+        assert_eq!(
+            names.iter().filter(|n| *n == "started").count(),
+            restarts + 1,
+            "{names:?}"
+        );
+    }
+    t.signal(Signal::SIGTERM);
+    // http.server does not handle SIGTERM: it dies of it, and tandem exits 128 + 15.
+    assert_eq!(t.wait_code(), 143);
 }

@@ -229,6 +229,61 @@ fn ten_mib_line_without_newline_arrives_as_bounded_parts() {
     assert_eq!(total, 10 * 1024 * 1024);
 }
 
+/// A 100 MiB line (the fault matrix's "writes a 100 MiB line"): delivered whole, in parts of
+/// `max_line_bytes`, while tandem's peak memory stays far below the line's size (the framer
+/// holds at most one part).
+#[test]
+fn hundred_mib_line_is_delivered_in_parts_with_bounded_memory() {
+    require_tool("python3");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "");
+    const SIZE: usize = 100 * 1024 * 1024;
+    let mut child = Command::new(bin())
+        .arg("--config")
+        .arg(&cfg)
+        .args([
+            "--",
+            "python3",
+            "-c",
+            "import sys, time\nchunk = 'x' * (1024 * 1024)\nfor _ in range(100): sys.stdout.write(chunk)\nsys.stdout.write('\\nend\\n'); sys.stdout.flush(); time.sleep(3)",
+        ])
+        .env("TANDEM_LOG_FORMAT", "json")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let stdout = BufReader::with_capacity(1 << 20, child.stdout.take().unwrap());
+    let (mut parts, mut total, mut peak_kb) = (0usize, 0usize, 0u64);
+    for line in stdout.lines() {
+        let r: Value = serde_json::from_str(&line.unwrap()).unwrap();
+        let msg = r["msg"].as_str().unwrap();
+        if msg == "end" {
+            // tandem's peak RSS so far (VmHWM), read while it still runs.
+            let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+            peak_kb = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap();
+            continue;
+        }
+        assert!(msg.len() <= 64 * 1024 && msg.bytes().all(|b| b == b'x'));
+        assert_eq!(r["partial"]["index"], parts, "parts in order");
+        parts += 1;
+        total += msg.len();
+    }
+    assert!(child.wait().unwrap().success());
+    assert_eq!(total, SIZE, "every byte of the line arrived");
+    assert_eq!(parts, SIZE / (64 * 1024));
+    assert!(peak_kb > 0, "the end marker arrived");
+    assert!(
+        peak_kb < 64 * 1024,
+        "tandem's peak RSS was {peak_kb} kB for a 100 MiB line"
+    );
+}
+
 const GO_PANIC: &str = "panic: runtime error: index out of range [5] with length 3\n\ngoroutine 1 [running]:\nmain.lookup(...)\n\t/app/main.go:8\nmain.main()\n\t/app/main.go:4 +0x1d\nexit status 2\n";
 
 const PYTHON: &str = r#"

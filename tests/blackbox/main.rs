@@ -7,6 +7,7 @@
 mod support;
 
 mod admin;
+mod apps;
 mod compose;
 mod config;
 mod exit_codes;

@@ -636,6 +636,95 @@ fn receiver_down_then_up_drops_are_counted_and_export_resumes() {
     t.wait();
 }
 
+/// A receiver that accepts and then never answers (`Hang`), or answers every connection with
+/// bytes that are not HTTP (`Garbage`): the fault matrix's "OTLP backend slow or answering
+/// garbage". Serves until the test ends (its thread is detached).
+#[derive(Clone, Copy, Debug)]
+enum BadReceiver {
+    Hang,
+    Garbage,
+}
+
+fn bad_receiver(kind: BadReceiver) -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in l.incoming().flatten() {
+            match kind {
+                BadReceiver::Hang => held.push(conn),
+                BadReceiver::Garbage => {
+                    use std::io::{Read, Write};
+                    let mut conn = conn;
+                    let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
+                    let mut buf = [0u8; 65536];
+                    let _ = conn.read(&mut buf);
+                    let junk: Vec<u8> = (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect();
+                    let _ = conn.write_all(b"\x16\x03\x01garbage\r\n\r\n");
+                    let _ = conn.write_all(&junk);
+                }
+            }
+        }
+    });
+    port
+}
+
+/// The OTLP backend hangs or answers garbage, over both protocols: the app's traffic is
+/// unaffected, memory stays bounded by the queues, every failed export is counted, and SIGTERM
+/// still ends tandem within its shutdown timeout (the flush gives up, it does not wait).
+#[test]
+fn hanging_or_garbage_receivers_never_slow_the_app_and_failures_are_counted() {
+    for kind in [BadReceiver::Hang, BadReceiver::Garbage] {
+        for protocol in ["http/protobuf", "grpc"] {
+            let otlp = bad_receiver(kind);
+            let dir = tempfile::tempdir().unwrap();
+            let (mut t, proxy, admin) = start_tandem(
+                dir.path(),
+                free_port(),
+                &format!(
+                    "endpoint = \"http://127.0.0.1:{otlp}\"\nprotocol = \"{protocol}\"\ntimeout = \"500ms\"\nretry_for = \"500ms\"\nshutdown_timeout = \"2s\"\ntraces.queue_size = 32\ntraces.batch_size = 8\ntraces.batch_delay = \"50ms\"\nlogs.queue_size = 32\nlogs.batch_size = 8\nmetrics.interval = \"200ms\"\n"
+                ),
+            );
+            let mut first = 0;
+            for round in 0..4 {
+                for _ in 0..100 {
+                    let (status, _, _) = http(&proxy, "GET", "/", b"", &[]).unwrap();
+                    assert_eq!(status, 200, "{kind:?} {protocol}");
+                }
+                let rss = rss_kb(t.pid());
+                if round == 0 {
+                    first = rss;
+                }
+                assert!(
+                    rss < first + 16 * 1024,
+                    "{kind:?} {protocol}: RSS grew from {first} kB to {rss} kB"
+                );
+            }
+            eventually("failed exports are counted", || {
+                scrape(
+                    &admin,
+                    "tandem_otlp_failed_requests_total{signal=\"traces\"}",
+                ) > 0.0
+            });
+            assert_eq!(
+                scrape(&admin, "tandem_otlp_exported_total{signal=\"traces\"}"),
+                0.0,
+                "{kind:?} {protocol}: nothing counts as exported"
+            );
+            let stop = std::time::Instant::now();
+            t.signal(Signal::SIGTERM);
+            let code = t.wait_code();
+            assert_eq!(code, 0, "{kind:?} {protocol}");
+            // shutdown_timeout (2 s) bounds the flush; the app's own stop is quick.
+            assert!(
+                stop.elapsed() < Duration::from_secs(15),
+                "{kind:?} {protocol}: stop took {:?}",
+                stop.elapsed()
+            );
+        }
+    }
+}
+
 #[test]
 fn sigterm_flushes_the_last_spans_and_logs() {
     let rt = tokio::runtime::Runtime::new().unwrap();

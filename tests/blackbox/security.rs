@@ -6,6 +6,7 @@ use std::fs;
 
 // The edge under attack (issue 19), one file per concern, in tests/blackbox/security/.
 mod config_bounds;
+mod h2_floods;
 mod headers;
 mod recording;
 mod smuggling;

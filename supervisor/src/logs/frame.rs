@@ -90,24 +90,25 @@ impl Framer {
         emit: &mut impl FnMut(&[u8], Option<Partial>, usize),
     ) -> &'a [u8] {
         while self.carry.len() + bytes.len() > self.max {
-            let mut take = self.max - self.carry.len();
-            // Do not cut a UTF-8 sequence: back off over continuation bytes (at most 3).
-            let mut back = 0;
-            while back < 3 && take > back && is_continuation(bytes[take - back]) {
-                back += 1;
-            }
-            if take > back && !is_continuation(bytes[take - back]) {
-                take -= back;
-            }
+            let take = self.max - self.carry.len();
             if self.carry.is_empty() {
-                emit(&bytes[..take], Some(self.next_part()), take);
+                let cut = utf8_cut(&bytes[..=take]);
+                emit(&bytes[..cut], Some(self.next_part()), cut);
+                bytes = &bytes[cut..];
             } else {
-                self.carry.extend_from_slice(&bytes[..take]);
+                // The part is carry + the head of `bytes`; its cut may fall inside the carry
+                // (a sequence that began in an earlier read), so look across both.
+                let mut head = std::mem::take(&mut self.carry);
+                head.extend_from_slice(&bytes[..take]);
+                head.push(bytes[take]);
+                let cut = utf8_cut(&head);
                 let p = self.next_part();
-                emit(&self.carry, Some(p), self.carry.len());
-                self.carry.clear();
+                emit(&head[..cut], Some(p), cut);
+                // What follows the cut (at most 3 bytes) begins the next part.
+                head.truncate(self.max);
+                self.carry = head.split_off(cut.min(self.max));
+                bytes = &bytes[take..];
             }
-            bytes = &bytes[take..];
         }
         bytes
     }
@@ -119,6 +120,22 @@ impl Framer {
         };
         self.part = self.part.saturating_add(1);
         p
+    }
+}
+
+/// Where to end a part of `window[..window.len() - 1]`, given the byte after it
+/// (`window[window.len() - 1]`): before a UTF-8 sequence that would be cut, when its start
+/// lies within the last 3 bytes; otherwise at full length (garbage is cut anywhere).
+fn utf8_cut(window: &[u8]) -> usize {
+    let full = window.len() - 1;
+    let mut back = 0;
+    while back < 3 && full > back && is_continuation(window[full - back]) {
+        back += 1;
+    }
+    if full > back && !is_continuation(window[full - back]) {
+        full - back
+    } else {
+        full
     }
 }
 
@@ -224,6 +241,36 @@ mod tests {
     fn exact_limit_is_not_partial() {
         let out = frame(4, &[b"abcd", b"\n"], true);
         assert_eq!(out, vec![(b"abcd".to_vec(), None)]);
+    }
+
+    #[test]
+    fn parts_do_not_cut_utf8_begun_in_an_earlier_read() {
+        // A sequence whose lead byte was carried from the previous read is not split.
+        let text = "aaaaaa€bbbbbbbbbb";
+        let (a, b) = text.as_bytes().split_at(7);
+        let out = frame(8, &[a, b], true);
+        for (part, _) in &out {
+            assert!(std::str::from_utf8(part).is_ok(), "{part:?}");
+        }
+        let joined: Vec<u8> = out.iter().flat_map(|(b, _)| b.clone()).collect();
+        assert_eq!(joined, text.as_bytes());
+        // Every read size and limit, over text of 1- to 4-byte characters.
+        let text = "aé€😀".repeat(12);
+        for max in 4..20 {
+            for read in 1..12 {
+                let reads: Vec<&[u8]> = text.as_bytes().chunks(read).collect();
+                let out = frame(max, &reads, true);
+                for (part, _) in &out {
+                    assert!(part.len() <= max);
+                    assert!(
+                        std::str::from_utf8(part).is_ok(),
+                        "max {max} read {read}: {part:?}"
+                    );
+                }
+                let joined: Vec<u8> = out.iter().flat_map(|(b, _)| b.clone()).collect();
+                assert_eq!(joined, text.as_bytes(), "max {max} read {read}");
+            }
+        }
     }
 
     #[test]
