@@ -9,6 +9,7 @@ mod support;
 mod admin;
 mod compose;
 mod config;
+mod connections;
 mod exit_codes;
 mod faults;
 mod logs;

@@ -21,7 +21,7 @@ use crate::otel::scrape;
 use crate::support::{free_port, run, Tandem, PATIENCE};
 
 /// Python's own `http.server` (a directory listing of `dir`), as a user would start it.
-fn python_http_server(dir: &std::path::Path, port: u16) -> Vec<String> {
+pub(crate) fn python_http_server(dir: &std::path::Path, port: u16) -> Vec<String> {
     vec![
         "python3".into(),
         "-m".into(),

@@ -7,7 +7,9 @@ use std::fs;
 // The edge under attack (issue 19), one file per concern, in tests/blackbox/security/.
 mod config_bounds;
 mod headers;
+mod protocol;
 mod recording;
+mod slow_reader;
 mod smuggling;
 mod terminal;
 
