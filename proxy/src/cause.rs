@@ -25,6 +25,16 @@ pub enum Cause {
     /// The client took longer than `timeouts.header_read` to send a request head (the
     /// connection is closed; no response is sent on it).
     HeaderReadTimeout,
+    /// A write to the client made no progress for `timeouts.write` (the client stopped
+    /// reading); the connection is closed, with no further response on it.
+    WriteTimeout,
+    /// The client spoke another protocol than the listener's (an HTTP/1 request to an `h2c`
+    /// listener, an HTTP/2 preface to an `http` one); the connection is closed with no
+    /// response.
+    ProtocolError,
+    /// A TCP-mode connection moved no byte either way for `timeouts.tcp_idle`; it is closed
+    /// (a record's cause only: TCP has no response to send).
+    IdleTimeout,
     /// Request headers or their count over the limit.
     HeadersTooLarge,
     /// Request body over the limit.
@@ -91,7 +101,10 @@ impl Cause {
     /// The status the client sees.
     pub fn status(self) -> StatusCode {
         match self {
-            Cause::HeaderReadTimeout => StatusCode::REQUEST_TIMEOUT,
+            Cause::HeaderReadTimeout | Cause::WriteTimeout | Cause::IdleTimeout => {
+                StatusCode::REQUEST_TIMEOUT
+            }
+            Cause::ProtocolError => StatusCode::BAD_REQUEST,
             Cause::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Cause::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Cause::NotReady | Cause::Shed | Cause::Draining => StatusCode::SERVICE_UNAVAILABLE,
@@ -114,6 +127,9 @@ impl Cause {
     pub fn as_str(self) -> &'static str {
         match self {
             Cause::HeaderReadTimeout => "header_read_timeout",
+            Cause::WriteTimeout => "write_timeout",
+            Cause::IdleTimeout => "idle_timeout",
+            Cause::ProtocolError => "protocol_error",
             Cause::HeadersTooLarge => "headers_too_large",
             Cause::BodyTooLarge => "body_too_large",
             Cause::NotReady => "not_ready",
@@ -141,6 +157,7 @@ impl Cause {
         matches!(
             self,
             Cause::HeaderReadTimeout
+                | Cause::WriteTimeout
                 | Cause::ConnectTimeout
                 | Cause::PerTryTimeout
                 | Cause::RequestTimeout

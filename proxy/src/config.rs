@@ -251,7 +251,8 @@ pub struct RateLimitConfig {
 pub struct TimeoutConfig {
     /// Time for a client to send a full request head (slowloris guard), counted from the
     /// connection's start or the first byte of the next request, not while keep-alive idles.
-    /// Past it the connection is closed. HTTP/1 only.
+    /// Past it the connection is closed. HTTP/2 (`h2c`, or TLS with ALPN `h2`): time for the
+    /// connection preface and the first frame after it.
     #[serde(with = "crate::duration")]
     pub header_read: Duration,
     /// Time to establish a TCP connection to the app.
@@ -264,13 +265,22 @@ pub struct TimeoutConfig {
     #[serde(with = "crate::duration")]
     pub request: Duration,
     /// A client keep-alive connection with no request in flight is closed after this long.
-    /// HTTP only: a TCP-mode connection is never cut for idling (database pools idle).
+    /// HTTP only (TCP mode: `tcp_idle`).
     #[serde(with = "crate::duration")]
     pub idle: Duration,
     /// Pooled connections to the app are dropped after this long unused. Keep it below the
     /// app's own keep-alive timeout, or reused connections die mid-request (istio#55138).
     #[serde(with = "crate::duration")]
     pub pool_idle: Duration,
+    /// A write to the client that makes no progress for this long (the client stopped
+    /// reading: its socket buffer is full, or an HTTP/2 stream's window stays closed) closes
+    /// the connection, and with it the app's connection (counted as `write_timeout`). HTTP
+    /// listeners, upgrades included.
+    #[serde(with = "crate::duration")]
+    pub write: Duration,
+    /// A TCP-mode connection with no byte in either direction for this long is closed.
+    #[serde(with = "crate::duration")]
+    pub tcp_idle: Duration,
 }
 
 /// When and how often a failed attempt is tried again.
@@ -317,6 +327,12 @@ pub struct LimitsConfig {
     pub max_header_count: usize,
     /// Request body size; past it, 413. `None`: unlimited.
     pub max_body_bytes: Option<u64>,
+    /// Client connections open at once on this listener; past it, a new connection is
+    /// accepted and closed at once (counted in `tandem_proxy_connections_overflow_total`).
+    /// `None`: derived from the fd limit, `(RLIMIT_NOFILE soft - 64) / (2 × listeners)`, so
+    /// tandem always keeps fds to respawn the app and answer its admin port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
 }
 
 mod defaults {
@@ -418,6 +434,8 @@ impl ListenerConfig {
             ("timeouts.request", t.request),
             ("timeouts.idle", t.idle),
             ("timeouts.pool_idle", t.pool_idle),
+            ("timeouts.write", t.write),
+            ("timeouts.tcp_idle", t.tcp_idle),
         ] {
             if d.is_zero() {
                 return Err(bad(key, "must be greater than zero".into()));
@@ -455,6 +473,9 @@ impl ListenerConfig {
         let l = &self.limits;
         if l.max_concurrent == 0 {
             return Err(bad("limits.max_concurrent", "must be at least 1".into()));
+        }
+        if l.max_connections == Some(0) {
+            return Err(bad("limits.max_connections", "must be at least 1".into()));
         }
         if l.max_header_count == 0 || l.max_header_bytes == 0 {
             return Err(bad(
@@ -684,6 +705,10 @@ impl Default for TimeoutConfig {
             idle: Duration::from_secs(60),
             // Below the 5 s keep-alive of Node and most app servers.
             pool_idle: Duration::from_secs(4),
+            write: Duration::from_secs(60),
+            // Database pools keep connections idle for long; an hour still frees what a
+            // vanished client left open.
+            tcp_idle: Duration::from_secs(3600),
         }
     }
 }
@@ -716,6 +741,7 @@ impl Default for LimitsConfig {
             max_header_bytes: 32 * 1024,
             max_header_count: 100,
             max_body_bytes: None,
+            max_connections: None,
         }
     }
 }

@@ -9,7 +9,9 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::{TcpListener, TcpSocket};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -20,7 +22,7 @@ use crate::drain::{drain, DrainReport, ListenerDrain};
 use crate::edge::Edge;
 use crate::error::FileError;
 use crate::error::{ConfigError, ProxyError};
-use crate::listener::{Hooks, Listener};
+use crate::listener::{ConnSlot, Hooks, Listener};
 use crate::{conn, tcp, tls};
 
 /// Listen backlog: connections that arrive while the app starts queue here.
@@ -112,6 +114,7 @@ pub fn serve(
     hooks: Hooks,
 ) -> Serving {
     let addrs = bound.local_addrs();
+    let listeners = addrs.len();
     let mut edges = Vec::new();
     let app_exits = AppExits::new();
     let tasks = bound
@@ -121,6 +124,7 @@ pub fn serve(
             edges.push(edge.clone());
             let l = Arc::new(Listener::new(
                 cfg,
+                listeners,
                 readiness.clone(),
                 hooks.clone(),
                 shutdown.child_token(),
@@ -141,41 +145,108 @@ pub fn serve(
 }
 
 async fn accept_loop(l: Arc<Listener>, socket: TcpListener) -> ListenerDrain {
+    let mut backoff = AcceptBackoff::default();
     loop {
         tokio::select! {
             biased;
             _ = l.shutdown.cancelled() => break,
             accepted = socket.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    let l2 = l.clone();
-                    match l.cfg.protocol {
-                        Protocol::Tcp => match &l.edge.tls {
-                            Some(t) => {
-                                let t = t.clone();
-                                l.tasks.spawn(async move {
-                                    if let Some(s) = tls::handshake(&l2, &t, stream, peer).await {
-                                        tcp::serve(l2, s, peer).await;
-                                    }
-                                })
-                            }
-                            None => l.tasks.spawn(tcp::serve(l2, stream, peer)),
-                        },
-                        Protocol::Http | Protocol::H2c => match &l.edge.tls {
-                            Some(t) => l.tasks.spawn(tls::serve(l2, t.clone(), stream, peer)),
-                            None => l.tasks.spawn(conn::serve(l2, stream, peer, None, false)),
-                        },
+                    backoff.recovered(&l);
+                    // Past the cap: closed at once, so the fds stay free for the app's
+                    // respawn and the admin port.
+                    let Some(slot) = l.connection_slot() else {
+                        tracing::debug!(listener = %l.name, %peer, "connection over limits.max_connections; closed");
+                        continue;
                     };
+                    let _ = stream.set_nodelay(true);
+                    spawn_connection(&l, stream, peer, slot);
                 }
                 Err(e) => {
-                    // EMFILE and friends: back off briefly rather than spin.
-                    tracing::warn!(listener = %l.name, error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    // EMFILE, ENFILE, ENOBUFS, ENOMEM: nothing to accept with until some
+                    // connection closes; retrying at once would spin and flood the log.
+                    let delay = backoff.failed(&l, &e);
+                    tokio::select! {
+                        _ = l.shutdown.cancelled() => break,
+                        () = tokio::time::sleep(delay) => {}
+                    }
                 }
             }
         }
     }
     drain(&l, socket).await
+}
+
+/// Serves one accepted connection in the listener's tracker; `slot` is held until it ends.
+fn spawn_connection(l: &Arc<Listener>, stream: TcpStream, peer: SocketAddr, slot: ConnSlot) {
+    let l2 = l.clone();
+    match (l.cfg.protocol, &l.edge.tls) {
+        (Protocol::Tcp, Some(t)) => {
+            let t = t.clone();
+            l.tasks.spawn(async move {
+                let _slot = slot;
+                if let Some(s) = tls::handshake(&l2, &t, stream, peer).await {
+                    tcp::serve(l2, s, peer).await;
+                }
+            })
+        }
+        (Protocol::Tcp, None) => l.tasks.spawn(async move {
+            let _slot = slot;
+            tcp::serve(l2, stream, peer).await;
+        }),
+        (Protocol::Http | Protocol::H2c, Some(t)) => {
+            let t = t.clone();
+            l.tasks.spawn(async move {
+                let _slot = slot;
+                tls::serve(l2, t, stream, peer).await;
+            })
+        }
+        (Protocol::Http | Protocol::H2c, None) => l.tasks.spawn(async move {
+            let _slot = slot;
+            let h2 = l2.cfg.protocol == Protocol::H2c;
+            conn::serve(l2, stream, peer, None, h2).await;
+        }),
+    };
+}
+
+/// The pause after a failed `accept`: 10 ms, doubling to 1 s while failures go on; one
+/// warning per episode, every failure counted.
+#[derive(Debug, Default)]
+struct AcceptBackoff {
+    /// Failures in the current episode (0: none).
+    failures: u32,
+}
+
+// === impl AcceptBackoff ===
+
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_millis(10);
+    const MAX: Duration = Duration::from_secs(1);
+
+    fn failed(&mut self, l: &Listener, e: &std::io::Error) -> Duration {
+        if let Some(m) = &l.metrics {
+            m.accept_failures.inc();
+        }
+        if self.failures == 0 {
+            tracing::warn!(event = "accept_failed", listener = %l.name, error = %e, "accept failed; backing off until it succeeds again");
+        }
+        self.failures = self.failures.saturating_add(1);
+        Self::delay(self.failures)
+    }
+
+    fn recovered(&mut self, l: &Listener) {
+        if self.failures > 0 {
+            tracing::info!(event = "accept_recovered", listener = %l.name, failures = self.failures, "accept works again");
+            self.failures = 0;
+        }
+    }
+
+    /// The pause after the `n`th failure in a row (n >= 1).
+    fn delay(n: u32) -> Duration {
+        Self::FIRST
+            .saturating_mul(1 << n.saturating_sub(1).min(7))
+            .min(Self::MAX)
+    }
 }
 
 // === impl Serving ===
@@ -216,5 +287,19 @@ impl Serving {
             }
         }
         report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_backoff_doubles_to_a_second() {
+        let delays: Vec<u64> = (1..=9)
+            .map(|n| AcceptBackoff::delay(n).as_millis() as u64)
+            .collect();
+        assert_eq!(delays, [10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+        assert_eq!(AcceptBackoff::delay(u32::MAX), AcceptBackoff::MAX);
     }
 }

@@ -61,6 +61,7 @@ mod ratelimit;
 mod ready;
 mod replay;
 mod retry;
+mod rlimit;
 mod secret;
 mod shed;
 mod spec;

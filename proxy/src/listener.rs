@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use http::uri::Authority;
+use hyper::server::conn::{http1, http2};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use hyper_util::server::conn::auto;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -23,6 +23,7 @@ use crate::config::{ListenerConfig, Protocol};
 use crate::edge::Edge;
 use crate::metrics::{ListenerMetrics, Metrics};
 use crate::replay::UpstreamBody;
+use crate::rlimit;
 use crate::trace::SharedTracer;
 use crate::upstream_tls::AppConnector;
 
@@ -104,7 +105,12 @@ pub(crate) struct Listener {
     pub metrics: Option<ListenerMetrics>,
     pub upstream: Authority,
     pub client: Client<AppConnector, UpstreamBody>,
-    pub server: auto::Builder<TrackedExecutor>,
+    /// HTTP/1.1 connections (`http` listeners; TLS with ALPN `http/1.1` or none).
+    pub h1: http1::Builder,
+    /// HTTP/2 connections (`h2c` listeners; TLS with ALPN `h2`).
+    pub h2: http2::Builder<TrackedExecutor>,
+    /// One permit per open client connection (`limits.max_connections`).
+    pub connections: Arc<Semaphore>,
     pub budget: RetryBudget,
     pub limiter: Arc<Semaphore>,
     pub readiness: watch::Receiver<bool>,
@@ -125,8 +131,10 @@ pub(crate) struct Listener {
 // === impl Listener ===
 
 impl Listener {
+    /// `listeners`: how many the proxy serves, for the derived `limits.max_connections`.
     pub fn new(
         cfg: ListenerConfig,
+        listeners: usize,
         readiness: watch::Receiver<bool>,
         hooks: Hooks,
         shutdown: CancellationToken,
@@ -164,38 +172,35 @@ impl Listener {
                 metrics.clone(),
             ));
         let tasks = TaskTracker::new();
-        let mut server = auto::Builder::new(TrackedExecutor(tasks.clone()));
-        {
-            let mut h1 = server.http1();
-            // No hyper header_read_timeout: its clock also runs while a keep-alive connection
-            // idles, closing it early; `conn` runs the header-read clock itself.
-            h1.timer(TokioTimer::new())
-                .header_read_timeout(None)
-                .preserve_header_case(cfg.preserve_header_case)
-                .max_headers(cfg.limits.max_header_count)
-                .max_buf_size(cfg.limits.max_header_bytes.saturating_add(16 * 1024));
-        }
-        {
-            let mut h2 = server.http2();
-            h2.timer(TokioTimer::new())
-                .max_header_list_size(
-                    u32::try_from(cfg.limits.max_header_bytes).unwrap_or(u32::MAX),
-                )
-                .max_concurrent_streams(256);
-        }
-        let server = match cfg.protocol {
-            Protocol::H2c => server.http2_only(),
-            // Over TLS, ALPN may pick h2: serve both (auto-detected from the preface).
-            Protocol::Http if edge.tls.is_some() => server,
-            Protocol::Http | Protocol::Tcp => server.http1_only(),
-        };
+        // One protocol per listener, as declared: an `http` listener never speaks HTTP/2 and
+        // an `h2c` one never HTTP/1 (each builder refuses the other's first bytes).
+        let mut h1 = http1::Builder::new();
+        // No hyper header_read_timeout: its clock also runs while a keep-alive connection
+        // idles, closing it early; `conn` runs the header-read clock itself.
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(None)
+            .preserve_header_case(cfg.preserve_header_case)
+            .max_headers(cfg.limits.max_header_count)
+            .max_buf_size(cfg.limits.max_header_bytes.saturating_add(16 * 1024));
+        let mut h2 = http2::Builder::new(TrackedExecutor(tasks.clone()));
+        // Reset and CONTINUATION floods are bounded by hyper's and h2's defaults (GOAWAY);
+        // the header list and the streams by the listener's limits.
+        h2.timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(cfg.limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(256);
+        let max_connections = cfg
+            .limits
+            .max_connections
+            .unwrap_or_else(|| rlimit::derived_max_connections(listeners));
         let r = &cfg.retry;
         Self {
             metrics,
             name,
             upstream,
             client,
-            server,
+            h1,
+            h2,
+            connections: Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS))),
             budget: RetryBudget::new(r.budget_ratio, r.budget_min_per_second, r.budget_ttl),
             limiter: Arc::new(Semaphore::new(cfg.limits.max_concurrent)),
             readiness,
@@ -224,5 +229,44 @@ impl Listener {
 
     pub fn completed(&self) -> u64 {
         self.counters.completed.load(Ordering::Acquire)
+    }
+}
+
+/// One open client connection: its permit under `limits.max_connections` and its share of the
+/// open-connections gauge, both given back on drop.
+pub(crate) struct ConnSlot {
+    _permit: OwnedSemaphorePermit,
+    metrics: Option<ListenerMetrics>,
+}
+
+impl Listener {
+    /// A slot for a connection just accepted, or `None` (counted) when
+    /// `limits.max_connections` are open.
+    pub fn connection_slot(&self) -> Option<ConnSlot> {
+        match self.connections.clone().try_acquire_owned() {
+            Ok(permit) => {
+                if let Some(m) = &self.metrics {
+                    m.connections_open.inc();
+                }
+                Some(ConnSlot {
+                    _permit: permit,
+                    metrics: self.metrics.clone(),
+                })
+            }
+            Err(_) => {
+                if let Some(m) = &self.metrics {
+                    m.connections_overflow.inc();
+                }
+                None
+            }
+        }
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        if let Some(m) = &self.metrics {
+            m.connections_open.dec();
+        }
     }
 }

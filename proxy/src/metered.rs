@@ -199,17 +199,26 @@ impl Drop for RequestGuard {
                 upstream: l.cfg.upstream.clone(),
                 request_id: self.ctx.request_id(),
                 trace_id: self.ctx.trace_id(),
-                cause: self.cause.map(Cause::as_str),
+                // A request tandem cut with its connection (the client stopped reading)
+                // carries the connection's cause.
+                cause: self
+                    .cause
+                    .or_else(|| self.conn.as_ref().and_then(|c| c.cut_cause()))
+                    .map(Cause::as_str),
                 completed: self.completed,
             });
         }
     }
 }
 
-/// A response body that finishes its request's guard when it ends or is dropped.
+/// A response body that finishes its request's guard when it ends or is dropped, and tells
+/// the connection's write clock whether the client's side takes what it hands over.
 pub(crate) struct MeteredBody<B> {
     inner: B,
     guard: Option<RequestGuard>,
+    conn: Option<Arc<ConnActivity>>,
+    /// A frame was handed over and the body was not polled again since.
+    unread: bool,
 }
 
 impl<B: Body> MeteredBody<B> {
@@ -220,7 +229,9 @@ impl<B: Body> MeteredBody<B> {
         }
         Self {
             inner,
+            conn: guard.conn.clone(),
             guard: Some(guard),
+            unread: false,
         }
     }
 }
@@ -233,6 +244,10 @@ impl<B: Body<Data = Bytes> + Unpin> Body for MeteredBody<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        if let Some(c) = &self.conn {
+            c.body_polled(self.unread);
+        }
+        self.unread = false;
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(f))) => {
@@ -246,6 +261,10 @@ impl<B: Body<Data = Bytes> + Unpin> Body for MeteredBody<B> {
                 }
                 if ended {
                     self.guard.take();
+                } else if let Some(c) = &self.conn {
+                    // The next poll comes once the client's side took this frame.
+                    c.body_handed();
+                    self.unread = true;
                 }
             }
             Poll::Ready(None) => {
@@ -267,5 +286,13 @@ impl<B: Body<Data = Bytes> + Unpin> Body for MeteredBody<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl<B> Drop for MeteredBody<B> {
+    fn drop(&mut self) {
+        if let (true, Some(c)) = (self.unread, &self.conn) {
+            c.body_dropped_unread();
+        }
     }
 }

@@ -75,6 +75,12 @@ pub struct Metrics {
     pub errors: Family<KindLabels, Counter>,
     /// TCP-mode connections accepted.
     pub tcp_connections: Family<ListenerLabels, Counter>,
+    /// Client connections open (HTTP and TCP), under `limits.max_connections`.
+    pub connections_open: Family<ListenerLabels, Gauge>,
+    /// Client connections closed at once because `limits.max_connections` were open.
+    pub connections_overflow: Family<ListenerLabels, Counter>,
+    /// Failed `accept` calls (EMFILE, ENFILE, ENOBUFS, ENOMEM), each followed by a back-off.
+    pub accept_failures: Family<ListenerLabels, Counter>,
     /// Client TLS handshakes refused or broken, by reason.
     pub tls_handshake_failures: Family<ReasonLabels, Counter>,
     /// TLS handshakes with the app that failed, by reason.
@@ -104,6 +110,9 @@ impl Metrics {
             timeouts: Family::default(),
             errors: Family::default(),
             tcp_connections: Family::default(),
+            connections_open: Family::default(),
+            connections_overflow: Family::default(),
+            accept_failures: Family::default(),
             tls_handshake_failures: Family::default(),
             upstream_tls_failures: Family::default(),
             jwks_fetches: Family::default(),
@@ -155,6 +164,21 @@ impl Metrics {
             m.tcp_connections.clone(),
         );
         r.register(
+            "connections_open",
+            "Client connections open (HTTP and TCP)",
+            m.connections_open.clone(),
+        );
+        r.register(
+            "connections_overflow",
+            "Client connections closed at once because limits.max_connections were open",
+            m.connections_overflow.clone(),
+        );
+        r.register(
+            "accept_failures",
+            "Failed accept calls (EMFILE, ENFILE, ENOBUFS, ENOMEM), each followed by a back-off",
+            m.accept_failures.clone(),
+        );
+        r.register(
             "tls_handshake_failures",
             "Client TLS handshakes refused or broken, by reason",
             m.tls_handshake_failures.clone(),
@@ -191,6 +215,9 @@ pub(crate) struct ListenerMetrics {
     pub poison_requests: Counter,
     pub budget_exhausted: Counter,
     pub tcp_connections: Counter,
+    pub connections_open: Gauge,
+    pub connections_overflow: Counter,
+    pub accept_failures: Counter,
     /// The request counter's series, by method and status class, each looked up in the
     /// family (a lock and a hash) on first use only.
     requests: Arc<[OnceLock<Counter>; METHODS.len() * CLASSES.len()]>,
@@ -219,6 +246,9 @@ impl ListenerMetrics {
             poison_requests: all.poison_requests.get_or_create(&l).clone(),
             budget_exhausted: all.budget_exhausted.get_or_create(&l).clone(),
             tcp_connections: all.tcp_connections.get_or_create(&l).clone(),
+            connections_open: all.connections_open.get_or_create(&l).clone(),
+            connections_overflow: all.connections_overflow.get_or_create(&l).clone(),
+            accept_failures: all.accept_failures.get_or_create(&l).clone(),
             requests: Arc::new(std::array::from_fn(|_| OnceLock::new())),
             all: all.clone(),
             listener,

@@ -163,7 +163,7 @@ impl Stack {
         // readiness again and runs within per_try through the pooled client: 502/504
         let mut resp = retry::attempts(l, ctx, req).await?;
         if let Some(client_side) = client_side {
-            upgrade::finish(l, client_side, connect, &mut resp);
+            upgrade::finish(l, &self.0.conn, client_side, connect, &mut resp);
         }
         Ok(resp)
     }

@@ -4,13 +4,19 @@
 //!
 //! Invariant: nothing is read from the client before the app's connection is up (no sniffing,
 //! server-speaks-first protocols work); a connect failure is retried because no byte has
-//! reached the app, within `max_attempts` and the hold deadline.
+//! reached the app, within `max_attempts` and the hold deadline. A connection with no byte
+//! either way for `timeouts.tcp_idle` is closed: a vanished client must not hold two fds
+//! forever.
 
+use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -25,7 +31,7 @@ pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// Proxies one accepted TCP connection (or TLS stream) to the app.
-pub(crate) async fn serve<C: Io>(l: Arc<Listener>, mut client: C, peer: SocketAddr) {
+pub(crate) async fn serve<C: Io>(l: Arc<Listener>, client: C, peer: SocketAddr) {
     let start = Instant::now();
     l.counters.in_flight.fetch_add(1, Ordering::AcqRel);
     if let Some(m) = &l.metrics {
@@ -51,6 +57,13 @@ pub(crate) async fn serve<C: Io>(l: Arc<Listener>, mut client: C, peer: SocketAd
     };
     match connect(&l, start, &mut record).await {
         Ok(mut app) => {
+            let last = AtomicU64::new(0);
+            let mut client = Touched {
+                inner: client,
+                origin: Instant::now(),
+                last: &last,
+            };
+            let origin = client.origin;
             tokio::select! {
                 r = tokio::io::copy_bidirectional(&mut client, &mut app) => match r {
                     Ok((to_app, to_client)) => {
@@ -65,6 +78,10 @@ pub(crate) async fn serve<C: Io>(l: Arc<Listener>, mut client: C, peer: SocketAd
                 },
                 _ = l.hard_stop.cancelled() => {
                     record.cause = Some(Cause::Draining.as_str());
+                }
+                () = idle_expired(&last, origin, l.cfg.timeouts.tcp_idle) => {
+                    tracing::debug!(listener = %l.name, %peer, "tcp connection idle; closing");
+                    record.cause = Some(Cause::IdleTimeout.as_str());
                 }
             }
         }
@@ -123,5 +140,71 @@ async fn connect(
             return Err(cause);
         }
         tokio::time::sleep(jittered(retry.backoff_base, retry.backoff_max, attempt)).await;
+    }
+}
+
+/// The client's stream, noting when a byte last moved either way (a stamp since `origin`).
+struct Touched<'a, C> {
+    inner: C,
+    origin: Instant,
+    last: &'a AtomicU64,
+}
+
+impl<C> Touched<'_, C> {
+    fn touch(&self) {
+        let now = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last.store(now, Ordering::Relaxed);
+    }
+}
+
+impl<C: AsyncRead + Unpin> AsyncRead for Touched<'_, C> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        }
+        polled
+    }
+}
+
+impl<C: AsyncWrite + Unpin> AsyncWrite for Touched<'_, C> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Resolves once no byte moved for `idle` (see [`Touched`]); one timer, re-armed when it
+/// fires early.
+async fn idle_expired(last: &AtomicU64, origin: Instant, idle: Duration) {
+    let timer = tokio::time::sleep(idle);
+    tokio::pin!(timer);
+    loop {
+        timer.as_mut().await;
+        let at = origin + Duration::from_nanos(last.load(Ordering::Relaxed)) + idle;
+        if at <= Instant::now() {
+            return;
+        }
+        timer.as_mut().reset(at);
     }
 }

@@ -338,7 +338,8 @@ pub(crate) async fn serve(
         return;
     };
     let (_, conn) = stream.get_ref();
-    let h2 = conn.alpn_protocol() == Some(b"h2");
+    // ALPN chose h2, or an `h2c` listener (which offers only h2) met a client without ALPN.
+    let h2 = conn.alpn_protocol() == Some(b"h2") || l.cfg.protocol == Protocol::H2c;
     let client_identity = conn
         .peer_certificates()
         .and_then(|c| c.first())

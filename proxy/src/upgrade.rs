@@ -4,14 +4,18 @@
 //!
 //! Invariant: the client's upgrade handle is taken out of the request here, before the retry
 //! step copies extensions; a tunnel is a task in the listener's tracker and stops at the
-//! drain deadline (`hard_stop`), so an open WebSocket can delay a drain but never block it.
+//! drain deadline (`hard_stop`), so an open WebSocket can delay a drain but never block it;
+//! and at `timeouts.write` without progress writing to a client that stopped reading.
+
+use std::sync::Arc;
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use crate::cause::ProxyBody;
+use crate::cause::{Cause, ProxyBody};
 use crate::config::Protocol;
+use crate::conn::{write_stalled, ConnActivity};
 use crate::hygiene::wants_upgrade;
 use crate::listener::Listener;
 
@@ -27,23 +31,27 @@ pub(crate) fn take<B>(l: &Listener, req: &mut Request<B>) -> Option<OnUpgrade> {
 }
 
 /// When the app answered 101 (or 2xx to a `connect`), joins the client's and the app's
-/// upgraded connections.
+/// upgraded connections (`conn`: the client connection's clocks, which keep running in the
+/// tunnel).
 pub(crate) fn finish(
     l: &Listener,
+    conn: &Arc<ConnActivity>,
     client_side: OnUpgrade,
     connect: bool,
     resp: &mut Response<ProxyBody>,
 ) {
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS || (connect && resp.status().is_success()) {
         let app_side = hyper::upgrade::on(resp);
-        tunnel(l, client_side, app_side);
+        tunnel(l, conn.clone(), client_side, app_side);
     }
 }
 
 /// Spawns the tunnel between the client's and the app's upgraded connections.
-fn tunnel(l: &Listener, client: OnUpgrade, app: OnUpgrade) {
+fn tunnel(l: &Listener, conn: Arc<ConnActivity>, client: OnUpgrade, app: OnUpgrade) {
     let hard_stop = l.hard_stop.clone();
     let name = l.name.clone();
+    let metrics = l.metrics.clone();
+    let write = l.cfg.timeouts.write;
     l.tasks.spawn(async move {
         let (client, app) = match tokio::try_join!(client, app) {
             Ok(pair) => pair,
@@ -62,6 +70,12 @@ fn tunnel(l: &Listener, client: OnUpgrade, app: OnUpgrade) {
             }
             _ = hard_stop.cancelled() => {
                 tracing::debug!(listener = %name, "tunnel cut at drain deadline");
+            }
+            () = write_stalled(&conn, write) => {
+                tracing::debug!(listener = %name, "client stopped reading the tunnel; closing");
+                if let Some(m) = &metrics {
+                    m.error(Cause::WriteTimeout);
+                }
             }
         }
     });

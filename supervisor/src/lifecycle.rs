@@ -8,6 +8,8 @@
 //!    │        ├─ yes ─▶ Restarting: not ready, proxy holds requests; backoff, and the
 //!    │        │         last run's records delivered (bounded) ─▶ spawn ...
 //!    │        └─ no ─▶ exit with the app's code
+//!    (a spawn that fails for want of fds, processes or memory is a failed start: the same
+//!     policy, back-off and start limit, not tandem's exit 70)
 //!    └─ SIGTERM/INT/QUIT ─▶ Stopping: STOPPING=1, /readyz 503 ─▶ shutdown.delay
 //!         ─▶ drain proxy ─▶ stop_signal to the app's group ─▶ stop_timeout ─▶ SIGKILL
 //!         ─▶ read pipes to EOF, flush logs ─▶ forward the pass-through's queue
@@ -329,7 +331,28 @@ impl Supervisor {
             }
             let mut app = match self.start_app(&spec) {
                 Ok(app) => app,
-                Err(code) => return code,
+                Err(e) if e.is_transient() && self.cfg.restart.policy != RestartPolicy::Never => {
+                    // Out of fds, processes or memory: a failed start, tried again after the
+                    // back-off and under the start limit, as an app that crashed at start.
+                    let delay = self.backoff.next_delay(&mut self.rng);
+                    self.set_phase(Phase::Restarting, None);
+                    tracing::info!(
+                        event = "restarting",
+                        delay_ms = delay.as_millis() as u64,
+                        restarts = self.restarts + 1,
+                        "starting the app failed; trying again in {} ms",
+                        delay.as_millis()
+                    );
+                    if let Some(sig) = self.backoff_wait(delay, &mut []).await {
+                        tracing::info!(event = "stopping", signal = %sig, "stop requested while waiting to restart");
+                        self.set_phase(Phase::Stopping, None);
+                        return e.exit_code();
+                    }
+                    self.restarts += 1;
+                    self.metrics.restarts.inc();
+                    continue;
+                }
+                Err(e) => return e.exit_code(),
             };
 
             let status = match self.wait_running(&mut app).await {
@@ -422,7 +445,7 @@ impl Supervisor {
         }
     }
 
-    fn start_app(&mut self, spec: &AppSpec) -> Result<App, i32> {
+    fn start_app(&mut self, spec: &AppSpec) -> Result<App, child::SpawnError> {
         // The app's stdout/stderr are pipes that the log pipeline reads.
         let stdio = if self.logs.is_some() {
             StdioMode::Pipe
@@ -437,8 +460,8 @@ impl Supervisor {
         let mut spawned = match spawned {
             Ok(s) => s,
             Err(e) => {
-                tracing::error!(event = "spawn_failed", error = %e, exit_code = e.exit_code(), "cannot start the app");
-                return Err(e.exit_code());
+                tracing::error!(event = "spawn_failed", error = %e, exit_code = e.exit_code(), transient = e.is_transient(), "cannot start the app");
+                return Err(e);
             }
         };
         let exit = self.reaper.watch(spawned.pid);

@@ -10,6 +10,7 @@ mod admin;
 mod apps;
 mod compose;
 mod config;
+mod connections;
 mod exit_codes;
 mod faults;
 mod logs;

@@ -8,7 +8,9 @@ use std::fs;
 mod config_bounds;
 mod h2_floods;
 mod headers;
+mod protocol;
 mod recording;
+mod slow_reader;
 mod smuggling;
 mod terminal;
 

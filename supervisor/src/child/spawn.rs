@@ -67,6 +67,10 @@ pub enum SpawnError {
     NoGroup(String),
     #[error("app.user: running the app as another user needs root (tandem runs as uid {0})")]
     NotRoot(u32),
+    /// Out of fds, processes or memory (EMFILE, ENFILE, EAGAIN, ENOMEM): the next try may
+    /// succeed, so it is a failed start for the restart policy, not tandem's failure.
+    #[error("cannot start {program} now: {source}")]
+    Resources { program: String, source: io::Error },
     #[error("cannot start {program}: {source}")]
     Other { program: String, source: io::Error },
 }
@@ -81,8 +85,14 @@ impl SpawnError {
             | SpawnError::NoUser(_)
             | SpawnError::NoGroup(_)
             | SpawnError::NotRoot(_) => crate::exit::CONFIG,
-            SpawnError::Other { .. } => crate::exit::INTERNAL,
+            SpawnError::Resources { .. } | SpawnError::Other { .. } => crate::exit::INTERNAL,
         }
+    }
+
+    /// Whether trying again later may succeed (a failed start, retried by the restart
+    /// policy); every other spawn error is one the next try would meet again.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, SpawnError::Resources { .. })
     }
 }
 
@@ -187,6 +197,16 @@ pub fn spawn(spec: &AppSpec, stdio: StdioMode) -> Result<Spawned, SpawnError> {
             program: spec.program.clone(),
             source,
         },
+        _ if matches!(
+            source.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE | libc::EAGAIN | libc::ENOMEM)
+        ) =>
+        {
+            SpawnError::Resources {
+                program: spec.program.clone(),
+                source,
+            }
+        }
         _ => SpawnError::Other {
             program: spec.program.clone(),
             source,

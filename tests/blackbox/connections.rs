@@ -1,0 +1,253 @@
+//! Client connections under fd pressure (issue 19, bug 5): each listener's connections are
+//! capped (by default from the fd limit), so idle connections past the cap are closed at once
+//! instead of filling the fd table; `/healthz` still answers and a killed app is respawned.
+//! TCP listeners: the cap holds, and a silent connection is closed at `timeouts.tcp_idle`.
+//!
+//! The app is Python's own `http.server`; tandem runs under `prlimit --nofile=256:256`.
+use std::{
+    io::{ErrorKind, Read},
+    net::TcpStream,
+    path::Path,
+    process::Command,
+};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::apps::python_http_server;
+use crate::otel::scrape;
+use crate::support::{bin, eventually, free_port, http, require_tool, Tandem, PATIENCE};
+
+/// tandem with `listeners` (TOML `[[proxy.listeners]]` tables) in front of `http.server` on
+/// `app`, restarted always; under `prlimit --nofile=N:N` when `nofile` is given. Returns it
+/// and its admin address, once the app is ready.
+fn start(dir: &Path, app: u16, listeners: &str, nofile: Option<u32>) -> (Tandem, String) {
+    let command: Vec<String> = python_http_server(dir, app)
+        .expect("python3 runs the app")
+        .into_iter()
+        .map(|a| format!("{a:?}"))
+        .collect();
+    let cfg = dir.join("tandem.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[app]
+command = [{command}]
+stop_timeout = "2s"
+[admin]
+listen = "127.0.0.1:0"
+[restart]
+policy = "always"
+initial_delay = "50ms"
+{listeners}
+"#,
+            command = command.join(", ")
+        ),
+    )
+    .unwrap();
+    let mut cmd = match nofile {
+        Some(n) => {
+            let mut c = Command::new("prlimit");
+            c.arg(format!("--nofile={n}:{n}")).arg("--").arg(bin());
+            c
+        }
+        None => Command::new(bin()),
+    };
+    cmd.arg("--config").arg(&cfg);
+    let mut t = Tandem::spawn_cmd(&mut cmd);
+    t.collect_stdout();
+    let admin = t.wait_event("admin_listening")["addr"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    t.wait_event("ready");
+    (t, admin)
+}
+
+/// Opens `n` connections to `addr` (each kept open by the caller).
+fn connect_many(addr: &str, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .map(|_| {
+            let s = TcpStream::connect(addr).unwrap();
+            s.set_nonblocking(true).unwrap();
+            s
+        })
+        .collect()
+}
+
+/// Whether tandem closed `s` (EOF or reset), without waiting.
+fn closed(mut s: &TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    match s.read(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != ErrorKind::WouldBlock,
+    }
+}
+
+fn series(name: &str, listener: &str) -> String {
+    format!("tandem_proxy_{name}{{listener=\"{listener}\"}}")
+}
+
+#[test]
+fn idle_connections_past_the_cap_leave_healthz_and_the_respawn_working() {
+    if !require_tool("prlimit") || !require_tool("python3") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hello.txt"), "hello\n").unwrap();
+    let (web, db, app) = (free_port(), free_port(), free_port());
+    // Two listeners under 256 fds: each is capped at (256 - 64) / (2 × 2) = 48.
+    let listeners = format!(
+        r#"
+[[proxy.listeners]]
+name = "web"
+listen = "127.0.0.1:{web}"
+upstream = "127.0.0.1:{app}"
+timeouts = {{ header_read = "60s" }}
+[[proxy.listeners]]
+name = "db"
+protocol = "tcp"
+listen = "127.0.0.1:{db}"
+upstream = "127.0.0.1:{app}"
+"#
+    );
+    let (mut t, admin) = start(dir.path(), app, &listeners, Some(256));
+    let first = t.app_pid();
+
+    // Far more idle connections than the fd table holds (each TCP one takes two fds).
+    const EACH: usize = 150;
+    const CAP: usize = 48;
+    let web_conns = connect_many(&format!("127.0.0.1:{web}"), EACH);
+    let db_conns = connect_many(&format!("127.0.0.1:{db}"), EACH);
+    eventually("the connections past each cap counted as overflow", || {
+        scrape(&admin, &series("connections_overflow_total", "web")) >= (EACH - CAP) as f64
+            && scrape(&admin, &series("connections_overflow_total", "db")) >= (EACH - CAP) as f64
+    });
+    assert_eq!(
+        scrape(&admin, &series("connections_open", "web")),
+        CAP as f64
+    );
+    assert_eq!(
+        scrape(&admin, &series("connections_open", "db")),
+        CAP as f64
+    );
+    eventually("the connections past the cap closed", || {
+        web_conns.iter().filter(|s| closed(s)).count() == EACH - CAP
+    });
+
+    // fds are left for the admin port and for the app's respawn.
+    let (status, _, _) = http(&admin, "GET", "/healthz", b"", &[]).unwrap();
+    assert_eq!(status, 200);
+    kill(Pid::from_raw(first), Signal::SIGKILL).unwrap();
+    let second = t.wait_event_nth("started", 1)["pid"].as_i64().unwrap() as i32;
+    assert_ne!(second, first, "a new app process");
+    assert!(
+        t.child.try_wait().unwrap().is_none(),
+        "tandem exited: {:?}",
+        t.stderr_lines.lock().unwrap().last()
+    );
+    assert!(
+        !t.events().iter().any(|e| e["event"] == "spawn_failed"),
+        "a respawn failed"
+    );
+
+    // Once clients leave, new connections are served again.
+    drop(web_conns);
+    drop(db_conns);
+    t.wait_event_nth("ready", 1);
+    eventually(
+        "a request through the proxy once connections closed",
+        || {
+            http(&format!("127.0.0.1:{web}"), "GET", "/hello.txt", b"", &[])
+                .is_ok_and(|(status, _, _)| status == 200)
+        },
+    );
+    t.signal(Signal::SIGTERM);
+    t.wait();
+}
+
+#[test]
+fn a_tcp_listener_holds_its_connection_cap() {
+    if !require_tool("python3") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (db, app) = (free_port(), free_port());
+    let listeners = format!(
+        r#"
+[[proxy.listeners]]
+name = "db"
+protocol = "tcp"
+listen = "127.0.0.1:{db}"
+upstream = "127.0.0.1:{app}"
+limits = {{ max_connections = 5 }}
+"#
+    );
+    let (mut t, admin) = start(dir.path(), app, &listeners, None);
+    let conns = connect_many(&format!("127.0.0.1:{db}"), 12);
+    eventually("seven connections closed at once", || {
+        conns.iter().filter(|s| closed(s)).count() == 7
+    });
+    assert_eq!(
+        scrape(&admin, &series("connections_overflow_total", "db")),
+        7.0
+    );
+    assert_eq!(scrape(&admin, &series("connections_open", "db")), 5.0);
+    // The five within the cap are proxied: a request on one reaches the app.
+    let mut open: Vec<TcpStream> = conns.into_iter().filter(|s| !closed(s)).collect();
+    assert_eq!(open.len(), 5);
+    let s = &mut open[0];
+    s.set_nonblocking(false).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    std::io::Write::write_all(s, b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    assert!(
+        String::from_utf8_lossy(&got).starts_with("HTTP/1.0 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    // Open TCP connections would hold the drain until drain_timeout.
+    drop(open);
+    t.signal(Signal::SIGTERM);
+    t.wait();
+}
+
+#[test]
+fn a_silent_tcp_connection_is_closed_at_tcp_idle() {
+    if !require_tool("python3") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (db, app) = (free_port(), free_port());
+    let listeners = format!(
+        r#"
+[[proxy.listeners]]
+name = "db"
+protocol = "tcp"
+listen = "127.0.0.1:{db}"
+upstream = "127.0.0.1:{app}"
+timeouts = {{ tcp_idle = "1s" }}
+"#
+    );
+    let (mut t, _admin) = start(dir.path(), app, &listeners, None);
+    let mut s = TcpStream::connect(format!("127.0.0.1:{db}")).unwrap();
+    s.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut got = Vec::new();
+    let r = s.read_to_end(&mut got);
+    assert!(
+        r.is_ok()
+            || r.as_ref()
+                .is_err_and(|e| e.kind() == ErrorKind::ConnectionReset),
+        "the idle connection was not closed: {r:?}"
+    );
+    eventually("the access record names idle_timeout", || {
+        t.records()
+            .iter()
+            .any(|r| r["fields"]["kind"] == "access" && r["fields"]["cause"] == "idle_timeout")
+    });
+    t.signal(Signal::SIGTERM);
+    t.wait();
+}
