@@ -42,6 +42,7 @@ fn each_listener_speaks_only_its_protocol_with_its_clocks() {
     let dir = tempfile::tempdir().unwrap();
     let (web, grpc, app) = (free_port(), free_port(), free_port());
     let command: Vec<String> = python_http_server(dir.path(), app)
+        .expect("python3 runs the app")
         .into_iter()
         .map(|a| format!("{a:?}"))
         .collect();
