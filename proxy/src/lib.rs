@@ -88,6 +88,11 @@ pub use hygiene::REQUEST_ID;
 pub use inbound::{serve, BoundListeners, Inbound, Serving};
 pub use jwks_url::redact_url;
 pub use listener::Hooks;
+
+/// Client connections closed since start, over all listeners (monotonic).
+pub fn closed_connections() -> u64 {
+    listener::CLOSED_CONNECTIONS.load(std::sync::atomic::Ordering::Relaxed)
+}
 pub use metered::{ATTEMPT_COUNT, UPSTREAM_SERVICE_TIME};
 pub use metrics::Metrics;
 pub use secret::secrets_equal;

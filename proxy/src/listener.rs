@@ -263,8 +263,13 @@ impl Listener {
     }
 }
 
+/// Connections closed since start, all listeners: the supervisor gives memory back to the
+/// system after a crowd of them leaves (see `supervisor/src/memory.rs`).
+pub(crate) static CLOSED_CONNECTIONS: AtomicU64 = AtomicU64::new(0);
+
 impl Drop for ConnSlot {
     fn drop(&mut self) {
+        CLOSED_CONNECTIONS.fetch_add(1, Ordering::Relaxed);
         if let Some(m) = &self.metrics {
             m.connections_open.dec();
         }

@@ -12,6 +12,7 @@ pub mod exit;
 pub mod health;
 pub mod lifecycle;
 pub mod logs;
+pub mod memory;
 pub mod metrics;
 pub mod restart;
 pub mod signals;

@@ -719,6 +719,7 @@ impl Supervisor {
                 return Err(exit::INTERNAL);
             }
         };
+        crate::memory::spawn_trimmer();
         let mut listeners = Vec::new();
         for (name, addr) in bound.local_addrs() {
             tracing::info!(event = "proxy_listening", listener = %name, addr = %addr, "proxy listening");

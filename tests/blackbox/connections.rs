@@ -251,3 +251,87 @@ timeouts = {{ tcp_idle = "1s" }}
     t.signal(Signal::SIGTERM);
     t.wait();
 }
+
+fn rss_kb(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// The fault matrix's 10,000 idle connections, 9,000 at an HTTP and 1,000 at a TCP listener
+/// (caps set above that: the default caps, from a 20,000-fd limit, are 4,984 per listener):
+/// no panic, memory bounded while they are open and given back after they close, the app's
+/// requests served meanwhile.
+#[test]
+fn ten_thousand_idle_connections_leave_the_app_served_and_memory_bounded() {
+    let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .unwrap()
+        .0;
+    if nofile < 12_000 {
+        eprintln!("SKIP: the fd limit ({nofile}) is below what 10,000 client sockets need");
+        return;
+    }
+    if !require_tool("python3") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (web, tcp, app) = (free_port(), free_port(), free_port());
+    let listeners = format!(
+        r#"
+[[proxy.listeners]]
+name = "web"
+listen = "127.0.0.1:{web}"
+upstream = "127.0.0.1:{app}"
+limits = {{ max_connections = 9500 }}
+[[proxy.listeners]]
+name = "tcp"
+protocol = "tcp"
+listen = "127.0.0.1:{tcp}"
+upstream = "127.0.0.1:{app}"
+limits = {{ max_connections = 1500 }}
+"#
+    );
+    let (mut t, admin) = start(dir.path(), app, &listeners, None);
+    let web = format!("127.0.0.1:{web}");
+    let tcp = format!("127.0.0.1:{tcp}");
+    let before = rss_kb(t.pid());
+    let mut idle = connect_many(&web, 9_000);
+    idle.extend(connect_many(&tcp, 1_000));
+    // Every connection was accepted (or closed past a cap), and the app is still served.
+    eventually("tandem took all 10,000 connections", || {
+        scrape(&admin, "tandem_proxy_connections_open{") as usize >= 10_000
+    });
+    assert_eq!(
+        scrape(&admin, "tandem_proxy_connections_overflow_total{"),
+        0.0
+    );
+    for i in 0..20 {
+        let (status, _, _) = http(&web, "GET", "/", b"", &[]).unwrap();
+        assert_eq!(status, 200, "request {i} with 10,000 idle connections open");
+    }
+    let open = rss_kb(t.pid());
+    drop(idle);
+    eventually("the connections are gone", || {
+        scrape(&admin, "tandem_proxy_connections_open{") < 1.0
+    });
+    assert!(
+        open < before + 200 * 1024,
+        "10,000 idle connections took {} kB",
+        open - before
+    );
+    // Memory given back to the system once they are gone (glibc keeps it otherwise).
+    eventually("memory given back after the connections closed", || {
+        rss_kb(t.pid()) < before + 32 * 1024
+    });
+    eprintln!(
+        "RSS: {before} kB before, {open} kB with 10,000 idle connections, {} kB after",
+        rss_kb(t.pid())
+    );
+    let (status, _, _) = http(&web, "GET", "/", b"", &[]).unwrap();
+    assert_eq!(status, 200);
+    t.signal(Signal::SIGTERM);
+    t.wait();
+}

@@ -182,7 +182,7 @@ pub fn load(
     }
 
     for (key, raw, flag) in &overrides.values {
-        if !known.values().any(|k| k == key) && !key.starts_with("app.env.") {
+        if !known.values().any(|k| k == key) && !in_free_form_table(&schema, key) {
             return Err(LoadError::Flag {
                 flag: flag.clone(),
                 message: format!("unknown config key {key:?}"),
@@ -476,6 +476,14 @@ fn optional_tables(schema: &Table, defaults: &Table, prefix: &str, out: &mut Vec
             }
         }
     }
+}
+
+/// `key` names an entry of a table whose keys are the user's (`app.env.NAME`,
+/// `logs.attributes.NAME`): a flag may set it.
+fn in_free_form_table(schema: &Table, key: &str) -> bool {
+    key.rsplit_once('.').is_some_and(|(parent, name)| {
+        !name.is_empty() && matches!(lookup(schema, parent), Some(Value::Table(t)) if t.is_empty())
+    })
 }
 
 /// Map `TANDEM_RESTART_POLICY` style names to dotted keys, for every key the schema has.
