@@ -1,7 +1,7 @@
 //! Apps nobody here wrote, started as their users start them, for the fault matrix: Python's
 //! `http.server`, Debian's nginx (HTTP/1.1, or h2c with prior knowledge) and redis-server.
-//! Each returns the app's command line, or `None` (a skip, or a failure under
-//! REQUIRE_TEST_TOOLS) when the program is not installed.
+//! Each returns the app's command line, or `None` when the program is not installed (a
+//! failure, or a skip under TANDEM_TEST_ALLOW_SKIP: `support::can_run`).
 use std::path::Path;
 
 use crate::support::require_tool;

@@ -5,7 +5,7 @@
 //! Images come from `compose/build-images.sh` (static binaries, `FROM scratch`, no registry),
 //! built once per test run. Each test uses its own Compose project name and host port
 //! (published on 127.0.0.1 only) and runs `down -v` when it ends, pass or fail. When no
-//! Docker engine answers the tests skip, unless REQUIRE_TEST_TOOLS is set: then they fail.
+//! Docker engine answers the tests fail (see `support::can_run`).
 use std::{
     io::Read,
     path::{Path, PathBuf},
@@ -81,12 +81,10 @@ fn run_bounded(cmd: &mut Command, limit: Duration) -> Out {
 }
 
 /// The Compose command on this machine (`docker compose` or `docker-compose`), once the
-/// engine answers; None to skip (and a failure when REQUIRE_TEST_TOOLS is set).
+/// engine answers; None to skip (see `support::can_run`).
 fn compose_cmd() -> Option<Vec<String>> {
-    let required = std::env::var_os("REQUIRE_TEST_TOOLS").is_some();
     let skip = |why: String| {
-        assert!(!required, "{why} (REQUIRE_TEST_TOOLS is set)");
-        eprintln!("SKIP: {why}");
+        crate::support::can_run(false, why);
         None
     };
     let answers = |args: &[&str]| {

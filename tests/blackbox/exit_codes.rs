@@ -69,12 +69,14 @@ fn version_and_help() {
 
 #[test]
 fn app_runs_as_another_user() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIP: needs root to switch users");
+    if !crate::support::can_run(
+        nix::unistd::geteuid().is_root(),
+        "needs root to switch users",
+    ) {
         return;
     }
     let Ok(Some(nobody)) = nix::unistd::User::from_name("nobody") else {
-        eprintln!("SKIP: no user 'nobody'");
+        crate::support::can_run(false, "no user 'nobody'");
         return;
     };
     let (code, out, err) = run(&[

@@ -250,8 +250,10 @@ fn sigterm_twice_kills_at_once_and_still_exits_cleanly() {
 /// back the sink writes again. Needs root (to mount); skipped with a message otherwise.
 #[test]
 fn a_full_disk_for_the_file_sink_is_counted_and_writing_resumes_when_space_returns() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIP: mounting a tmpfs needs root");
+    if !crate::support::can_run(
+        nix::unistd::geteuid().is_root(),
+        "mounting a tmpfs needs root",
+    ) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -331,12 +333,10 @@ const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 /// timestamps follow the wall clock.
 #[test]
 fn wall_clock_jumps_do_not_break_timers() {
-    if !std::path::Path::new(LIBFAKETIME).exists() {
-        assert!(
-            std::env::var_os("REQUIRE_TEST_TOOLS").is_none(),
-            "{LIBFAKETIME} is required (REQUIRE_TEST_TOOLS is set): apt install faketime"
-        );
-        eprintln!("SKIP: {LIBFAKETIME} not installed");
+    if !crate::support::can_run(
+        std::path::Path::new(LIBFAKETIME).exists(),
+        format_args!("{LIBFAKETIME} is not installed (Debian's faketime)"),
+    ) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

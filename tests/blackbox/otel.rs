@@ -29,8 +29,7 @@ pub(crate) fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Whether `oteltest` is importable from scripts/test's target/py (fails under
-/// REQUIRE_TEST_TOOLS when it is not).
+/// Whether `oteltest` is importable from scripts/test's target/py (see `support::can_run`).
 pub(crate) fn require_oteltest() -> bool {
     if !require_tool("python3") {
         return false;
@@ -42,14 +41,7 @@ pub(crate) fn require_oteltest() -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var_os("REQUIRE_TEST_TOOLS").is_none(),
-            "oteltest is required (REQUIRE_TEST_TOOLS is set): run scripts/test, which installs it in target/py"
-        );
-        eprintln!("SKIP: oteltest not installed in target/py");
-    }
-    ok
+    crate::support::can_run(ok, "oteltest is not installed in target/py")
 }
 
 /// An `oteltest` receiver in a child process; every request it decodes, as JSON.

@@ -22,8 +22,8 @@ fn script(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// python3 with the OpenTelemetry SDK, its OTLP exporters and oteltest importable. Missing:
-/// skipped, unless REQUIRE_TEST_TOOLS is set (then the test fails).
+/// python3 with the OpenTelemetry SDK, its OTLP exporters and oteltest importable (see
+/// `support::can_run`).
 fn python_otel() -> bool {
     if !require_tool("python3") {
         return false;
@@ -37,15 +37,13 @@ fn python_otel() -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var_os("REQUIRE_TEST_TOOLS").is_none(),
-            "the Python OpenTelemetry packages are required (REQUIRE_TEST_TOOLS is set) but not importable from {}: run scripts/test",
+    crate::support::can_run(
+        ok,
+        format_args!(
+            "the Python OpenTelemetry packages are not importable from {}",
             pydeps().display()
-        );
-        eprintln!("SKIP: Python OpenTelemetry packages not installed (scripts/test installs them)");
-    }
-    ok
+        ),
+    )
 }
 
 /// A running oteltest sink; killed (by pid) when dropped.

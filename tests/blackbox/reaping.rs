@@ -41,8 +41,10 @@ fn reaps_as_pid_1_in_a_pid_namespace() {
     let probe = Command::new("unshare")
         .args(["--pid", "--fork", "--mount-proc", "true"])
         .status();
-    if !probe.is_ok_and(|s| s.success()) {
-        eprintln!("SKIP: unshare --pid is not available here");
+    if !crate::support::can_run(
+        probe.is_ok_and(|s| s.success()),
+        "unshare --pid is not available here",
+    ) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

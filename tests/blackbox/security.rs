@@ -177,16 +177,18 @@ fn uids(pid: i32) -> Vec<u32> {
 fn app_runs_unprivileged_while_tandem_binds_a_privileged_port() {
     use std::os::unix::fs::PermissionsExt;
 
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIP: tandem must run as root to bind a privileged port and switch users");
+    if !crate::support::can_run(
+        nix::unistd::geteuid().is_root(),
+        "tandem must run as root to bind a privileged port and switch users",
+    ) {
         return;
     }
     let Ok(Some(nobody)) = nix::unistd::User::from_name("nobody") else {
-        eprintln!("SKIP: no user 'nobody'");
+        crate::support::can_run(false, "no user 'nobody'");
         return;
     };
     let Some(listen) = free_privileged_port() else {
-        eprintln!("SKIP: no free privileged port on 127.0.0.1");
+        crate::support::can_run(false, "no free privileged port on 127.0.0.1");
         return;
     };
     // target/ may not be traversable by nobody: run a copy from a world-readable directory.
