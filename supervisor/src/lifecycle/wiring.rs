@@ -114,6 +114,10 @@ impl ExitWatcher for ReaperExits {
         let rx = self.0.watch(nix::unistd::Pid::from_raw(pid as i32));
         Box::pin(async move { rx.await.ok().map(|s| s.exit_code()) })
     }
+
+    fn spawn(&self, cmd: &mut std::process::Command) -> std::io::Result<std::process::Child> {
+        self.0.spawn_command(cmd)
+    }
 }
 
 /// Everything that binds nothing: the reaper and signal handlers (before any child exists),
