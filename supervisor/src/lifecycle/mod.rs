@@ -38,7 +38,7 @@ use tokio::{
 
 use self::{
     machine::Machine,
-    wiring::{Core, Parts, Prepared},
+    wiring::{Core, Parts, Prepared, Teardown},
 };
 use crate::{
     child::{self, AppSpec, ExitStatus, Guard, StdioMode},
@@ -80,28 +80,25 @@ pub async fn run(cfg: crate::config::Config, opts: Options) -> i32 {
         core.health.healthy(),
     );
     machine.announce();
-    let (core, mut machine, code) = match plan.start(&core.cfg, &machine).await {
+    let mut core = core;
+    let (code, teardown) = match plan.start(&core.cfg, &machine).await {
         Ok(parts) => {
             let mut sup = Supervisor {
-                core,
-                machine,
+                core: &mut core,
+                machine: &mut machine,
                 parts,
             };
-            let code = sup.run().await;
-            // Every way out passes through Stopping (a stop signal entered it already), then
-            // takes the parts down in order.
-            sup.machine.enter(Phase::Stopping);
-            sup.parts.finish(&sup.core.cfg).await;
-            (sup.core, sup.machine, code)
+            (sup.run().await, Teardown::from(sup.parts))
         }
         Err(failed) => {
             failed.error.log();
-            let code = failed.error.exit_code();
-            machine.enter(Phase::Stopping);
-            failed.started.finish(&core.cfg).await;
-            (core, machine, code)
+            (failed.error.exit_code(), failed.started)
         }
     };
+    // Every way out passes here: Stopping (unless a stop signal entered it already), the
+    // parts taken down in order, then Stopped.
+    machine.enter(Phase::Stopping);
+    teardown.finish(&core.cfg).await;
     finish(&core, &mut machine, code)
 }
 
@@ -138,9 +135,9 @@ enum Outcome {
 }
 
 /// The order rules, over the started parts and the machine.
-struct Supervisor {
-    core: Core,
-    machine: Machine,
+struct Supervisor<'a> {
+    core: &'a mut Core,
+    machine: &'a mut Machine,
     parts: Parts,
 }
 
@@ -179,8 +176,10 @@ const LOST: ExitStatus = ExitStatus {
 
 // === impl Supervisor ===
 
-impl Supervisor {
-    /// The app's runs, top to bottom, until one of them decides tandem's exit code.
+impl Supervisor<'_> {
+    /// The app's runs, top to bottom, until one of them decides tandem's exit code. Stopping
+    /// is entered here only by a stop signal while the app runs (there is still an app to
+    /// stop); every other way out enters it on return, in [`run`].
     async fn run(&mut self) -> i32 {
         let Some(spec) = self.parts.spec.clone() else {
             return self.run_beside().await;
@@ -205,7 +204,6 @@ impl Supervisor {
                     );
                     if let Some(sig) = self.backoff_wait(delay, &mut []).await {
                         tracing::info!(event = "stopping", signal = %sig, "stop requested while waiting to restart");
-                        self.machine.enter(Phase::Stopping);
                         return e.exit_code();
                     }
                     self.machine.count_restart();
@@ -244,7 +242,6 @@ impl Supervisor {
             );
             if let Some(sig) = self.backoff_wait(delay, &mut app.logs).await {
                 tracing::info!(event = "stopping", signal = %sig, "stop requested while waiting to restart");
-                self.machine.enter(Phase::Stopping);
                 return status.exit_code();
             }
             self.machine.count_restart();
@@ -287,7 +284,6 @@ impl Supervisor {
                         // container joined to a restarted one's namespace must restart).
                         let code = crate::exit::BESIDE_UNAVAILABLE;
                         tracing::error!(event = "liveness_failed", reason = ?st.last_failure, exit_code = code, "the app failed its liveness probe; tandem exits for its orchestrator to restart it (restart.policy)");
-                        self.machine.enter(Phase::Stopping);
                         self.core.health.app_stopped();
                         return code;
                     }

@@ -89,15 +89,16 @@ pub enum Proxy {
     Drained,
 }
 
-/// A start that failed: why, and what was started before (finished like a run's parts).
+/// A start that failed: why, and what was started before (taken down like a run's parts).
 pub struct Failed {
     pub error: StartError,
-    pub started: Leftovers,
+    pub started: Teardown,
 }
 
-/// Parts started before a failed step.
-#[derive(Default)]
-pub struct Leftovers {
+/// What is taken down at exit, in this order: the parts of a run, or those started before a
+/// failed step.
+pub struct Teardown {
+    proxy: Proxy,
     logs: Option<Pipeline>,
     passthrough: Option<Passthrough>,
     telemetry: Option<Telemetry>,
@@ -202,7 +203,12 @@ impl Plan {
             mut spec,
             admin_explicit,
         } = self;
-        let mut started = Leftovers::default();
+        let mut started = Teardown {
+            proxy: Proxy::Off,
+            logs: None,
+            passthrough: None,
+            telemetry: None,
+        };
         let fail = |error, started| Err(Box::new(Failed { error, started }));
         // OTLP export before its users: the log pipeline's sink and the proxy's tracer.
         let mut telemetry = match start_telemetry(otlp, &mut registry) {
@@ -254,7 +260,8 @@ impl Plan {
             }),
             Err(error) => fail(
                 error,
-                Leftovers {
+                Teardown {
+                    proxy: Proxy::Off,
                     logs: Some(logs),
                     passthrough,
                     telemetry,
@@ -432,22 +439,14 @@ async fn start_admin(
 
 // === impl Parts ===
 
-impl Parts {
-    /// Every way out passes here, in this order: no more traffic (a proxy not drained yet,
-    /// because the app exited for good, is drained now, so held requests get their answer
-    /// instead of a reset), then every line the app wrote is read to EOF and flushed, the
-    /// pass-through's queue forwarded, and last the OTLP export.
-    pub async fn finish(mut self, cfg: &Config) {
-        if let Some(report) = self.proxy.drain().await {
-            log_drain(&report);
+impl From<Parts> for Teardown {
+    fn from(parts: Parts) -> Self {
+        Teardown {
+            proxy: parts.proxy,
+            logs: Some(parts.logs),
+            passthrough: parts.passthrough,
+            telemetry: parts.telemetry,
         }
-        Leftovers {
-            logs: Some(self.logs),
-            passthrough: self.passthrough,
-            telemetry: self.telemetry,
-        }
-        .finish(cfg)
-        .await;
     }
 }
 
@@ -481,12 +480,18 @@ impl Proxy {
     }
 }
 
-// === impl Leftovers ===
+// === impl Teardown ===
 
-impl Leftovers {
-    /// Read the app's pipes to EOF and flush the logs, forward what the app sent last through
-    /// the pass-through, then send the last spans, records and metrics (each bounded).
-    pub async fn finish(self, cfg: &Config) {
+impl Teardown {
+    /// Every way out passes here, in this order: no more traffic (a proxy not drained yet,
+    /// because the app exited for good, is drained now, so held requests get their answer
+    /// instead of a reset), then every line the app wrote is read to EOF and flushed, what the
+    /// app sent last forwarded by the pass-through, and last the spans, records and metrics
+    /// sent (each step bounded).
+    pub async fn finish(mut self, cfg: &Config) {
+        if let Some(report) = self.proxy.drain().await {
+            log_drain(&report);
+        }
         if let Some(logs) = self.logs {
             finish_logs(logs, cfg).await;
         }
