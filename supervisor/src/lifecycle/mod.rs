@@ -61,7 +61,7 @@ pub struct Options {
 /// Supervise the app described by `cfg` until it is done; returns tandem's exit code.
 pub async fn run(cfg: crate::config::Config, opts: Options) -> i32 {
     let Prepared {
-        core,
+        mut core,
         plan,
         metrics,
         notifier,
@@ -80,7 +80,6 @@ pub async fn run(cfg: crate::config::Config, opts: Options) -> i32 {
         core.health.healthy(),
     );
     machine.announce();
-    let mut core = core;
     let (code, teardown) = match plan.start(&core.cfg, &machine).await {
         Ok(parts) => {
             let mut sup = Supervisor {
