@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use prometheus_client::registry::Registry;
 use tokio::{net::TcpListener, sync::watch};
 
-use crate::lifecycle::{Phase, Status};
+use crate::phase::{Phase, Status};
 
 /// What the admin handlers read.
 pub struct AdminState {

@@ -14,6 +14,7 @@ pub mod lifecycle;
 pub mod logs;
 pub mod memory;
 pub mod metrics;
+pub mod phase;
 pub mod restart;
 pub mod signals;
 pub mod telemetry;

@@ -8,7 +8,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::lifecycle::Phase;
+use crate::phase::Phase;
 
 /// Label set for exits.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -81,13 +81,7 @@ impl SupervisorMetrics {
 
     /// Make `phase` the only phase with value 1.
     pub fn set_phase(&self, phase: Phase) {
-        for p in [
-            Phase::Starting,
-            Phase::Running,
-            Phase::Restarting,
-            Phase::Stopping,
-            Phase::Stopped,
-        ] {
+        for p in Phase::ALL {
             let v = i64::from(p == phase);
             self.phase
                 .get_or_create(&PhaseLabels {

@@ -4,9 +4,11 @@
 //! itself a child subreaper, so the app's orphaned grandchildren come to it rather than to the
 //! host's init. Invariant: this module is the only place in tandem that calls `waitpid`;
 //! anything else that spawns a process registers its pid with [`Reaper::watch`] to get the
-//! exit status, because a `waitpid(-1)` loop would otherwise steal it.
+//! exit status, because a `waitpid(-1)` loop would otherwise steal it, and spawns it through
+//! [`Reaper::spawn_app`] or [`Reaper::spawn_command`] (the spawn lock, see there).
 use std::{
     collections::{HashMap, VecDeque},
+    process::{Child, Command},
     sync::{Arc, Mutex},
 };
 
@@ -20,6 +22,8 @@ use tokio::{
     signal::unix::{signal, SignalKind},
     sync::oneshot,
 };
+
+use super::{AppSpec, SpawnError, Spawned, StdioMode};
 
 /// How a process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,11 +114,24 @@ impl Reaper {
         rx
     }
 
-    /// Keep the reaper from calling `waitpid(-1)` while the guard lives. Hold it around
-    /// `Command::spawn`: when exec fails, std waits for the failed child itself and panics
-    /// ("wait() should either return Ok or panic") if our `waitpid(-1)` reaped it first, which
-    /// the black-box tests hit under load.
-    pub fn hold_for_spawn(&self) -> std::sync::MutexGuard<'_, ()> {
+    /// Start the app (see [`super::spawn()`]) under the spawn lock.
+    pub fn spawn_app(&self, spec: &AppSpec, stdio: StdioMode) -> Result<Spawned, SpawnError> {
+        let _hold = self.hold_for_spawn();
+        super::spawn(spec, stdio)
+    }
+
+    /// Start `cmd` (an exec probe's command, say) under the spawn lock. Every process tandem
+    /// starts while the reaper runs must start through here or [`Reaper::spawn_app`].
+    pub fn spawn_command(&self, cmd: &mut Command) -> std::io::Result<Child> {
+        let _hold = self.hold_for_spawn();
+        cmd.spawn()
+    }
+
+    /// The spawn lock: keeps the reaper from calling `waitpid(-1)` while the guard lives. Held
+    /// around `Command::spawn`: when exec fails, std waits for the failed child itself and
+    /// panics ("wait() should either return Ok or panic") if our `waitpid(-1)` reaped it
+    /// first, which the black-box tests hit under load.
+    pub(super) fn hold_for_spawn(&self) -> std::sync::MutexGuard<'_, ()> {
         self.spawning.lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -390,6 +390,12 @@ pub trait ExitWatcher: Send + Sync + 'static {
     /// Resolves with `pid`'s exit code (128+N when signal N killed it), or `None` if its
     /// status was lost. `pid` is a child of this process that has not been reaped yet.
     fn exited(&self, pid: u32) -> Pin<Box<dyn Future<Output = Option<i32>> + Send>>;
+
+    /// Starts the probe's command: tandem's reaper holds its spawn lock meanwhile (see
+    /// `child::reap::Reaper::spawn_command`).
+    fn spawn(&self, cmd: &mut Command) -> std::io::Result<std::process::Child> {
+        cmd.spawn()
+    }
 }
 
 /// An [`ExitWatcher`] that calls `waitpid(pid)` itself, on the blocking pool.
@@ -528,8 +534,8 @@ async fn exec_check(
     timeout: Duration,
     exits: &dyn ExitWatcher,
 ) -> Result<(), ProbeFailure> {
-    let child = Command::new(program)
-        .args(args)
+    let mut cmd = Command::new(program);
+    cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -538,8 +544,9 @@ async fn exec_check(
         .env_remove("WATCHDOG_USEC")
         .env_remove("WATCHDOG_PID")
         // Its own group, so a timeout kills whatever the command started too.
-        .process_group(0)
-        .spawn()
+        .process_group(0);
+    let child = exits
+        .spawn(&mut cmd)
         .map_err(|source| ProbeFailure::Spawn {
             program: program.to_string(),
             source,

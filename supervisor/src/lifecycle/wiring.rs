@@ -1,0 +1,544 @@
+//! The wiring: building tandem's parts from the config, in the order the lifecycle needs them,
+//! and taking them down at exit in the reverse order of their use.
+//!
+//! Two steps. [`prepare`] binds nothing and spawns nothing (reaper, signal handlers, probes,
+//! `OTEL_*` resolved): a failure there exits before the lifecycle announces Starting.
+//! [`Plan::start`] starts the parts, each given what it needs from the ones before it:
+//! OTLP export, log pipeline, OTLP pass-through, proxy (held: not ready), admin port. The
+//! order is the code's order, so no part waits in an `Option` for another: the metrics
+//! registry is a local that every part registers into, then the admin port owns it. A failed
+//! step returns a [`StartError`] with what was started so far, to be finished as at any exit.
+use std::{collections::BTreeMap, sync::Arc};
+
+use nix::sys::signal::Signal;
+use prometheus_client::registry::Registry;
+use tandem_proxy::{AccessRecord, CancellationToken, DrainReport, Hooks, Inbound, Serving};
+use tokio::{sync::watch, time::Instant};
+
+use super::{machine::Machine, start_error::StartError, Options};
+use crate::{
+    admin::AdminState,
+    child::{guard::SharedGuard, AppSpec, Reaper},
+    config::Config,
+    health::{notify::Notifier, probe::ExitWatcher, HealthMonitor},
+    logs::{Injector, Level, LogContext, Pipeline},
+    metrics::{LogsCollector, SupervisorMetrics},
+    phase::Status,
+    signals::Signals,
+    telemetry::{self, passthrough::Passthrough, Telemetry},
+};
+
+/// Variables of tandem's environment that are tandem's alone: the app speaking on systemd's
+/// notify socket would confuse the unit's state (NotifyAccess=main would also drop it).
+const TANDEM_ONLY_ENV: [&str; 3] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
+
+/// What the lifecycle drives for the whole run: made by [`prepare`], before anything is bound.
+pub struct Core {
+    pub cfg: Config,
+    /// The one `waitpid` caller (see `child::reap`).
+    pub reaper: Reaper,
+    pub signals: Signals,
+    /// The guard process; None when `main` could not fork it (it warned then).
+    pub guard: Option<SharedGuard>,
+    pub health: HealthMonitor,
+}
+
+/// Made before anything starts, for the machine: its metrics and where sd_notify goes.
+pub struct Prepared {
+    pub core: Core,
+    pub plan: Plan,
+    pub metrics: SupervisorMetrics,
+    pub notifier: Notifier,
+}
+
+/// What [`Plan::start`] starts from.
+pub struct Plan {
+    /// Every part registers its metrics here; the admin port serves it (the OTLP push reads
+    /// it too).
+    registry: Registry,
+    /// Host name, container id, systemd and Nomad identity: read once, for the OTLP resource
+    /// and the log pipeline's records.
+    log_ctx: LogContext,
+    /// OTLP export settings, resolved (with `OTEL_*`); None: off.
+    otlp: Option<telemetry::Settings>,
+    /// The app's command; None: no command, tandem runs beside the app.
+    spec: Option<AppSpec>,
+    /// The admin address was set by the user (a failed bind is then fatal, not a warning).
+    admin_explicit: bool,
+}
+
+/// The started parts.
+pub struct Parts {
+    /// The app's command, its environment pointed at the pass-through; None: beside the app.
+    pub spec: Option<AppSpec>,
+    pub logs: Pipeline,
+    pub proxy: Proxy,
+    /// The OTLP pass-through for the app's own telemetry; None: off.
+    passthrough: Option<Passthrough>,
+    /// The running OTLP export; None: no endpoint configured.
+    telemetry: Option<Telemetry>,
+}
+
+/// The proxy, through its life.
+pub enum Proxy {
+    /// No listeners configured.
+    Off,
+    /// Bound and serving, gated by the machine's readiness.
+    Serving(Serving),
+    /// Drained: its listeners are closed.
+    Drained,
+}
+
+/// A start that failed: why, and what was started before (taken down like a run's parts).
+pub struct Failed {
+    pub error: StartError,
+    pub started: Teardown,
+}
+
+/// What is taken down at exit, in this order: the parts of a run, or those started before a
+/// failed step.
+pub struct Teardown {
+    proxy: Proxy,
+    logs: Option<Pipeline>,
+    passthrough: Option<Passthrough>,
+    telemetry: Option<Telemetry>,
+}
+
+/// Exit statuses for exec probes come from the one reaper (see `child::reap`).
+struct ReaperExits(Reaper);
+
+impl ExitWatcher for ReaperExits {
+    fn exited(
+        &self,
+        pid: u32,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<i32>> + Send>> {
+        let rx = self.0.watch(nix::unistd::Pid::from_raw(pid as i32));
+        Box::pin(async move { rx.await.ok().map(|s| s.exit_code()) })
+    }
+
+    fn spawn(&self, cmd: &mut std::process::Command) -> std::io::Result<std::process::Child> {
+        self.0.spawn_command(cmd)
+    }
+}
+
+/// Everything that binds nothing: the reaper and signal handlers (before any child exists),
+/// the probes and the OTLP settings (config errors that only show when resolved).
+pub fn prepare(cfg: Config, opts: Options) -> Result<Prepared, StartError> {
+    let mut registry = Registry::default();
+    let metrics = SupervisorMetrics::register(&mut registry);
+    let reaper = Reaper::start(metrics.orphans_reaped.clone()).map_err(StartError::Reaper)?;
+    // The guard's exit is claimed (not counted as an orphan) and, while tandem runs, a
+    // killed guard is replaced.
+    let guard = opts
+        .guard
+        .map(|g| crate::child::guard::keep_alive(g, reaper.clone()));
+    let forward: Vec<Signal> = cfg.app.forward_signals.iter().map(|s| s.0).collect();
+    let signals = Signals::install(&forward).map_err(StartError::Signals)?;
+    let mut checks = cfg
+        .health
+        .validate()
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    if checks.readiness.is_none() {
+        checks.readiness = cfg.implicit_readiness();
+        if let Some(p) = &checks.readiness {
+            tracing::debug!(event = "implicit_readiness", probe = %p, "no readiness probe configured: the app is ready once its upstream accepts connections");
+        }
+    }
+    let health = HealthMonitor::new(checks, Arc::new(ReaperExits(reaper.clone())));
+    let notifier = Notifier::from_env().unwrap_or_else(|e| {
+        tracing::warn!(event = "notify_unavailable", error = %e, "sd_notify disabled");
+        Notifier::disabled()
+    });
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let log_ctx = LogContext::from_process(cfg.service_name());
+    let otlp = telemetry::Settings::resolve(
+        &cfg.telemetry,
+        cfg.service.version.as_deref(),
+        telemetry::resource::of_process(&log_ctx),
+        &env,
+    )
+    .map_err(StartError::Config)?;
+    let spec = cfg
+        .app
+        .command
+        .split_first()
+        .map(|(program, args)| AppSpec {
+            program: program.clone(),
+            args: args.to_vec(),
+            workdir: cfg.app.workdir.clone(),
+            env: cfg.app.env.clone(),
+            env_remove: TANDEM_ONLY_ENV.iter().map(|s| s.to_string()).collect(),
+            user: cfg.app.user.clone(),
+            group: cfg.app.group.clone(),
+        });
+    Ok(Prepared {
+        core: Core {
+            cfg,
+            reaper,
+            signals,
+            guard,
+            health,
+        },
+        plan: Plan {
+            registry,
+            log_ctx,
+            otlp,
+            spec,
+            admin_explicit: opts.admin_explicit,
+        },
+        metrics,
+        notifier,
+    })
+}
+
+// === impl Plan ===
+
+impl Plan {
+    /// Start every part, in order (see the module's doc).
+    pub async fn start(self, cfg: &Config, machine: &Machine) -> Result<Parts, Box<Failed>> {
+        let Plan {
+            mut registry,
+            log_ctx,
+            otlp,
+            mut spec,
+            admin_explicit,
+        } = self;
+        let mut started = Teardown {
+            proxy: Proxy::Off,
+            logs: None,
+            passthrough: None,
+            telemetry: None,
+        };
+        let fail = |error, started| Err(Box::new(Failed { error, started }));
+        // OTLP export before its users: the log pipeline's sink and the proxy's tracer.
+        let mut telemetry = match start_telemetry(otlp, &mut registry) {
+            Ok(t) => t,
+            Err(e) => return fail(e, started),
+        };
+        // The log pipeline next, so the first line (and the first access record) already has
+        // a reader.
+        let logs = match start_logs(cfg, log_ctx, telemetry.as_ref()) {
+            Ok(l) => l,
+            Err(e) => {
+                started.telemetry = telemetry;
+                return fail(e, started);
+            }
+        };
+        // Before the app starts: its SDK exports to the pass-through from its first span.
+        let passthrough = match start_passthrough(cfg, &mut registry, spec.as_mut()).await {
+            Ok(p) => p,
+            Err(e) => {
+                started.telemetry = telemetry;
+                started.logs = Some(logs);
+                return fail(e, started);
+            }
+        };
+        // Listeners are bound before the app starts, while not ready: a client's connection
+        // waits in the proxy's hold, an orchestrator's probe gets a 503, none is refused.
+        let rest = async {
+            let (proxy, access) =
+                start_proxy(cfg, &mut registry, telemetry.as_ref(), &logs, machine).await?;
+            start_admin(
+                cfg,
+                registry,
+                &logs,
+                access,
+                telemetry.as_mut(),
+                machine.status(),
+                admin_explicit,
+            )
+            .await?;
+            Ok(proxy)
+        };
+        match rest.await {
+            Ok(proxy) => Ok(Parts {
+                spec,
+                logs,
+                proxy,
+                passthrough,
+                telemetry,
+            }),
+            Err(error) => fail(
+                error,
+                Teardown {
+                    proxy: Proxy::Off,
+                    logs: Some(logs),
+                    passthrough,
+                    telemetry,
+                },
+            ),
+        }
+    }
+}
+
+/// Start the OTLP export queues (spans, logs), when an endpoint is configured.
+fn start_telemetry(
+    otlp: Option<telemetry::Settings>,
+    registry: &mut Registry,
+) -> Result<Option<Telemetry>, StartError> {
+    let Some(settings) = otlp else {
+        return Ok(None);
+    };
+    Telemetry::start(settings, registry)
+        .map(Some)
+        .map_err(StartError::Telemetry)
+}
+
+/// Start the log pipeline (and tail mode, if configured).
+fn start_logs(
+    cfg: &Config,
+    ctx: LogContext,
+    telemetry: Option<&Telemetry>,
+) -> Result<Pipeline, StartError> {
+    let extra: Vec<_> = telemetry.and_then(|t| t.log_sink()).into_iter().collect();
+    Pipeline::start_with(&cfg.logs, ctx, extra)
+        .and_then(|p| p.tail().map(|()| p))
+        .map_err(StartError::Logs)
+}
+
+/// Bind the OTLP pass-through and point the app's environment at it.
+async fn start_passthrough(
+    cfg: &Config,
+    registry: &mut Registry,
+    spec: Option<&mut AppSpec>,
+) -> Result<Option<Passthrough>, StartError> {
+    let pt = &cfg.telemetry.passthrough;
+    if !pt.enabled {
+        return Ok(None);
+    }
+    let env = |k: &str| std::env::var(k).ok();
+    let p = Passthrough::start(pt, &cfg.service_name(), &env, registry)
+        .await
+        .map_err(StartError::Passthrough)?;
+    if let Some(spec) = spec {
+        p.app_env(&mut spec.env, &mut spec.env_remove);
+    }
+    Ok(Some(p))
+}
+
+/// Bind the proxy's listeners and serve them, gated by the machine's proxy gate (closed for
+/// now); with `proxy.access_log`, also the access log's way into the pipeline.
+async fn start_proxy(
+    cfg: &Config,
+    registry: &mut Registry,
+    telemetry: Option<&Telemetry>,
+    logs: &Pipeline,
+    machine: &Machine,
+) -> Result<(Proxy, Option<Injector>), StartError> {
+    if cfg.proxy.listeners.is_empty() {
+        return Ok((Proxy::Off, None));
+    }
+    let bound = match Inbound::bind(&cfg.proxy.listeners).await {
+        Ok(b) => b,
+        // A missing or bad certificate, key, CA, JWKS or secrets file is config.
+        Err(e @ tandem_proxy::ProxyError::File(_)) => return Err(StartError::ProxyFile(e)),
+        Err(e) => return Err(StartError::ProxyBind(e)),
+    };
+    crate::memory::spawn_trimmer();
+    let mut listeners = Vec::new();
+    for (name, addr) in bound.local_addrs() {
+        tracing::info!(event = "proxy_listening", listener = %name, addr = %addr, "proxy listening");
+        listeners.push((name, addr.to_string()));
+    }
+    machine.set_listeners(listeners);
+    let mut hooks = Hooks::new().with_metrics(registry);
+    if let Some(tracer) = telemetry.and_then(|t| t.tracer()) {
+        hooks = hooks.with_tracer(tracer);
+    }
+    let mut access = None;
+    if cfg.proxy.access_log {
+        let injector = logs.injector();
+        access = Some(injector.clone());
+        hooks = hooks.with_access_log(access_log(injector));
+    }
+    let serving = tandem_proxy::serve(bound, machine.proxy_gate(), CancellationToken::new(), hooks);
+    Ok((Proxy::Serving(serving), access))
+}
+
+/// The access log: one record per request into the log pipeline, `kind: access`, at warn for
+/// a 5xx or a request tandem cut.
+fn access_log(injector: Injector) -> impl Fn(&AccessRecord) + Send + Sync + 'static {
+    move |r| {
+        let level = if r.status >= 500 || r.cause.is_some() {
+            Level::Warn
+        } else {
+            Level::Info
+        };
+        let msg = format!("{} {} {}", r.method, r.path, r.status);
+        let fields = match serde_json::to_value(r) {
+            Ok(serde_json::Value::Object(mut m)) => {
+                m.insert("kind".into(), "access".into());
+                m
+            }
+            _ => serde_json::Map::new(),
+        };
+        injector.emit(level, msg, fields);
+    }
+}
+
+/// Register the last metrics, start the OTLP metrics push over the finished registry, then
+/// bind the admin port and serve it for the rest of tandem's life.
+async fn start_admin(
+    cfg: &Config,
+    mut registry: Registry,
+    logs: &Pipeline,
+    access: Option<Injector>,
+    telemetry: Option<&mut Telemetry>,
+    status: watch::Receiver<Status>,
+    admin_explicit: bool,
+) -> Result<(), StartError> {
+    registry.register_collector(Box::new(LogsCollector {
+        counters: logs.counters(),
+        injected_dropped: access,
+    }));
+    let registry = Arc::new(registry);
+    if let Some(t) = telemetry {
+        // Every family is registered by now: the OTLP push reads the same registry.
+        t.start_metrics(registry.clone())
+            .map_err(StartError::MetricsPush)?;
+    }
+    let listen = cfg.admin.listen.trim();
+    if listen.is_empty() {
+        return Ok(());
+    }
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(e) if !admin_explicit => {
+            // The default address is a convenience: a second tandem on the host must still
+            // run its app.
+            tracing::warn!(event = "admin_unavailable", listen, error = %e, "admin port not bound (set admin.listen to choose another)");
+            return Ok(());
+        }
+        Err(source) => {
+            return Err(StartError::AdminBind {
+                listen: listen.to_string(),
+                source,
+            })
+        }
+    };
+    let addr = crate::admin::local_addr(&listener)
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    tracing::info!(
+        event = "admin_listening",
+        addr,
+        "admin port: /healthz /readyz /metrics /status"
+    );
+    let state = Arc::new(AdminState {
+        service: cfg.service_name(),
+        status,
+        registry,
+        started: std::time::Instant::now(),
+    });
+    // Off loopback the admin port requires a bearer token (config validation made sure a
+    // token file exists and is usable).
+    let token = crate::admin::load_token(&cfg.admin).map_err(StartError::Config)?;
+    tokio::spawn(crate::admin::serve_with_token(listener, state, token));
+    Ok(())
+}
+
+// === impl Parts ===
+
+impl From<Parts> for Teardown {
+    fn from(parts: Parts) -> Self {
+        Teardown {
+            proxy: parts.proxy,
+            logs: Some(parts.logs),
+            passthrough: parts.passthrough,
+            telemetry: parts.telemetry,
+        }
+    }
+}
+
+// === impl Proxy ===
+
+impl Proxy {
+    /// The proxy while it serves.
+    pub fn serving(&self) -> Option<&Serving> {
+        match self {
+            Proxy::Serving(s) => Some(s),
+            Proxy::Off | Proxy::Drained => None,
+        }
+    }
+
+    /// The serving proxy, to drain: from now on it counts as drained. None when off or
+    /// drained already.
+    pub fn take_serving(&mut self) -> Option<Serving> {
+        match std::mem::replace(self, Proxy::Drained) {
+            Proxy::Serving(s) => Some(s),
+            Proxy::Off => {
+                *self = Proxy::Off;
+                None
+            }
+            Proxy::Drained => None,
+        }
+    }
+
+    /// Drain it (once): None when off or drained already.
+    pub async fn drain(&mut self) -> Option<DrainReport> {
+        Some(self.take_serving()?.drain().await)
+    }
+}
+
+// === impl Teardown ===
+
+impl Teardown {
+    /// Every way out passes here, in this order: no more traffic (a proxy not drained yet,
+    /// because the app exited for good, is drained now, so held requests get their answer
+    /// instead of a reset), then every line the app wrote is read to EOF and flushed, what the
+    /// app sent last forwarded by the pass-through, and last the spans, records and metrics
+    /// sent (each step bounded).
+    pub async fn finish(mut self, cfg: &Config) {
+        if let Some(report) = self.proxy.drain().await {
+            log_drain(&report);
+        }
+        if let Some(logs) = self.logs {
+            finish_logs(logs, cfg).await;
+        }
+        if let Some(p) = self.passthrough {
+            p.shutdown().await;
+        }
+        // Last: the spans of the drained requests and the records of the flushed logs are now
+        // all in the export queues (bounded by telemetry.shutdown_timeout).
+        if let Some(t) = self.telemetry {
+            t.shutdown().await;
+        }
+    }
+}
+
+/// Read the app's pipes to EOF (a grandchild may hold them open: bounded by
+/// `logs.exit_timeout`), then flush every sink (bounded again).
+async fn finish_logs(logs: Pipeline, cfg: &Config) {
+    let timeout = cfg.logs.exit_timeout;
+    let eof = logs.finish_readers(Instant::now() + timeout).await;
+    let counters = logs.counters();
+    let flushed = logs.shutdown(timeout).await;
+    let c = counters.snapshot();
+    tracing::info!(
+        event = "logs_flushed",
+        eof,
+        flushed,
+        lines_in = c.lines_in,
+        dropped = c.sinks.iter().map(|s| s.dropped).sum::<u64>(),
+        "log pipeline finished"
+    );
+}
+
+/// One event for a drain: how many requests finished and how many were cut.
+pub fn log_drain(report: &DrainReport) {
+    if report.all_finished() {
+        tracing::info!(
+            event = "drained",
+            finished = report.finished(),
+            cut = 0u64,
+            "proxy drained: every in-flight request finished"
+        );
+    } else {
+        tracing::warn!(
+            event = "drained",
+            finished = report.finished(),
+            cut = report.cut(),
+            "proxy drain deadline passed: requests were cut"
+        );
+    }
+}

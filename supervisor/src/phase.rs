@@ -1,0 +1,73 @@
+//! Where the lifecycle is: the [`Phase`] and the [`Status`] it publishes on a `watch`.
+//!
+//! A leaf: it imports nothing of tandem's, so the admin port, the metrics and the lifecycle
+//! can all name a phase without importing each other. Only the lifecycle writes a status.
+use serde::Serialize;
+
+/// Where the lifecycle is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Binding, starting the pipeline, spawning the app for the first time.
+    Starting,
+    /// The app runs.
+    Running,
+    /// The app exited and will be started again after a backoff.
+    Restarting,
+    /// A stop was requested: draining, then stopping the app.
+    Stopping,
+    /// The app is gone for good; tandem is about to exit.
+    Stopped,
+}
+
+impl Phase {
+    /// Every phase, in the order a run passes through them.
+    pub const ALL: [Phase; 5] = [
+        Phase::Starting,
+        Phase::Running,
+        Phase::Restarting,
+        Phase::Stopping,
+        Phase::Stopped,
+    ];
+
+    /// The phase's name as `/status`, metrics and sd_notify STATUS= show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Running => "running",
+            Phase::Restarting => "restarting",
+            Phase::Stopping => "stopping",
+            Phase::Stopped => "stopped",
+        }
+    }
+}
+
+/// What the lifecycle publishes about itself.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub phase: Phase,
+    /// Whether the app takes traffic: running and passing its readiness probe (if any).
+    pub ready: bool,
+    /// The app's pid while it runs.
+    pub app_pid: Option<i32>,
+    /// How many times the app was restarted.
+    pub restarts: u32,
+    /// The exit code of the app's last run (128+N for signal N).
+    pub last_exit_code: Option<i32>,
+    /// The proxy's listeners: name and bound address.
+    pub listeners: Vec<(String, String)>,
+}
+
+impl Status {
+    /// The status before anything has happened.
+    pub fn initial() -> Self {
+        Self {
+            phase: Phase::Starting,
+            ready: false,
+            app_pid: None,
+            restarts: 0,
+            last_exit_code: None,
+            listeners: Vec::new(),
+        }
+    }
+}
