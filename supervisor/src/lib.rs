@@ -14,6 +14,8 @@ pub mod lifecycle;
 pub mod logs;
 pub mod memory;
 pub mod metrics;
+pub mod otlp;
+pub mod passthrough;
 pub mod restart;
 pub mod signals;
 pub mod telemetry;

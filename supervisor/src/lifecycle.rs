@@ -45,9 +45,9 @@ use crate::{
     },
     logs::{AppInstance, Delivered, Level, LogContext, LogsError, Pipeline, Stream},
     metrics::{ExitLabels, SupervisorMetrics},
+    passthrough::Passthrough,
     restart::{Backoff, StartLimit},
     signals::{SignalEvent, Signals},
-    telemetry::passthrough::Passthrough,
 };
 
 /// Where the lifecycle is.
@@ -243,7 +243,7 @@ impl Supervisor {
         let otlp = crate::telemetry::Settings::resolve(
             &cfg.telemetry,
             cfg.service.version.as_deref(),
-            crate::telemetry::resource::of_process(&log_ctx),
+            crate::otlp::resource::of_process(&log_ctx.service, &log_ctx.resource),
             &env,
         )
         .map_err(|e| {
@@ -1028,7 +1028,7 @@ impl Supervisor {
         let extra: Vec<_> = self
             .telemetry
             .as_ref()
-            .and_then(|t| t.log_sink())
+            .and_then(crate::logs::sinks::otlp::extra_sink)
             .into_iter()
             .collect();
         let started =

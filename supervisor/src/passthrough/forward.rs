@@ -31,7 +31,7 @@ use super::{
     upstream::Upstream,
     Protocol, Signal,
 };
-use crate::telemetry::{config::Compression, tls::HttpVersion};
+use crate::otlp::{tls::HttpVersion, Compression};
 
 /// First retry delay; doubled after each failure up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
