@@ -776,7 +776,9 @@ impl Supervisor {
             .as_mut()
             .expect("the registry is taken by the admin port, after the pass-through");
         let env = |k: &str| std::env::var(k).ok();
-        match Passthrough::start(cfg, &self.cfg.service_name(), &env, registry).await {
+        let ctx = LogContext::from_process(self.cfg.service_name());
+        let resource = crate::otlp::resource::of_process(&ctx.service, &ctx.resource);
+        match Passthrough::start(cfg, &resource, &env, registry).await {
             Ok(p) => {
                 if let Some(spec) = &mut self.spec {
                     p.app_env(&mut spec.env, &mut spec.env_remove);

@@ -13,8 +13,9 @@
 //! framed by [`grpc`] or plain HTTP). [`counters`] are its `tandem_otlp_passthrough_*` metrics.
 //!
 //! What it shares with tandem's export lives in [`crate::otlp`] (the `OTEL_*` environment, the
-//! TLS client, the resource); it depends on nothing in [`crate::telemetry`], which only holds
-//! its config section ([`PassthroughConfig`], `[telemetry.passthrough]`).
+//! TLS client, the resource). It depends on nothing else in tandem: the resource comes in as
+//! plain data, and [`crate::telemetry`] only holds its config section ([`PassthroughConfig`],
+//! `[telemetry.passthrough]`).
 //!
 //! The one thing to keep: the app never waits on the upstream; what cannot be queued or
 //! forwarded is counted ([`counters`]), never lost silently.
@@ -249,10 +250,11 @@ fn bypassing_vars() -> Vec<String> {
 
 impl Passthrough {
     /// Resolve the upstreams (from the config and `env`), bind both listeners, register the
-    /// counters and start forwarding. Nothing is bound when the config is wrong.
+    /// counters and start forwarding; `resource` is added to everything the app sends
+    /// ([`crate::otlp::resource::of_process`]). Nothing is bound when the config is wrong.
     pub async fn start(
         cfg: &PassthroughConfig,
-        service: &str,
+        resource: &BTreeMap<String, String>,
         env: &dyn Fn(&str) -> Option<String>,
         registry: &mut Registry,
     ) -> Result<Passthrough, PassthroughError> {
@@ -300,11 +302,7 @@ impl Passthrough {
             queues.push((s, queue));
         }
         let receiver = Arc::new(receive::Receiver {
-            attrs: {
-                // Read once here: the pass-through may start before the log pipeline.
-                let ctx = crate::logs::LogContext::from_process(service);
-                crate::otlp::resource::of_process(&ctx.service, &ctx.resource)
-            },
+            attrs: resource.clone(),
             queues: queues.clone(),
             max_request: cfg.max_request_size.as_u64() as usize,
             counters: counters.clone(),
