@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod exit;
 pub mod health;
+pub mod http_get;
 pub mod lifecycle;
 pub mod logs;
 pub mod memory;
