@@ -48,29 +48,26 @@ impl<'a> OtelEnv<'a> {
 
     /// `OTEL_EXPORTER_OTLP_{what}`.
     pub fn general(&self, what: &str) -> Option<Found> {
-        let name = format!("OTEL_EXPORTER_OTLP_{what}");
-        let value = self.get(&name)?;
-        Some(Found {
-            name,
-            value,
-            specific: false,
-        })
+        self.found(format!("OTEL_EXPORTER_OTLP_{what}"), false)
     }
 
     /// `OTEL_EXPORTER_OTLP_{signal}_{what}`; `signal` is `TRACES`, `LOGS` or `METRICS`.
     pub fn specific(&self, signal: &str, what: &str) -> Option<Found> {
-        let name = format!("OTEL_EXPORTER_OTLP_{signal}_{what}");
-        let value = self.get(&name)?;
-        Some(Found {
-            name,
-            value,
-            specific: true,
-        })
+        self.found(format!("OTEL_EXPORTER_OTLP_{signal}_{what}"), true)
     }
 
     /// The signal's own variable, else the general one.
     pub fn exporter(&self, signal: &str, what: &str) -> Option<Found> {
         self.specific(signal, what).or_else(|| self.general(what))
+    }
+
+    fn found(&self, name: String, specific: bool) -> Option<Found> {
+        let value = self.get(&name)?;
+        Some(Found {
+            name,
+            value,
+            specific,
+        })
     }
 }
 
