@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::{Serialize, Serializer};
 
+use tandem_trace_context::Traceparent;
+
 /// The caller's access-log sink. Called once per request, on the task that finished it: keep
 /// it cheap and non-blocking (hand the record to a bounded queue).
 pub type AccessLogFn = Arc<dyn Fn(&AccessRecord) + Send + Sync>;
@@ -62,13 +64,9 @@ fn opt_millis<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Err
     }
 }
 
-/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), if well formed.
+/// The trace id of a W3C `traceparent` ([`Traceparent::parse`]), if well formed.
 pub fn trace_id(traceparent: Option<&str>) -> Option<String> {
-    let mut parts = traceparent?.trim().split('-');
-    let _version = parts.next()?;
-    let id = parts.next()?;
-    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && id != "0".repeat(32))
-        .then(|| id.to_ascii_lowercase())
+    Traceparent::parse(traceparent?).map(|tp| tp.trace_id_hex())
 }
 
 #[cfg(test)]

@@ -1,23 +1,19 @@
-//! Exponential backoff with full jitter between retry attempts.
+//! The proxy's retry and reconnect back-off: exponential (doubling) with full jitter, from
+//! the shared [`tandem_backoff::ExponentialBackoff`].
 //!
 //! Invariant: a delay is always within `0..=max`, so a retry loop bounded in attempts is also
 //! bounded in time.
 
 use std::time::Duration;
 
-use rand::Rng;
+use tandem_backoff::{ExponentialBackoff, Jitter};
 
 /// Backoff before retry number `retry` (1 for the first retry): a random delay in
 /// `0..=min(max, base * 2^(retry-1))`. Full jitter spreads a burst of retries from many
 /// requests instead of synchronising them on the restarting app.
 pub fn jittered(base: Duration, max: Duration, retry: u32) -> Duration {
-    let exp = retry.saturating_sub(1).min(16);
-    let cap = base.saturating_mul(1u32 << exp).min(max);
-    let nanos = u64::try_from(cap.as_nanos()).unwrap_or(u64::MAX);
-    if nanos == 0 {
-        return Duration::ZERO;
-    }
-    Duration::from_nanos(rand::thread_rng().gen_range(0..=nanos))
+    ExponentialBackoff::new(base, max, 2.0, Jitter::Full)
+        .delay(retry.saturating_sub(1), &mut rand::thread_rng())
 }
 
 #[cfg(test)]

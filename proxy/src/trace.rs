@@ -22,6 +22,7 @@ use opentelemetry::{Context, KeyValue};
 use crate::cause::Cause;
 use crate::context::Ctx;
 use crate::listener::Listener;
+use tandem_trace_context::{hex, hex_into, Traceparent};
 
 /// The W3C trace context header.
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -37,40 +38,14 @@ pub type SharedTracer = Arc<BoxedTracer>;
 
 // === propagation ===
 
-/// Parse lowercase hex of exactly `N` bytes; None on anything else.
-fn hex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    let b = s.as_bytes();
-    if b.len() != 2 * N {
-        return None;
-    }
-    let mut out = [0u8; N];
-    for (i, pair) in b.chunks_exact(2).enumerate() {
-        let d = |c: u8| match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            _ => None,
-        };
-        out[i] = (d(pair[0])? << 4) | d(pair[1])?;
-    }
-    Some(out)
-}
-
 /// A W3C `traceparent` (version 00, or a later version read as 00 would be), with its
 /// `tracestate`. None when malformed or all-zero ids.
 pub fn parse_traceparent(value: &str, tracestate: Option<&str>) -> Option<SpanContext> {
-    let mut parts = value.trim().split('-');
-    let version = hex::<1>(parts.next()?)?[0];
-    let trace = hex::<16>(parts.next()?)?;
-    let span = hex::<8>(parts.next()?)?;
-    let flags = hex::<1>(parts.next()?)?[0];
-    // Version 00 has exactly four fields; ff is invalid; later versions may append fields.
-    if version == 0xff || (version == 0 && parts.next().is_some()) {
-        return None;
-    }
+    let tp = Traceparent::parse(value)?;
     let state = tracestate
         .and_then(|s| s.parse::<TraceState>().ok())
         .unwrap_or_default();
-    valid(trace, span, flags & 1 == 1, state)
+    valid(tp.trace_id, tp.span_id, tp.sampled(), state)
 }
 
 /// A B3 single header (`{trace}-{span}[-{sampled}[-{parent}]]`; a lone `0`/`d` carries no ids).
@@ -170,14 +145,6 @@ pub fn inject(sc: &SpanContext, headers: &mut HeaderMap) {
 }
 
 /// Lowercase hex of `bytes` into `out` (twice as long).
-fn hex_into(bytes: &[u8], out: &mut [u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for (b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
-        pair[0] = DIGITS[usize::from(b >> 4)];
-        pair[1] = DIGITS[usize::from(b & 0xf)];
-    }
-}
-
 /// The span name for a request: its method, static for the standard ones (no allocation).
 fn method_name(m: &http::Method) -> std::borrow::Cow<'static, str> {
     match crate::metrics::method_label(m) {
@@ -415,16 +382,10 @@ mod tests {
         assert_eq!(sc.span_id().to_string(), "00f067aa0ba902b7");
         assert!(sc.is_sampled() && sc.is_remote());
         assert_eq!(sc.trace_state().header(), "vendor=x");
+        // What a malformed value is: tandem_trace_context's tests.
         for bad in [
             "",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
-            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
-            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
-            "zz-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e473é-00f067aa0ba902b7-01",
         ] {
             assert!(parse_traceparent(bad, None).is_none(), "{bad}");
         }

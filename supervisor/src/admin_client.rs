@@ -1,12 +1,12 @@
-//! The smallest HTTP client that can ask a running tandem's admin port one question.
+//! Ask a running tandem's admin port one question: `tandem status` and `tandem health`.
 //!
-//! Used by `tandem status` and `tandem health`, which must work in `FROM scratch` images with
-//! no curl: blocking std sockets, one HTTP/1.0 GET, bounded time and size, no runtime.
-use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream},
-    time::Duration,
-};
+//! They must work in `FROM scratch` images with no curl, and answer quickly or count as
+//! failed (a `HEALTHCHECK` runs them): one GET through [`crate::http_get`] (bounded in time
+//! and size) on a single-threaded runtime that lives for this one call.
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::http_get::{self, Get, Read};
 
 /// Bound on the whole exchange: a health check must answer quickly or count as failed.
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -18,33 +18,20 @@ pub fn get(addr: &str, path: &str) -> Result<(u16, String), String> {
     let sock: SocketAddr = addr
         .parse()
         .map_err(|_| format!("admin address {addr:?} is not IP:PORT"))?;
-    let mut stream = TcpStream::connect_timeout(&sock, TIMEOUT)
-        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-    stream.set_read_timeout(Some(TIMEOUT)).ok();
-    stream.set_write_timeout(Some(TIMEOUT)).ok();
-    write!(
-        stream,
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: tandem-cli\r\n\r\n"
-    )
-    .map_err(|e| format!("cannot send to {addr}: {e}"))?;
-    let mut raw = Vec::new();
-    stream
-        .take(MAX_RESPONSE)
-        .read_to_end(&mut raw)
-        .map_err(|e| format!("no answer from {addr}: {e}"))?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("malformed response from {addr}"))?;
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse::<u16>().ok())
-        .ok_or_else(|| {
-            format!(
-                "malformed status line from {addr}: {:?}",
-                head.lines().next().unwrap_or("")
-            )
-        })?;
-    Ok((code, body.to_string()))
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+    let host = sock.ip().to_string();
+    let req = Get {
+        host: &host,
+        port: sock.port(),
+        path,
+        user_agent: "tandem-cli",
+        timeout: TIMEOUT,
+    };
+    let r = runtime
+        .block_on(http_get::get(req, Read::Body(MAX_RESPONSE)))
+        .map_err(|e| e.to_string())?;
+    Ok((r.status, r.body))
 }

@@ -7,17 +7,16 @@
 use std::{collections::VecDeque, time::Duration};
 
 use rand::Rng;
+use tandem_backoff::{ExponentialBackoff, Jitter};
 use tokio::time::Instant;
 
 use crate::config::RestartConfig;
 
-/// Delays between restarts.
+/// Delays between restarts: the shared [`ExponentialBackoff`] with `restart.jitter` as a
+/// proportional spread, and the count of failures since the last stable run.
 #[derive(Debug, Clone)]
 pub struct Backoff {
-    initial: Duration,
-    max: Duration,
-    multiplier: f64,
-    jitter: f64,
+    delays: ExponentialBackoff,
     failures: u32,
 }
 
@@ -26,25 +25,21 @@ pub struct Backoff {
 impl Backoff {
     pub fn new(cfg: &RestartConfig) -> Self {
         Self {
-            initial: cfg.initial_delay,
-            max: cfg.max_delay,
-            multiplier: cfg.multiplier,
-            jitter: cfg.jitter,
+            delays: ExponentialBackoff::new(
+                cfg.initial_delay,
+                cfg.max_delay,
+                cfg.multiplier,
+                Jitter::Proportional(cfg.jitter),
+            ),
             failures: 0,
         }
     }
 
     /// The delay before the next start; each call grows the following one.
     pub fn next_delay(&mut self, rng: &mut impl Rng) -> Duration {
-        let exp = self.multiplier.powi(self.failures.min(64) as i32);
-        let base = (self.initial.as_secs_f64() * exp).min(self.max.as_secs_f64());
+        let delay = self.delays.delay(self.failures, rng);
         self.failures = self.failures.saturating_add(1);
-        let spread = if self.jitter > 0.0 {
-            rng.gen_range(-self.jitter..=self.jitter)
-        } else {
-            0.0
-        };
-        Duration::from_secs_f64((base * (1.0 + spread)).clamp(0.0, self.max.as_secs_f64()))
+        delay
     }
 
     /// The app ran stably: start again from the initial delay.

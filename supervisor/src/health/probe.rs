@@ -21,14 +21,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time;
 
-/// Most bytes of an HTTP response read while looking for its status line.
-const MAX_STATUS_LINE_BYTES: usize = 1024;
+use crate::http_get::{self, display_addr};
+
 /// How long to wait for an exec probe's process to be reaped after SIGKILL; SIGKILL cannot be
 /// caught, so only an unreapable process (stuck in the kernel) takes longer.
 const KILL_REAP_GRACE: Duration = Duration::from_secs(5);
@@ -361,12 +360,9 @@ pub enum ProbeFailure {
     /// No TCP connection.
     #[error("cannot connect to {addr}: {source}")]
     Connect { addr: String, source: io::Error },
-    /// The connection broke while talking HTTP.
-    #[error("HTTP exchange with {addr} failed: {source}")]
-    Io { addr: String, source: io::Error },
-    /// Not an HTTP response.
-    #[error("invalid HTTP response from {addr}: {reason}")]
-    BadResponse { addr: String, reason: &'static str },
+    /// The HTTP exchange broke, or the answer was not HTTP.
+    #[error(transparent)]
+    Http(http_get::GetError),
     /// An HTTP status outside 2xx/3xx.
     #[error("HTTP {status} from {addr}")]
     Status { addr: String, status: u16 },
@@ -421,9 +417,7 @@ impl Probe {
     /// Runs one check, bounded by the probe's timeout.
     pub async fn check(&self, exits: &dyn ExitWatcher) -> Result<(), ProbeFailure> {
         match &self.check {
-            Check::Http { host, port, path } => {
-                bounded(self.timeout, http_check(host, *port, path)).await
-            }
+            Check::Http { host, port, path } => http_check(host, *port, path, self.timeout).await,
             Check::Tcp { host, port } => bounded(self.timeout, tcp_check(host, *port)).await,
             Check::TcpEach(targets) => {
                 bounded(self.timeout, async {
@@ -448,14 +442,6 @@ async fn bounded(
         .unwrap_or(Err(ProbeFailure::Timeout(timeout)))
 }
 
-fn display_addr(host: &str, port: u16) -> String {
-    if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    }
-}
-
 async fn tcp_check(host: &str, port: u16) -> Result<(), ProbeFailure> {
     TcpStream::connect((host, port))
         .await
@@ -466,66 +452,39 @@ async fn tcp_check(host: &str, port: u16) -> Result<(), ProbeFailure> {
         })
 }
 
-async fn http_check(host: &str, port: u16, path: &str) -> Result<(), ProbeFailure> {
-    let addr = display_addr(host, port);
-    let mut stream =
-        TcpStream::connect((host, port))
-            .await
-            .map_err(|source| ProbeFailure::Connect {
-                addr: addr.clone(),
-                source,
-            })?;
-    let io_err = |source| ProbeFailure::Io {
-        addr: addr.clone(),
-        source,
+async fn http_check(
+    host: &str,
+    port: u16,
+    path: &str,
+    timeout: Duration,
+) -> Result<(), ProbeFailure> {
+    let req = http_get::Get {
+        host,
+        port,
+        path,
+        user_agent: "tandem-probe",
+        timeout,
     };
-    // `Connection: close` so the app does not hold a keep-alive connection per probe.
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: tandem-probe\r\nAccept: */*\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.map_err(io_err)?;
-    let mut head = Vec::with_capacity(128);
-    let mut buf = [0u8; 256];
-    while !head.contains(&b'\n') {
-        if head.len() >= MAX_STATUS_LINE_BYTES {
-            return Err(ProbeFailure::BadResponse {
-                addr,
-                reason: "no status line in the first 1 KiB",
-            });
-        }
-        let n = stream.read(&mut buf).await.map_err(io_err)?;
-        if n == 0 {
-            return Err(ProbeFailure::BadResponse {
-                addr,
-                reason: "connection closed before the status line",
-            });
-        }
-        head.extend_from_slice(&buf[..n]);
-    }
-    let status = parse_status_line(&head).ok_or(ProbeFailure::BadResponse {
-        addr: addr.clone(),
-        reason: "malformed status line",
-    })?;
+    let status = http_get::get(req, http_get::Read::Status).await?.status;
     if (200..400).contains(&status) {
         Ok(())
     } else {
-        Err(ProbeFailure::Status { addr, status })
+        Err(ProbeFailure::Status {
+            addr: display_addr(host, port),
+            status,
+        })
     }
 }
 
-/// The status code of `HTTP/1.x NNN reason`.
-fn parse_status_line(head: &[u8]) -> Option<u16> {
-    let line = head.split(|b| *b == b'\n').next()?;
-    let line = std::str::from_utf8(line).ok()?;
-    let mut parts = line.split_whitespace();
-    if !parts.next()?.starts_with("HTTP/1.") {
-        return None;
+impl From<http_get::GetError> for ProbeFailure {
+    fn from(e: http_get::GetError) -> Self {
+        use http_get::GetError;
+        match e {
+            GetError::Timeout(t) => ProbeFailure::Timeout(t),
+            GetError::Connect { addr, source } => ProbeFailure::Connect { addr, source },
+            other => ProbeFailure::Http(other),
+        }
     }
-    let code = parts.next()?;
-    if code.len() != 3 {
-        return None;
-    }
-    code.parse().ok()
 }
 
 async fn exec_check(
@@ -772,6 +731,7 @@ pub async fn run(
 mod tests {
     use super::*;
     use std::net::TcpListener as StdListener;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     fn config(kind: ProbeKind, target: &str) -> ProbeConfig {
@@ -901,14 +861,6 @@ mod tests {
         assert_eq!(s.state, ProbeState::Failing);
         assert_eq!(s.last_failure.as_deref(), Some("boom"));
         assert_eq!(s.checks, 8);
-    }
-
-    #[test]
-    fn status_line_parsing() {
-        assert_eq!(parse_status_line(b"HTTP/1.1 204 No Content\r\n"), Some(204));
-        assert_eq!(parse_status_line(b"HTTP/1.0 302\r\n"), Some(302));
-        assert_eq!(parse_status_line(b"SSH-2.0-OpenSSH\r\n"), None);
-        assert_eq!(parse_status_line(b"HTTP/1.1 20 OK\r\n"), None);
     }
 
     #[tokio::test]

@@ -8,7 +8,7 @@ use std::io;
 
 use thiserror::Error;
 
-use crate::{exit, logs::LogsError, telemetry::passthrough::PassthroughError};
+use crate::{exit, logs::LogsError, passthrough::PassthroughError};
 
 /// A step of the start failed; nothing after it was started.
 #[derive(Debug, Error)]

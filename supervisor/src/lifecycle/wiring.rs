@@ -23,9 +23,10 @@ use crate::{
     health::{notify::Notifier, probe::ExitWatcher, HealthMonitor},
     logs::{Injector, Level, LogContext, Pipeline},
     metrics::{LogsCollector, SupervisorMetrics},
+    passthrough::Passthrough,
     phase::Status,
     signals::Signals,
-    telemetry::{self, passthrough::Passthrough, Telemetry},
+    telemetry::{self, Telemetry},
 };
 
 /// Variables of tandem's environment that are tandem's alone: the app speaking on systemd's
@@ -154,7 +155,7 @@ pub fn prepare(cfg: Config, opts: Options) -> Result<Prepared, StartError> {
     let otlp = telemetry::Settings::resolve(
         &cfg.telemetry,
         cfg.service.version.as_deref(),
-        telemetry::resource::of_process(&log_ctx),
+        crate::otlp::resource::of_process(&log_ctx.service, &log_ctx.resource),
         &env,
     )
     .map_err(StartError::Config)?;
@@ -290,7 +291,10 @@ fn start_logs(
     ctx: LogContext,
     telemetry: Option<&Telemetry>,
 ) -> Result<Pipeline, StartError> {
-    let extra: Vec<_> = telemetry.and_then(|t| t.log_sink()).into_iter().collect();
+    let extra: Vec<_> = telemetry
+        .and_then(crate::logs::sinks::otlp::extra_sink)
+        .into_iter()
+        .collect();
     Pipeline::start_with(&cfg.logs, ctx, extra)
         .and_then(|p| p.tail().map(|()| p))
         .map_err(StartError::Logs)
@@ -307,7 +311,9 @@ async fn start_passthrough(
         return Ok(None);
     }
     let env = |k: &str| std::env::var(k).ok();
-    let p = Passthrough::start(pt, &cfg.service_name(), &env, registry)
+    let ctx = LogContext::from_process(cfg.service_name());
+    let resource = crate::otlp::resource::of_process(&ctx.service, &ctx.resource);
+    let p = Passthrough::start(pt, &resource, &env, registry)
         .await
         .map_err(StartError::Passthrough)?;
     if let Some(spec) = spec {

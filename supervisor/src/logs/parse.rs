@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
+use tandem_trace_context::Traceparent;
 
 use super::config::ParseFormat;
 use super::logfmt;
@@ -273,12 +274,11 @@ fn time_of(v: Scalar<'_>) -> Option<SystemTime> {
     }
 }
 
-/// `00-<trace>-<span>-<flags>` (W3C Trace Context).
+/// The trace and span id of a W3C `traceparent` ([`Traceparent::parse`], the proxy's parser).
+/// An app's own log line may write the hex in upper case: it is read as lower case.
 fn traceparent(s: &str) -> Option<(String, String)> {
-    let mut it = s.trim().split('-');
-    let (_ver, trace, span, _flags) = (it.next()?, it.next()?, it.next()?, it.next()?);
-    let ok = |x: &str, n| x.len() == n && x.bytes().all(|b| b.is_ascii_hexdigit());
-    (ok(trace, 32) && ok(span, 16)).then(|| (trace.to_ascii_lowercase(), span.to_ascii_lowercase()))
+    let tp = Traceparent::parse(&s.to_ascii_lowercase())?;
+    Some((tp.trace_id_hex(), tp.span_id_hex()))
 }
 
 fn hex_id(v: Scalar<'_>, len: usize) -> Option<String> {

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::otlp::Compression;
+
 /// OpenTelemetry export and pass-through.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -46,8 +48,8 @@ pub struct TelemetryConfig {
     pub logs: SignalConfig,
     /// tandem's metrics (the same as `/metrics`).
     pub metrics: MetricsConfig,
-    /// OTLP receiver for the app's own telemetry (see [`super::passthrough`]).
-    pub passthrough: super::passthrough::PassthroughConfig,
+    /// OTLP receiver for the app's own telemetry (see [`crate::passthrough`]).
+    pub passthrough: crate::passthrough::PassthroughConfig,
 }
 
 impl Default for TelemetryConfig {
@@ -196,27 +198,6 @@ impl Protocol {
     }
 }
 
-/// How request bodies are compressed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    /// As they are.
-    None,
-    /// gzip (`Content-Encoding: gzip`; gRPC: `grpc-encoding: gzip`).
-    Gzip,
-}
-
-impl Compression {
-    /// Parse the names `OTEL_EXPORTER_OTLP_COMPRESSION` uses.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.trim() {
-            "none" | "" => Some(Self::None),
-            "gzip" => Some(Self::Gzip),
-            _ => None,
-        }
-    }
-}
-
-/// The sampler names `OTEL_TRACES_SAMPLER` uses.
 pub const SAMPLERS: [&str; 6] = [
     "always_on",
     "always_off",

@@ -13,7 +13,7 @@ use opentelemetry_sdk::error::OTelSdkResult;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::{counter::Counter, family::Family};
 use prometheus_client::registry::Registry;
-use rand::Rng;
+use tandem_backoff::{ExponentialBackoff, Jitter};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 
@@ -247,7 +247,13 @@ impl<E: Exporter> Worker<E> {
         }
         let n = self.buf.len() as u64;
         let give_up = Instant::now() + self.retry.retry_for;
-        let mut backoff = Duration::from_millis(100);
+        let backoff = ExponentialBackoff::new(
+            Duration::from_millis(100),
+            Duration::from_secs(5),
+            2.0,
+            Jitter::Equal,
+        );
+        let mut retries: u32 = 0;
         loop {
             let sent = timeout(
                 self.retry.request_timeout + Duration::from_secs(1),
@@ -281,7 +287,7 @@ impl<E: Exporter> Worker<E> {
             }
             let stop = *self.retry.stop.borrow();
             let limit = stop.map_or(give_up, |s| s.min(give_up));
-            let wait = backoff.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
+            let wait = backoff.delay(retries, &mut rand::thread_rng());
             if Instant::now() + wait >= limit {
                 self.stats.drop_n(self.signal, "export_failed", n);
                 tracing::warn!(
@@ -297,7 +303,7 @@ impl<E: Exporter> Worker<E> {
                 // The stop deadline was set: look at the limit again.
                 _ = self.retry.stop.changed() => {}
             }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+            retries = retries.saturating_add(1);
         }
         self.buf.clear();
     }

@@ -3,7 +3,7 @@
 //! disagrees with [`super::settings`].
 //!
 //! The connections are tandem's: a tonic channel and a hyper client on the connector of
-//! [`super::tls`], handed to the exporter builders. So `https://` works with one rustls (ring)
+//! [`crate::otlp::tls`], handed to the exporter builders. So `https://` works with one rustls (ring)
 //! config for both protocols, and the exporter's own TLS features (which would pick roots and a
 //! crypto provider of their own) stay off.
 use std::collections::HashMap;
@@ -18,7 +18,7 @@ use opentelemetry_sdk::metrics::Temporality;
 
 use super::config::{Compression, Protocol};
 use super::settings::Export;
-use super::tls::HttpVersion;
+use crate::otlp::tls::HttpVersion;
 
 fn metadata(e: &Export) -> Result<opentelemetry_otlp::tonic_types::metadata::MetadataMap, String> {
     let mut headers = http::HeaderMap::new();

@@ -1,11 +1,14 @@
-//! OpenTelemetry: tandem's spans, the app's log records and tandem's metrics leave over OTLP,
-//! and (when enabled) the app's own OTLP passes through tandem, which adds the resource.
+//! tandem's own OpenTelemetry export: tandem's spans, the app's log records and tandem's
+//! metrics leave over OTLP. (The app's own OTLP passing through tandem is another product, in
+//! [`crate::passthrough`]; what both share, the `OTEL_*` environment, TLS and the resource, is
+//! in [`crate::otlp`].)
 //!
 //! Layout: [`config`] is the `[telemetry]` section and [`settings`] the same with `OTEL_*`
-//! applied; [`resource`] is what every signal carries (service, host, process, orchestrator
-//! identity); [`export`] is tandem's bounded, counted queue in front of each exporter
-//! ([`exporters`], their connections through [`tls`]); [`traces`], [`logs`] and [`metrics`] are the three signals;
-//! [`passthrough`] is the OTLP receiver on 127.0.0.1:4317/4318 for instrumented apps.
+//! applied; [`export`] is tandem's bounded, counted queue in front of each exporter
+//! ([`exporters`]); [`traces`], [`logs`] and [`metrics`] are the three signals.
+//!
+//! Dependencies point one way: the log pipeline's OTLP sink (`logs::sinks::otlp`) feeds
+//! [`Telemetry::log_queue`]; nothing here names a log-pipeline type.
 //!
 //! Invariant: [`Telemetry`] only offers operations (start, the tracer, the log sink, the
 //! metrics push, flush); the lifecycle decides their order. Nothing here calls the SDK's
@@ -16,10 +19,7 @@ pub mod export;
 pub mod exporters;
 pub mod logs;
 pub mod metrics;
-pub mod passthrough;
-pub mod resource;
 pub mod settings;
-pub mod tls;
 pub mod traces;
 
 use std::collections::BTreeMap;
@@ -115,20 +115,11 @@ impl Telemetry {
         self.traces.as_ref().map(|t| t.tracer.clone())
     }
 
-    /// The log pipeline's OTLP sink, when logs are exported.
-    pub fn log_sink(&self) -> Option<crate::logs::pipeline::ExtraSink> {
+    /// The queue the log pipeline's OTLP sink feeds, and how many records it holds, when logs
+    /// are exported.
+    pub fn log_queue(&self) -> Option<(export::Sender<SdkLogRecord>, usize)> {
         let (_, q) = self.settings.logs.as_ref()?;
-        let queue = self.logs.clone()?;
-        Some(crate::logs::pipeline::ExtraSink {
-            name: "otlp".into(),
-            sink: Box::new(crate::logs::sinks::otlp::OtlpSink::new(queue)),
-            // The sink itself never blocks (its export queue drops and counts), so the
-            // pipeline's queue in front of it is only a hand-off between threads.
-            queue: crate::logs::config::QueueConfig {
-                backpressure: crate::logs::Backpressure::Drop,
-                queue_records: q.size,
-            },
-        })
+        Some((self.logs.clone()?, q.size))
     }
 
     /// Push `registry` (the one `/metrics` serves) over OTLP, when metrics are exported.

@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::config::{check_url, Compression, Protocol, TelemetryConfig, SAMPLERS};
-use super::tls::{ClientTls, TlsFile, TlsFiles};
+use crate::otlp::env::{key_values, millis, Found, OtelEnv};
+use crate::otlp::tls::{ClientTls, TlsFile, TlsFiles};
 
 /// The three signals tandem exports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -109,7 +110,8 @@ impl Settings {
         mut resource: BTreeMap<String, String>,
         env: &BTreeMap<String, String>,
     ) -> Result<Option<Settings>, String> {
-        let var = |k: &str| env.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
+        let otel = OtelEnv::new(|k| env.get(k).cloned());
+        let var = |k: &str| otel.get(k);
         if let Some(v) = var("OTEL_SDK_DISABLED") {
             match v.to_ascii_lowercase().as_str() {
                 "true" => return Ok(None),
@@ -118,7 +120,7 @@ impl Settings {
             }
         }
         if let Some(v) = var("OTEL_RESOURCE_ATTRIBUTES") {
-            for (k, v) in key_values(v, "OTEL_RESOURCE_ATTRIBUTES")? {
+            for (k, v) in key_values(&v, "OTEL_RESOURCE_ATTRIBUTES")? {
                 resource.insert(k, v);
             }
         }
@@ -129,24 +131,24 @@ impl Settings {
             resource.insert("service.version".into(), v.to_string());
         }
         if let Some(name) = var("OTEL_SERVICE_NAME") {
-            resource.insert("service.name".into(), name.to_string());
+            resource.insert("service.name".into(), name);
         }
-        let protocol = match var("OTEL_EXPORTER_OTLP_PROTOCOL") {
-            Some(p) => parse_protocol(p, "OTEL_EXPORTER_OTLP_PROTOCOL")?,
+        let protocol = match otel.general("PROTOCOL") {
+            Some(p) => parse_protocol(&p)?,
             None => Protocol::parse(&cfg.protocol).ok_or_else(|| {
                 format!("telemetry.protocol: {:?} is not a protocol", cfg.protocol)
             })?,
         };
         let mut headers = cfg.headers.clone();
-        if let Some(h) = var("OTEL_EXPORTER_OTLP_HEADERS") {
-            headers.extend(key_values(h, "OTEL_EXPORTER_OTLP_HEADERS")?);
+        if let Some(h) = otel.general("HEADERS") {
+            headers.extend(key_values(&h.value, &h.name)?);
         }
-        let timeout = match var("OTEL_EXPORTER_OTLP_TIMEOUT") {
-            Some(ms) => millis(ms, "OTEL_EXPORTER_OTLP_TIMEOUT")?,
+        let timeout = match otel.general("TIMEOUT") {
+            Some(ms) => millis(&ms.value, &ms.name)?,
             None => cfg.timeout,
         };
-        let compression = match var("OTEL_EXPORTER_OTLP_COMPRESSION") {
-            Some(c) => parse_compression(c, "OTEL_EXPORTER_OTLP_COMPRESSION")?,
+        let compression = match otel.general("COMPRESSION") {
+            Some(c) => parse_compression(&c)?,
             None => Compression::parse(&cfg.compression).ok_or_else(|| {
                 format!(
                     "telemetry.compression: {:?} is not supported (none | gzip)",
@@ -156,21 +158,18 @@ impl Settings {
         };
         // Each file: the config key, over it the general variable, over that the signal's.
         let file = |key: &str, name: &str, sig: Signal| -> Option<TlsFile> {
-            let specific = format!("OTEL_EXPORTER_OTLP_{}_{name}", sig.env());
-            let general = format!("OTEL_EXPORTER_OTLP_{name}");
-            let from_env = |v: String| var(&v).map(|p| (v.clone(), p.to_string()));
-            let (source, path) =
-                from_env(specific)
-                    .or_else(|| from_env(general))
-                    .or_else(|| {
-                        let v = match key {
-                            "ca_file" => &cfg.ca_file,
-                            "cert_file" => &cfg.cert_file,
-                            _ => &cfg.key_file,
-                        };
-                        let v = v.trim();
-                        (!v.is_empty()).then(|| (format!("telemetry.{key}"), v.to_string()))
-                    })?;
+            let (source, path) = otel
+                .exporter(sig.env(), name)
+                .map(|f| (f.name, f.value))
+                .or_else(|| {
+                    let v = match key {
+                        "ca_file" => &cfg.ca_file,
+                        "cert_file" => &cfg.cert_file,
+                        _ => &cfg.key_file,
+                    };
+                    let v = v.trim();
+                    (!v.is_empty()).then(|| (format!("telemetry.{key}"), v.to_string()))
+                })?;
             Some(TlsFile {
                 source,
                 path: path.into(),
@@ -185,17 +184,18 @@ impl Settings {
             ClientTls::load(&files).map_err(|e| e.to_string())
         };
         let base = (protocol, headers, timeout, compression);
-        let general = match var("OTEL_EXPORTER_OTLP_ENDPOINT") {
+        let general_env = otel.general("ENDPOINT");
+        let general = match &general_env {
             Some(e) => {
-                check_url(e).map_err(|m| format!("OTEL_EXPORTER_OTLP_ENDPOINT: {m}"))?;
-                e.to_string()
+                check_url(&e.value).map_err(|m| format!("{}: {m}", e.name))?;
+                e.value.clone()
             }
             None => cfg.endpoint.clone(),
         };
         let export = |sig: Signal, enabled: bool, own: &str| -> Result<Option<Export>, String> {
-            let prefix = format!("OTEL_EXPORTER_OTLP_{}", sig.env());
+            let own_var = |what: &str| otel.specific(sig.env(), what);
             if let Some(v) = var(&format!("OTEL_{}_EXPORTER", sig.env())) {
-                match v {
+                match v.as_str() {
                     "none" => return Ok(None),
                     "otlp" => {}
                     _ => {
@@ -209,26 +209,26 @@ impl Settings {
                 return Ok(None);
             }
             let (mut protocol, mut headers, mut timeout, mut compression) = base.clone();
-            if let Some(c) = var(&format!("{prefix}_COMPRESSION")) {
-                compression = parse_compression(c, &format!("{prefix}_COMPRESSION"))?;
+            if let Some(c) = own_var("COMPRESSION") {
+                compression = parse_compression(&c)?;
             }
-            if let Some(p) = var(&format!("{prefix}_PROTOCOL")) {
-                protocol = parse_protocol(p, &format!("{prefix}_PROTOCOL"))?;
+            if let Some(p) = own_var("PROTOCOL") {
+                protocol = parse_protocol(&p)?;
             }
-            if let Some(h) = var(&format!("{prefix}_HEADERS")) {
-                headers.extend(key_values(h, &format!("{prefix}_HEADERS"))?);
+            if let Some(h) = own_var("HEADERS") {
+                headers.extend(key_values(&h.value, &h.name)?);
             }
-            if let Some(ms) = var(&format!("{prefix}_TIMEOUT")) {
-                timeout = millis(ms, &format!("{prefix}_TIMEOUT"))?;
+            if let Some(ms) = own_var("TIMEOUT") {
+                timeout = millis(&ms.value, &ms.name)?;
             }
             // A signal's own URL is used as given; the general one gets the signal's path.
-            let own_env = var(&format!("{prefix}_ENDPOINT"));
-            if let Some(u) = own_env {
-                check_url(u).map_err(|m| format!("{prefix}_ENDPOINT: {m}"))?;
+            let own_env = own_var("ENDPOINT");
+            if let Some(u) = &own_env {
+                check_url(&u.value).map_err(|m| format!("{}: {m}", u.name))?;
             }
             let endpoint = match (own_env, own.is_empty(), general.is_empty()) {
-                (Some(u), _, _) => u.to_string(),
-                (None, false, _) if var("OTEL_EXPORTER_OTLP_ENDPOINT").is_none() => own.to_string(),
+                (Some(u), _, _) => u.value,
+                (None, false, _) if general_env.is_none() => own.to_string(),
                 (None, _, false) => match protocol {
                     Protocol::Grpc => general.clone(),
                     Protocol::HttpProtobuf => {
@@ -264,7 +264,7 @@ impl Settings {
                 let size = num(format!("OTEL_{sig}_MAX_QUEUE_SIZE"), size)?;
                 let batch = num(format!("OTEL_{sig}_MAX_EXPORT_BATCH_SIZE"), batch)?.min(size);
                 let delay = match var(&format!("OTEL_{sig}_SCHEDULE_DELAY")) {
-                    Some(ms) => millis(ms, &format!("OTEL_{sig}_SCHEDULE_DELAY"))?,
+                    Some(ms) => millis(&ms, &format!("OTEL_{sig}_SCHEDULE_DELAY"))?,
                     None => delay,
                 };
                 Ok(Queue { size, batch, delay })
@@ -274,7 +274,7 @@ impl Settings {
             Some(e) => Some((
                 e,
                 queue("BSP", t.queue_size, t.batch_size, t.batch_delay)?,
-                sampling(&t.sampler, t.sampler_ratio, env)?,
+                sampling(&t.sampler, t.sampler_ratio, &otel)?,
             )),
             None => None,
         };
@@ -287,7 +287,7 @@ impl Settings {
         let metrics = match export(Signal::Metrics, m.enabled, &m.endpoint)? {
             Some(e) => {
                 let interval = match var("OTEL_METRIC_EXPORT_INTERVAL") {
-                    Some(ms) => millis(ms, "OTEL_METRIC_EXPORT_INTERVAL")?,
+                    Some(ms) => millis(&ms, "OTEL_METRIC_EXPORT_INTERVAL")?,
                     None => m.interval,
                 };
                 Some((e, interval.max(Duration::from_millis(100))))
@@ -308,16 +308,16 @@ impl Settings {
     }
 }
 
-fn sampling(name: &str, ratio: f64, env: &BTreeMap<String, String>) -> Result<Sampling, String> {
-    let var = |k: &str| env.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
-    let name = var("OTEL_TRACES_SAMPLER").unwrap_or(name);
+fn sampling(name: &str, ratio: f64, otel: &OtelEnv<'_>) -> Result<Sampling, String> {
+    let from_env = otel.get("OTEL_TRACES_SAMPLER");
+    let name = from_env.as_deref().unwrap_or(name);
     if !SAMPLERS.contains(&name) {
         return Err(format!(
             "OTEL_TRACES_SAMPLER: {name:?} is not supported ({})",
             SAMPLERS.join(" | ")
         ));
     }
-    let ratio = match var("OTEL_TRACES_SAMPLER_ARG") {
+    let ratio = match otel.get("OTEL_TRACES_SAMPLER_ARG") {
         Some(v) if name.ends_with("traceidratio") => v
             .parse::<f64>()
             .ok()
@@ -337,55 +337,18 @@ fn sampling(name: &str, ratio: f64, env: &BTreeMap<String, String>) -> Result<Sa
     })
 }
 
-fn parse_protocol(v: &str, var: &str) -> Result<Protocol, String> {
-    Protocol::parse(v).ok_or_else(|| {
-        format!("{var}: {v:?} is not supported (grpc | http/protobuf; http/json is not)")
+fn parse_protocol(v: &Found) -> Result<Protocol, String> {
+    Protocol::parse(&v.value).ok_or_else(|| {
+        format!(
+            "{}: {:?} is not supported (grpc | http/protobuf; http/json is not)",
+            v.name, v.value
+        )
     })
 }
 
-fn parse_compression(v: &str, var: &str) -> Result<Compression, String> {
-    Compression::parse(v).ok_or_else(|| format!("{var}: {v:?} is not supported (none | gzip)"))
-}
-
-fn millis(v: &str, var: &str) -> Result<Duration, String> {
-    v.parse::<u64>()
-        .map(Duration::from_millis)
-        .map_err(|_| format!("{var}: {v:?} is not a number of milliseconds"))
-}
-
-/// `k1=v1,k2=v2` with percent-encoded values (W3C Baggage style), as the `OTEL_*` lists are.
-pub fn key_values(s: &str, var: &str) -> Result<Vec<(String, String)>, String> {
-    let mut out = Vec::new();
-    for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (k, v) = pair
-            .split_once('=')
-            .ok_or_else(|| format!("{var}: {pair:?} is not key=value"))?;
-        let k = percent_decode(k.trim());
-        if k.is_empty() {
-            return Err(format!("{var}: {pair:?} has an empty key"));
-        }
-        out.push((k, percent_decode(v.trim())));
-    }
-    Ok(out)
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            let d = |c: u8| (c as char).to_digit(16);
-            if let (Some(hi), Some(lo)) = (d(b[i + 1]), d(b[i + 2])) {
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+fn parse_compression(v: &Found) -> Result<Compression, String> {
+    Compression::parse(&v.value)
+        .ok_or_else(|| format!("{}: {:?} is not supported (none | gzip)", v.name, v.value))
 }
 
 #[cfg(test)]

@@ -4,6 +4,9 @@
 //!
 //! Invariant: `write` never blocks and never fails: a full export queue drops the record and
 //! counts it (`tandem_otlp_dropped_total{signal="logs"}`); retries happen in the queue's worker.
+//!
+//! The line between the log pipeline and telemetry is crossed here, in this direction only:
+//! this sink depends on [`crate::telemetry`]; telemetry names no log-pipeline type.
 use std::io;
 
 use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, LoggerProvider as _, Severity};
@@ -14,7 +17,26 @@ use serde_json::Value;
 
 use super::super::record::{Level, Record};
 use super::Sink;
+use crate::logs::config::QueueConfig;
+use crate::logs::pipeline::ExtraSink;
+use crate::logs::Backpressure;
 use crate::telemetry::export::Sender;
+use crate::telemetry::Telemetry;
+
+/// The pipeline's OTLP sink for `telemetry`, when it exports logs.
+pub fn extra_sink(telemetry: &Telemetry) -> Option<ExtraSink> {
+    let (queue, queue_records) = telemetry.log_queue()?;
+    Some(ExtraSink {
+        name: "otlp".into(),
+        sink: Box::new(OtlpSink::new(queue)),
+        // The sink itself never blocks (its export queue drops and counts), so the
+        // pipeline's queue in front of it is only a hand-off between threads.
+        queue: QueueConfig {
+            backpressure: Backpressure::Drop,
+            queue_records,
+        },
+    })
+}
 
 /// See the module doc.
 pub struct OtlpSink {

@@ -20,6 +20,7 @@ use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::TokioExecutor,
 };
+use tandem_backoff::{ExponentialBackoff, Jitter};
 use tokio::{
     sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore, TryAcquireError},
     time::{sleep, timeout, Instant},
@@ -31,7 +32,7 @@ use super::{
     upstream::Upstream,
     Protocol, Signal,
 };
-use crate::telemetry::{config::Compression, tls::HttpVersion};
+use crate::otlp::{tls::HttpVersion, Compression};
 
 /// First retry delay; doubled after each failure up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -183,7 +184,9 @@ impl Forwarder {
             Compression::None => body,
             Compression::Gzip => gzip(&body),
         };
-        let mut backoff = FIRST_BACKOFF;
+        let backoff =
+            ExponentialBackoff::new(FIRST_BACKOFF, MAX_BACKOFF, 2.0, Jitter::Proportional(0.0));
+        let mut retries: u32 = 0;
         loop {
             match self.attempt(body.clone()).await {
                 Attempt::Sent => {
@@ -197,7 +200,9 @@ impl Forwarder {
                     return;
                 }
                 Attempt::Retry(why, hint) => {
-                    let delay = hint.unwrap_or(backoff).min(MAX_BACKOFF);
+                    let delay = hint
+                        .unwrap_or_else(|| backoff.delay(retries, &mut rand::thread_rng()))
+                        .min(MAX_BACKOFF);
                     if began.elapsed() + delay > self.max_retry_time {
                         tracing::warn!(event = "otlp_passthrough_dropped", signal = self.signal.as_str(), upstream = %self.upstream.url, reason = %why, "the upstream stayed unavailable; the app's telemetry is dropped");
                         self.counters
@@ -206,7 +211,7 @@ impl Forwarder {
                     }
                     tracing::debug!(signal = self.signal.as_str(), reason = %why, delay_ms = delay.as_millis() as u64, "upstream unavailable; retrying");
                     sleep(delay).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    retries = retries.saturating_add(1);
                 }
             }
         }

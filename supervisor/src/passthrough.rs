@@ -1,10 +1,22 @@
-//! OTLP pass-through for instrumented apps (the job of an OpenTelemetry Collector sidecar):
-//! tandem listens on 127.0.0.1:4317 (gRPC) and 127.0.0.1:4318 (HTTP), points the app's
-//! `OTEL_EXPORTER_OTLP_ENDPOINT` there, adds its resource attributes to everything the app
-//! sends and forwards it to the upstream.
+//! # OTLP pass-through
+//!
+//! A second product inside tandem, apart from tandem's own export ([`crate::telemetry`]): the
+//! job of an OpenTelemetry Collector sidecar for an app that is already instrumented. With
+//! `[telemetry.passthrough] enabled = true`, tandem listens on 127.0.0.1:4317 (gRPC) and
+//! 127.0.0.1:4318 (HTTP), points the app's `OTEL_EXPORTER_OTLP_ENDPOINT` there (unless
+//! `app.env` sets it), adds its resource attributes to everything the app sends and forwards it
+//! to the upstream (`[telemetry.passthrough] endpoint`, else tandem's own
+//! `OTEL_EXPORTER_OTLP_*`).
 //!
 //! The flow: [`receive`] (answer the app at once) ─▶ [`signal`] (decode, enrich) ─▶
-//! [`forward`] (bounded queue per signal, retry with backoff) ─▶ the upstream ([`upstream`]).
+//! [`forward`] (bounded queue per signal, retry with backoff) ─▶ the upstream ([`upstream`],
+//! framed by [`grpc`] or plain HTTP). [`counters`] are its `tandem_otlp_passthrough_*` metrics.
+//!
+//! What it shares with tandem's export lives in [`crate::otlp`] (the `OTEL_*` environment, the
+//! TLS client, the resource). It depends on nothing else in tandem: the resource comes in as
+//! plain data, and [`crate::telemetry`] only holds its config section ([`PassthroughConfig`],
+//! `[telemetry.passthrough]`).
+//!
 //! The one thing to keep: the app never waits on the upstream; what cannot be queued or
 //! forwarded is counted ([`counters`]), never lost silently.
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
@@ -238,10 +250,11 @@ fn bypassing_vars() -> Vec<String> {
 
 impl Passthrough {
     /// Resolve the upstreams (from the config and `env`), bind both listeners, register the
-    /// counters and start forwarding. Nothing is bound when the config is wrong.
+    /// counters and start forwarding; `resource` is added to everything the app sends
+    /// ([`crate::otlp::resource::of_process`]). Nothing is bound when the config is wrong.
     pub async fn start(
         cfg: &PassthroughConfig,
-        service: &str,
+        resource: &BTreeMap<String, String>,
         env: &dyn Fn(&str) -> Option<String>,
         registry: &mut Registry,
     ) -> Result<Passthrough, PassthroughError> {
@@ -289,7 +302,7 @@ impl Passthrough {
             queues.push((s, queue));
         }
         let receiver = Arc::new(receive::Receiver {
-            attrs: super::resource::attributes(service),
+            attrs: resource.clone(),
             queues: queues.clone(),
             max_request: cfg.max_request_size.as_u64() as usize,
             counters: counters.clone(),

@@ -7,8 +7,9 @@ use std::net::SocketAddr;
 use http::{HeaderName, HeaderValue, Uri};
 
 use super::{PassthroughConfig, Protocol, Signal};
-use crate::telemetry::config::Compression;
-use crate::telemetry::tls::{ClientTls, TlsFile, TlsFiles};
+use crate::otlp::env::{key_values, Found, OtelEnv};
+use crate::otlp::tls::{ClientTls, TlsFile, TlsFiles};
+use crate::otlp::Compression;
 
 /// The resolved upstream of one signal.
 #[derive(Debug, Clone)]
@@ -49,17 +50,11 @@ pub fn resolve(
 ) -> Result<Upstream, UpstreamError> {
     let (endpoint, protocol, headers) = (&cfg.endpoint, &cfg.protocol, &cfg.headers);
     let per = signal.as_str().to_ascii_uppercase();
+    let otel = OtelEnv::new(env);
+    // The config key wins; else the signal's variable, else the general one.
     let var = |suffix: &str| {
-        let specific = format!("OTEL_EXPORTER_OTLP_{per}_{suffix}");
-        let generic = format!("OTEL_EXPORTER_OTLP_{suffix}");
-        env(&specific)
-            .filter(|v| !v.trim().is_empty())
-            .map(|v| (specific, v, true))
-            .or_else(|| {
-                env(&generic)
-                    .filter(|v| !v.trim().is_empty())
-                    .map(|v| (generic, v, false))
-            })
+        otel.exporter(&per, suffix)
+            .map(|f: Found| (f.name, f.value, f.specific))
     };
 
     let (protocol_source, protocol) = if protocol.trim().is_empty() {
@@ -132,7 +127,7 @@ pub fn resolve(
     let mut out = Vec::new();
     if let Some((name, v, _)) = var("HEADERS") {
         // The same list syntax as tandem's own exporters read (one parser).
-        let pairs = crate::telemetry::settings::key_values(&v, &name).map_err(|e| {
+        let pairs = key_values(&v, &name).map_err(|e| {
             err(
                 &name,
                 e.trim_start_matches(&format!("{name}: ")).to_string(),

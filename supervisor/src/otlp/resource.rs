@@ -2,19 +2,17 @@
 //!
 //! One source for all of tandem's OTLP (its spans, the app's log records, its metrics, and the
 //! app's own telemetry passing through): OpenTelemetry semantic-convention names, plain strings.
+//!
+//! Built from plain data passed in (the service name and the identity attributes the caller
+//! read once: host name, container id, systemd and Nomad variables), so this module reads no
+//! log-pipeline type; what it reads itself is only this process (pid, executable, cgroup).
 use std::collections::BTreeMap;
 
-use crate::logs::LogContext;
-
+/// The resource of this process for `service`, whose identity attributes (`host.name`,
+/// `container.id`, `nomad.*`, ...) the caller read once, for both the log pipeline and OTLP.
 /// `service.instance.id` is the host name and tandem's pid unless Nomad's alloc id is known.
-pub fn attributes(service: &str) -> BTreeMap<String, String> {
-    of_process(&LogContext::from_process(service))
-}
-
-/// [`attributes`] from a [`LogContext`] already read from this process (the supervisor reads
-/// host name, cgroup and mountinfo once, for both the log pipeline and the OTLP resource).
-pub fn of_process(ctx: &LogContext) -> BTreeMap<String, String> {
-    let mut out = from_context(ctx, std::process::id());
+pub fn of_process(service: &str, identity: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut out = from_parts(service, identity, std::process::id());
     if let Some(unit) = std::fs::read_to_string("/proc/self/cgroup")
         .ok()
         .and_then(|c| systemd_unit(&c))
@@ -47,27 +45,27 @@ pub fn systemd_unit(cgroup: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Build from an already-read [`LogContext`] (testable without touching the process).
-pub fn from_context(ctx: &LogContext, pid: u32) -> BTreeMap<String, String> {
+/// Build from already-read parts (testable without touching the process).
+pub fn from_parts(
+    service: &str,
+    identity: &BTreeMap<String, String>,
+    pid: u32,
+) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
-    out.insert("service.name".to_string(), ctx.service.clone());
+    out.insert("service.name".to_string(), service.to_string());
     out.insert("telemetry.sdk.name".to_string(), "tandem".into());
     out.insert(
         "tandem.version".to_string(),
         env!("CARGO_PKG_VERSION").to_string(),
     );
     out.insert("process.pid".to_string(), pid.to_string());
-    for (k, v) in &ctx.resource {
+    for (k, v) in identity {
         out.insert(k.clone(), v.clone());
     }
-    let instance = ctx
-        .resource
-        .get("nomad.alloc_id")
-        .cloned()
-        .unwrap_or_else(|| {
-            let host = ctx.resource.get("host.name").map_or("localhost", |h| h);
-            format!("{host}-{pid}")
-        });
+    let instance = identity.get("nomad.alloc_id").cloned().unwrap_or_else(|| {
+        let host = identity.get("host.name").map_or("localhost", |h| h);
+        format!("{host}-{pid}")
+    });
     out.insert("service.instance.id".to_string(), instance);
     out
 }
@@ -94,14 +92,19 @@ mod tests {
 
     #[test]
     fn nomad_alloc_is_the_instance() {
-        let env = vec![("NOMAD_ALLOC_ID".to_string(), "a1".to_string())];
-        let ctx = LogContext::from_parts("svc".into(), Some("h".into()), None, &env);
-        let r = from_context(&ctx, 7);
+        let identity = BTreeMap::from([
+            ("host.name".to_string(), "h".to_string()),
+            ("nomad.alloc_id".to_string(), "a1".to_string()),
+        ]);
+        let r = from_parts("svc", &identity, 7);
         assert_eq!(r["service.name"], "svc");
         assert_eq!(r["service.instance.id"], "a1");
         assert_eq!(r["nomad.alloc_id"], "a1");
         assert_eq!(r["host.name"], "h");
-        let ctx = LogContext::from_parts("svc".into(), Some("h".into()), None, &[]);
-        assert_eq!(from_context(&ctx, 7)["service.instance.id"], "h-7");
+        let host_only = BTreeMap::from([("host.name".to_string(), "h".to_string())]);
+        assert_eq!(
+            from_parts("svc", &host_only, 7)["service.instance.id"],
+            "h-7"
+        );
     }
 }
