@@ -27,41 +27,6 @@ pub struct AdminState {
     pub started: Instant,
 }
 
-/// Refuses an admin port reachable from other hosts without a token: config validation calls
-/// this, so tandem exits 64 before binding anything. Also reads the token file, so a missing
-/// or empty one is a config error too.
-pub fn check_exposure(cfg: &crate::config::AdminConfig) -> Result<(), String> {
-    let listen = cfg.listen.trim();
-    let Ok(addr) = listen.parse::<SocketAddr>() else {
-        return Ok(()); // off, or reported by the address check
-    };
-    if cfg.token_file.is_some() {
-        load_token(cfg)?;
-    } else if !addr.ip().is_loopback() {
-        return Err(format!(
-            "admin.listen: {listen} is reachable from other hosts; set admin.token_file (a file holding a bearer token) or listen on 127.0.0.1"
-        ));
-    }
-    Ok(())
-}
-
-/// The admin token from `admin.token_file` (trimmed), if one is configured.
-pub fn load_token(cfg: &crate::config::AdminConfig) -> Result<Option<Arc<str>>, String> {
-    let Some(path) = &cfg.token_file else {
-        return Ok(None);
-    };
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("admin.token_file {}: {e}", path.display()))?;
-    let token = text.trim();
-    if token.len() < 16 {
-        return Err(format!(
-            "admin.token_file {}: the token must be at least 16 characters",
-            path.display()
-        ));
-    }
-    Ok(Some(Arc::from(token)))
-}
-
 /// Whether `req` carries the admin token (digests compared: the time taken tells neither
 /// where a guess differs nor how long the token is).
 fn authorized(req: &Request<Incoming>, token: Option<&str>) -> bool {
@@ -83,7 +48,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
 }
 
 /// [`serve`], requiring `Authorization: Bearer <token>` on every request when `token` is
-/// set (from [`load_token`]); without it, 401.
+/// set (from [`crate::config::AdminConfig::load_token`]); without it, 401.
 pub async fn serve_with_token(
     listener: TcpListener,
     state: Arc<AdminState>,

@@ -95,6 +95,43 @@ pub struct AdminConfig {
     pub token_file: Option<std::path::PathBuf>,
 }
 
+impl AdminConfig {
+    /// Refuses an admin port reachable from other hosts without a token: config validation
+    /// calls this, so tandem exits 64 before binding anything. Also reads the token file, so
+    /// a missing or empty one is a config error too.
+    pub fn check_exposure(&self) -> Result<(), String> {
+        let listen = self.listen.trim();
+        let Ok(addr) = listen.parse::<std::net::SocketAddr>() else {
+            return Ok(()); // off, or reported by the address check
+        };
+        if self.token_file.is_some() {
+            self.load_token()?;
+        } else if !addr.ip().is_loopback() {
+            return Err(format!(
+                "admin.listen: {listen} is reachable from other hosts; set admin.token_file (a file holding a bearer token) or listen on 127.0.0.1"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The admin token from `admin.token_file` (trimmed), if one is configured.
+    pub fn load_token(&self) -> Result<Option<std::sync::Arc<str>>, String> {
+        let Some(path) = &self.token_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("admin.token_file {}: {e}", path.display()))?;
+        let token = text.trim();
+        if token.len() < 16 {
+            return Err(format!(
+                "admin.token_file {}: the token must be at least 16 characters",
+                path.display()
+            ));
+        }
+        Ok(Some(std::sync::Arc::from(token)))
+    }
+}
+
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
@@ -264,7 +301,7 @@ impl Config {
         if !admin.is_empty() && admin.parse::<std::net::SocketAddr>().is_err() {
             return Err(format!("admin.listen: {admin:?} is not an IP:PORT address (or \"\" to turn the admin port off)"));
         }
-        crate::admin::check_exposure(&self.admin)?;
+        self.admin.check_exposure()?;
         for sig in &self.app.forward_signals {
             match sig.0 {
                 Signal::SIGKILL | Signal::SIGSTOP => {

@@ -438,7 +438,7 @@ async fn start_admin(
     });
     // Off loopback the admin port requires a bearer token (config validation made sure a
     // token file exists and is usable).
-    let token = crate::admin::load_token(&cfg.admin).map_err(StartError::Config)?;
+    let token = cfg.admin.load_token().map_err(StartError::Config)?;
     tokio::spawn(crate::admin::serve_with_token(listener, state, token));
     Ok(())
 }
