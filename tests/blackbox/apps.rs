@@ -2,9 +2,9 @@
 //! `http.server`, Debian's nginx (HTTP/1.1, or h2c with prior knowledge) and redis-server.
 //! Each returns the app's command line, or `None` when the program is not installed (a
 //! failure, or a skip under TANDEM_TEST_ALLOW_SKIP: `support::can_run`).
-use std::path::Path;
+use std::{path::Path, process::Command};
 
-use crate::support::require_tool;
+use crate::support::{bin, require_tool, Tandem};
 
 /// Python's own `http.server` (a directory listing of `dir`), as a user would start it.
 pub fn python_http_server(dir: &Path, port: u16) -> Option<Vec<String>> {
@@ -102,4 +102,59 @@ pub fn redis(dir: &Path, port: u16) -> Option<Vec<String>> {
         .map(String::from)
         .to_vec()
     })
+}
+
+/// The shared set-up of the edge tests: tandem (admin on a free loopback port, restarted
+/// always) with `extra` TOML (its `[[proxy.listeners]]`) in front of Python's `http.server`
+/// serving `site` on `app`; under `prlimit --nofile=N:N` when `nofile` is given. Returns it
+/// (stdout collected) and its admin address, once the app is ready; the config is written
+/// to `dir`.
+pub fn http_server_behind_tandem(
+    dir: &Path,
+    site: &Path,
+    app: u16,
+    extra: &str,
+    nofile: Option<u32>,
+) -> (Tandem, String) {
+    let command: Vec<String> = python_http_server(site, app)
+        .expect("python3 runs the app")
+        .into_iter()
+        .map(|a| format!("{a:?}"))
+        .collect();
+    let cfg = dir.join("tandem.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[app]
+command = [{command}]
+stop_timeout = "2s"
+[admin]
+listen = "127.0.0.1:0"
+[restart]
+policy = "always"
+initial_delay = "50ms"
+{extra}
+"#,
+            command = command.join(", ")
+        ),
+    )
+    .unwrap();
+    let mut cmd = match nofile {
+        Some(n) => {
+            let mut c = Command::new("prlimit");
+            c.arg(format!("--nofile={n}:{n}")).arg("--").arg(bin());
+            c
+        }
+        None => Command::new(bin()),
+    };
+    cmd.arg("--config").arg(&cfg);
+    let mut t = Tandem::spawn_cmd(&mut cmd);
+    t.collect_stdout();
+    let admin = t.wait_event("admin_listening")["addr"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    t.wait_event("ready");
+    (t, admin)
 }

@@ -8,61 +8,19 @@ use std::{
     io::{ErrorKind, Read},
     net::TcpStream,
     path::Path,
-    process::Command,
 };
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::apps::python_http_server;
+use crate::apps::http_server_behind_tandem;
 use crate::otel::scrape;
-use crate::support::{bin, eventually, free_port, http, require_tool, Tandem, PATIENCE};
+use crate::support::{eventually, free_port, http, require_tool, Tandem, PATIENCE};
 
-/// tandem with `listeners` (TOML `[[proxy.listeners]]` tables) in front of `http.server` on
-/// `app`, restarted always; under `prlimit --nofile=N:N` when `nofile` is given. Returns it
-/// and its admin address, once the app is ready.
+/// tandem with `listeners` in front of `http.server` on `app` (see
+/// [`http_server_behind_tandem`]).
 fn start(dir: &Path, app: u16, listeners: &str, nofile: Option<u32>) -> (Tandem, String) {
-    let command: Vec<String> = python_http_server(dir, app)
-        .expect("python3 runs the app")
-        .into_iter()
-        .map(|a| format!("{a:?}"))
-        .collect();
-    let cfg = dir.join("tandem.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"
-[app]
-command = [{command}]
-stop_timeout = "2s"
-[admin]
-listen = "127.0.0.1:0"
-[restart]
-policy = "always"
-initial_delay = "50ms"
-{listeners}
-"#,
-            command = command.join(", ")
-        ),
-    )
-    .unwrap();
-    let mut cmd = match nofile {
-        Some(n) => {
-            let mut c = Command::new("prlimit");
-            c.arg(format!("--nofile={n}:{n}")).arg("--").arg(bin());
-            c
-        }
-        None => Command::new(bin()),
-    };
-    cmd.arg("--config").arg(&cfg);
-    let mut t = Tandem::spawn_cmd(&mut cmd);
-    t.collect_stdout();
-    let admin = t.wait_event("admin_listening")["addr"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    t.wait_event("ready");
-    (t, admin)
+    http_server_behind_tandem(dir, dir, app, listeners, nofile)
 }
 
 /// Opens `n` connections to `addr` (each kept open by the caller).

@@ -7,9 +7,9 @@ use std::{
     net::TcpStream,
 };
 
-use crate::apps::python_http_server;
+use crate::apps::http_server_behind_tandem;
 use crate::otel::scrape;
-use crate::support::{eventually, free_port, require_tool, Tandem, PATIENCE};
+use crate::support::{eventually, free_port, require_tool, PATIENCE};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// An empty SETTINGS frame.
@@ -41,20 +41,12 @@ fn each_listener_speaks_only_its_protocol_with_its_clocks() {
     }
     let dir = tempfile::tempdir().unwrap();
     let (web, grpc, app) = (free_port(), free_port(), free_port());
-    let command: Vec<String> = python_http_server(dir.path(), app)
-        .expect("python3 runs the app")
-        .into_iter()
-        .map(|a| format!("{a:?}"))
-        .collect();
-    let cfg = dir.path().join("tandem.toml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let (mut t, admin) = http_server_behind_tandem(
+        dir.path(),
+        dir.path(),
+        app,
+        &format!(
             r#"
-[app]
-command = [{command}]
-[admin]
-listen = "127.0.0.1:0"
 [[proxy.listeners]]
 name = "web"
 listen = "127.0.0.1:{web}"
@@ -66,18 +58,10 @@ protocol = "h2c"
 listen = "127.0.0.1:{grpc}"
 upstream = "127.0.0.1:{app}"
 timeouts = {{ header_read = "1s" }}
-"#,
-            command = command.join(", ")
+"#
         ),
-    )
-    .unwrap();
-    let mut t = Tandem::spawn(&["--config", cfg.to_str().unwrap()]);
-    t.collect_stdout();
-    let admin = t.wait_event("admin_listening")["addr"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    t.wait_event("ready");
+        None,
+    );
     let (web, grpc) = (format!("127.0.0.1:{web}"), format!("127.0.0.1:{grpc}"));
 
     // HTTP/1 to the h2c listener: closed without an HTTP/1 answer.

@@ -7,9 +7,9 @@ use std::{
     net::TcpStream,
 };
 
-use crate::apps::python_http_server;
+use crate::apps::http_server_behind_tandem;
 use crate::otel::scrape;
-use crate::support::{eventually, free_port, require_tool, Tandem, PATIENCE};
+use crate::support::{eventually, free_port, require_tool, PATIENCE};
 
 /// Far more than the loopback socket buffers hold between tandem and a client that does not
 /// read (a sparse file: no disk is written).
@@ -28,37 +28,21 @@ fn a_client_that_never_reads_is_cut_at_the_write_timeout() {
         .set_len(SIZE)
         .unwrap();
     let (web, app) = (free_port(), free_port());
-    let command: Vec<String> = python_http_server(&site, app)
-        .expect("python3 runs the app")
-        .into_iter()
-        .map(|a| format!("{a:?}"))
-        .collect();
-    let cfg = dir.path().join("tandem.toml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let (mut t, admin) = http_server_behind_tandem(
+        dir.path(),
+        &site,
+        app,
+        &format!(
             r#"
-[app]
-command = [{command}]
-[admin]
-listen = "127.0.0.1:0"
 [[proxy.listeners]]
 name = "web"
 listen = "127.0.0.1:{web}"
 upstream = "127.0.0.1:{app}"
 timeouts = {{ write = "2s", request = "20s", idle = "8s" }}
-"#,
-            command = command.join(", ")
+"#
         ),
-    )
-    .unwrap();
-    let mut t = Tandem::spawn(&["--config", cfg.to_str().unwrap()]);
-    t.collect_stdout();
-    let admin = t.wait_event("admin_listening")["addr"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    t.wait_event("ready");
+        None,
+    );
 
     let mut s = TcpStream::connect(format!("127.0.0.1:{web}")).unwrap();
     s.write_all(b"GET /big.bin HTTP/1.1\r\nHost: shop.test\r\n\r\n")
