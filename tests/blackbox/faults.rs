@@ -6,6 +6,7 @@ use std::time::Duration;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use crate::apps::python_http_server;
 use crate::support::{
     eventually, free_port, group_members, http, proc_state, run, wait_file, Tandem,
 };
@@ -24,7 +25,7 @@ fn admin(t: &Tandem) -> String {
 fn a_hung_app_is_restarted_by_its_liveness_probe() {
     let dir = tempfile::tempdir().unwrap();
     let app = free_port();
-    let mut t = Tandem::spawn(&[
+    let mut args: Vec<String> = [
         "--restart",
         "always",
         "--set",
@@ -43,15 +44,12 @@ fn a_hung_app_is_restarted_by_its_liveness_probe() {
         "--set",
         "health.liveness.initial_delay=2s",
         "--",
-        "python3",
-        "-m",
-        "http.server",
-        &app.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--directory",
-        dir.path().to_str().unwrap(),
-    ]);
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(python_http_server(dir.path(), app).expect("python3 runs the app"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut t = Tandem::spawn(&args);
     t.collect_stdout();
     let first = t.app_pid();
     // Passing first, so the failure is the hang and not a slow start.
@@ -366,15 +364,8 @@ fn wall_clock_jumps_do_not_break_timers() {
                 "--proxy",
                 &format!("127.0.0.1:{listen}=127.0.0.1:{app}"),
                 "--",
-                "python3",
-                "-m",
-                "http.server",
-                &app.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--directory",
-                dir.path().to_str().unwrap(),
             ])
+            .args(python_http_server(dir.path(), app).expect("python3 runs the app"))
             .env("LD_PRELOAD", LIBFAKETIME)
             .env("FAKETIME_TIMESTAMP_FILE", &clock)
             .env("FAKETIME_CACHE_DURATION", "1")

@@ -98,28 +98,34 @@ fn no_failed_get_when_nginx_is_killed_under_load() {
     assert!(nginx_served(dir.path()) > 0, "nginx served the load");
 }
 
-/// tandem with the defaults a new user gets (`--restart always`, one `--proxy`, no probe) in
-/// front of `app_cmd` listening on `app`; four clients send 1,600 GETs of `path` on fresh
-/// connections and the app is SIGKILLed once mid-load: no GET may fail.
-fn kill_under_load(app_cmd: Vec<String>, app: u16, path: &str) {
-    let listen = free_port();
+/// tandem as a new user starts it: `--restart always --proxy SPEC -- APP...`, no probe, with
+/// the admin port on a free port; its stdout (the app's records and the access log) is read
+/// from the start, or the pipe fills.
+fn new_user_defaults(proxy: &str, app_cmd: Vec<String>) -> Tandem {
     let mut args: Vec<String> = [
         "--restart",
         "always",
         "--set",
         "admin.listen=127.0.0.1:0",
         "--proxy",
-        &format!("127.0.0.1:{listen}=127.0.0.1:{app}"),
+        proxy,
         "--",
     ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    .map(String::from)
+    .to_vec();
     args.extend(app_cmd);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut t = Tandem::spawn(&args);
-    // Read tandem's stdout (the app's records and the access log), or the pipe fills.
     t.collect_stdout();
+    t
+}
+
+/// tandem with the defaults a new user gets (`--restart always`, one `--proxy`, no probe) in
+/// front of `app_cmd` listening on `app`; four clients send 1,600 GETs of `path` on fresh
+/// connections and the app is SIGKILLed once mid-load: no GET may fail.
+fn kill_under_load(app_cmd: Vec<String>, app: u16, path: &str) {
+    let listen = free_port();
+    let t = new_user_defaults(&format!("127.0.0.1:{listen}=127.0.0.1:{app}"), app_cmd);
     let proxy = format!("127.0.0.1:{listen}");
     let admin = t.wait_event("admin_listening")["addr"]
         .as_str()
@@ -195,22 +201,7 @@ fn redis_behind_a_tcp_listener_answers_every_new_connection_across_a_sigkill() {
     let Some(cmd) = redis(dir.path(), app) else {
         return;
     };
-    let mut args: Vec<String> = [
-        "--restart",
-        "always",
-        "--set",
-        "admin.listen=127.0.0.1:0",
-        "--proxy",
-        &format!("tcp:127.0.0.1:{listen}=127.0.0.1:{app}"),
-        "--",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(cmd);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut t = Tandem::spawn(&args);
-    t.collect_stdout();
+    let t = new_user_defaults(&format!("tcp:127.0.0.1:{listen}=127.0.0.1:{app}"), cmd);
     let first_pid = t.app_pid();
     t.wait_event("ready");
     let proxy = format!("127.0.0.1:{listen}");
