@@ -385,6 +385,16 @@ mod defaults {
 
 // === impl ListenerConfig ===
 
+/// A listener's config with what binding parsed out of it, so nothing downstream parses it
+/// again (or falls back when it cannot).
+#[derive(Debug, Clone)]
+pub struct CheckedListener {
+    /// The config as written.
+    pub cfg: ListenerConfig,
+    /// `upstream`, parsed ([`ListenerConfig::upstream_authority`]).
+    pub upstream: http::uri::Authority,
+}
+
 impl ListenerConfig {
     /// A listener with every optional field at its default.
     pub fn new(listen: SocketAddr, upstream: impl Into<String>, protocol: Protocol) -> Self {
@@ -415,6 +425,23 @@ impl ListenerConfig {
         } else {
             self.name.clone()
         }
+    }
+
+    /// The app's address as the client will use it: parsed once, here, so no later step
+    /// can fall back to another address. An error names the listener and the key.
+    pub fn upstream_authority(&self) -> Result<http::uri::Authority, ConfigError> {
+        crate::spec::check_upstream(&self.upstream)
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                self.upstream
+                    .parse::<http::uri::Authority>()
+                    .map_err(|e| format!("{:?}: {e}", self.upstream))
+            })
+            .map_err(|reason| ConfigError::Invalid {
+                listener: self.display_name(),
+                key: "upstream",
+                reason,
+            })
     }
 
     /// Checks every value once, before binding; errors name the listener and the key.
@@ -792,6 +819,17 @@ mod tests {
             "#,
         );
         assert!(r.is_err());
+    }
+
+    #[test]
+    fn the_upstream_is_parsed_once_and_never_replaced() {
+        let l = ListenerConfig::new("127.0.0.1:0".parse().unwrap(), "app:3000", Protocol::Http);
+        assert_eq!(l.upstream_authority().unwrap().as_str(), "app:3000");
+        for bad in ["", "app", "http://app:3000", "app:0", "a b:80"] {
+            let l = ListenerConfig::new("127.0.0.1:0".parse().unwrap(), bad, Protocol::Http);
+            let e = l.upstream_authority().unwrap_err().to_string();
+            assert!(e.contains("upstream"), "{bad:?}: {e}");
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::app_exits::{AppExits, InFlight};
-use crate::config::{ListenerConfig, Protocol};
+use crate::config::{CheckedListener, ListenerConfig, Protocol};
 use crate::drain::{drain, DrainReport, ListenerDrain};
 use crate::edge::Edge;
 use crate::error::FileError;
@@ -35,7 +35,7 @@ pub struct Inbound;
 /// Listeners bound but not yet serving. Connections queue in the backlog until [`serve`].
 #[derive(Debug)]
 pub struct BoundListeners {
-    listeners: Vec<(ListenerConfig, TcpListener, SocketAddr, Edge)>,
+    listeners: Vec<(CheckedListener, TcpListener, SocketAddr, Edge)>,
 }
 
 /// The running proxy. Dropping it does not stop it: call [`Serving::drain`].
@@ -71,6 +71,7 @@ impl Inbound {
         }
         let mut listeners = Vec::with_capacity(configs.len());
         for (c, edge) in configs.iter().zip(edges) {
+            let upstream = c.upstream_authority()?;
             let bind_err = |source| ProxyError::Bind {
                 listener: c.display_name(),
                 addr: c.listen,
@@ -86,7 +87,11 @@ impl Inbound {
             socket.bind(c.listen).map_err(bind_err)?;
             let listener = socket.listen(BACKLOG).map_err(bind_err)?;
             let addr = listener.local_addr().map_err(bind_err)?;
-            listeners.push((c.clone(), listener, addr, edge));
+            let checked = CheckedListener {
+                cfg: c.clone(),
+                upstream,
+            };
+            listeners.push((checked, listener, addr, edge));
         }
         Ok(BoundListeners { listeners })
     }
@@ -99,7 +104,7 @@ impl BoundListeners {
     pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
         self.listeners
             .iter()
-            .map(|(c, _, a, _)| (c.display_name(), *a))
+            .map(|(c, _, a, _)| (c.cfg.display_name(), *a))
             .collect()
     }
 }
@@ -120,10 +125,10 @@ pub fn serve(
     let tasks = bound
         .listeners
         .into_iter()
-        .map(|(cfg, socket, _, edge)| {
+        .map(|(checked, socket, _, edge)| {
             edges.push(edge.clone());
             let l = Arc::new(Listener::new(
-                cfg,
+                checked,
                 listeners,
                 readiness.clone(),
                 hooks.clone(),

@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::access_log::{AccessLogFn, AccessRecord};
 use crate::app_exits::AppExits;
 use crate::budget::RetryBudget;
-use crate::config::{ListenerConfig, Protocol};
+use crate::config::{CheckedListener, ListenerConfig, Protocol};
 use crate::edge::Edge;
 use crate::metrics::{ListenerMetrics, Metrics};
 use crate::replay::UpstreamBody;
@@ -131,9 +131,10 @@ pub(crate) struct Listener {
 // === impl Listener ===
 
 impl Listener {
+    /// `checked`: the config and the app's address parsed from it at bind time;
     /// `listeners`: how many the proxy serves, for the derived `limits.max_connections`.
     pub fn new(
-        cfg: ListenerConfig,
+        checked: CheckedListener,
         listeners: usize,
         readiness: watch::Receiver<bool>,
         hooks: Hooks,
@@ -141,12 +142,8 @@ impl Listener {
         edge: Edge,
         app_exits: AppExits,
     ) -> Self {
+        let CheckedListener { cfg, upstream } = checked;
         let name = cfg.display_name();
-        // Validated before binding; a parse failure here would be a bug in validation.
-        let upstream: Authority = cfg
-            .upstream
-            .parse()
-            .unwrap_or_else(|_| Authority::from_static("127.0.0.1"));
         let t = &cfg.timeouts;
         let metrics = hooks
             .metrics
