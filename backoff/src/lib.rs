@@ -60,12 +60,12 @@ impl ExponentialBackoff {
                 if nanos == 0 {
                     return Duration::ZERO;
                 }
-                Duration::from_nanos(rng.gen_range(0..=nanos))
+                Duration::from_nanos(rng.random_range(0..=nanos))
             }
-            Jitter::Equal => Duration::from_nanos((cap * rng.gen_range(0.5..1.0)) as u64),
+            Jitter::Equal => Duration::from_nanos((cap * rng.random_range(0.5..1.0)) as u64),
             Jitter::Proportional(fraction) => {
                 let spread = if fraction > 0.0 {
-                    rng.gen_range(-fraction..=fraction)
+                    rng.random_range(-fraction..=fraction)
                 } else {
                     0.0
                 };

@@ -13,7 +13,7 @@ use tandem_backoff::{ExponentialBackoff, Jitter};
 /// requests instead of synchronising them on the restarting app.
 pub fn jittered(base: Duration, max: Duration, retry: u32) -> Duration {
     ExponentialBackoff::new(base, max, 2.0, Jitter::Full)
-        .delay(retry.saturating_sub(1), &mut rand::thread_rng())
+        .delay(retry.saturating_sub(1), &mut rand::rng())
 }
 
 #[cfg(test)]

@@ -196,7 +196,7 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
         }
         vacant => vacant,
     };
-    let id: u128 = rand::thread_rng().gen();
+    let id: u128 = rand::rng().random();
     let mut hex = [0u8; 32];
     for (i, b) in hex.iter_mut().enumerate() {
         *b = b"0123456789abcdef"[((id >> (124 - 4 * i)) & 0xf) as usize];

@@ -201,7 +201,7 @@ impl Forwarder {
                 }
                 Attempt::Retry(why, hint) => {
                     let delay = hint
-                        .unwrap_or_else(|| backoff.delay(retries, &mut rand::thread_rng()))
+                        .unwrap_or_else(|| backoff.delay(retries, &mut rand::rng()))
                         .min(MAX_BACKOFF);
                     if began.elapsed() + delay > self.max_retry_time {
                         tracing::warn!(event = "otlp_passthrough_dropped", signal = self.signal.as_str(), upstream = %self.upstream.url, reason = %why, "the upstream stayed unavailable; the app's telemetry is dropped");

@@ -287,7 +287,7 @@ impl<E: Exporter> Worker<E> {
             }
             let stop = *self.retry.stop.borrow();
             let limit = stop.map_or(give_up, |s| s.min(give_up));
-            let wait = backoff.delay(retries, &mut rand::thread_rng());
+            let wait = backoff.delay(retries, &mut rand::rng());
             if Instant::now() + wait >= limit {
                 self.stats.drop_n(self.signal, "export_failed", n);
                 tracing::warn!(
