@@ -364,7 +364,12 @@ fn entrypoint_mode_proxies_structures_logs_restarts_reaps_and_drains_on_stop() {
     // container ends with the app's own exit code.
     let addr = p.addr();
     let slow = thread::spawn(move || http(&addr, "GET", "/slow?ms=2000", b"", &[]));
-    thread::sleep(Duration::from_millis(500));
+    // legacy-app logs this line before it starts waiting: the request is in flight.
+    wait_until("the slow request reached the app", || {
+        p.json_logs("app")
+            .iter()
+            .any(|e| msg(e).contains("slow request: sleeping 2000ms"))
+    });
     let out = p.run(&["stop"]);
     assert_eq!(out.code, Some(0), "stop: {}", out.stderr);
     let (status, head, _) = slow.join().unwrap().expect("the slow request");
@@ -504,8 +509,15 @@ fn beside_the_app_a_failed_liveness_probe_exits_69_only_when_a_restart_is_asked_
 
     let never = cfg("never");
     let mut t = crate::support::Tandem::spawn(&["--config", never.to_str().unwrap()]);
+    let admin = t.wait_event("admin_listening")["addr"]
+        .as_str()
+        .unwrap()
+        .to_string();
     t.wait_event("liveness_failed");
-    thread::sleep(Duration::from_millis(300));
+    // The admin port answers after the failure was handled: tandem stayed beside the app
+    // (with a restart asked for it returns from that same step, see above).
+    let (status, head, _) = http(&admin, "GET", "/healthz", b"", &[]).expect("admin answers");
+    assert_eq!(status, 200, "{head}");
     assert!(
         t.child.try_wait().unwrap().is_none(),
         "still beside the app"

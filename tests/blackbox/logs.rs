@@ -5,8 +5,6 @@ use std::{
     io::{BufRead, BufReader, Read, Write},
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    thread,
-    time::Duration,
 };
 
 use nix::sys::signal::Signal;
@@ -148,13 +146,43 @@ fn read_all(t: &mut Tandem) -> Vec<Value> {
         .collect()
 }
 
+/// The bytes written so far by the descendant of `root` named `name`, when it is blocked in a
+/// pipe write (its wchan, from /proc).
+fn blocked_writer(root: i32, name: &str) -> Option<u64> {
+    let mut todo = vec![root];
+    while let Some(pid) = todo.pop() {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim_end() == name {
+            let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).ok()?;
+            let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+            let written = io
+                .lines()
+                .find_map(|l| l.strip_prefix("wchar: "))?
+                .trim()
+                .parse()
+                .ok()?;
+            return wchan.contains("pipe_write").then_some(written);
+        }
+        todo.extend(crate::support::children(pid));
+    }
+    None
+}
+
 #[test]
 fn drop_mode_never_makes_the_app_wait_and_accounts_for_every_line() {
     let n = 200_000;
     // block: while nobody reads tandem's stdout, the app cannot finish (it waits, no loss).
     let dir = tempfile::tempdir().unwrap();
     let (mut t, done) = unread(dir.path(), "block", n);
-    thread::sleep(Duration::from_secs(2));
+    // The event: `seq` sits in a pipe write and writes nothing more, poll after poll.
+    let mut stuck = 0;
+    let mut last = None;
+    eventually("the app is blocked writing to its full pipe", || {
+        let now = blocked_writer(t.child.id() as i32, "seq");
+        stuck = if now.is_some() && now == last { stuck + 1 } else { 0 };
+        last = now;
+        stuck >= 20
+    });
     assert!(
         !done.exists(),
         "block mode: the app finished although nobody read its logs"

@@ -219,7 +219,13 @@ fn sidecar_job_tails_rotating_alloc_logs_once_each_and_proxies_the_app() {
         let proxy = proxy.clone();
         thread::spawn(move || http(&proxy, "GET", "/", b"", &[]))
     };
-    thread::sleep(std::time::Duration::from_millis(300));
+    eventually("the early request is held by the proxy", || {
+        get(&admin, "/metrics").is_ok_and(|(_, m)| {
+            m.lines().any(|l| {
+                l.starts_with("tandem_proxy_requests_in_flight{") && l.ends_with(" 1")
+            })
+        })
+    });
 
     // The main task: legacy-app, stdout and stderr through the rotating logger.
     let highest = Arc::new(Mutex::new(0));
