@@ -60,7 +60,7 @@ EXAMPLES=$ROOT/target/release/examples
 # The static binary of the container images (compose/build-images.sh builds it the same way),
 # for the start-up rows against tini-static: what `docker run --init` and most images use.
 say "building tandem (static, as in the images)"
-RUSTFLAGS='-C target-feature=+crt-static -C relocation-model=static' \
+RUSTFLAGS='-C target-feature=+crt-static' \
   cargo build --release -q --locked --target x86_64-unknown-linux-gnu -p tandem
 TANDEM_STATIC=$ROOT/target/x86_64-unknown-linux-gnu/release/tandem
 

@@ -15,12 +15,12 @@ target=x86_64-unknown-linux-gnu
 out="${CARGO_TARGET_DIR:-$root/target}/$target/release"
 
 if [ "${SKIP_CARGO:-0}" != 1 ]; then
-    # crt-static on the gnu target gives static binaries that run in an empty image;
-    # relocation-model=static makes them position-dependent (no self-relocation of ~31,000
-    # entries at every start: `tandem -- true` 4.0 -> 3.4 ms, ~1.3 MiB less resident; see
+    # crt-static on the gnu target gives static binaries that run in an empty image, and
+    # static-pie ones with the default relocation model: the image's tandem keeps address-space
+    # randomisation (it self-relocates ~31,000 entries at start, ~0.5 ms; see
     # supervisor/build.rs and BENCHMARKS.md). With --target, RUSTFLAGS reaches only target
     # code, not build scripts or proc macros.
-    (cd "$root" && RUSTFLAGS='-C target-feature=+crt-static -C relocation-model=static' \
+    (cd "$root" && RUSTFLAGS='-C target-feature=+crt-static' \
         cargo build --release --locked --target "$target" -p tandem -p legacy-app)
 fi
 
