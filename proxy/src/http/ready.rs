@@ -1,0 +1,63 @@
+//! The readiness gate: while the app is starting or restarting, a request waits for it.
+//!
+//! Invariant: a request waits at most until its hold deadline, measured from when it arrived,
+//! however many attempts pass the gate; past it the answer is 503 with Retry-After.
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::cause::Cause;
+use crate::conn::listener::Listener;
+use crate::obs::context::Ctx;
+
+/// Waits until `readiness` is true or `deadline` passes.
+pub async fn wait_ready(
+    readiness: &mut watch::Receiver<bool>,
+    deadline: Instant,
+) -> Result<(), Cause> {
+    if *readiness.borrow() {
+        return Ok(());
+    }
+    let waited = tokio::time::timeout_at(deadline, readiness.wait_for(|ready| *ready))
+        .await
+        .map(|r| r.is_ok());
+    match waited {
+        Ok(true) => Ok(()),
+        // The sender is gone: the lifecycle has stopped reporting; take the last value.
+        Ok(false) if *readiness.borrow() => Ok(()),
+        Ok(false) | Err(_) => Err(Cause::NotReady),
+    }
+}
+
+/// The gate a request (and each of its attempts) passes: at once while the app is ready, else
+/// waits until it is or the request's hold deadline passes.
+pub(crate) async fn gate(l: &Listener, ctx: &Ctx) -> Result<(), Cause> {
+    // The common case, without cloning the receiver.
+    if *l.readiness.borrow() {
+        return Ok(());
+    }
+    let mut readiness = l.readiness.clone();
+    wait_ready(&mut readiness, ctx.start + l.cfg.hold_timeout).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn waits_then_proceeds_or_gives_up() {
+        let (tx, mut rx) = watch::channel(false);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let flip = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            tx.send_replace(true);
+            tx
+        });
+        assert_eq!(wait_ready(&mut rx, deadline).await, Ok(()));
+        let tx = flip.await.expect("flip task");
+        tx.send_replace(false);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        assert_eq!(wait_ready(&mut rx, deadline).await, Err(Cause::NotReady));
+    }
+}
