@@ -52,11 +52,11 @@ pub use config::{
 };
 pub use conn::drain::{DrainReport, ListenerDrain};
 pub use conn::inbound::{serve, BoundListeners, Inbound, Serving};
-pub use conn::listener::Hooks;
 pub use error::{ConfigError, FileError, ProxyError, SpecError};
 pub use http::app_exits::{AppExits, InFlight};
 pub use http::hygiene::REQUEST_ID;
 pub use obs::access_log::{AccessLogFn, AccessRecord};
+pub use obs::hooks::Hooks;
 
 /// Client connections closed since start, over all listeners (monotonic).
 pub fn closed_connections() -> u64 {

@@ -68,7 +68,7 @@ pub(crate) async fn drain(l: &Listener, socket: TcpListener) -> ListenerDrain {
     let in_flight_at_start = l.in_flight();
     let completed_at_start = l.completed();
     l.tasks.close();
-    let deadline_met = tokio::time::timeout(l.cfg.drain_timeout, l.tasks.wait())
+    let deadline_met = tokio::time::timeout(l.route.cfg.drain_timeout, l.tasks.wait())
         .await
         .is_ok();
     let cut = l.in_flight();
@@ -80,7 +80,7 @@ pub(crate) async fn drain(l: &Listener, socket: TcpListener) -> ListenerDrain {
         let _ = tokio::time::timeout(Duration::from_secs(1), l.tasks.wait()).await;
     }
     let report = ListenerDrain {
-        listener: l.name.clone(),
+        listener: l.route.name.clone(),
         in_flight_at_start,
         finished,
         cut,
@@ -89,9 +89,9 @@ pub(crate) async fn drain(l: &Listener, socket: TcpListener) -> ListenerDrain {
         elapsed: begun.elapsed(),
     };
     if deadline_met {
-        tracing::info!(listener = %l.name, finished, "listener drained");
+        tracing::info!(listener = %l.route.name, finished, "listener drained");
     } else {
-        tracing::warn!(listener = %l.name, finished, cut, connections_cut, "drain deadline passed; cut the rest");
+        tracing::warn!(listener = %l.route.name, finished, cut, connections_cut, "drain deadline passed; cut the rest");
     }
     report
 }

@@ -29,7 +29,7 @@ pub(crate) async fn handshake(
     peer: SocketAddr,
 ) -> Option<TlsStream<TcpStream>> {
     let acceptor = tls.acceptor();
-    let handshake = tokio::time::timeout(l.cfg.timeouts.header_read, acceptor.accept(stream));
+    let handshake = tokio::time::timeout(l.route.cfg.timeouts.header_read, acceptor.accept(stream));
     let (reason, error) = tokio::select! {
         r = handshake => match r {
             Ok(Ok(s)) => return Some(s),
@@ -38,7 +38,7 @@ pub(crate) async fn handshake(
         },
         _ = l.shutdown.cancelled() => return None,
     };
-    if let Some(m) = &l.metrics {
+    if let Some(m) = &l.route.metrics {
         m.tls_handshake_failure(reason);
     }
     // A flood of failures (a scanner, a client with the wrong CA in a retry loop) is counted
@@ -46,7 +46,7 @@ pub(crate) async fn handshake(
     if let Decision::Log { suppressed } = tls.failure_events.check(Instant::now()) {
         tracing::info!(
             event = "tls_handshake_failed",
-            listener = %l.name,
+            listener = %l.route.name,
             %peer,
             reason,
             error = %error,
@@ -69,7 +69,7 @@ pub(crate) async fn serve(
     };
     let (_, conn) = stream.get_ref();
     // ALPN chose h2, or an `h2c` listener (which offers only h2) met a client without ALPN.
-    let h2 = conn.alpn_protocol() == Some(b"h2") || l.cfg.protocol == Protocol::H2c;
+    let h2 = conn.alpn_protocol() == Some(b"h2") || l.route.cfg.protocol == Protocol::H2c;
     let client_identity = conn
         .peer_certificates()
         .and_then(|c| c.first())

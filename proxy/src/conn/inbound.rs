@@ -18,12 +18,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{CheckedListener, ListenerConfig, Protocol};
 use crate::conn::drain::{drain, DrainReport, ListenerDrain};
-use crate::conn::listener::{ConnSlot, Hooks, Listener};
+use crate::conn::listener::{ConnSlot, Listener};
 use crate::conn::{handshake, serve as conn, tcp};
 use crate::edge::Edge;
 use crate::error::FileError;
 use crate::error::{ConfigError, ProxyError};
 use crate::http::app_exits::{AppExits, InFlight};
+use crate::obs::hooks::Hooks;
 
 /// Listen backlog: connections that arrive while the app starts queue here.
 const BACKLOG: u32 = 1024;
@@ -136,7 +137,7 @@ pub fn serve(
                 edge,
                 app_exits.clone(),
             ));
-            l.edge.watch(&shutdown, l.metrics.as_ref());
+            l.edge.watch(&shutdown, l.route.metrics.as_ref());
             tokio::spawn(accept_loop(l, socket))
         })
         .collect();
@@ -161,7 +162,7 @@ async fn accept_loop(l: Arc<Listener>, socket: TcpListener) -> ListenerDrain {
                     // Past the cap: closed at once, so the fds stay free for the app's
                     // respawn and the admin port.
                     let Some(slot) = l.connection_slot() else {
-                        tracing::debug!(listener = %l.name, %peer, "connection over limits.max_connections; closed");
+                        tracing::debug!(listener = %l.route.name, %peer, "connection over limits.max_connections; closed");
                         continue;
                     };
                     let _ = stream.set_nodelay(true);
@@ -185,7 +186,7 @@ async fn accept_loop(l: Arc<Listener>, socket: TcpListener) -> ListenerDrain {
 /// Serves one accepted connection in the listener's tracker; `slot` is held until it ends.
 fn spawn_connection(l: &Arc<Listener>, stream: TcpStream, peer: SocketAddr, slot: ConnSlot) {
     let l2 = l.clone();
-    match (l.cfg.protocol, &l.edge.tls) {
+    match (l.route.cfg.protocol, &l.edge.tls) {
         (Protocol::Tcp, Some(t)) => {
             let t = t.clone();
             l.tasks.spawn(async move {
@@ -208,7 +209,7 @@ fn spawn_connection(l: &Arc<Listener>, stream: TcpStream, peer: SocketAddr, slot
         }
         (Protocol::Http | Protocol::H2c, None) => l.tasks.spawn(async move {
             let _slot = slot;
-            let h2 = l2.cfg.protocol == Protocol::H2c;
+            let h2 = l2.route.cfg.protocol == Protocol::H2c;
             conn::serve(l2, stream, peer, None, h2).await;
         }),
     };
@@ -229,11 +230,11 @@ impl AcceptBackoff {
     const MAX: Duration = Duration::from_secs(1);
 
     fn failed(&mut self, l: &Listener, e: &std::io::Error) -> Duration {
-        if let Some(m) = &l.metrics {
+        if let Some(m) = &l.route.metrics {
             m.accept_failures.inc();
         }
         if self.failures == 0 {
-            tracing::warn!(event = "accept_failed", listener = %l.name, error = %e, "accept failed; backing off until it succeeds again");
+            tracing::warn!(event = "accept_failed", listener = %l.route.name, error = %e, "accept failed; backing off until it succeeds again");
         }
         self.failures = self.failures.saturating_add(1);
         Self::delay(self.failures)
@@ -241,7 +242,7 @@ impl AcceptBackoff {
 
     fn recovered(&mut self, l: &Listener) {
         if self.failures > 0 {
-            tracing::info!(event = "accept_recovered", listener = %l.name, failures = self.failures, "accept works again");
+            tracing::info!(event = "accept_recovered", listener = %l.route.name, failures = self.failures, "accept works again");
             self.failures = 0;
         }
     }

@@ -94,14 +94,14 @@ impl RequestGuard {
         ctx: Arc<Ctx>,
     ) -> Self {
         listener.counters.in_flight.fetch_add(1, Ordering::AcqRel);
-        if let Some(m) = &listener.metrics {
+        if let Some(m) = &listener.route.metrics {
             m.in_flight.inc();
         }
         if let Some(c) = &conn {
             c.begin();
         }
         // Only the access log needs owned copies; without one, no allocation per request.
-        let (method_text, path) = if listener.hooks.access_log.is_some() {
+        let (method_text, path) = if listener.route.hooks.access_log.is_some() {
             (method.to_string(), path.to_string())
         } else {
             (String::new(), String::new())
@@ -129,8 +129,8 @@ impl RequestGuard {
     /// Notes that tandem answers with `cause`, and counts it.
     pub fn set_cause(&mut self, cause: Cause) {
         self.cause = Some(cause);
-        tracing::debug!(listener = %self.listener.name, %cause, "tandem answered");
-        if let Some(m) = &self.listener.metrics {
+        tracing::debug!(listener = %self.listener.route.name, %cause, "tandem answered");
+        if let Some(m) = &self.listener.route.metrics {
             m.error(cause);
             if cause == Cause::Shed {
                 m.shed.inc();
@@ -179,14 +179,14 @@ impl Drop for RequestGuard {
             span.end(self.completed);
         }
         let duration = self.ctx.start.elapsed();
-        if let Some(m) = &l.metrics {
+        if let Some(m) = &l.route.metrics {
             m.in_flight.dec();
             m.request(self.method_label, self.status);
             m.duration.observe(duration.as_secs_f64());
         }
-        if let Some(log) = &l.hooks.access_log {
+        if let Some(log) = &l.route.hooks.access_log {
             log(&AccessRecord {
-                listener: l.name.clone(),
+                listener: l.route.name.clone(),
                 protocol: l.protocol_label(),
                 method: std::mem::take(&mut self.method),
                 path: std::mem::take(&mut self.path),
@@ -196,7 +196,7 @@ impl Drop for RequestGuard {
                 attempts: self.ctx.attempts(),
                 bytes_in: self.ctx.bytes_in(),
                 bytes_out: self.bytes_out,
-                upstream: l.cfg.upstream.clone(),
+                upstream: l.route.cfg.upstream.clone(),
                 request_id: self.ctx.request_id(),
                 trace_id: self.ctx.trace_id(),
                 // A request tandem cut with its connection (the client stopped reading)

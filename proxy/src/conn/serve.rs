@@ -421,7 +421,7 @@ async fn drive<F>(
 ) where
     F: Future<Output = hyper::Result<()>>,
 {
-    let t = &l.cfg.timeouts;
+    let t = &l.route.cfg.timeouts;
     // One timer per clock and one waiter per token for the connection's whole life, re-armed
     // only when a timer fires: the connection task wakes several times per request, and
     // registering fresh timers and token waiters on each wake was measurable per request.
@@ -443,7 +443,7 @@ async fn drive<F>(
     let mut header_clock = true;
     let cut = |cause: Cause| {
         activity.cut(cause);
-        if let Some(m) = &l.metrics {
+        if let Some(m) = &l.route.metrics {
             m.error(cause);
         }
     };
@@ -451,10 +451,10 @@ async fn drive<F>(
         tokio::select! {
             res = conn.as_mut() => {
                 if activity.first_bytes() == FIRST_WRONG {
-                    tracing::debug!(listener = %l.name, %peer, h2, "client spoke another protocol than the listener's; closed");
+                    tracing::debug!(listener = %l.route.name, %peer, h2, "client spoke another protocol than the listener's; closed");
                     cut(Cause::ProtocolError);
                 } else if let Err(e) = res {
-                    tracing::debug!(listener = %l.name, %peer, error = %e, "connection ended");
+                    tracing::debug!(listener = %l.route.name, %peer, error = %e, "connection ended");
                 }
                 return;
             }
@@ -463,7 +463,7 @@ async fn drive<F>(
                 graceful(conn.as_mut());
             }
             () = hard_stop.as_mut() => {
-                tracing::debug!(listener = %l.name, %peer, "connection cut at drain deadline");
+                tracing::debug!(listener = %l.route.name, %peer, "connection cut at drain deadline");
                 return;
             }
             () = idle.as_mut(), if !closing => {
@@ -476,7 +476,7 @@ async fn drive<F>(
                 }
             }
             () = stalled.as_mut() => {
-                tracing::debug!(listener = %l.name, %peer, "client stopped reading; closing");
+                tracing::debug!(listener = %l.route.name, %peer, "client stopped reading; closing");
                 cut(Cause::WriteTimeout);
                 return;
             }
@@ -495,7 +495,7 @@ async fn drive<F>(
                 };
                 match late {
                     Some(at) if at <= now => {
-                        tracing::debug!(listener = %l.name, %peer, h2, "request head too slow; closing");
+                        tracing::debug!(listener = %l.route.name, %peer, h2, "request head too slow; closing");
                         cut(Cause::HeaderReadTimeout);
                         return;
                     }

@@ -68,7 +68,7 @@ impl Stack {
         tls: Option<TlsInfo>,
     ) -> Self {
         Self(Arc::new(Shared {
-            identity_header: mtls::identity_header(&l),
+            identity_header: mtls::identity_header(&l.route.cfg),
             peer_ip: hygiene::ip_value(peer.ip()),
             l,
             peer,
@@ -92,7 +92,12 @@ impl Stack {
         let mut req = req.map(|body| CountingBody::new(body, ctx.clone()));
         // the SERVER span (None when tracing is off); it ends with the guard, when the
         // response body ends or is cut
-        guard.trace(ServerSpan::start(&s.l, &ctx, &mut req, s.peer));
+        guard.trace(ServerSpan::start(
+            s.l.route.hooks.tracer.as_ref(),
+            &ctx,
+            &mut req,
+            s.peer,
+        ));
         let result = self.forward(req, &ctx).await;
         let resp = match result {
             Ok(resp) => resp,
@@ -112,24 +117,25 @@ impl Stack {
     ) -> Result<Response<ProxyBody>, Cause> {
         let s = &*self.0;
         let l = &s.l;
+        let route = &l.route;
         if let Some(t) = &s.tls {
             req.extensions_mut().insert(t.clone());
         }
         // over max_concurrent in flight: 503 + Retry-After
-        ctx.hold_permit(shed::acquire(l)?);
+        ctx.hold_permit(shed::acquire(&route.limiter)?);
         // header size/count: 431; Content-Length over the body limit: 413
-        limits::check(&l.cfg.limits, req.headers())?;
+        limits::check(&route.cfg.limits, req.headers())?;
         // CONNECT asks for a tunnel, not a resource of the app: 405 + Allow, unless the
         // listener allows HTTP/1.1 tunnels
         if req.method() == Method::CONNECT
-            && !(l.cfg.allow_connect && req.version() == http::Version::HTTP_11)
+            && !(route.cfg.allow_connect && req.version() == http::Version::HTTP_11)
         {
             return Err(Cause::MethodNotAllowed);
         }
         // exactly one well-formed Host, the same as the target's authority: 400
         let host = host::check(req.version(), req.uri(), req.headers()).map_err(Cause::BadHost)?;
         // hop-by-hop headers the client named, removed before tandem adds any of its own
-        hygiene::strip_request(l, req.headers_mut());
+        hygiene::strip_request(route.cfg.protocol, req.headers_mut());
         // client-sent identity header removed; the verified mTLS identity added
         mtls::set_identity(&s.identity_header, s.tls.as_ref(), req.headers_mut());
         // JWT / API key / basic credentials: 401 + WWW-Authenticate, 403; claims as headers
@@ -141,9 +147,11 @@ impl Stack {
             ratelimit::check(limiter, &req, s.peer)?;
         }
         // request id, X-Forwarded-*, the app's Host, URI and version
-        let req = hygiene::rewrite(l, &s.peer_ip, ctx, host, req)?;
+        let req = hygiene::rewrite(&route.cfg, &route.upstream, &s.peer_ip, ctx, host, req)?;
         // the whole request (holds, attempts, backoff): 504
-        let mut resp = timeout::whole_request(l, ctx, self.upgradable(req, ctx)).await?;
+        let mut resp =
+            timeout::whole_request(route.cfg.timeouts.request, ctx, self.upgradable(req, ctx))
+                .await?;
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             hygiene::strip_hop_by_hop(resp.headers_mut(), false);
         }
@@ -157,13 +165,14 @@ impl Stack {
         B::Error: Into<crate::http::replay::BoxError>,
     {
         let l = &self.0.l;
+        let route = &l.route;
         let connect = req.method() == Method::CONNECT;
-        let client_side = upgrade::take(l, &mut req);
+        let client_side = upgrade::take(&route.cfg, &mut req);
         // hold until the app is ready, before the body is read: 503 + Retry-After
-        ready::gate(l, ctx).await?;
+        ready::gate(&route.readiness, ctx.start + route.cfg.hold_timeout).await?;
         // replay buffer, retry policy, budget, jittered backoff; each attempt waits for
         // readiness again and runs within per_try through the pooled client: 502/504
-        let mut resp = retry::attempts(l, ctx, req).await?;
+        let mut resp = retry::attempts(route, ctx, req).await?;
         if let Some(client_side) = client_side {
             upgrade::finish(l, &self.0.conn, client_side, connect, &mut resp);
         }

@@ -34,12 +34,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 pub(crate) async fn serve<C: Io>(l: Arc<Listener>, client: C, peer: SocketAddr) {
     let start = Instant::now();
     l.counters.in_flight.fetch_add(1, Ordering::AcqRel);
-    if let Some(m) = &l.metrics {
+    if let Some(m) = &l.route.metrics {
         m.tcp_connections.inc();
         m.in_flight.inc();
     }
     let mut record = AccessRecord {
-        listener: l.name.clone(),
+        listener: l.route.name.clone(),
         protocol: "tcp",
         method: "TCP".into(),
         path: String::new(),
@@ -49,7 +49,7 @@ pub(crate) async fn serve<C: Io>(l: Arc<Listener>, client: C, peer: SocketAddr) 
         attempts: 0,
         bytes_in: 0,
         bytes_out: 0,
-        upstream: l.cfg.upstream.clone(),
+        upstream: l.route.cfg.upstream.clone(),
         request_id: String::new(),
         trace_id: None,
         cause: None,
@@ -72,31 +72,31 @@ pub(crate) async fn serve<C: Io>(l: Arc<Listener>, client: C, peer: SocketAddr) 
                         record.completed = true;
                     }
                     Err(e) => {
-                        tracing::debug!(listener = %l.name, %peer, error = %e, "tcp tunnel broke");
+                        tracing::debug!(listener = %l.route.name, %peer, error = %e, "tcp tunnel broke");
                         record.cause = Some(Cause::UpstreamReset.as_str());
                     }
                 },
                 _ = l.hard_stop.cancelled() => {
                     record.cause = Some(Cause::Draining.as_str());
                 }
-                () = idle_expired(&last, origin, l.cfg.timeouts.tcp_idle) => {
-                    tracing::debug!(listener = %l.name, %peer, "tcp connection idle; closing");
+                () = idle_expired(&last, origin, l.route.cfg.timeouts.tcp_idle) => {
+                    tracing::debug!(listener = %l.route.name, %peer, "tcp connection idle; closing");
                     record.cause = Some(Cause::IdleTimeout.as_str());
                 }
             }
         }
         Err(cause) => {
-            tracing::debug!(listener = %l.name, %peer, %cause, "tcp connection refused by tandem");
+            tracing::debug!(listener = %l.route.name, %peer, %cause, "tcp connection refused by tandem");
             record.cause = Some(cause.as_str());
         }
     }
     l.counters.in_flight.fetch_sub(1, Ordering::AcqRel);
     l.counters.completed.fetch_add(1, Ordering::AcqRel);
     record.duration = start.elapsed();
-    if let Some(m) = &l.metrics {
+    if let Some(m) = &l.route.metrics {
         m.in_flight.dec();
     }
-    if let Some(log) = &l.hooks.access_log {
+    if let Some(log) = &l.route.hooks.access_log {
         log(&record);
     }
 }
@@ -106,9 +106,9 @@ async fn connect(
     start: Instant,
     record: &mut AccessRecord,
 ) -> Result<Box<dyn Io>, Cause> {
-    let mut readiness = l.readiness.clone();
-    let hold_deadline = start + l.cfg.hold_timeout;
-    let retry = &l.cfg.retry;
+    let mut readiness = l.route.readiness.clone();
+    let hold_deadline = start + l.route.cfg.hold_timeout;
+    let retry = &l.route.cfg.retry;
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -116,8 +116,8 @@ async fn connect(
         wait_ready(&mut readiness, hold_deadline).await?;
         let sent = Instant::now();
         let r = tokio::time::timeout(
-            l.cfg.timeouts.connect,
-            TcpStream::connect(l.cfg.upstream.as_str()),
+            l.route.cfg.timeouts.connect,
+            TcpStream::connect(l.route.cfg.upstream.as_str()),
         )
         .await;
         record.upstream_time = Some(sent.elapsed());
@@ -127,7 +127,7 @@ async fn connect(
                 return match &l.edge.upstream_tls {
                     None => Ok(Box::new(s)),
                     // Not retried: a certificate problem does not go away in a backoff.
-                    Some(tls) => match tls.connect(s, l.metrics.as_ref()).await {
+                    Some(tls) => match tls.connect(s, l.route.metrics.as_ref()).await {
                         Ok(s) => Ok(Box::new(s)),
                         Err(_) => Err(Cause::UpstreamTls),
                     },

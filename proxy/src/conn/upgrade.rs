@@ -14,18 +14,17 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use crate::cause::{Cause, ProxyBody};
-use crate::config::Protocol;
+use crate::config::{ListenerConfig, Protocol};
 use crate::conn::listener::Listener;
 use crate::conn::serve::{write_stalled, ConnActivity};
 use crate::http::hygiene::wants_upgrade;
 
 /// Takes the client's upgrade handle out of the request (always, so no copy of the request
 /// carries it), and returns it when the request asks for an upgrade tandem will honour.
-pub(crate) fn take<B>(l: &Listener, req: &mut Request<B>) -> Option<OnUpgrade> {
+pub(crate) fn take<B>(cfg: &ListenerConfig, req: &mut Request<B>) -> Option<OnUpgrade> {
     // Hygiene keeps Upgrade/Connection only on such requests.
-    let wanted = l.cfg.protocol == Protocol::Http
-        && (wants_upgrade(req.headers())
-            || (l.cfg.allow_connect && req.method() == Method::CONNECT));
+    let wanted = cfg.protocol == Protocol::Http
+        && (wants_upgrade(req.headers()) || (cfg.allow_connect && req.method() == Method::CONNECT));
     let client_side = req.extensions_mut().remove::<OnUpgrade>();
     client_side.filter(|_| wanted)
 }
@@ -49,9 +48,9 @@ pub(crate) fn finish(
 /// Spawns the tunnel between the client's and the app's upgraded connections.
 fn tunnel(l: &Listener, conn: Arc<ConnActivity>, client: OnUpgrade, app: OnUpgrade) {
     let hard_stop = l.hard_stop.clone();
-    let name = l.name.clone();
-    let metrics = l.metrics.clone();
-    let write = l.cfg.timeouts.write;
+    let name = l.route.name.clone();
+    let metrics = l.route.metrics.clone();
+    let write = l.route.cfg.timeouts.write;
     l.tasks.spawn(async move {
         let (client, app) = match tokio::try_join!(client, app) {
             Ok(pair) => pair,

@@ -16,7 +16,7 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use x509_parser::extensions::GeneralName;
 
-use crate::conn::listener::Listener;
+use crate::config::ListenerConfig;
 use crate::edge::tls::TlsInfo;
 
 /// The header used when no client auth is configured: still stripped, so an app behind a
@@ -144,9 +144,8 @@ impl ClientCertVerifier for AllowListVerifier {
 }
 
 /// The listener's identity header name (the default one without client auth).
-pub(crate) fn identity_header(l: &Listener) -> HeaderName {
-    l.cfg
-        .tls
+pub(crate) fn identity_header(cfg: &ListenerConfig) -> HeaderName {
+    cfg.tls
         .as_ref()
         .and_then(|t| t.client_auth.as_ref())
         .and_then(|c| HeaderName::from_bytes(c.identity_header.as_bytes()).ok())

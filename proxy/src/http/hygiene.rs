@@ -19,7 +19,9 @@ use rand::Rng;
 
 use crate::cause::Cause;
 use crate::config::Protocol;
-use crate::conn::listener::Listener;
+use http::uri::Authority;
+
+use crate::config::ListenerConfig;
 use crate::obs::context::Ctx;
 use crate::obs::trace::TRACEPARENT;
 
@@ -114,8 +116,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 
 /// Removes the hop-by-hop headers of a client's request, first thing, before any step adds
 /// a header tandem vouches for.
-pub(crate) fn strip_request(l: &Listener, headers: &mut HeaderMap) {
-    let upgrade = l.cfg.protocol == Protocol::Http && wants_upgrade(headers);
+pub(crate) fn strip_request(protocol: Protocol, headers: &mut HeaderMap) {
+    let upgrade = protocol == Protocol::Http && wants_upgrade(headers);
     strip_hop_by_hop(headers, upgrade);
 }
 
@@ -217,9 +219,11 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
 /// X-Forwarded-*, hop-by-hop headers, the app's URI and version. `client` is the peer's IP as
 /// a header value ([`ip_value`]).
 /// `host` is the request's checked host ([`crate::http::host::check`]); hop-by-hop headers were
-/// removed by [`strip_request`] before any step added its own.
+/// removed by [`strip_request`] before any step added its own. From the listener's `cfg`: its
+/// protocol and `trusted_hops`; `upstream`: the app's address.
 pub(crate) fn rewrite<B>(
-    l: &Listener,
+    cfg: &ListenerConfig,
+    upstream: &Authority,
     client: &HeaderValue,
     ctx: &Ctx,
     host: Option<HeaderValue>,
@@ -241,10 +245,10 @@ pub(crate) fn rewrite<B>(
     } else {
         "http"
     };
-    set_forwarded(&mut parts.headers, client, proto, host, l.cfg.trusted_hops);
+    set_forwarded(&mut parts.headers, client, proto, host, cfg.trusted_hops);
     let mut uri = uri::Parts::default();
     uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(l.upstream.clone());
+    uri.authority = Some(upstream.clone());
     uri.path_and_query = Some(
         parts
             .uri
@@ -253,7 +257,7 @@ pub(crate) fn rewrite<B>(
             .unwrap_or_else(|| PathAndQuery::from_static("/")),
     );
     parts.uri = Uri::from_parts(uri).map_err(|_| Cause::BadRequest)?;
-    parts.version = match l.cfg.protocol {
+    parts.version = match cfg.protocol {
         Protocol::H2c => {
             // HTTP/2 carries the host in :authority (the upstream's, from the URI); a Host
             // header beside it is a duplicate that nginx and Envoy answer with 400. The

@@ -7,8 +7,6 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::cause::Cause;
-use crate::conn::listener::Listener;
-use crate::obs::context::Ctx;
 
 /// Waits until `readiness` is true or `deadline` passes.
 pub async fn wait_ready(
@@ -30,14 +28,17 @@ pub async fn wait_ready(
 }
 
 /// The gate a request (and each of its attempts) passes: at once while the app is ready, else
-/// waits until it is or the request's hold deadline passes.
-pub(crate) async fn gate(l: &Listener, ctx: &Ctx) -> Result<(), Cause> {
+/// waits until it is or `deadline` (the request's arrival plus `hold_timeout`) passes.
+pub(crate) async fn gate(
+    readiness: &watch::Receiver<bool>,
+    deadline: Instant,
+) -> Result<(), Cause> {
     // The common case, without cloning the receiver.
-    if *l.readiness.borrow() {
+    if *readiness.borrow() {
         return Ok(());
     }
-    let mut readiness = l.readiness.clone();
-    wait_ready(&mut readiness, ctx.start + l.cfg.hold_timeout).await
+    let mut readiness = readiness.clone();
+    wait_ready(&mut readiness, deadline).await
 }
 
 #[cfg(test)]

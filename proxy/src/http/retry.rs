@@ -18,10 +18,10 @@ use http_body::Body;
 
 use crate::cause::{Cause, ProxyBody};
 use crate::config::RetryConfig;
-use crate::conn::listener::Listener;
 use crate::http::app_exits::Registered;
 use crate::http::backoff::jittered;
 use crate::http::replay::{BoxError, Prepared};
+use crate::http::route::Route;
 use crate::http::{ready, upstream};
 use crate::obs::context::Ctx;
 
@@ -86,7 +86,7 @@ pub fn verdict(outcome: Outcome, safe_to_repeat: bool) -> Verdict {
 /// limit, or an exhausted budget. Each attempt passes the readiness gate again (the app may be
 /// restarting) and then goes to [`upstream::send`].
 pub(crate) async fn attempts<B>(
-    l: &Listener,
+    l: &Route,
     ctx: &Ctx,
     req: Request<B>,
 ) -> Result<Response<ProxyBody>, Cause>
@@ -119,7 +119,7 @@ where
         *req.version_mut() = parts.version;
         *req.headers_mut() = parts.headers.clone();
         *req.extensions_mut() = parts.extensions.clone();
-        let result = match ready::gate(l, ctx).await {
+        let result = match ready::gate(&l.readiness, hold_deadline).await {
             Ok(()) => {
                 if reached.as_ref().is_some_and(Registered::app_exited_since) {
                     // The app exited while (or right after) it had this request.
@@ -205,7 +205,7 @@ where
 
 /// A request in flight at one app exit more than it may be replayed after: answered with 502,
 /// counted and logged, never sent again.
-fn poisoned(l: &Listener, ctx: &Ctx, method: &Method, uri: &http::Uri, exits: u32) {
+fn poisoned(l: &Route, ctx: &Ctx, method: &Method, uri: &http::Uri, exits: u32) {
     if let Some(m) = &l.metrics {
         m.poison_requests.inc();
     }

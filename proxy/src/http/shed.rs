@@ -4,15 +4,14 @@
 //! Invariant: the slot is held in the request's context, so it is released when the request
 //! is finished (response body ended or dropped), not when the response head is sent.
 
-use tokio::sync::OwnedSemaphorePermit;
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::cause::Cause;
-use crate::conn::listener::Listener;
 
-/// A slot for one request, or `Shed` when `max_concurrent` are in flight already.
-pub(crate) fn acquire(l: &Listener) -> Result<OwnedSemaphorePermit, Cause> {
-    l.limiter
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| Cause::Shed)
+/// A slot for one request under `limiter` (the listener's `max_concurrent` permits), or
+/// `Shed` when they are all taken.
+pub(crate) fn acquire(limiter: &Arc<Semaphore>) -> Result<OwnedSemaphorePermit, Cause> {
+    limiter.clone().try_acquire_owned().map_err(|_| Cause::Shed)
 }

@@ -6,19 +6,19 @@
 //! this step began, so a slow outer step cannot stretch it.
 
 use std::future::Future;
+use std::time::Duration;
 
 use crate::cause::Cause;
-use crate::conn::listener::Listener;
 use crate::obs::context::Ctx;
 
-/// Runs `fut` (holds, attempts and backoff) within the listener's request timeout, counted
+/// Runs `fut` (holds, attempts and backoff) within `limit` (`timeouts.request`), counted
 /// from the request's arrival.
 pub(crate) async fn whole_request<T>(
-    l: &Listener,
+    limit: Duration,
     ctx: &Ctx,
     fut: impl Future<Output = Result<T, Cause>>,
 ) -> Result<T, Cause> {
-    let deadline = ctx.start + l.cfg.timeouts.request;
+    let deadline = ctx.start + limit;
     tokio::time::timeout_at(deadline, fut)
         .await
         .unwrap_or(Err(Cause::RequestTimeout))

@@ -13,20 +13,20 @@ use http_body_util::Either;
 use tokio::time::Instant;
 
 use crate::cause::{Cause, ProxyBody};
-use crate::conn::listener::Listener;
 use crate::http::replay::{body_error_cause, UpstreamBody};
+use crate::http::route::Route;
 use crate::obs::context::Ctx;
 use crate::obs::trace::AttemptSpan;
 
 /// Sends one attempt to the app, within `timeouts.per_try`.
 pub(crate) async fn send(
-    l: &Listener,
+    l: &Route,
     ctx: &Ctx,
     mut req: Request<UpstreamBody>,
 ) -> Result<Response<ProxyBody>, Cause> {
     let attempt = ctx.add_attempt();
     // the CLIENT span of this attempt (None when tracing is off): its traceparent goes to the app
-    let span = AttemptSpan::start(l, ctx, &mut req, attempt);
+    let span = AttemptSpan::start(l.hooks.tracer.as_ref(), &l.upstream, ctx, &mut req, attempt);
     if let Some(m) = &l.metrics {
         m.attempts.inc();
     }

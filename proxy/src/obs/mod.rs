@@ -3,5 +3,6 @@
 
 pub(crate) mod access_log;
 pub(crate) mod context;
+pub(crate) mod hooks;
 pub(crate) mod metrics;
 pub(crate) mod trace;

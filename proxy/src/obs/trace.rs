@@ -20,8 +20,8 @@ use opentelemetry::trace::{
 use opentelemetry::{Context, KeyValue};
 
 use crate::cause::Cause;
-use crate::conn::listener::Listener;
 use crate::obs::context::Ctx;
+use http::uri::Authority;
 use tandem_trace_context::{hex, hex_into, Traceparent};
 
 /// The W3C trace context header.
@@ -177,12 +177,12 @@ impl ServerSpan {
     /// access log reads it; each attempt replaces it with its own span). None when tracing
     /// is off: nothing is allocated.
     pub fn start<B>(
-        l: &Listener,
+        tracer: Option<&SharedTracer>,
         ctx: &Ctx,
         req: &mut Request<B>,
         peer: SocketAddr,
     ) -> Option<Self> {
-        let tracer = l.hooks.tracer.as_ref()?;
+        let tracer = tracer?;
         let cx = server_span(tracer, req, peer);
         let span = cx.span();
         let recording = span.is_recording();
@@ -310,9 +310,16 @@ pub(crate) struct AttemptSpan {
 
 impl AttemptSpan {
     /// Start the span for attempt number `attempt` of `req` and write its `traceparent`
-    /// into the request. None when tracing is off for this request.
-    pub fn start<B>(l: &Listener, ctx: &Ctx, req: &mut Request<B>, attempt: u32) -> Option<Self> {
-        let tracer = l.hooks.tracer.as_ref()?;
+    /// into the request (`upstream`: the app's address, for the span's attributes). None when
+    /// tracing is off for this request.
+    pub fn start<B>(
+        tracer: Option<&SharedTracer>,
+        upstream: &Authority,
+        ctx: &Ctx,
+        req: &mut Request<B>,
+        attempt: u32,
+    ) -> Option<Self> {
+        let tracer = tracer?;
         let parent = ctx.server_trace()?.clone();
         // As for the server span: attributes only for a span that records.
         let mut span = tracer
@@ -322,10 +329,10 @@ impl AttemptSpan {
         if span.is_recording() {
             let mut attrs = vec![
                 KeyValue::new("http.request.method", method_name(req.method())),
-                KeyValue::new("server.address", l.upstream.host().to_owned()),
+                KeyValue::new("server.address", upstream.host().to_owned()),
                 KeyValue::new("url.full", req.uri().to_string()),
             ];
-            if let Some(p) = l.upstream.port_u16() {
+            if let Some(p) = upstream.port_u16() {
                 attrs.push(KeyValue::new("server.port", i64::from(p)));
             }
             if attempt > 1 {
