@@ -16,6 +16,9 @@ use crate::error::ConfigError;
 pub mod duration;
 pub(crate) mod jwks_url;
 pub(crate) mod spec;
+pub(crate) mod upstream;
+
+pub(crate) use upstream::host_of;
 
 /// The protocol a listener speaks, declared in config and never sniffed: sniffing stalls on
 /// server-speaks-first protocols (linkerd2#5922).
@@ -351,12 +354,6 @@ pub struct LimitsConfig {
     pub max_connections: Option<usize>,
 }
 
-/// The host part of `host:port` (brackets of an IPv6 literal removed).
-pub(crate) fn host_of(upstream: &str) -> &str {
-    let host = upstream.rsplit_once(':').map_or(upstream, |(h, _)| h);
-    host.trim_start_matches('[').trim_end_matches(']')
-}
-
 mod defaults {
     use std::time::Duration;
 
@@ -452,7 +449,7 @@ impl ListenerConfig {
     /// The app's address as the client will use it: parsed once, here, so no later step
     /// can fall back to another address. An error names the listener and the key.
     pub fn upstream_authority(&self) -> Result<http::uri::Authority, ConfigError> {
-        crate::config::spec::check_upstream(&self.upstream)
+        upstream::check_upstream(&self.upstream)
             .map_err(|e| e.to_string())
             .and_then(|()| {
                 self.upstream
@@ -474,8 +471,7 @@ impl ListenerConfig {
             key,
             reason,
         };
-        crate::config::spec::check_upstream(&self.upstream)
-            .map_err(|e| bad("upstream", e.to_string()))?;
+        upstream::check_upstream(&self.upstream).map_err(|e| bad("upstream", e.to_string()))?;
         let t = &self.timeouts;
         for (key, d) in [
             ("timeouts.header_read", t.header_read),

@@ -6,6 +6,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
+use crate::config::upstream::check_upstream;
 use crate::config::{ListenerConfig, Protocol};
 use crate::error::SpecError;
 
@@ -59,46 +60,6 @@ fn parse_upstream(s: &str) -> Result<String, SpecError> {
     }
     check_upstream(s)?;
     Ok(s.to_string())
-}
-
-/// Checks that an upstream is `host:port` with a non-zero port and no scheme or path.
-pub(crate) fn check_upstream(s: &str) -> Result<(), SpecError> {
-    if s.is_empty() {
-        return Err(SpecError::EmptyUpstream);
-    }
-    if s.contains("://") || s.contains('/') {
-        return Err(SpecError::BadUpstream {
-            upstream: s.to_string(),
-            reason: "give host:port, without scheme or path",
-        });
-    }
-    let (host, port) = s.rsplit_once(':').ok_or(SpecError::BadUpstream {
-        upstream: s.to_string(),
-        reason: "missing :port",
-    })?;
-    match port.parse::<u16>() {
-        Ok(p) if p != 0 => {}
-        _ => {
-            return Err(SpecError::BadUpstream {
-                upstream: s.to_string(),
-                reason: "port must be 1-65535",
-            })
-        }
-    }
-    if host.is_empty() {
-        return Err(SpecError::BadUpstream {
-            upstream: s.to_string(),
-            reason: "missing host",
-        });
-    }
-    // The URI we build must parse, or every request would fail later.
-    format!("http://{s}/")
-        .parse::<http::Uri>()
-        .map_err(|_| SpecError::BadUpstream {
-            upstream: s.to_string(),
-            reason: "not a valid authority",
-        })?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -17,8 +17,8 @@ use http::Response;
 use http_body::{Body, Frame, SizeHint};
 
 use crate::cause::{Cause, ProxyBody};
+use crate::conn::activity::ConnActivity;
 use crate::conn::listener::Listener;
-use crate::conn::serve::ConnActivity;
 use crate::http::hygiene::REQUEST_ID;
 use crate::obs::access_log::AccessRecord;
 use crate::obs::context::Ctx;

@@ -1,6 +1,7 @@
 //! Listeners and connections: binding, accepting, the per-connection stack, TCP tunnels,
 //! drain. The only folder that holds a whole [`listener::Listener`].
 
+pub(crate) mod activity;
 pub(crate) mod drain;
 pub(crate) mod handshake;
 pub(crate) mod inbound;

@@ -17,202 +17,18 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 use crate::cause::Cause;
+use crate::conn::activity::{write_stalled, ConnActivity, FIRST_OK, FIRST_PENDING, FIRST_WRONG};
 use crate::conn::listener::Listener;
 use crate::conn::stack::Stack;
 use crate::edge::tls::TlsInfo;
-
-/// What one client connection is doing, for the idle, header-read and write clocks.
-#[derive(Debug)]
-pub(crate) struct ConnActivity {
-    active: AtomicUsize,
-    state: Mutex<Clocks>,
-    /// The origin of the nanosecond stamps below.
-    origin: Instant,
-    /// When a write to the client began to wait, as a stamp + 1; 0: no write waits.
-    write_waiting: AtomicU64,
-    /// Response bodies that handed hyper a frame and were not polled again since: the
-    /// client's side has not taken it (socket full, HTTP/2 window closed).
-    unread: AtomicUsize,
-    /// When a response body was last polled, as a stamp.
-    body_polled: AtomicU64,
-    /// What the connection's first bytes said: [`FIRST_PENDING`], [`FIRST_OK`] or
-    /// [`FIRST_WRONG`].
-    first_bytes: AtomicU8,
-}
-
-/// Not enough bytes yet to know (HTTP/2: the preface and first frame are incomplete).
-const FIRST_PENDING: u8 = 0;
-/// The listener's protocol.
-const FIRST_OK: u8 = 1;
-/// Another protocol than the listener's.
-const FIRST_WRONG: u8 = 2;
-
-#[derive(Debug)]
-struct Clocks {
-    /// When the last request began or ended.
-    last: Instant,
-    /// When the head of the next request began arriving, while none is active.
-    head_started: Option<Instant>,
-    /// Why tandem cut the connection, for the records of the requests it ends.
-    cut: Option<Cause>,
-}
-
-// === impl ConnActivity ===
-
-impl ConnActivity {
-    pub fn new() -> Self {
-        let now = Instant::now();
-        Self {
-            active: AtomicUsize::new(0),
-            state: Mutex::new(Clocks {
-                last: now,
-                // The first request's head is awaited from the start.
-                head_started: Some(now),
-                cut: None,
-            }),
-            origin: now,
-            write_waiting: AtomicU64::new(0),
-            unread: AtomicUsize::new(0),
-            body_polled: AtomicU64::new(0),
-            first_bytes: AtomicU8::new(FIRST_PENDING),
-        }
-    }
-
-    /// A request's head was read and it entered the stack.
-    pub fn begin(&self) {
-        self.active.fetch_add(1, Ordering::AcqRel);
-        if let Ok(mut c) = self.state.lock() {
-            c.last = Instant::now();
-            c.head_started = None;
-        }
-    }
-
-    /// A request finished (its response body ended or was dropped).
-    pub fn end(&self) {
-        self.active.fetch_sub(1, Ordering::AcqRel);
-        if let Ok(mut c) = self.state.lock() {
-            c.last = Instant::now();
-        }
-    }
-
-    fn is_idle(&self) -> bool {
-        self.active.load(Ordering::Acquire) == 0
-    }
-
-    /// Bytes arrived: if no request is active, the next head has begun.
-    fn on_read(&self) {
-        if self.is_idle() {
-            if let Ok(mut c) = self.state.lock() {
-                c.head_started.get_or_insert_with(Instant::now);
-            }
-        }
-    }
-
-    /// When the idle connection expires; while a request is active, one period from now.
-    fn idle_deadline(&self, idle: Duration) -> Instant {
-        match self.state.lock() {
-            Ok(c) if self.is_idle() => c.last + idle,
-            _ => Instant::now() + idle,
-        }
-    }
-
-    fn stamp(&self) -> u64 {
-        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX - 1)
-    }
-
-    fn instant(&self, stamp: u64) -> Instant {
-        self.origin + Duration::from_nanos(stamp)
-    }
-
-    /// A write to the client could not proceed: its clock starts, unless it runs already.
-    fn write_waits(&self) {
-        if self.write_waiting.load(Ordering::Relaxed) == 0 {
-            let _ = self.write_waiting.compare_exchange(
-                0,
-                self.stamp() + 1,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            );
-        }
-    }
-
-    /// A write to the client progressed.
-    fn write_progressed(&self) {
-        if self.write_waiting.load(Ordering::Relaxed) != 0 {
-            self.write_waiting.store(0, Ordering::Release);
-        }
-    }
-
-    /// A response body is being polled (so whatever it handed before was taken).
-    pub fn body_polled(&self, was_unread: bool) {
-        if was_unread {
-            self.unread.fetch_sub(1, Ordering::AcqRel);
-        }
-        self.body_polled.store(self.stamp(), Ordering::Release);
-    }
-
-    /// A response body handed hyper a frame and expects to be polled again.
-    pub fn body_handed(&self) {
-        self.unread.fetch_add(1, Ordering::AcqRel);
-    }
-
-    /// A response body that had handed a frame was dropped before it was polled again.
-    pub fn body_dropped_unread(&self) {
-        self.unread.fetch_sub(1, Ordering::AcqRel);
-    }
-
-    /// When the client is late taking what tandem writes, if tandem waits on it at all.
-    fn write_deadline(&self, write: Duration) -> Option<Instant> {
-        let socket = match self.write_waiting.load(Ordering::Acquire) {
-            0 => None,
-            s => Some(self.instant(s - 1) + write),
-        };
-        let body = (self.unread.load(Ordering::Acquire) > 0)
-            .then(|| self.instant(self.body_polled.load(Ordering::Acquire)) + write);
-        match (socket, body) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-
-    /// Notes why tandem cuts the connection (the first reason wins).
-    fn cut(&self, cause: Cause) {
-        if let Ok(mut c) = self.state.lock() {
-            c.cut.get_or_insert(cause);
-        }
-    }
-
-    /// Why tandem cut the connection, if it did: the cause of the requests it ended.
-    pub fn cut_cause(&self) -> Option<Cause> {
-        self.state.lock().ok().and_then(|c| c.cut)
-    }
-
-    fn first_bytes(&self) -> u8 {
-        self.first_bytes.load(Ordering::Acquire)
-    }
-
-    /// When the request head being awaited is late, if one is.
-    fn header_deadline(&self, header_read: Duration) -> Option<Instant> {
-        if !self.is_idle() {
-            return None;
-        }
-        self.state
-            .lock()
-            .ok()
-            .and_then(|c| c.head_started)
-            .map(|t| t + header_read)
-    }
-}
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -309,7 +125,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
                 let h2 = first.h2;
                 if verdict != FIRST_PENDING {
                     self.first = None;
-                    self.activity.first_bytes.store(verdict, Ordering::Release);
+                    self.activity.set_first_bytes(verdict);
                     if verdict == FIRST_WRONG && h2 {
                         // Not HTTP/2 on an HTTP/2 connection: nothing to answer it with.
                         return Poll::Ready(Err(io::Error::new(
@@ -359,23 +175,6 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
-    }
-}
-
-/// Resolves once tandem has waited `write` on the client without progress (see
-/// [`ConnActivity`]); one timer, re-armed only when it fires.
-pub(crate) async fn write_stalled(activity: &ConnActivity, write: Duration) {
-    let timer = tokio::time::sleep(write);
-    tokio::pin!(timer);
-    loop {
-        timer.as_mut().await;
-        let now = Instant::now();
-        match activity.write_deadline(write) {
-            Some(at) if at <= now => return,
-            Some(at) => timer.as_mut().reset(at),
-            // Nothing waits now: a wait that begins meanwhile is late no earlier than that.
-            None => timer.as_mut().reset(now + write),
-        }
     }
 }
 

@@ -27,9 +27,9 @@ use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::cause::{Cause, ProxyBody};
+use crate::conn::activity::ConnActivity;
 use crate::conn::listener::Listener;
 use crate::conn::metered::{CountingBody, MeteredBody, RequestGuard};
-use crate::conn::serve::ConnActivity;
 use crate::conn::upgrade;
 use crate::edge::tls::TlsInfo;
 use crate::edge::{mtls, ratelimit};
@@ -137,7 +137,8 @@ impl Stack {
         // hop-by-hop headers the client named, removed before tandem adds any of its own
         hygiene::strip_request(route.cfg.protocol, req.headers_mut());
         // client-sent identity header removed; the verified mTLS identity added
-        mtls::set_identity(&s.identity_header, s.tls.as_ref(), req.headers_mut());
+        let identity = s.tls.as_ref().and_then(|t| t.client_identity.as_deref());
+        mtls::set_identity(&s.identity_header, identity, req.headers_mut());
         // JWT / API key / basic credentials: 401 + WWW-Authenticate, 403; claims as headers
         if let Some(auth) = &l.edge.auth {
             auth.authorize(&mut req).await?;

@@ -15,8 +15,8 @@ use hyper_util::rt::TokioIo;
 
 use crate::cause::{Cause, ProxyBody};
 use crate::config::{ListenerConfig, Protocol};
+use crate::conn::activity::{write_stalled, ConnActivity};
 use crate::conn::listener::Listener;
-use crate::conn::serve::{write_stalled, ConnActivity};
 use crate::http::hygiene::wants_upgrade;
 
 /// Takes the client's upgrade handle out of the request (always, so no copy of the request

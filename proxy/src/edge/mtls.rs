@@ -17,7 +17,6 @@ use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use x509_parser::extensions::GeneralName;
 
 use crate::config::ListenerConfig;
-use crate::edge::tls::TlsInfo;
 
 /// The header used when no client auth is configured: still stripped, so an app behind a
 /// cleartext listener is never fooled by a client-sent identity.
@@ -152,10 +151,10 @@ pub(crate) fn identity_header(cfg: &ListenerConfig) -> HeaderName {
         .unwrap_or(DEFAULT_IDENTITY_HEADER)
 }
 
-/// Strips client copies of the identity header, then adds the verified identity, if any.
-pub(crate) fn set_identity(header: &HeaderName, tls: Option<&TlsInfo>, headers: &mut HeaderMap) {
+/// Strips client copies of the identity header, then adds the verified identity (`id`: the
+/// TLS session's client identity), if any.
+pub(crate) fn set_identity(header: &HeaderName, id: Option<&str>, headers: &mut HeaderMap) {
     headers.remove(header);
-    let id = tls.and_then(|t| t.client_identity.as_deref());
     if let Some(v) = id.and_then(|id| HeaderValue::from_str(id).ok()) {
         headers.insert(header.clone(), v);
     }
