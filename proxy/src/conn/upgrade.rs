@@ -79,3 +79,48 @@ fn tunnel(l: &Listener, conn: Arc<ConnActivity>, client: OnUpgrade, app: OnUpgra
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::spec::parse_listener_spec;
+
+    /// A request as hyper hands it over: with the connection's upgrade handle in it.
+    fn request(method: Method, upgrade_headers: bool) -> Request<()> {
+        let mut b = Request::builder().method(method).uri("/ws");
+        if upgrade_headers {
+            b = b
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket");
+        }
+        let mut req = b.body(()).expect("valid request");
+        let handle = hyper::upgrade::on(&mut Request::new(()));
+        req.extensions_mut().insert(handle);
+        req
+    }
+
+    #[test]
+    fn take_honours_websocket_upgrades_on_http_listeners_only() {
+        let http = parse_listener_spec("8080=127.0.0.1:3000").expect("valid spec");
+        let h2c = parse_listener_spec("h2c:8080=127.0.0.1:3000").expect("valid spec");
+        let mut req = request(Method::GET, true);
+        assert!(take(&http, &mut req).is_some());
+        assert!(req.extensions().get::<OnUpgrade>().is_none(), "taken out");
+        let mut req = request(Method::GET, true);
+        assert!(take(&h2c, &mut req).is_none());
+        assert!(
+            req.extensions().get::<OnUpgrade>().is_none(),
+            "removed even when refused"
+        );
+        let mut req = request(Method::GET, false);
+        assert!(take(&http, &mut req).is_none(), "no Upgrade asked for");
+    }
+
+    #[test]
+    fn take_honours_connect_only_where_allowed() {
+        let mut cfg = parse_listener_spec("8080=127.0.0.1:3000").expect("valid spec");
+        assert!(take(&cfg, &mut request(Method::CONNECT, false)).is_none());
+        cfg.allow_connect = true;
+        assert!(take(&cfg, &mut request(Method::CONNECT, false)).is_some());
+    }
+}

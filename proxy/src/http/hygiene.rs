@@ -364,4 +364,72 @@ mod tests {
         assert_eq!(id.len(), 32);
         assert_eq!(h["x-request-id"], id);
     }
+
+    fn listener(spec: &str) -> (ListenerConfig, Authority) {
+        let cfg = crate::config::spec::parse_listener_spec(spec).expect("valid spec");
+        let upstream = cfg.upstream.parse().expect("valid upstream");
+        (cfg, upstream)
+    }
+
+    fn client_request(version: Version) -> Request<()> {
+        let mut req = Request::builder()
+            .version(version)
+            .uri("/orders?id=7")
+            .header("x-forwarded-for", "10.9.9.9")
+            .header("x-request-id", "abc-123")
+            .body(())
+            .expect("valid request");
+        req.headers_mut()
+            .insert(header::HOST, HeaderValue::from_static("shop.test"));
+        req
+    }
+
+    #[test]
+    fn rewrite_points_the_request_at_the_app() {
+        let (cfg, upstream) = listener("8080=127.0.0.1:3000");
+        let ctx = Ctx::new();
+        let peer = ip_value("192.0.2.7".parse().expect("ip"));
+        let host = Some(HeaderValue::from_static("shop.test"));
+        let req = client_request(Version::HTTP_11);
+        let out = rewrite(&cfg, &upstream, &peer, &ctx, host, req).expect("rewritten");
+        assert_eq!(out.uri().to_string(), "http://127.0.0.1:3000/orders?id=7");
+        assert_eq!(out.version(), Version::HTTP_11);
+        assert_eq!(out.headers()[header::HOST], "shop.test");
+        // trusted_hops 0: the client's X-Forwarded-For is replaced by the peer
+        assert_eq!(out.headers()["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(out.headers()["x-forwarded-host"], "shop.test");
+        assert_eq!(out.headers()["x-forwarded-proto"], "http");
+        // a well-formed client request id is kept and recorded for the access log
+        assert_eq!(out.headers()[REQUEST_ID], "abc-123");
+        assert_eq!(ctx.request_id(), "abc-123");
+    }
+
+    #[test]
+    fn rewrite_for_an_h2c_app_drops_host_for_authority() {
+        let (cfg, upstream) = listener("h2c:8080=127.0.0.1:3000");
+        let ctx = Ctx::new();
+        let peer = ip_value("192.0.2.7".parse().expect("ip"));
+        let host = Some(HeaderValue::from_static("shop.test"));
+        let req = client_request(Version::HTTP_11);
+        let out = rewrite(&cfg, &upstream, &peer, &ctx, host, req).expect("rewritten");
+        assert_eq!(out.version(), Version::HTTP_2);
+        assert!(out.headers().get(header::HOST).is_none());
+        assert_eq!(
+            out.uri().authority().map(|a| a.as_str()),
+            Some("127.0.0.1:3000")
+        );
+        assert_eq!(out.headers()["x-forwarded-host"], "shop.test");
+    }
+
+    #[test]
+    fn strip_request_keeps_an_upgrade_only_on_http_listeners() {
+        let upgrade = || map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        let mut h = upgrade();
+        strip_request(Protocol::Http, &mut h);
+        assert_eq!(h["upgrade"], "websocket");
+        let mut h = upgrade();
+        strip_request(Protocol::H2c, &mut h);
+        assert!(h.get("upgrade").is_none(), "{h:?}");
+        assert!(h.get("connection").is_none(), "{h:?}");
+    }
 }

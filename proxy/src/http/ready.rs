@@ -61,4 +61,42 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(2);
         assert_eq!(wait_ready(&mut rx, deadline).await, Err(Cause::NotReady));
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn gate_passes_at_once_while_ready() {
+        let (_tx, rx) = watch::channel(true);
+        let before = Instant::now();
+        // a deadline already past: a ready app is not held at all
+        assert_eq!(gate(&rx, before).await, Ok(()));
+        assert_eq!(Instant::now(), before);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gate_holds_until_ready() {
+        let (tx, rx) = watch::channel(false);
+        let start = Instant::now();
+        let flip = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            tx.send_replace(true);
+            tx
+        });
+        assert_eq!(gate(&rx, start + Duration::from_secs(5)).await, Ok(()));
+        assert_eq!(Instant::now(), start + Duration::from_millis(700));
+        drop(flip.await.expect("flip task"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gate_gives_up_at_the_hold_deadline() {
+        let (tx, rx) = watch::channel(false);
+        let start = Instant::now();
+        let deadline = start + Duration::from_secs(5);
+        assert_eq!(gate(&rx, deadline).await, Err(Cause::NotReady));
+        assert_eq!(Instant::now(), deadline);
+        // the sender gone with the last value `false`: no wait, still not ready
+        drop(tx);
+        assert_eq!(
+            gate(&rx, deadline + Duration::from_secs(5)).await,
+            Err(Cause::NotReady)
+        );
+    }
 }

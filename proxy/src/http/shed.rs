@@ -15,3 +15,21 @@ use crate::cause::Cause;
 pub(crate) fn acquire(limiter: &Arc<Semaphore>) -> Result<OwnedSemaphorePermit, Cause> {
     limiter.clone().try_acquire_owned().map_err(|_| Cause::Shed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sheds_past_max_concurrent_until_a_slot_is_given_back() {
+        let limiter = Arc::new(Semaphore::new(2));
+        let first = acquire(&limiter).expect("first slot");
+        let _second = acquire(&limiter).expect("second slot");
+        assert_eq!(acquire(&limiter).err(), Some(Cause::Shed));
+        drop(first);
+        assert!(
+            acquire(&limiter).is_ok(),
+            "a finished request frees its slot"
+        );
+    }
+}
