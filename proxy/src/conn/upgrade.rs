@@ -94,7 +94,7 @@ mod tests {
                 .header("upgrade", "websocket");
         }
         let mut req = b.body(()).expect("valid request");
-        let handle = hyper::upgrade::on(&mut Request::new(()));
+        let handle = hyper::upgrade::on(Request::new(()));
         req.extensions_mut().insert(handle);
         req
     }
