@@ -221,9 +221,8 @@ fn sidecar_job_tails_rotating_alloc_logs_once_each_and_proxies_the_app() {
     };
     eventually("the early request is held by the proxy", || {
         get(&admin, "/metrics").is_ok_and(|(_, m)| {
-            m.lines().any(|l| {
-                l.starts_with("tandem_proxy_requests_in_flight{") && l.ends_with(" 1")
-            })
+            m.lines()
+                .any(|l| l.starts_with("tandem_proxy_requests_in_flight{") && l.ends_with(" 1"))
         })
     });
 
