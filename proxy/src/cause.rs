@@ -9,8 +9,6 @@ use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-pub use crate::host::HostError;
-
 /// The `Allow` header of a 405: the methods a listener forwards (every standard one but
 /// CONNECT, which tunnels rather than asks for a resource).
 const ALLOW: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH";
@@ -212,5 +210,32 @@ impl Cause {
 impl std::fmt::Display for Cause {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// Why a request's host was refused (the 400's body says which).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HostError {
+    /// An HTTP/1.1 request without a `Host` header (and without an absolute-form target).
+    Missing,
+    /// More than one `Host` header.
+    Duplicate,
+    /// A `Host` that is empty or not `host[:port]`.
+    Malformed,
+    /// `Host` and the target URI's authority disagree.
+    Mismatch,
+}
+
+// === impl HostError ===
+
+impl HostError {
+    /// A one-line reason for the client.
+    pub fn reason(self) -> &'static str {
+        match self {
+            HostError::Missing => "no Host header",
+            HostError::Duplicate => "more than one Host header",
+            HostError::Malformed => "the Host header is not a valid host[:port]",
+            HostError::Mismatch => "the Host header differs from the request target's authority",
+        }
     }
 }

@@ -31,76 +31,45 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-mod access_log;
-mod apikey;
-mod app_exits;
-mod auth;
-mod backoff;
-mod basic;
-mod budget;
+// The folders, lowest first; a folder imports only from those above it (see README.md):
+// leaves (cause, error) <- config <- obs <- edge <- http <- conn.
 mod cause;
 mod config;
 mod conn;
-mod context;
-mod drain;
-pub mod duration;
 mod edge;
 mod error;
-mod host;
-mod hygiene;
-mod inbound;
-mod jwks_url;
-mod jwt;
-mod limits;
-mod listener;
-mod metered;
-mod metrics;
-mod mtls;
-mod quiet;
-mod ratelimit;
-mod ready;
-mod replay;
-mod retry;
-mod rlimit;
-mod secret;
-mod shed;
-mod spec;
-mod stack;
-mod tcp;
-mod timeout;
-mod tls;
-mod trace;
-mod upgrade;
-mod upstream;
-mod upstream_tls;
+mod http;
+mod obs;
 
-pub use access_log::{AccessLogFn, AccessRecord};
-pub use app_exits::{AppExits, InFlight};
+pub use config::duration;
+
 pub use cause::{Cause, Challenge, HostError};
+pub use config::jwks_url::redact_url;
 pub use config::{
     ApiKeyConfig, AuthConfig, BasicAuthConfig, ClientAuthConfig, JwtConfig, LimitsConfig,
     ListenerConfig, Protocol, RateLimitConfig, RetryConfig, TimeoutConfig, TlsConfig,
     UpstreamTlsConfig,
 };
-pub use drain::{DrainReport, ListenerDrain};
+pub use conn::drain::{DrainReport, ListenerDrain};
+pub use conn::inbound::{serve, BoundListeners, Inbound, Serving};
 pub use error::{ConfigError, FileError, ProxyError, SpecError};
-pub use hygiene::REQUEST_ID;
-pub use inbound::{serve, BoundListeners, Inbound, Serving};
-pub use jwks_url::redact_url;
-pub use listener::Hooks;
+pub use http::app_exits::{AppExits, InFlight};
+pub use http::hygiene::REQUEST_ID;
+pub use obs::access_log::{AccessLogFn, AccessRecord};
+pub use obs::hooks::Hooks;
 
 /// Client connections closed since start, over all listeners (monotonic).
 pub fn closed_connections() -> u64 {
-    listener::CLOSED_CONNECTIONS.load(std::sync::atomic::Ordering::Relaxed)
+    conn::listener::CLOSED_CONNECTIONS.load(std::sync::atomic::Ordering::Relaxed)
 }
-pub use metered::{ATTEMPT_COUNT, UPSTREAM_SERVICE_TIME};
-pub use metrics::Metrics;
-pub use secret::secrets_equal;
-pub use spec::parse_listener_spec;
-pub use tokio_util::sync::CancellationToken;
-pub use trace::{
+pub use config::spec::parse_listener_spec;
+pub use conn::metered::{ATTEMPT_COUNT, UPSTREAM_SERVICE_TIME};
+pub use edge::secret::secrets_equal;
+pub use obs::metrics::Metrics;
+pub use obs::trace::{
     extract as extract_trace_context, inject as inject_trace_context, SharedTracer, TRACEPARENT,
 };
+pub use tokio_util::sync::CancellationToken;
 
 /// Entry points for the `fuzz/` crate only: they reach parsers that are private to the proxy
 /// (JWT and JWKS) through the same code a listener runs. Not an API; may change at any time.
@@ -115,7 +84,7 @@ pub mod fuzzing {
         let cfg: crate::JwtConfig =
             serde_json::from_value(serde_json::json!({ "jwks_file": jwks_file }))
                 .map_err(|e| e.to_string())?;
-        let auth = crate::jwt::JwtAuth::load("fuzz", &cfg).map_err(|e| e.to_string())?;
+        let auth = crate::edge::jwt::JwtAuth::load("fuzz", &cfg).map_err(|e| e.to_string())?;
         Ok(auth.verify(token).map(|_| ()).map_err(|r| format!("{r:?}")))
     }
 }

@@ -179,7 +179,11 @@ fn drop_mode_never_makes_the_app_wait_and_accounts_for_every_line() {
     let mut last = None;
     eventually("the app is blocked writing to its full pipe", || {
         let now = blocked_writer(t.child.id() as i32, "seq");
-        stuck = if now.is_some() && now == last { stuck + 1 } else { 0 };
+        stuck = if now.is_some() && now == last {
+            stuck + 1
+        } else {
+            0
+        };
         last = now;
         stuck >= 20
     });

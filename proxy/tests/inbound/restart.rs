@@ -4,7 +4,6 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::StatusCode;
 use tandem_proxy::Protocol;
@@ -49,7 +48,14 @@ async fn restart_mid_load_has_zero_failures() {
             }
             let seen = up.take().expect("running").stop().await;
             proxy.ready.send_replace(false);
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            // The restart gap: the new app starts only once every client's request is held
+            // at the readiness gate (waiting on an event, not a fixed sleep that may end
+            // before any request reached the hold on a loaded machine).
+            eventually("every client's request to be held", || {
+                proxy.metric(r#"tandem_proxy_requests_in_flight{listener="test"}"#)
+                    == CLIENTS as f64
+            })
+            .await;
             up = Some(Upstream::start_on(addr, seen).await);
             proxy.ready.send_replace(true);
         }

@@ -1,0 +1,88 @@
+//! What the request steps of one listener share: its config, the app's address and pooled
+//! client, the retry budget, the concurrency limit, the readiness watch and the hooks.
+//!
+//! Invariant: built once per listener (inside [`crate::conn::listener::Listener`]) and never
+//! shared by two listeners; it holds nothing of connections or drain, so a step that takes a
+//! `&Route` cannot reach a socket, a task tracker or a shutdown token.
+
+use std::sync::Arc;
+
+use http::uri::Authority;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::sync::{watch, Semaphore};
+
+use crate::config::{CheckedListener, ListenerConfig, Protocol};
+use crate::edge::upstream_tls::{AppConnector, UpstreamTls};
+use crate::http::app_exits::AppExits;
+use crate::http::budget::RetryBudget;
+use crate::http::replay::UpstreamBody;
+use crate::obs::hooks::Hooks;
+use crate::obs::metrics::ListenerMetrics;
+
+/// See the module doc.
+pub(crate) struct Route {
+    pub name: String,
+    pub cfg: ListenerConfig,
+    /// This listener's metric handles, when metrics are on.
+    pub metrics: Option<ListenerMetrics>,
+    pub hooks: Hooks,
+    pub upstream: Authority,
+    pub client: Client<AppConnector, UpstreamBody>,
+    pub budget: RetryBudget,
+    /// One permit per request in flight (`limits.max_concurrent`).
+    pub limiter: Arc<Semaphore>,
+    pub readiness: watch::Receiver<bool>,
+    /// The app's exits and the attempts in flight (query-of-death protection).
+    pub app_exits: AppExits,
+}
+
+// === impl Route ===
+
+impl Route {
+    /// `checked`: the config and the app's address parsed from it at bind time;
+    /// `upstream_tls`: TLS towards the app, when the config asks for it.
+    pub fn new(
+        checked: CheckedListener,
+        readiness: watch::Receiver<bool>,
+        hooks: Hooks,
+        upstream_tls: Option<Arc<UpstreamTls>>,
+        app_exits: AppExits,
+    ) -> Self {
+        let CheckedListener { cfg, upstream } = checked;
+        let name = cfg.display_name();
+        let t = &cfg.timeouts;
+        let metrics = hooks
+            .metrics
+            .as_ref()
+            .map(|m| ListenerMetrics::new(m, &name));
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.set_connect_timeout(Some(t.connect));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(t.pool_idle)
+            .pool_max_idle_per_host(64)
+            .http1_preserve_header_case(cfg.preserve_header_case)
+            .http2_only(cfg.protocol == Protocol::H2c)
+            // Reused pooled connections found dead before the request was written are
+            // retried by the pool itself: that is the "safe even for POST" case.
+            .retry_canceled_requests(true)
+            .set_host(true)
+            .build(AppConnector::new(connector, upstream_tls, metrics.clone()));
+        let r = &cfg.retry;
+        Self {
+            budget: RetryBudget::new(r.budget_ratio, r.budget_min_per_second, r.budget_ttl),
+            limiter: Arc::new(Semaphore::new(cfg.limits.max_concurrent)),
+            name,
+            metrics,
+            hooks,
+            upstream,
+            client,
+            readiness,
+            app_exits,
+            cfg,
+        }
+    }
+}
