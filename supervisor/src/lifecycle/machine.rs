@@ -122,7 +122,7 @@ impl Machine {
                 cfg: restart.clone(),
                 backoff: Backoff::new(restart),
                 limit: StartLimit::new(restart),
-                rng: StdRng::from_entropy(),
+                rng: StdRng::from_os_rng(),
             },
         }
     }
