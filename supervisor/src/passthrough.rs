@@ -160,16 +160,22 @@ impl PassthroughError {
 // === impl PassthroughConfig ===
 
 impl PassthroughConfig {
-    /// What serde cannot check (the upstream needs the environment: see [`Passthrough::start`]).
-    pub fn validate(&self) -> Result<(), PassthroughError> {
+    /// The checked form, once, at config load: listen addresses parsed, the app's protocol,
+    /// and each signal's upstream resolved with `env` (tandem's environment; TLS files read).
+    /// None when the pass-through is off.
+    pub fn check(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Option<CheckedPassthrough>, PassthroughError> {
         if !self.enabled {
-            return Ok(());
+            return Ok(None);
         }
-        self.listen_addrs()?;
-        Protocol::parse(&self.app_protocol).map_err(|reason| PassthroughError::Config {
-            key: "app_protocol",
-            reason,
-        })?;
+        let [grpc_listen, http_listen] = self.listen_addrs()?;
+        let app_protocol =
+            Protocol::parse(&self.app_protocol).map_err(|reason| PassthroughError::Config {
+                key: "app_protocol",
+                reason,
+            })?;
         if self.max_request_size.as_u64() > self.queue_size.as_u64() {
             return Err(PassthroughError::Config {
                 key: "max_request_size",
@@ -185,7 +191,17 @@ impl PassthroughConfig {
                 reason: "at most 4 GiB".into(),
             });
         }
-        Ok(())
+        let mut upstreams = Vec::new();
+        for s in Signal::ALL {
+            let up = upstream::resolve(s, self, env, &[grpc_listen, http_listen])?;
+            upstreams.push((s, up));
+        }
+        Ok(Some(CheckedPassthrough {
+            grpc_listen,
+            http_listen,
+            app_protocol,
+            upstreams,
+        }))
     }
 
     fn listen_addrs(&self) -> Result<[SocketAddr; 2], PassthroughError> {
@@ -210,6 +226,19 @@ impl PassthroughConfig {
             parse("http_listen", &self.http_listen)?,
         ])
     }
+}
+
+/// `[telemetry.passthrough]`, checked: what [`Passthrough::start`] binds and forwards to.
+#[derive(Debug, Clone)]
+pub struct CheckedPassthrough {
+    /// `grpc_listen`, parsed (loopback).
+    pub grpc_listen: SocketAddr,
+    /// `http_listen`, parsed (loopback).
+    pub http_listen: SocketAddr,
+    /// What the app is told to speak.
+    pub app_protocol: Protocol,
+    /// Each signal's upstream, resolved.
+    pub upstreams: Vec<(Signal, upstream::Upstream)>,
 }
 
 /// The running pass-through.
@@ -249,27 +278,21 @@ fn bypassing_vars() -> Vec<String> {
 // === impl Passthrough ===
 
 impl Passthrough {
-    /// Resolve the upstreams (from the config and `env`), bind both listeners, register the
+    /// Bind both listeners of `checked` (from [`PassthroughConfig::check`]), register the
     /// counters and start forwarding; `resource` is added to everything the app sends
-    /// ([`crate::otlp::resource::of_process`]). Nothing is bound when the config is wrong.
+    /// ([`crate::otlp::resource::of_process`]).
     pub async fn start(
         cfg: &PassthroughConfig,
+        checked: &CheckedPassthrough,
         resource: &BTreeMap<String, String>,
-        env: &dyn Fn(&str) -> Option<String>,
         registry: &mut Registry,
     ) -> Result<Passthrough, PassthroughError> {
-        cfg.validate()?;
-        let [grpc_addr, http_addr] = cfg.listen_addrs()?;
-        let app_protocol =
-            Protocol::parse(&cfg.app_protocol).map_err(|reason| PassthroughError::Config {
-                key: "app_protocol",
-                reason,
-            })?;
-        let mut upstreams = Vec::new();
-        for s in Signal::ALL {
-            let up = upstream::resolve(s, cfg, env, &[grpc_addr, http_addr])?;
-            upstreams.push((s, up));
-        }
+        let CheckedPassthrough {
+            grpc_listen: grpc_addr,
+            http_listen: http_addr,
+            app_protocol,
+            upstreams,
+        } = checked.clone();
         let bind = |key: &'static str, addr: SocketAddr| async move {
             TcpListener::bind(addr)
                 .await

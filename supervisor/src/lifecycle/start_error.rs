@@ -19,10 +19,6 @@ pub enum StartError {
     /// The stop, forward and owned signals' handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] io::Error),
-    /// A config value that only shows itself wrong when used (probes, `OTEL_*`, the admin
-    /// token file): the message names the key.
-    #[error("{0}")]
-    Config(String),
     /// The OTLP exporters (spans, logs) could not be built.
     #[error("cannot start the OTLP export: {0}")]
     Telemetry(String),
@@ -56,8 +52,7 @@ impl StartError {
     /// tandem's exit code for this failure: 64 for config, 70 for tandem's own.
     pub fn exit_code(&self) -> i32 {
         match self {
-            StartError::Config(_)
-            | StartError::Telemetry(_)
+            StartError::Telemetry(_)
             | StartError::MetricsPush(_)
             | StartError::ProxyFile(_)
             | StartError::Logs(LogsError::Config(_)) => exit::CONFIG,
@@ -80,7 +75,6 @@ impl StartError {
             StartError::Signals(e) => {
                 tracing::error!(event = "internal_error", error = %e, "cannot install signal handlers");
             }
-            StartError::Config(e) => tracing::error!(event = "config_error", "{e}"),
             StartError::Telemetry(e) => {
                 tracing::error!(event = "otlp_failed", error = %e, "cannot start the OTLP export");
             }
@@ -116,7 +110,6 @@ mod tests {
     #[test]
     fn exit_codes_follow_the_kind_of_failure() {
         let io = || io::Error::other("x");
-        assert_eq!(StartError::Config("k".into()).exit_code(), exit::CONFIG);
         assert_eq!(StartError::Telemetry("x".into()).exit_code(), exit::CONFIG);
         assert_eq!(
             StartError::Logs(LogsError::Config("x".into())).exit_code(),
