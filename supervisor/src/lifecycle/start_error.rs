@@ -8,7 +8,7 @@ use std::io;
 
 use thiserror::Error;
 
-use crate::{exit, logs::LogsError, passthrough::PassthroughError};
+use crate::{exit, logs::LogsError, passthrough::PassthroughError, telemetry::ExportError};
 
 /// A step of the start failed; nothing after it was started.
 #[derive(Debug, Error)]
@@ -21,10 +21,10 @@ pub enum StartError {
     Signals(#[source] io::Error),
     /// The OTLP exporters (spans, logs) could not be built.
     #[error("cannot start the OTLP export: {0}")]
-    Telemetry(String),
+    Telemetry(#[source] ExportError),
     /// The OTLP metrics push could not be built.
     #[error("cannot start the OTLP metrics push: {0}")]
-    MetricsPush(String),
+    MetricsPush(#[source] ExportError),
     /// The log pipeline (a sink, tail mode) could not start.
     #[error("cannot start the log pipeline: {0}")]
     Logs(#[source] LogsError),
@@ -110,7 +110,9 @@ mod tests {
     #[test]
     fn exit_codes_follow_the_kind_of_failure() {
         let io = || io::Error::other("x");
-        assert_eq!(StartError::Telemetry("x".into()).exit_code(), exit::CONFIG);
+        let header = || ExportError::Header { name: "x".into() };
+        assert_eq!(StartError::Telemetry(header()).exit_code(), exit::CONFIG);
+        assert_eq!(StartError::MetricsPush(header()).exit_code(), exit::CONFIG);
         assert_eq!(
             StartError::Logs(LogsError::Config("x".into())).exit_code(),
             exit::CONFIG
