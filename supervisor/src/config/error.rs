@@ -1,11 +1,12 @@
 //! The one config error: what is wrong, with the key and where its value came from.
 //!
-//! Displayed `file:line: key: message` for a value from a file; `TANDEM_X: key: message` or
-//! `--set a.b: key: message` for one from a variable or flag; `key: message` for a default or
-//! a variable outside the config (`OTEL_*`). An error found while checking the merged config
-//! (a bad pattern, an unreadable token file, an address that does not parse) gets its place
-//! from [`Loaded`](super::Loaded)'s record of where each key was set, so it reads like an
-//! error found while parsing the file.
+//! Displayed `file:line: key: message` for a value from a file; `TANDEM_X: key: message` for
+//! one from a variable, `--set a.b: message` from a flag that names its key; `key: message` for
+//! a default or a variable outside the config (`OTEL_*`). An error found while checking the
+//! merged config (a bad pattern, an unreadable token file, an address that does not parse) gets
+//! its place from the loader's record of where each key was set
+//! ([`Origins::locate`](super::Origins::locate)), so it reads like an error found while
+//! parsing the file.
 use std::{fmt, path::PathBuf};
 
 /// A config that cannot be used.
@@ -29,7 +30,7 @@ pub struct ConfigError {
 // === impl ConfigError ===
 
 impl ConfigError {
-    /// An error about `key`, its place not known yet (see `Loaded::locate`).
+    /// An error about `key`, its place not known yet (see [`super::Origins::locate`]).
     pub fn key(key: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             file: None,
@@ -82,14 +83,21 @@ fn looks_like_key(s: &str) -> bool {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `--set a.b` names its key already: not `--set a.b: a.b: ...`.
+        let mut key = (!self.key.is_empty()).then_some(self.key.as_str());
         match (&self.file, self.line, &self.via) {
             (Some(file), Some(line), _) => write!(f, "{}:{line}: ", file.display())?,
             (Some(file), None, _) => write!(f, "{}: ", file.display())?,
-            (None, _, Some(via)) if via != &self.key => write!(f, "{via}: ")?,
-            _ => {}
+            (None, _, Some(via)) => {
+                write!(f, "{via}: ")?;
+                if key.is_some_and(|k| via == k || via.ends_with(&format!(" {k}"))) {
+                    key = None;
+                }
+            }
+            (None, _, None) => {}
         }
-        if !self.key.is_empty() {
-            write!(f, "{}: ", self.key)?;
+        if let Some(key) = key {
+            write!(f, "{key}: ")?;
         }
         f.write_str(&self.message)
     }
@@ -110,6 +118,8 @@ mod tests {
         assert_eq!(e.to_string(), "/etc/t.toml:3: admin.listen: bad");
         let e = ConfigError::via("TANDEM_ADMIN_LISTEN", "admin.listen", "bad");
         assert_eq!(e.to_string(), "TANDEM_ADMIN_LISTEN: admin.listen: bad");
+        let e = ConfigError::via("--set admin.listen", "admin.listen", "bad");
+        assert_eq!(e.to_string(), "--set admin.listen: bad");
         assert_eq!(
             ConfigError::keyed("OTEL_SDK_DISABLED: \"x\" is not true or false").key,
             "OTEL_SDK_DISABLED"
