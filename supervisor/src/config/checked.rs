@@ -17,7 +17,7 @@ use crate::{
     health::{probe::ProbeConfigError, HealthChecks},
     logs::{LogRules, LogsConfigError},
     otlp::env::BadValue,
-    passthrough::{CheckedPassthrough, PassthroughError},
+    passthrough::config::{CheckedPassthrough, PassthroughError},
     telemetry::Settings,
 };
 
