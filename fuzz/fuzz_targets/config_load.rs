@@ -28,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(loaded) = load(std::slice::from_ref(&path), env.clone(), &overrides) else {
         return;
     };
-    let first = toml::Table::try_from(&loaded.config).expect("a loaded config serializes");
+    let first = toml::Table::try_from(&loaded.checked.config).expect("a loaded config serializes");
 
     // The effective config, as `tandem check --print` shows it, is itself a valid config
     // file that means the same thing (secrets are redacted, so only compare when none were).
@@ -41,7 +41,7 @@ fuzz_target!(|data: &[u8]| {
     let again = load(std::slice::from_ref(&again_path), env, &overrides).unwrap_or_else(|e| {
         panic!("the rendered config does not load again: {e}\n--- rendered ---\n{rendered}")
     });
-    let second = toml::Table::try_from(&again.config).expect("a loaded config serializes");
+    let second = toml::Table::try_from(&again.checked.config).expect("a loaded config serializes");
     assert_eq!(first, second, "render changed the config:\n{rendered}");
 });
 

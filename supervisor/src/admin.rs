@@ -48,7 +48,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
 }
 
 /// [`serve`], requiring `Authorization: Bearer <token>` on every request when `token` is
-/// set (from [`crate::config::AdminConfig::load_token`]); without it, 401.
+/// set (from [`crate::config::Admin::token`], read when the config was checked); without it, 401.
 pub async fn serve_with_token(
     listener: TcpListener,
     state: Arc<AdminState>,

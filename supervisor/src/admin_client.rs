@@ -6,22 +6,36 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::http_get::{self, Get, Read};
+use crate::http_get::{self, Get, GetError, Read};
 
 /// Bound on the whole exchange: a health check must answer quickly or count as failed.
 const TIMEOUT: Duration = Duration::from_secs(3);
 /// Bound on the response read: `/status` is small.
 const MAX_RESPONSE: u64 = 1 << 20;
 
+/// Why the question got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum AskError {
+    /// `--admin` is not an address.
+    #[error("admin address {0:?} is not IP:PORT")]
+    Address(String),
+    /// The one-call runtime could not start.
+    #[error("cannot start a runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// The GET failed (refused, timed out, a bad response).
+    #[error(transparent)]
+    Get(#[from] GetError),
+}
+
 /// GET `path` from `addr`; returns the status code and body.
-pub fn get(addr: &str, path: &str) -> Result<(u16, String), String> {
+pub fn get(addr: &str, path: &str) -> Result<(u16, String), AskError> {
     let sock: SocketAddr = addr
         .parse()
-        .map_err(|_| format!("admin address {addr:?} is not IP:PORT"))?;
+        .map_err(|_| AskError::Address(addr.to_string()))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+        .map_err(AskError::Runtime)?;
     let host = sock.ip().to_string();
     let req = Get {
         host: &host,
@@ -30,8 +44,6 @@ pub fn get(addr: &str, path: &str) -> Result<(u16, String), String> {
         user_agent: "tandem-cli",
         timeout: TIMEOUT,
     };
-    let r = runtime
-        .block_on(http_get::get(req, Read::Body(MAX_RESPONSE)))
-        .map_err(|e| e.to_string())?;
+    let r = runtime.block_on(http_get::get(req, Read::Body(MAX_RESPONSE)))?;
     Ok((r.status, r.body))
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::Overrides;
+use crate::config::{ConfigError, Overrides};
 
 const AFTER_HELP: &str = "\
 Config layers, later wins: built-in defaults < files `include`d by a config file < --config
@@ -100,8 +100,8 @@ pub struct RunArgs {
 // === impl RunArgs ===
 
 impl RunArgs {
-    /// The flags as config overrides, or a message naming the bad flag.
-    pub fn overrides(&self) -> Result<Overrides, String> {
+    /// The flags as config overrides, or an error naming the bad flag.
+    pub fn overrides(&self) -> Result<Overrides, ConfigError> {
         let mut values = Vec::new();
         let mut push = |key: &str, value: &Option<String>, flag: &str| {
             if let Some(v) = value {
@@ -117,21 +117,24 @@ impl RunArgs {
         push("app.group", &self.group, "--group");
         push("admin.listen", &self.admin, "--admin");
         for kv in &self.env {
-            let (k, v) =
-                split_kv(kv).ok_or_else(|| format!("flag --env {kv:?}: expected KEY=VALUE"))?;
+            let (k, v) = split_kv(kv).ok_or_else(|| {
+                ConfigError::via("--env", "app.env", format!("{kv:?}: expected KEY=VALUE"))
+            })?;
             values.push((format!("app.env.{k}"), v.to_string(), format!("--env {k}")));
         }
         for kv in &self.set {
-            let (k, v) =
-                split_kv(kv).ok_or_else(|| format!("flag --set {kv:?}: expected KEY=VALUE"))?;
+            let (k, v) = split_kv(kv).ok_or_else(|| {
+                ConfigError::via("--set", "", format!("{kv:?}: expected KEY=VALUE"))
+            })?;
             values.push((k.to_string(), v.to_string(), format!("--set {k}")));
         }
         let proxy = self
             .proxy
             .iter()
             .map(|spec| {
-                tandem_proxy::parse_listener_spec(spec)
-                    .map_err(|e| format!("flag --proxy {spec:?}: {e}"))
+                tandem_proxy::parse_listener_spec(spec).map_err(|e| {
+                    ConfigError::via("--proxy", "proxy.listeners", format!("{spec:?}: {e}"))
+                })
             })
             .collect::<Result<_, _>>()?;
         Ok(Overrides {

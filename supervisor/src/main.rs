@@ -60,19 +60,21 @@ fn init_tracing() {
     }
 }
 
+/// Load and check the config: the one function behind both a run and `tandem check`, so both
+/// report the same errors with the same exit code (64).
 fn load(args: &RunArgs, require_command: bool) -> Result<config::Loaded, i32> {
-    let mut overrides = args.overrides().map_err(|msg| config_error(&msg))?;
+    let mut overrides = args.overrides().map_err(|e| config_error(&e))?;
     overrides.require_command = require_command;
-    let loaded = config::load(&args.config, std::env::vars(), &overrides)
-        .map_err(|e| config_error(&e.to_string()))?;
+    let loaded =
+        config::load(&args.config, std::env::vars(), &overrides).map_err(|e| config_error(&e))?;
     for warning in &loaded.warnings {
         tracing::warn!(event = "config_warning", "{warning}");
     }
     Ok(loaded)
 }
 
-fn config_error(msg: &str) -> i32 {
-    tracing::error!(event = "config_error", "{msg}");
+fn config_error(e: &config::ConfigError) -> i32 {
+    tracing::error!(event = "config_error", error = %e, "the config cannot be used");
     exit::CONFIG
 }
 
@@ -99,7 +101,7 @@ fn run(args: &RunArgs) -> i32 {
             None
         }
     };
-    let workers = match loaded.config.runtime.worker_threads {
+    let workers = match loaded.checked.config.runtime.worker_threads {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get().min(4)),
         n => n,
     };
@@ -114,12 +116,9 @@ fn run(args: &RunArgs) -> i32 {
             return exit::INTERNAL;
         }
     };
-    let opts = lifecycle::Options {
-        guard,
-        admin_explicit: loaded.source("admin.listen") != Some(&config::Source::Default),
-    };
+    let opts = lifecycle::Options { guard };
     // block_on keeps the lifecycle on the main thread: see lifecycle's invariant.
-    let code = runtime.block_on(lifecycle::run(loaded.config, opts));
+    let code = runtime.block_on(lifecycle::run(loaded.checked, opts));
     // The lifecycle has drained, flushed and reaped everything it started; what is left are
     // idle workers. Joining them only delays the exit code (and the orchestrator's restart).
     runtime.shutdown_background();

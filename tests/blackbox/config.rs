@@ -122,6 +122,58 @@ fn bad_environment_variable_is_named() {
     assert!(err.contains("TANDEM_APP_STOP_TIMEOUT"), "{err}");
 }
 
+/// The `error` of the one `config_error` event in tandem's JSON stderr.
+fn config_error(stderr: &str) -> String {
+    let errors: Vec<String> = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"] == "config_error")
+        .map(|e| e["error"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    errors[0].clone()
+}
+
+#[test]
+fn late_errors_name_file_line_and_key_in_run_and_check() {
+    // Errors found only after the layers are merged (a pattern compiled, the admin token file
+    // read, an OTLP header's value, which only the exporter's start checked before): `tandem
+    // check` and a run report the same `file:line: key:` and exit with the same code, 64.
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let cases = [
+        (
+            "[logs.stderr.multiline]\npreset = \"custom\"\nstart = \"([\"\n",
+            3,
+            "logs.stderr.multiline.start",
+        ),
+        (
+            "[admin]\nlisten = \"127.0.0.1:0\"\n\ntoken_file = \"/nonexistent/tandem-token\"\n",
+            4,
+            "admin.token_file",
+        ),
+        (
+            "[telemetry]\nendpoint = \"http://127.0.0.1:9\"\n[telemetry.headers]\n\"x-api-key\" = \"a\\u0001b\"\n",
+            4,
+            "telemetry.headers.x-api-key",
+        ),
+    ];
+    for (text, line, key) in cases {
+        let f = config_file(text);
+        let path = f.path().to_str().unwrap();
+        let want = format!("{path}:{line}: {key}: ");
+        let (check_code, _, check_err) = run(&["check", "--config", path]);
+        let (run_code, _, run_err) =
+            run(&["--config", path, "--", "touch", marker.to_str().unwrap()]);
+        assert_eq!(check_code, 64, "check: {check_err}");
+        assert_eq!(run_code, check_code, "run: {run_err}");
+        let (check_msg, run_msg) = (config_error(&check_err), config_error(&run_err));
+        assert!(check_msg.starts_with(&want), "{want} in: {check_msg}");
+        assert_eq!(run_msg, check_msg);
+        assert!(!marker.exists(), "the app ran despite: {run_msg}");
+    }
+}
+
 #[test]
 fn shipped_configs_are_valid() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");

@@ -4,17 +4,17 @@
 //! includes them) < `--config` files in the order given < `TANDEM_*` variables < flags.
 //! Invariant: every layer is checked against the schema *on its own* before it is merged, so an
 //! error can always name its origin (file + line + key, variable, or flag); the merged result is
-//! then deserialized once more and cross-checked by [`Config::validate`].
+//! then deserialized once more and checked into its typed form ([`super::checked::check`]),
+//! whose errors are placed by [`Origins::locate`] from the same record of origins.
 use std::{
     collections::BTreeMap,
     fmt,
     path::{Path, PathBuf},
 };
 
-use thiserror::Error;
 use toml::{Table, Value};
 
-use super::Config;
+use super::{checked::Checked, Config, ConfigError};
 
 /// Where a config value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,34 +40,6 @@ impl fmt::Display for Source {
     }
 }
 
-/// A config that could not be loaded; the message names the place.
-#[derive(Debug, Error)]
-pub enum LoadError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("config file {path}: {reason}")]
-    Unreadable { path: PathBuf, reason: String },
-    #[error("{path}:{line}:{column}: {key}{message}")]
-    File {
-        path: PathBuf,
-        line: usize,
-        column: usize,
-        key: String,
-        message: String,
-    },
-    #[error("{path}: include cycle: {chain}")]
-    IncludeCycle { path: PathBuf, chain: String },
-    #[error("environment variable {var}: {message}")]
-    Env { var: String, message: String },
-    #[error("flag {flag}: {message}")]
-    Flag { flag: String, message: String },
-    #[error("config: {0}")]
-    Invalid(String),
-}
-
 /// Values given on the command line, as dotted keys (`restart.policy`) with raw strings.
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
@@ -81,14 +53,24 @@ pub struct Overrides {
     pub proxy: Vec<tandem_proxy::ListenerConfig>,
 }
 
-/// The merged, validated config and the origin of each value.
-#[derive(Debug, Clone)]
+/// The merged config in its checked form, and the origin of each value.
+#[derive(Debug)]
 pub struct Loaded {
-    pub config: Config,
+    /// The config and what is derived from it, checked: all a run starts from.
+    pub checked: Checked,
     /// Things worth saying that are not errors (unknown `TANDEM_*` variables).
     pub warnings: Vec<String>,
     merged: Table,
+    sources: Origins,
+}
+
+/// Where each key's value came from, and the line of each key in each file: how an error
+/// found after merging (a bad pattern, an unreadable token file) names file, line and key.
+#[derive(Debug, Clone, Default)]
+pub struct Origins {
     sources: BTreeMap<String, Source>,
+    /// Per file: dotted key (`proxy.listeners[1].upstream`) → 1-based line.
+    lines: BTreeMap<PathBuf, BTreeMap<String, usize>>,
 }
 
 /// Variables that start with `TANDEM_` but are not config keys.
@@ -135,21 +117,25 @@ fn schema() -> Table {
     Table::try_from(c).expect("the schema example serializes")
 }
 
-/// Load `files` (each with its includes), then apply `env` (`TANDEM_*` only) and `overrides`.
+/// Load `files` (each with its includes), then apply `env` (its `TANDEM_*` variables; the
+/// `OTEL_*` ones are read by the telemetry and pass-through checks) and `overrides`, and check
+/// the result into its [`Checked`] form. A run and `tandem check` both call this, so both
+/// report the same errors.
 pub fn load(
     files: &[PathBuf],
     env: impl IntoIterator<Item = (String, String)>,
     overrides: &Overrides,
-) -> Result<Loaded, LoadError> {
+) -> Result<Loaded, ConfigError> {
     let defaults = Table::try_from(Config::default()).expect("the default config serializes");
     let schema = schema();
     let mut sources = BTreeMap::new();
     record_sources(&defaults, "", &Source::Default, &mut sources);
     let mut merged = defaults.clone();
+    let mut lines = BTreeMap::new();
 
     let mut layers = Vec::new();
     for file in files {
-        load_file(file, &mut Vec::new(), &mut layers)?;
+        load_file(file, &mut Vec::new(), &mut layers, &mut lines)?;
     }
     for (table, source) in layers {
         merge(&mut merged, table, "", &source, &mut sources);
@@ -157,16 +143,15 @@ pub fn load(
 
     let known = known_keys(&schema);
     let mut warnings = Vec::new();
-    let mut env: Vec<(String, String)> = env
-        .into_iter()
-        .filter(|(k, _)| k.starts_with("TANDEM_"))
-        .collect();
-    env.sort();
-    for (var, raw) in env {
+    let env: BTreeMap<String, String> = env.into_iter().collect();
+    for (var, raw) in env.range("TANDEM_".to_string()..) {
+        if !var.starts_with("TANDEM_") {
+            break;
+        }
         if RESERVED_ENV.contains(&var.as_str()) {
             continue;
         }
-        let Some(key) = known.get(&var) else {
+        let Some(key) = known.get(var) else {
             // A warning, not an error: other tools (and CI systems) set TANDEM_* variables
             // too, and the app must still start. Files, where typos live, stay strict.
             warnings.push(format!(
@@ -174,24 +159,22 @@ pub fn load(
             ));
             continue;
         };
-        let layer = single_value(&schema, key, &raw).map_err(|message| LoadError::Env {
-            var: var.clone(),
-            message,
-        })?;
-        merge(&mut merged, layer, "", &Source::Env(var), &mut sources);
+        let layer = single_value(&schema, key, raw).map_err(|e| ConfigError::via(var, key, e.0))?;
+        merge(
+            &mut merged,
+            layer,
+            "",
+            &Source::Env(var.clone()),
+            &mut sources,
+        );
     }
 
     for (key, raw, flag) in &overrides.values {
         if !known.values().any(|k| k == key) && !in_free_form_table(&schema, key) {
-            return Err(LoadError::Flag {
-                flag: flag.clone(),
-                message: format!("unknown config key {key:?}"),
-            });
+            return Err(ConfigError::via(flag, key, "unknown config key"));
         }
-        let layer = single_value(&schema, key, raw).map_err(|message| LoadError::Flag {
-            flag: flag.clone(),
-            message,
-        })?;
+        let layer =
+            single_value(&schema, key, raw).map_err(|e| ConfigError::via(flag, key, e.0))?;
         merge(
             &mut merged,
             layer,
@@ -233,48 +216,182 @@ pub fn load(
             });
         if let Some(listeners) = listeners {
             for l in &overrides.proxy {
-                let v = Value::try_from(l).map_err(|e| LoadError::Flag {
-                    flag: "--proxy".into(),
-                    message: e.to_string(),
-                })?;
+                let v = Value::try_from(l)
+                    .map_err(|e| ConfigError::via("--proxy", "proxy.listeners", e.to_string()))?;
                 listeners.push(v);
             }
             sources.insert("proxy.listeners".into(), Source::Flag("--proxy".into()));
         }
     }
     sources.retain(|k, _| k != "include");
-    let config: Config = merged.clone().try_into().map_err(|e: toml::de::Error| {
-        LoadError::Invalid(
-            incomplete(&defaults, &schema, &merged, &sources)
-                .unwrap_or_else(|| e.message().to_string()),
-        )
-    })?;
-    if overrides.require_command || !config.app.command.is_empty() {
-        config.validate().map_err(LoadError::Invalid)?;
-    } else {
-        config.validate_settings().map_err(LoadError::Invalid)?;
-    }
-    // Render the typed config, not the raw layers: one canonical spelling per value.
-    let merged = Table::try_from(&config).expect("a loaded config serializes");
-    Ok(Loaded {
+    let origins = Origins { sources, lines };
+    let config: Config =
+        merged.clone().try_into().map_err(|e: toml::de::Error| {
+            match incomplete(&defaults, &schema, &merged, &origins.sources) {
+                Some((key, message)) => origins.locate(ConfigError::key(key, message)),
+                None => ConfigError::keyed(e.message().trim()),
+            }
+        })?;
+    let checked = super::checked::check(
         config,
+        &env,
+        overrides.require_command,
+        origins.source("admin.listen") != Some(&Source::Default),
+    )
+    .map_err(|e| origins.locate(e))?;
+    // Render the typed config, not the raw layers: one canonical spelling per value.
+    let merged = Table::try_from(&checked.config).expect("a loaded config serializes");
+    Ok(Loaded {
+        checked,
         warnings,
         merged,
-        sources,
+        sources: origins,
     })
 }
 
-impl Loaded {
+// === impl Origins ===
+
+impl Origins {
     /// Where the value at dotted `key` came from.
     pub fn source(&self, key: &str) -> Option<&Source> {
         self.sources.get(key)
     }
 
+    /// `err` with the place its key was set: the file and line, or the variable or flag. A
+    /// key inside a value (`proxy.listeners[1].upstream`, `telemetry.headers.x-api-key`) is
+    /// placed at the nearest key that was set.
+    pub fn locate(&self, mut err: ConfigError) -> ConfigError {
+        if err.key.is_empty() || err.file.is_some() || err.via.is_some() {
+            return err;
+        }
+        let Some((set, source)) = self.set_at(&err.key) else {
+            return err;
+        };
+        match source {
+            Source::Default => {}
+            Source::File(path) => {
+                err.line = self.line(path, &err.key).or_else(|| self.line(path, &set));
+                err.file = Some(path.clone());
+            }
+            Source::Env(var) => err.via = Some(var.clone()),
+            Source::Flag(flag) => err.via = Some(flag.clone()),
+        }
+        err
+    }
+
+    /// The key that set `key`'s value, and its source: `key` itself, a parent (a whole array
+    /// or free-form table), or else the last-merged key below it.
+    fn set_at(&self, key: &str) -> Option<(String, &Source)> {
+        let plain = strip_indexes(key);
+        let mut k = plain.as_str();
+        loop {
+            if let Some(s) = self.sources.get(k) {
+                return Some((k.to_string(), s));
+            }
+            match k.rsplit_once('.') {
+                Some((parent, _)) => k = parent,
+                None => break,
+            }
+        }
+        let below = format!("{plain}.");
+        self.sources
+            .iter()
+            .find(|(k, _)| k.starts_with(&below))
+            .map(|(k, s)| (k.clone(), s))
+    }
+
+    /// The line of `key` (or of its nearest parent written in the file) in `path`.
+    fn line(&self, path: &Path, key: &str) -> Option<usize> {
+        let lines = self.lines.get(path)?;
+        let mut k = key.to_string();
+        loop {
+            if let Some(l) = lines.get(&k) {
+                return Some(*l);
+            }
+            let cut = k.rfind(['.', '['])?;
+            k.truncate(cut);
+        }
+    }
+}
+
+/// `proxy.listeners[1].upstream` → `proxy.listeners.upstream`.
+fn strip_indexes(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    let mut depth = 0;
+    for c in key.chars() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth -= 1,
+            _ if depth == 0 => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Every dotted key a file defines, with its 1-based line: `[table]` headers, `key = value`
+/// lines under them, and the entries of `[[array]]` tables as `array[i].key`.
+fn key_lines(text: &str) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    let mut section = String::new();
+    let mut arrays: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = i + 1;
+        let t = raw.trim();
+        if t.is_empty() || t.starts_with('#') {
+            continue;
+        }
+        if let Some(name) = t.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
+            let name = name.trim().to_string();
+            let n = arrays.entry(name.clone()).or_insert(0);
+            section = format!("{name}[{n}]");
+            *n += 1;
+            out.entry(name).or_insert(line);
+            out.insert(section.clone(), line);
+            continue;
+        }
+        if let Some(name) = t.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            section = name.trim().to_string();
+            out.entry(section.clone()).or_insert(line);
+            continue;
+        }
+        let Some((key, _)) = t.split_once('=') else {
+            continue;
+        };
+        let key = key
+            .split('.')
+            .map(|p| p.trim().trim_matches('"'))
+            .collect::<Vec<_>>()
+            .join(".");
+        let full = if section.is_empty() {
+            key
+        } else {
+            format!("{section}.{key}")
+        };
+        out.entry(full).or_insert(line);
+    }
+    out
+}
+
+// === impl Loaded ===
+
+impl Loaded {
+    /// Where the value at dotted `key` came from.
+    pub fn source(&self, key: &str) -> Option<&Source> {
+        self.sources.source(key)
+    }
+
     /// The effective config as TOML, each value followed by a comment naming its source.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        render_table(&self.merged, "", &self.sources, &redactor(), &mut out);
-        render_implicit(&self.config, &mut out);
+        render_table(
+            &self.merged,
+            "",
+            &self.sources.sources,
+            &redactor(),
+            &mut out,
+        );
+        render_implicit(&self.checked.config, &mut out);
         render_absent(&schema(), &self.merged, &mut out);
         out
     }
@@ -286,17 +403,12 @@ pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Reads a config file: a regular file (checked before opening, so a FIFO cannot block
 /// tandem and `/dev/zero` cannot fill its memory) of at most [`MAX_FILE_BYTES`], in UTF-8.
-fn read_file(path: &Path) -> Result<String, LoadError> {
+fn read_file(path: &Path) -> Result<String, ConfigError> {
     use std::io::Read as _;
 
-    let unreadable = |reason: String| LoadError::Unreadable {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let read_err = |source| LoadError::Read {
-        path: path.to_path_buf(),
-        source,
-    };
+    let unreadable = |reason: String| ConfigError::file(path, format!("config file: {reason}"));
+    let read_err =
+        |e: std::io::Error| ConfigError::file(path, format!("cannot read config file: {e}"));
     let meta = std::fs::metadata(path).map_err(read_err)?;
     if !meta.is_file() {
         return Err(unreadable(
@@ -327,7 +439,8 @@ fn load_file(
     path: &Path,
     stack: &mut Vec<PathBuf>,
     layers: &mut Vec<(Table, Source)>,
-) -> Result<(), LoadError> {
+    lines: &mut BTreeMap<PathBuf, BTreeMap<String, usize>>,
+) -> Result<(), ConfigError> {
     let text = read_file(path)?;
     let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     if stack.contains(&canonical) {
@@ -337,10 +450,7 @@ fn load_file(
             .map(|p| p.display().to_string())
             .collect::<Vec<_>>()
             .join(" -> ");
-        return Err(LoadError::IncludeCycle {
-            path: path.to_path_buf(),
-            chain,
-        });
+        return Err(ConfigError::file(path, format!("include cycle: {chain}")));
     }
     // Check this file alone against the schema: toml's errors carry the span we turn into
     // line, column and key.
@@ -364,39 +474,30 @@ fn load_file(
             } else {
                 base.join(inc)
             };
-            load_file(&inc, stack, layers)?;
+            load_file(&inc, stack, layers, lines)?;
         }
     }
     stack.pop();
+    lines.insert(path.to_path_buf(), key_lines(&text));
     layers.push((table, Source::File(path.to_path_buf())));
     Ok(())
 }
 
-/// Turn a toml error into file:line:column plus the dotted key it is about.
-fn file_error(path: &Path, text: &str, e: &toml::de::Error) -> LoadError {
-    let (line, column, key) = match e.span() {
+/// Turn a toml error into file:line plus the dotted key it is about.
+fn file_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
+    let (line, key) = match e.span() {
         Some(span) => {
             let start = span.start.min(text.len());
-            let before = &text[..start];
-            let line = before.matches('\n').count() + 1;
-            let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-            let column = before[line_start..].chars().count() + 1;
-            (line, column, key_at(text, line))
+            let line = text[..start].matches('\n').count() + 1;
+            (Some(line), key_at(text, line))
         }
-        None => (0, 0, String::new()),
+        None => (None, String::new()),
     };
-    let key = if key.is_empty() {
-        key
-    } else {
-        format!("key `{key}`: ")
-    };
-    LoadError::File {
-        path: path.to_path_buf(),
+    ConfigError {
         line,
-        column,
-        key,
-        message: e.message().to_string(),
+        ..ConfigError::file(path, e.message().trim())
     }
+    .with_key(key)
 }
 
 /// The dotted key defined on 1-based `line`: the nearest `[table]` header above it, plus the
@@ -438,7 +539,7 @@ fn incomplete(
     schema: &Table,
     merged: &Table,
     sources: &BTreeMap<String, Source>,
-) -> Option<String> {
+) -> Option<(String, String)> {
     let mut optional = Vec::new();
     optional_tables(schema, defaults, "", &mut optional);
     optional.into_iter().find_map(|path| {
@@ -457,11 +558,12 @@ fn incomplete(
             .filter(|(k, _)| k.starts_with(&format!("{path}.")))
             .map(|(k, s)| format!("{k} ({s})"))
             .collect();
-        Some(format!(
-            "[{path}]: {} (set: {})",
+        let message = format!(
+            "the table [{path}] is incomplete: {} (set: {})",
             err.message().trim(),
             set_by.join(", ")
-        ))
+        );
+        Some((path, message))
     })
 }
 
@@ -513,10 +615,14 @@ fn leaf_keys(table: &Table, prefix: &str, out: &mut Vec<String>) {
     }
 }
 
+/// Why a value does not fit the schema at its key (serde's message).
+#[derive(Debug)]
+struct SchemaMismatch(String);
+
 /// Build a one-value layer from a raw string, typed by the schema at that key, and check it
 /// against the schema on its own (on top of the schema's example, so a key of an optional
 /// table is checked without the table's other, required keys).
-fn single_value(schema: &Table, key: &str, raw: &str) -> Result<Table, String> {
+fn single_value(schema: &Table, key: &str, raw: &str) -> Result<Table, SchemaMismatch> {
     let value = match lookup(schema, key) {
         None | Some(Value::String(_)) => Value::String(raw.to_string()),
         Some(Value::Array(_)) if !raw.trim_start().starts_with('[') => Value::Array(
@@ -544,7 +650,7 @@ fn single_value(schema: &Table, key: &str, raw: &str) -> Result<Table, String> {
     );
     check
         .try_into::<Config>()
-        .map_err(|e: toml::de::Error| format!("key `{key}`: {}", e.message().trim()))?;
+        .map_err(|e: toml::de::Error| SchemaMismatch(e.message().trim().to_string()))?;
     Ok(layer)
 }
 
@@ -885,7 +991,7 @@ mod tests {
             "--stop-signal".into(),
         ));
         let loaded = load(std::slice::from_ref(&svc), env, &ov).unwrap();
-        let c = &loaded.config;
+        let c = &loaded.checked.config;
         assert_eq!(c.app.stop_timeout, std::time::Duration::from_secs(20));
         assert_eq!(c.restart.policy, super::super::RestartPolicy::OnFailure);
         assert_eq!(c.restart.max_delay, std::time::Duration::from_secs(9));
@@ -935,7 +1041,7 @@ mod tests {
             &cmd(),
         )
         .unwrap();
-        assert_eq!(ok.config.app.forward_signals.len(), 2);
+        assert_eq!(ok.checked.config.app.forward_signals.len(), 2);
     }
 
     #[test]

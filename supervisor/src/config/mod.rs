@@ -3,7 +3,10 @@
 //! Layers, later wins: built-in defaults < `include`d platform files < service files <
 //! `TANDEM_*` environment < command-line flags (see [`layers`]). Every struct denies unknown
 //! fields, so a typo is an error that names the file, line and key, never a silent default.
-//! The rest of the code only sees [`Config`] after [`Config::validate`] has passed.
+//! [`load`] checks the merged config once into its [`Checked`] form (see [`checked`]); the
+//! rest of the code only sees that, and every error is one [`ConfigError`].
+pub mod checked;
+pub mod error;
 pub mod layers;
 pub mod signal;
 
@@ -12,7 +15,9 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
-pub use layers::{load, LoadError, Loaded, Overrides, Source};
+pub use checked::{Admin, Checked};
+pub use error::ConfigError;
+pub use layers::{load, Loaded, Origins, Overrides, Source};
 pub use signal::SignalName;
 
 /// The whole, merged configuration.
@@ -87,49 +92,13 @@ pub struct RuntimeConfig {
 pub struct AdminConfig {
     /// Address of `/healthz`, `/readyz`, `/metrics`, `/status`; `""` turns it off. Loopback
     /// by default. When this default address is taken (a second tandem on the host), tandem
-    /// warns and runs without it; an address you set must bind or tandem exits 70.
+    /// warns and runs without it; an address you set must bind or tandem exits 70. Parsed
+    /// into [`Admin`] when the config is loaded.
     pub listen: String,
     /// File holding a bearer token the admin port requires (`Authorization: Bearer <token>`);
     /// mandatory when `listen` is not a loopback address, so metrics and status never leak.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_file: Option<std::path::PathBuf>,
-}
-
-impl AdminConfig {
-    /// Refuses an admin port reachable from other hosts without a token: config validation
-    /// calls this, so tandem exits 64 before binding anything. Also reads the token file, so
-    /// a missing or empty one is a config error too.
-    pub fn check_exposure(&self) -> Result<(), String> {
-        let listen = self.listen.trim();
-        let Ok(addr) = listen.parse::<std::net::SocketAddr>() else {
-            return Ok(()); // off, or reported by the address check
-        };
-        if self.token_file.is_some() {
-            self.load_token()?;
-        } else if !addr.ip().is_loopback() {
-            return Err(format!(
-                "admin.listen: {listen} is reachable from other hosts; set admin.token_file (a file holding a bearer token) or listen on 127.0.0.1"
-            ));
-        }
-        Ok(())
-    }
-
-    /// The admin token from `admin.token_file` (trimmed), if one is configured.
-    pub fn load_token(&self) -> Result<Option<std::sync::Arc<str>>, String> {
-        let Some(path) = &self.token_file else {
-            return Ok(None);
-        };
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("admin.token_file {}: {e}", path.display()))?;
-        let token = text.trim();
-        if token.len() < 16 {
-            return Err(format!(
-                "admin.token_file {}: the token must be at least 16 characters",
-                path.display()
-            ));
-        }
-        Ok(Some(std::sync::Arc::from(token)))
-    }
 }
 
 impl Default for AdminConfig {
@@ -277,90 +246,6 @@ impl Config {
         crate::health::probe::Probe::implicit(
             self.proxy.listeners.iter().map(|l| l.upstream.as_str()),
         )
-    }
-
-    /// Cross-field checks that serde cannot express. Each error names the key.
-    pub fn validate(&self) -> Result<(), String> {
-        // Without a command tandem runs beside the app rather than above it (a Nomad sidecar
-        // task): it then needs something to do, which is following the app's log files.
-        if self.app.command.is_empty() && self.logs.tail.is_none() {
-            return Err(
-                "no command to run: give one after `--` (tandem -- ./app) or set app.command"
-                    .into(),
-            );
-        }
-        if self.app.command.first().is_some_and(|p| p.is_empty()) {
-            return Err("app.command: the program name is empty".into());
-        }
-        self.validate_settings()
-    }
-
-    /// Every check but the presence of a command (what `tandem check` can verify alone).
-    pub fn validate_settings(&self) -> Result<(), String> {
-        let admin = self.admin.listen.trim();
-        if !admin.is_empty() && admin.parse::<std::net::SocketAddr>().is_err() {
-            return Err(format!("admin.listen: {admin:?} is not an IP:PORT address (or \"\" to turn the admin port off)"));
-        }
-        self.admin.check_exposure()?;
-        for sig in &self.app.forward_signals {
-            match sig.0 {
-                Signal::SIGKILL | Signal::SIGSTOP => {
-                    return Err(format!("app.forward_signals: {sig} cannot be caught, so it cannot be forwarded"))
-                }
-                Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT => {
-                    return Err(format!(
-                        "app.forward_signals: {sig} starts tandem's stop sequence (see app.stop_signal); it cannot also be forwarded"
-                    ))
-                }
-                Signal::SIGCHLD => return Err("app.forward_signals: SIGCHLD is tandem's own (it reaps zombies)".into()),
-                _ => {}
-            }
-        }
-        self.logs.validate()?;
-        let mut names = std::collections::HashSet::new();
-        for (i, l) in self.proxy.listeners.iter().enumerate() {
-            l.validate()
-                .map_err(|e| format!("proxy.listeners[{i}]: {e}"))?;
-            if !names.insert(l.display_name()) {
-                return Err(format!(
-                    "proxy.listeners[{i}]: a second listener named {:?} (give each a distinct name)",
-                    l.display_name()
-                ));
-            }
-        }
-        self.health.validate().map_err(|e| e.to_string())?;
-        self.telemetry
-            .passthrough
-            .validate()
-            .map_err(|e| e.to_string())?;
-        self.telemetry.validate()?;
-        let r = &self.restart;
-        if !(r.multiplier >= 1.0 && r.multiplier.is_finite()) {
-            return Err(format!(
-                "restart.multiplier: must be a number >= 1.0, got {}",
-                r.multiplier
-            ));
-        }
-        if !(0.0..=1.0).contains(&r.jitter) {
-            return Err(format!(
-                "restart.jitter: must be between 0.0 and 1.0, got {}",
-                r.jitter
-            ));
-        }
-        if r.initial_delay > r.max_delay {
-            return Err(format!(
-                "restart.initial_delay ({}) is larger than restart.max_delay ({})",
-                humantime::format_duration(r.initial_delay),
-                humantime::format_duration(r.max_delay)
-            ));
-        }
-        if r.start_limit_burst > 0 && r.start_limit_interval.is_zero() {
-            return Err(
-                "restart.start_limit_interval: must be > 0 when restart.start_limit_burst is set"
-                    .into(),
-            );
-        }
-        Ok(())
     }
 
     /// The service name: configured, or the file name of the app's program.

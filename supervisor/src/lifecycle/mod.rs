@@ -54,18 +54,17 @@ use crate::{
 pub struct Options {
     /// The guard process, forked by `main` while tandem was single-threaded.
     pub guard: Option<Guard>,
-    /// The admin address was set by the user (a failed bind is then fatal, not a warning).
-    pub admin_explicit: bool,
 }
 
-/// Supervise the app described by `cfg` until it is done; returns tandem's exit code.
-pub async fn run(cfg: crate::config::Config, opts: Options) -> i32 {
+/// Supervise the app described by the checked config until it is done; returns tandem's exit
+/// code.
+pub async fn run(checked: crate::config::Checked, opts: Options) -> i32 {
     let Prepared {
         mut core,
         plan,
         metrics,
         notifier,
-    } = match wiring::prepare(cfg, opts) {
+    } = match wiring::prepare(checked, opts) {
         Ok(p) => p,
         Err(e) => {
             e.log();

@@ -8,7 +8,7 @@ use std::io;
 
 use thiserror::Error;
 
-use crate::{exit, logs::LogsError, passthrough::PassthroughError};
+use crate::{exit, logs::LogsError, passthrough::PassthroughError, telemetry::ExportError};
 
 /// A step of the start failed; nothing after it was started.
 #[derive(Debug, Error)]
@@ -19,16 +19,12 @@ pub enum StartError {
     /// The stop, forward and owned signals' handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] io::Error),
-    /// A config value that only shows itself wrong when used (probes, `OTEL_*`, the admin
-    /// token file): the message names the key.
-    #[error("{0}")]
-    Config(String),
     /// The OTLP exporters (spans, logs) could not be built.
     #[error("cannot start the OTLP export: {0}")]
-    Telemetry(String),
+    Telemetry(#[source] ExportError),
     /// The OTLP metrics push could not be built.
     #[error("cannot start the OTLP metrics push: {0}")]
-    MetricsPush(String),
+    MetricsPush(#[source] ExportError),
     /// The log pipeline (a sink, tail mode) could not start.
     #[error("cannot start the log pipeline: {0}")]
     Logs(#[source] LogsError),
@@ -56,8 +52,7 @@ impl StartError {
     /// tandem's exit code for this failure: 64 for config, 70 for tandem's own.
     pub fn exit_code(&self) -> i32 {
         match self {
-            StartError::Config(_)
-            | StartError::Telemetry(_)
+            StartError::Telemetry(_)
             | StartError::MetricsPush(_)
             | StartError::ProxyFile(_)
             | StartError::Logs(LogsError::Config(_)) => exit::CONFIG,
@@ -80,7 +75,6 @@ impl StartError {
             StartError::Signals(e) => {
                 tracing::error!(event = "internal_error", error = %e, "cannot install signal handlers");
             }
-            StartError::Config(e) => tracing::error!(event = "config_error", "{e}"),
             StartError::Telemetry(e) => {
                 tracing::error!(event = "otlp_failed", error = %e, "cannot start the OTLP export");
             }
@@ -116,8 +110,9 @@ mod tests {
     #[test]
     fn exit_codes_follow_the_kind_of_failure() {
         let io = || io::Error::other("x");
-        assert_eq!(StartError::Config("k".into()).exit_code(), exit::CONFIG);
-        assert_eq!(StartError::Telemetry("x".into()).exit_code(), exit::CONFIG);
+        let header = || ExportError::Header { name: "x".into() };
+        assert_eq!(StartError::Telemetry(header()).exit_code(), exit::CONFIG);
+        assert_eq!(StartError::MetricsPush(header()).exit_code(), exit::CONFIG);
         assert_eq!(
             StartError::Logs(LogsError::Config("x".into())).exit_code(),
             exit::CONFIG

@@ -1,14 +1,16 @@
 //! The wiring: building tandem's parts from the config, in the order the lifecycle needs them,
 //! and taking them down at exit in the reverse order of their use.
 //!
-//! Two steps. [`prepare`] binds nothing and spawns nothing (reaper, signal handlers, probes,
-//! `OTEL_*` resolved): a failure there exits before the lifecycle announces Starting.
+//! Two steps, both from the config's checked form ([`Checked`]: addresses, probes, patterns
+//! and `OTEL_*` were checked when the config was loaded, so nothing here re-validates).
+//! [`prepare`] binds nothing and spawns nothing (reaper, signal handlers, the probe monitor,
+//! the app spec): a failure there exits before the lifecycle announces Starting.
 //! [`Plan::start`] starts the parts, each given what it needs from the ones before it:
 //! OTLP export, log pipeline, OTLP pass-through, proxy (held: not ready), admin port. The
 //! order is the code's order, so no part waits in an `Option` for another: the metrics
 //! registry is a local that every part registers into, then the admin port owns it. A failed
 //! step returns a [`StartError`] with what was started so far, to be finished as at any exit.
-use std::{collections::BTreeMap, sync::Arc};
+use std::sync::Arc;
 
 use nix::sys::signal::Signal;
 use prometheus_client::registry::Registry;
@@ -19,11 +21,11 @@ use super::{machine::Machine, start_error::StartError, Options};
 use crate::{
     admin::AdminState,
     child::{guard::SharedGuard, AppSpec, Reaper},
-    config::Config,
+    config::{Admin, Checked, Config},
     health::{notify::Notifier, probe::ExitWatcher, HealthMonitor},
-    logs::{Injector, Level, LogContext, Pipeline},
+    logs::{Injector, Level, LogContext, LogRules, Pipeline},
     metrics::{LogsCollector, SupervisorMetrics},
-    passthrough::Passthrough,
+    passthrough::{CheckedPassthrough, Passthrough},
     phase::Status,
     signals::Signals,
     telemetry::{self, Telemetry},
@@ -62,10 +64,14 @@ pub struct Plan {
     log_ctx: LogContext,
     /// OTLP export settings, resolved (with `OTEL_*`); None: off.
     otlp: Option<telemetry::Settings>,
+    /// The log pipeline's compiled patterns.
+    log_rules: LogRules,
+    /// The OTLP pass-through, checked; None: off.
+    passthrough: Option<CheckedPassthrough>,
     /// The app's command; None: no command, tandem runs beside the app.
     spec: Option<AppSpec>,
-    /// The admin address was set by the user (a failed bind is then fatal, not a warning).
-    admin_explicit: bool,
+    /// The admin port, checked.
+    admin: Admin,
 }
 
 /// The started parts.
@@ -123,8 +129,16 @@ impl ExitWatcher for ReaperExits {
 }
 
 /// Everything that binds nothing: the reaper and signal handlers (before any child exists),
-/// the probes and the OTLP settings (config errors that only show when resolved).
-pub fn prepare(cfg: Config, opts: Options) -> Result<Prepared, StartError> {
+/// the probe monitor, the OTLP resource completed with the host's identity.
+pub fn prepare(checked: Checked, opts: Options) -> Result<Prepared, StartError> {
+    let Checked {
+        config: cfg,
+        admin,
+        logs: log_rules,
+        health: checks,
+        telemetry: otlp,
+        passthrough,
+    } = checked;
     let mut registry = Registry::default();
     let metrics = SupervisorMetrics::register(&mut registry);
     let reaper = Reaper::start(metrics.orphans_reaped.clone()).map_err(StartError::Reaper)?;
@@ -135,12 +149,7 @@ pub fn prepare(cfg: Config, opts: Options) -> Result<Prepared, StartError> {
         .map(|g| crate::child::guard::keep_alive(g, reaper.clone()));
     let forward: Vec<Signal> = cfg.app.forward_signals.iter().map(|s| s.0).collect();
     let signals = Signals::install(&forward).map_err(StartError::Signals)?;
-    let mut checks = cfg
-        .health
-        .validate()
-        .map_err(|e| StartError::Config(e.to_string()))?;
-    if checks.readiness.is_none() {
-        checks.readiness = cfg.implicit_readiness();
+    if cfg.health.readiness.is_none() {
         if let Some(p) = &checks.readiness {
             tracing::debug!(event = "implicit_readiness", probe = %p, "no readiness probe configured: the app is ready once its upstream accepts connections");
         }
@@ -150,15 +159,14 @@ pub fn prepare(cfg: Config, opts: Options) -> Result<Prepared, StartError> {
         tracing::warn!(event = "notify_unavailable", error = %e, "sd_notify disabled");
         Notifier::disabled()
     });
-    let env: BTreeMap<String, String> = std::env::vars().collect();
     let log_ctx = LogContext::from_process(cfg.service_name());
-    let otlp = telemetry::Settings::resolve(
-        &cfg.telemetry,
-        cfg.service.version.as_deref(),
-        crate::otlp::resource::of_process(&log_ctx.service, &log_ctx.resource),
-        &env,
-    )
-    .map_err(StartError::Config)?;
+    // The host's detected attributes go below what the config and `OTEL_*` said.
+    let otlp = otlp.map(|mut settings| {
+        let mut resource = crate::otlp::resource::of_process(&log_ctx.service, &log_ctx.resource);
+        resource.append(&mut settings.resource);
+        settings.resource = resource;
+        settings
+    });
     let spec = cfg
         .app
         .command
@@ -184,8 +192,10 @@ pub fn prepare(cfg: Config, opts: Options) -> Result<Prepared, StartError> {
             registry,
             log_ctx,
             otlp,
+            log_rules,
+            passthrough,
             spec,
-            admin_explicit: opts.admin_explicit,
+            admin,
         },
         metrics,
         notifier,
@@ -201,8 +211,10 @@ impl Plan {
             mut registry,
             log_ctx,
             otlp,
+            log_rules,
+            passthrough,
             mut spec,
-            admin_explicit,
+            admin,
         } = self;
         let mut started = Teardown {
             proxy: Proxy::Off,
@@ -218,7 +230,7 @@ impl Plan {
         };
         // The log pipeline next, so the first line (and the first access record) already has
         // a reader.
-        let logs = match start_logs(cfg, log_ctx, telemetry.as_ref()) {
+        let logs = match start_logs(cfg, &log_rules, log_ctx, telemetry.as_ref()) {
             Ok(l) => l,
             Err(e) => {
                 started.telemetry = telemetry;
@@ -226,7 +238,14 @@ impl Plan {
             }
         };
         // Before the app starts: its SDK exports to the pass-through from its first span.
-        let passthrough = match start_passthrough(cfg, &mut registry, spec.as_mut()).await {
+        let passthrough = match start_passthrough(
+            cfg,
+            passthrough.as_ref(),
+            &mut registry,
+            spec.as_mut(),
+        )
+        .await
+        {
             Ok(p) => p,
             Err(e) => {
                 started.telemetry = telemetry;
@@ -241,12 +260,12 @@ impl Plan {
                 start_proxy(cfg, &mut registry, telemetry.as_ref(), &logs, machine).await?;
             start_admin(
                 cfg,
+                &admin,
                 registry,
                 &logs,
                 access,
                 telemetry.as_mut(),
                 machine.status(),
-                admin_explicit,
             )
             .await?;
             Ok(proxy)
@@ -288,6 +307,7 @@ fn start_telemetry(
 /// Start the log pipeline (and tail mode, if configured).
 fn start_logs(
     cfg: &Config,
+    rules: &LogRules,
     ctx: LogContext,
     telemetry: Option<&Telemetry>,
 ) -> Result<Pipeline, StartError> {
@@ -295,7 +315,7 @@ fn start_logs(
         .and_then(crate::logs::sinks::otlp::extra_sink)
         .into_iter()
         .collect();
-    Pipeline::start_with(&cfg.logs, ctx, extra)
+    Pipeline::start_with(&cfg.logs, rules, ctx, extra)
         .and_then(|p| p.tail().map(|()| p))
         .map_err(StartError::Logs)
 }
@@ -303,17 +323,16 @@ fn start_logs(
 /// Bind the OTLP pass-through and point the app's environment at it.
 async fn start_passthrough(
     cfg: &Config,
+    checked: Option<&CheckedPassthrough>,
     registry: &mut Registry,
     spec: Option<&mut AppSpec>,
 ) -> Result<Option<Passthrough>, StartError> {
-    let pt = &cfg.telemetry.passthrough;
-    if !pt.enabled {
+    let Some(checked) = checked else {
         return Ok(None);
-    }
-    let env = |k: &str| std::env::var(k).ok();
+    };
     let ctx = LogContext::from_process(cfg.service_name());
     let resource = crate::otlp::resource::of_process(&ctx.service, &ctx.resource);
-    let p = Passthrough::start(pt, &resource, &env, registry)
+    let p = Passthrough::start(&cfg.telemetry.passthrough, checked, &resource, registry)
         .await
         .map_err(StartError::Passthrough)?;
     if let Some(spec) = spec {
@@ -386,12 +405,12 @@ fn access_log(injector: Injector) -> impl Fn(&AccessRecord) + Send + Sync + 'sta
 /// bind the admin port and serve it for the rest of tandem's life.
 async fn start_admin(
     cfg: &Config,
+    admin: &Admin,
     mut registry: Registry,
     logs: &Pipeline,
     access: Option<Injector>,
     telemetry: Option<&mut Telemetry>,
     status: watch::Receiver<Status>,
-    admin_explicit: bool,
 ) -> Result<(), StartError> {
     registry.register_collector(Box::new(LogsCollector {
         counters: logs.counters(),
@@ -403,16 +422,15 @@ async fn start_admin(
         t.start_metrics(registry.clone())
             .map_err(StartError::MetricsPush)?;
     }
-    let listen = cfg.admin.listen.trim();
-    if listen.is_empty() {
+    let Some(listen) = admin.listen else {
         return Ok(());
-    }
+    };
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,
-        Err(e) if !admin_explicit => {
+        Err(e) if !admin.explicit => {
             // The default address is a convenience: a second tandem on the host must still
             // run its app.
-            tracing::warn!(event = "admin_unavailable", listen, error = %e, "admin port not bound (set admin.listen to choose another)");
+            tracing::warn!(event = "admin_unavailable", listen = %listen, error = %e, "admin port not bound (set admin.listen to choose another)");
             return Ok(());
         }
         Err(source) => {
@@ -436,10 +454,12 @@ async fn start_admin(
         registry,
         started: std::time::Instant::now(),
     });
-    // Off loopback the admin port requires a bearer token (config validation made sure a
-    // token file exists and is usable).
-    let token = cfg.admin.load_token().map_err(StartError::Config)?;
-    tokio::spawn(crate::admin::serve_with_token(listener, state, token));
+    // Off loopback the admin port requires a bearer token (read when the config was checked).
+    tokio::spawn(crate::admin::serve_with_token(
+        listener,
+        state,
+        admin.token.clone(),
+    ));
     Ok(())
 }
 

@@ -1,5 +1,6 @@
-//! The `[logs]` table of tandem's config: plain serde data, checked once by
-//! [`LogsConfig::validate`].
+//! The `[logs]` table of tandem's config: plain serde data, checked and compiled once by
+//! [`LogsConfig::compile`] into [`LogRules`] (the multiline rules and redaction patterns the
+//! pipeline runs with), so a bad pattern is a config error before anything starts.
 //!
 //! Invariant: every struct here is `deny_unknown_fields` + `default`, so an empty `[logs]` (or
 //! none at all) is the zero-config pipeline: one `stdout` sink, `block` backpressure, `auto`
@@ -15,6 +16,47 @@ use serde::{Deserialize, Serialize};
 
 use super::multiline::MultilineRules;
 use super::record::Level;
+
+/// A `[logs]` value that cannot be used: the dotted key and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct LogsConfigError {
+    /// The dotted key (`logs.stdout.multiline.start`, `logs.redact.patterns[0]`).
+    pub key: String,
+    /// What is wrong with its value.
+    pub message: String,
+}
+
+impl LogsConfigError {
+    /// An error about `key`.
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The checked form of `[logs]`: what the pipeline runs with, compiled once at config load.
+#[derive(Debug, Clone)]
+pub struct LogRules {
+    /// Multiline rules of the app's stdout.
+    pub stdout: MultilineRules,
+    /// Multiline rules of the app's stderr.
+    pub stderr: MultilineRules,
+    /// The redaction patterns (built-in and the operator's).
+    pub redact: super::redact::Redactor,
+}
+
+impl LogRules {
+    /// The multiline rules of `stream`.
+    pub fn multiline(&self, stream: super::record::Stream) -> &MultilineRules {
+        match stream {
+            super::record::Stream::Stdout => &self.stdout,
+            super::record::Stream::Stderr => &self.stderr,
+        }
+    }
+}
 
 /// The `[logs]` table.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -239,54 +281,67 @@ impl Default for LogsConfig {
 }
 
 impl LogsConfig {
-    /// Cross-field checks and pattern compilation; the message names the offending key.
-    pub fn validate(&self) -> Result<(), String> {
-        super::redact::Redactor::new(&self.redact)?;
+    /// Cross-field checks and pattern compilation, once (config loading calls this); the error
+    /// names the offending key.
+    pub fn compile(&self) -> Result<LogRules, LogsConfigError> {
+        let redact = super::redact::Redactor::new(&self.redact)?;
+        let err = |key: &str, message: &str| LogsConfigError::new(key, message);
         if self.max_line_bytes.as_u64() < 16 {
-            return Err("logs.max_line_bytes: must be at least 16 bytes".into());
+            return Err(err("logs.max_line_bytes", "must be at least 16 bytes"));
         }
         if self.read_buffer.as_u64() < 1024 || self.read_buffer.as_u64() > 16 * 1024 * 1024 {
-            return Err("logs.read_buffer: must be between 1KiB and 16MiB".into());
+            return Err(err("logs.read_buffer", "must be between 1KiB and 16MiB"));
         }
         if self.exit_timeout.is_zero() {
-            return Err("logs.exit_timeout: must be above 0".into());
+            return Err(err("logs.exit_timeout", "must be above 0"));
         }
         if self.batch_records == 0 || self.batch_records > 65_536 {
-            return Err("logs.batch_records: must be between 1 and 65536".into());
+            return Err(err("logs.batch_records", "must be between 1 and 65536"));
         }
-        for (name, s) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
-            MultilineRules::compile(&s.multiline)
-                .map_err(|e| format!("logs.{name}.multiline: {e}"))?;
-        }
+        let multiline = |name: &str, s: &StreamConfig| {
+            MultilineRules::compile(&s.multiline).map_err(|e| LogsConfigError {
+                key: format!("logs.{name}.multiline.{}", e.key),
+                message: e.message,
+            })
+        };
+        let stdout = multiline("stdout", &self.stdout)?;
+        let stderr = multiline("stderr", &self.stderr)?;
         for (key, q) in self.sinks.queues() {
             if q.queue_records == 0 {
-                return Err(format!(
-                    "logs.sinks.{key}.queue_records: must be at least 1"
+                return Err(LogsConfigError::new(
+                    format!("logs.sinks.{key}.queue_records"),
+                    "must be at least 1",
                 ));
             }
         }
         if let Some(f) = &self.sinks.file {
             if f.path.as_os_str().is_empty() {
-                return Err(
-                    "logs.sinks.file.path: required when [logs.sinks.file] is present".into(),
-                );
+                return Err(err(
+                    "logs.sinks.file.path",
+                    "required when [logs.sinks.file] is present",
+                ));
             }
             if f.rotate_every.is_some_and(|d| d < Duration::from_secs(1)) {
-                return Err("logs.sinks.file.rotate_every: must be at least 1s".into());
+                return Err(err("logs.sinks.file.rotate_every", "must be at least 1s"));
             }
         }
         if let Some(t) = &self.tail {
             if t.paths.is_empty() {
-                return Err("logs.tail.paths: at least one glob is required".into());
+                return Err(err("logs.tail.paths", "at least one glob is required"));
             }
             for p in &t.paths {
-                glob::Pattern::new(p).map_err(|e| format!("logs.tail.paths: {p:?}: {e}"))?;
+                glob::Pattern::new(p)
+                    .map_err(|e| LogsConfigError::new("logs.tail.paths", format!("{p:?}: {e}")))?;
             }
             if t.poll_interval.is_zero() {
-                return Err("logs.tail.poll_interval: must be above 0".into());
+                return Err(err("logs.tail.poll_interval", "must be above 0"));
             }
         }
-        Ok(())
+        Ok(LogRules {
+            stdout,
+            stderr,
+            redact,
+        })
     }
 
     /// The per-stream settings.
@@ -407,7 +462,7 @@ mod tests {
     fn empty_table_is_the_default() {
         let c: LogsConfig = toml::from_str("").expect("empty config parses");
         assert_eq!(c, LogsConfig::default());
-        assert!(c.validate().is_ok());
+        assert!(c.compile().is_ok());
         assert_eq!(c.stderr.level, Level::Warn);
     }
 
@@ -433,7 +488,7 @@ mod tests {
         let f = c.sinks.file.as_ref().expect("file sink present");
         assert_eq!(f.backpressure, Backpressure::Drop);
         assert_eq!(f.rotate_every, Some(Duration::from_secs(3600)));
-        assert!(c.validate().is_ok());
+        assert!(c.compile().is_ok());
 
         let err = toml::from_str::<LogsConfig>("max_line_byte = 3").expect_err("unknown key");
         assert!(err.to_string().contains("max_line_byte"), "{err}");
@@ -454,7 +509,7 @@ mod tests {
         let mut c = LogsConfig::default();
         c.stdout.multiline.preset = MultilinePreset::Custom;
         c.stdout.multiline.start = Some("([".into());
-        let e = c.validate().expect_err("bad regex");
-        assert!(e.starts_with("logs.stdout.multiline"), "{e}");
+        let e = c.compile().expect_err("bad regex");
+        assert_eq!(e.key, "logs.stdout.multiline.start", "{e}");
     }
 }

@@ -32,7 +32,7 @@ pub mod tail;
 use std::io;
 use std::path::PathBuf;
 
-pub use config::{Backpressure, LogsConfig};
+pub use config::{Backpressure, LogRules, LogsConfig, LogsConfigError};
 pub use counters::{Counters, CountersSnapshot};
 pub use enrich::{AppInstance, LogContext};
 pub use inject::Injector;

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use regex::Regex;
 use tokio::time::Instant;
 
-use super::config::{MultilineConfig, MultilinePreset};
+use super::config::{LogsConfigError, MultilineConfig, MultilinePreset};
 use super::record::Partial;
 
 /// One framed line (or a merged group of lines) on its way to the parser.
@@ -30,8 +30,8 @@ pub struct Line {
     pub raw_len: usize,
 }
 
-/// The compiled rules of one stream.
-#[derive(Debug)]
+/// The compiled rules of one stream (cheap to clone: the regexes share their programs).
+#[derive(Debug, Clone)]
 pub struct MultilineRules {
     kind: Kind,
     max_lines: u32,
@@ -39,7 +39,7 @@ pub struct MultilineRules {
     timeout: Duration,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Kind {
     Off,
     Start(Regex),
@@ -89,9 +89,12 @@ const PY_START: &str = "Traceback (most recent call last):";
 // === impl MultilineRules ===
 
 impl MultilineRules {
-    /// Compile the config; the error names the bad pattern.
-    pub fn compile(cfg: &MultilineConfig) -> Result<Self, String> {
-        let re = |p: &str| Regex::new(p).map_err(|e| format!("pattern {p:?}: {e}"));
+    /// Compile the config; the error names the key under `multiline` (`start`, `continue`,
+    /// ...) and the bad pattern.
+    pub fn compile(cfg: &MultilineConfig) -> Result<Self, LogsConfigError> {
+        let re = |key: &str, p: &str| {
+            Regex::new(p).map_err(|e| LogsConfigError::new(key, format!("pattern {p:?}: {e}")))
+        };
         let fixed = |p: &str| Regex::new(p).expect("built-in pattern compiles");
         let kind = match cfg.preset {
             MultilinePreset::None => Kind::Off,
@@ -116,25 +119,29 @@ impl MultilineRules {
                 go: Some(fixed(GO_CONTINUE)),
             },
             MultilinePreset::Custom => match (&cfg.start, &cfg.continue_) {
-                (Some(s), None) => Kind::Start(re(s)?),
-                (None, Some(c)) => Kind::Continue(re(c)?),
+                (Some(s), None) => Kind::Start(re("start", s)?),
+                (None, Some(c)) => Kind::Continue(re("continue", c)?),
                 _ => {
-                    return Err(
-                        "preset \"custom\" needs exactly one of `start` or `continue`".into(),
-                    )
+                    return Err(LogsConfigError::new(
+                        "preset",
+                        "preset \"custom\" needs exactly one of `start` or `continue`",
+                    ))
                 }
             },
         };
         if !matches!(cfg.preset, MultilinePreset::Custom)
             && (cfg.start.is_some() || cfg.continue_.is_some())
         {
-            return Err("`start` and `continue` need preset = \"custom\"".into());
+            return Err(LogsConfigError::new(
+                "preset",
+                "`start` and `continue` need preset = \"custom\"",
+            ));
         }
         if cfg.max_lines == 0 {
-            return Err("max_lines must be at least 1".into());
+            return Err(LogsConfigError::new("max_lines", "must be at least 1"));
         }
         if cfg.timeout.is_zero() {
-            return Err("timeout must be above 0".into());
+            return Err(LogsConfigError::new("timeout", "must be above 0"));
         }
         Ok(Self {
             kind,

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use super::backpressure::Outlet;
 use super::capture::{receiver, PipeReader};
-use super::config::{LogsConfig, QueueConfig};
+use super::config::{LogRules, LogsConfig, QueueConfig};
 use super::counters::{Counters, CountersSnapshot};
 use super::enrich::{AppInstance, LogContext};
 use super::process::Processor;
@@ -36,6 +36,8 @@ const CANCEL_GRACE: Duration = Duration::from_secs(2);
 /// The running log pipeline.
 pub struct Pipeline {
     cfg: LogsConfig,
+    /// `cfg`'s patterns, compiled once at config load.
+    rules: LogRules,
     ctx: LogContext,
     counters: Arc<Counters>,
     sinks: Vec<SinkHandle>,
@@ -87,19 +89,24 @@ impl Delivered {
 // === impl Pipeline ===
 
 impl Pipeline {
-    /// Validate `cfg`, open the configured sinks and start their workers. Needs a tokio runtime
-    /// only from [`Pipeline::attach`] on.
+    /// Compile `cfg`, open the configured sinks and start their workers. Needs a tokio runtime
+    /// only from [`Pipeline::attach`] on. (tandem itself starts from the config's checked
+    /// form, with [`Pipeline::start_with`].)
     pub fn start(cfg: &LogsConfig, ctx: LogContext) -> Result<Pipeline, LogsError> {
-        Self::start_with(cfg, ctx, Vec::new())
+        let rules = cfg
+            .compile()
+            .map_err(|e| LogsError::Config(e.to_string()))?;
+        Self::start_with(cfg, &rules, ctx, Vec::new())
     }
 
-    /// [`Pipeline::start`] with extra sinks beside the configured ones.
+    /// Open the configured sinks of `cfg` (whose patterns `rules` are, compiled at config
+    /// load), and extra sinks beside them, and start their workers.
     pub fn start_with(
         cfg: &LogsConfig,
+        rules: &LogRules,
         ctx: LogContext,
         extra: Vec<ExtraSink>,
     ) -> Result<Pipeline, LogsError> {
-        cfg.validate().map_err(LogsError::Config)?;
         let mut sinks = Vec::new();
         let batch = cfg.batch_records;
         if cfg.sinks.stdout.enabled {
@@ -127,6 +134,7 @@ impl Pipeline {
         });
         Ok(Pipeline {
             cfg: cfg.clone(),
+            rules: rules.clone(),
             ctx,
             counters,
             sinks,
@@ -143,7 +151,13 @@ impl Pipeline {
         instance: AppInstance,
     ) -> Result<Delivered, LogsError> {
         let origin = self.ctx.origin(&self.cfg.attributes, Some(instance));
-        let processor = Processor::new(&self.cfg, stream, origin.clone(), self.counters.clone())?;
+        let processor = Processor::new(
+            &self.cfg,
+            &self.rules,
+            stream,
+            origin.clone(),
+            self.counters.clone(),
+        );
         let (cancel_tx, cancel_rx) = watch::channel(false);
         let reader = PipeReader {
             rx: receiver(stream, fd)?,
@@ -186,6 +200,7 @@ impl Pipeline {
         let follower = Follower::new(
             tail,
             &self.cfg,
+            &self.rules,
             &self.ctx,
             &self.sinks,
             self.counters.clone(),
@@ -349,7 +364,8 @@ mod tests {
         };
         let ctx = LogContext::from_parts("test".into(), Some("h".into()), None, &[]);
         (
-            Pipeline::start_with(&cfg, ctx, vec![extra]).expect("starts"),
+            Pipeline::start_with(&cfg, &cfg.compile().expect("valid"), ctx, vec![extra])
+                .expect("starts"),
             seen,
             gate_tx,
         )

@@ -10,14 +10,13 @@ use std::time::SystemTime;
 
 use tokio::time::Instant;
 
-use super::config::{LogsConfig, ParseFormat};
+use super::config::{LogRules, LogsConfig, ParseFormat};
 use super::counters::{add, Counters};
 use super::frame::Framer;
-use super::multiline::{Line, Multiline, MultilineRules};
+use super::multiline::{Line, Multiline};
 use super::parse::parse_into;
 use super::record::{Level, Origin, Record, Stream};
 use super::redact::Redactor;
-use super::LogsError;
 
 /// Turns one source's bytes into records.
 #[derive(Debug)]
@@ -42,19 +41,20 @@ struct Shape {
 // === impl Processor ===
 
 impl Processor {
-    /// A processor for `stream` with that stream's settings from `cfg`.
+    /// A processor for `stream` with that stream's settings from `cfg` and its compiled
+    /// `rules` (compiled once, at config load: nothing here can fail).
     pub fn new(
         cfg: &LogsConfig,
+        rules: &LogRules,
         stream: Stream,
         origin: Arc<Origin>,
         counters: Arc<Counters>,
-    ) -> Result<Self, LogsError> {
+    ) -> Self {
         let s = cfg.stream(stream);
-        let rules = MultilineRules::compile(&s.multiline).map_err(LogsError::Config)?;
-        let redact = Redactor::new(&cfg.redact).map_err(LogsError::Config)?;
-        Ok(Self {
+        let redact = rules.redact.clone();
+        Self {
             framer: Framer::new(usize::try_from(cfg.max_line_bytes.as_u64()).unwrap_or(usize::MAX)),
-            multiline: Multiline::new(rules),
+            multiline: Multiline::new(rules.multiline(stream).clone()),
             shape: Shape {
                 stream,
                 level: s.level,
@@ -64,7 +64,7 @@ impl Processor {
                 redact,
             },
             out: Vec::new(),
-        })
+        }
     }
 
     /// Feed bytes read at `now`.
@@ -221,7 +221,13 @@ mod tests {
             resource_json: "{}".into(),
         });
         (
-            Processor::new(cfg, stream, origin, counters.clone()).expect("valid"),
+            Processor::new(
+                cfg,
+                &cfg.compile().expect("valid"),
+                stream,
+                origin,
+                counters.clone(),
+            ),
             counters,
         )
     }

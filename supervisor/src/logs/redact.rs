@@ -13,6 +13,7 @@ use std::sync::{Arc, OnceLock};
 use regex::{Regex, RegexSet};
 use serde::{Deserialize, Serialize};
 
+use super::config::LogsConfigError;
 use super::record::{Fields, Record};
 
 /// `[logs.redact]`.
@@ -101,22 +102,21 @@ struct Compiled {
 // === impl Compiled ===
 
 impl Compiled {
-    fn new(defaults: bool, patterns: &[String]) -> Result<Self, String> {
+    fn new(defaults: bool, patterns: &[String]) -> Result<Self, LogsConfigError> {
         let mut rules = Vec::new();
         if defaults {
             for (p, with) in DEFAULTS {
-                rules.push((
-                    Regex::new(p).map_err(|e| format!("built-in redact pattern: {e}"))?,
-                    *with,
-                ));
+                rules.push((Regex::new(p).expect("the built-in patterns compile"), *with));
             }
         }
         for (i, p) in patterns.iter().enumerate() {
-            let re = Regex::new(p).map_err(|e| format!("logs.redact.patterns[{i}] {p:?}: {e}"))?;
+            let re = Regex::new(p).map_err(|e| {
+                LogsConfigError::new(format!("logs.redact.patterns[{i}]"), format!("{p:?}: {e}"))
+            })?;
             rules.push((re, "[REDACTED]"));
         }
         let any = RegexSet::new(rules.iter().map(|(r, _)| r.as_str()))
-            .map_err(|e| format!("logs.redact.patterns: {e}"))?;
+            .map_err(|e| LogsConfigError::new("logs.redact.patterns", e.to_string()))?;
         Ok(Self { any, rules })
     }
 
@@ -131,7 +131,7 @@ impl Compiled {
 
 impl Redactor {
     /// Compiles the operator's patterns; an error names the pattern.
-    pub fn new(cfg: &RedactConfig) -> Result<Self, String> {
+    pub fn new(cfg: &RedactConfig) -> Result<Self, LogsConfigError> {
         let rules = match (cfg.defaults, cfg.patterns.is_empty()) {
             (false, true) => Rules::None,
             (true, true) => Rules::BuiltIn,
@@ -250,6 +250,7 @@ mod tests {
             patterns: vec!["(".into()],
         })
         .expect_err("bad regex")
+        .key
         .contains("patterns[0]"));
     }
 }

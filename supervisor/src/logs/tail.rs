@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::backpressure::Outlet;
-use super::config::{LogsConfig, StartAt, TailConfig};
+use super::config::{LogRules, LogsConfig, StartAt, TailConfig};
 use super::counters::Counters;
 use super::enrich::LogContext;
 use super::process::Processor;
@@ -57,6 +57,7 @@ pub struct Follower {
     poll: Duration,
     start_at: StartAt,
     cfg: LogsConfig,
+    rules: LogRules,
     ctx: LogContext,
     sinks: Vec<SinkHandle>,
     counters: Arc<Counters>,
@@ -97,6 +98,7 @@ impl Follower {
     pub fn new(
         tail: &TailConfig,
         cfg: &LogsConfig,
+        rules: &LogRules,
         ctx: &LogContext,
         sinks: &[SinkHandle],
         counters: Arc<Counters>,
@@ -115,6 +117,7 @@ impl Follower {
             poll: tail.poll_interval,
             start_at: tail.start_at,
             cfg: cfg.clone(),
+            rules: rules.clone(),
             ctx: ctx.clone(),
             sinks,
             counters,
@@ -147,15 +150,8 @@ impl Follower {
         let mut moved = false;
         for (base, list) in files {
             if !self.seqs.contains_key(&base) {
-                match self.sequence(&base) {
-                    Ok(s) => {
-                        self.seqs.insert(base.clone(), s);
-                    }
-                    Err(e) => {
-                        tracing::warn!(file = %base, error = %e, "log tail: cannot follow");
-                        continue;
-                    }
-                }
+                let s = self.sequence(&base);
+                self.seqs.insert(base.clone(), s);
             }
             let saved = self.saved.get(&base).copied();
             let start_at = self.start_at;
@@ -198,7 +194,7 @@ impl Follower {
         out
     }
 
-    fn sequence(&self, base: &str) -> Result<Sequence, LogsError> {
+    fn sequence(&self, base: &str) -> Sequence {
         let stream = if Path::new(base)
             .file_name()
             .is_some_and(|n| n.to_string_lossy().contains("stderr"))
@@ -210,13 +206,19 @@ impl Follower {
         let mut statics = self.cfg.attributes.clone();
         statics.insert("log.file.path".into(), base.to_string());
         let origin = self.ctx.origin(&statics, None);
-        Ok(Sequence {
+        Sequence {
             base: base.to_string(),
-            processor: Processor::new(&self.cfg, stream, origin.clone(), self.counters.clone())?,
+            processor: Processor::new(
+                &self.cfg,
+                &self.rules,
+                stream,
+                origin.clone(),
+                self.counters.clone(),
+            ),
             outlet: Outlet::new(&self.sinks, stream),
             open: None,
             segments: VecDeque::new(),
-        })
+        }
     }
 
     /// Wait until the sinks have flushed what was sent, then save every sequence's position.

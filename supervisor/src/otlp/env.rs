@@ -10,6 +10,27 @@
 //! own order; every error names the variable it came from.
 use std::time::Duration;
 
+/// A value that cannot be used, named by where it came from: an `OTEL_*` variable or a config
+/// key (`telemetry.protocol`), so the config check can place it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name}: {message}")]
+pub struct BadValue {
+    /// The variable or dotted key.
+    pub name: String,
+    /// What is wrong with its value.
+    pub message: String,
+}
+
+impl BadValue {
+    /// `name`'s value is wrong: `message`.
+    pub fn new(name: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            message: message.into(),
+        }
+    }
+}
+
 /// A variable that was found: its name (for error messages) and trimmed value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found {
@@ -72,15 +93,15 @@ impl<'a> OtelEnv<'a> {
 }
 
 /// `k1=v1,k2=v2` with percent-encoded values (W3C Baggage style), as the `OTEL_*` lists are.
-pub fn key_values(s: &str, var: &str) -> Result<Vec<(String, String)>, String> {
+pub fn key_values(s: &str, var: &str) -> Result<Vec<(String, String)>, BadValue> {
     let mut out = Vec::new();
     for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (k, v) = pair
             .split_once('=')
-            .ok_or_else(|| format!("{var}: {pair:?} is not key=value"))?;
+            .ok_or_else(|| BadValue::new(var, format!("{pair:?} is not key=value")))?;
         let k = percent_decode(k.trim());
         if k.is_empty() {
-            return Err(format!("{var}: {pair:?} has an empty key"));
+            return Err(BadValue::new(var, format!("{pair:?} has an empty key")));
         }
         out.push((k, percent_decode(v.trim())));
     }
@@ -88,10 +109,10 @@ pub fn key_values(s: &str, var: &str) -> Result<Vec<(String, String)>, String> {
 }
 
 /// A duration in milliseconds, as the `OTEL_*` timeouts and intervals are given.
-pub fn millis(v: &str, var: &str) -> Result<Duration, String> {
+pub fn millis(v: &str, var: &str) -> Result<Duration, BadValue> {
     v.parse::<u64>()
         .map(Duration::from_millis)
-        .map_err(|_| format!("{var}: {v:?} is not a number of milliseconds"))
+        .map_err(|_| BadValue::new(var, format!("{v:?} is not a number of milliseconds")))
 }
 
 fn percent_decode(s: &str) -> String {
@@ -142,7 +163,7 @@ mod tests {
             key_values("api-key=a%20b, x=1,,", "V").expect("valid"),
             [("api-key".into(), "a b".into()), ("x".into(), "1".into())]
         );
-        assert!(key_values("novalue", "V").unwrap_err().starts_with("V: "));
+        assert_eq!(key_values("novalue", "V").unwrap_err().name, "V");
         assert!(key_values("=v", "V").is_err());
         assert_eq!(millis("250", "T"), Ok(Duration::from_millis(250)));
         assert!(millis("10s", "T").is_err());

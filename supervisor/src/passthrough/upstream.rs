@@ -127,12 +127,7 @@ pub fn resolve(
     let mut out = Vec::new();
     if let Some((name, v, _)) = var("HEADERS") {
         // The same list syntax as tandem's own exporters read (one parser).
-        let pairs = key_values(&v, &name).map_err(|e| {
-            err(
-                &name,
-                e.trim_start_matches(&format!("{name}: ")).to_string(),
-            )
-        })?;
+        let pairs = key_values(&v, &name).map_err(|e| err(e.name, e.message))?;
         for (k, val) in pairs {
             out.push(header(&name, &k, &val)?);
         }

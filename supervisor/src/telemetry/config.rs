@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::otlp::env::BadValue;
+
 pub use crate::otlp::Compression;
 
 /// OpenTelemetry export and pass-through.
@@ -211,17 +213,20 @@ pub const SAMPLERS: [&str; 6] = [
 
 impl TelemetryConfig {
     /// Checks serde cannot express; each error names the key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), BadValue> {
         if Protocol::parse(&self.protocol).is_none() {
-            return Err(format!(
-                "telemetry.protocol: {:?} is not a protocol (grpc | http/protobuf)",
-                self.protocol
+            return Err(BadValue::new(
+                "telemetry.protocol",
+                format!(
+                    "{:?} is not a protocol (grpc | http/protobuf)",
+                    self.protocol
+                ),
             ));
         }
         if Compression::parse(&self.compression).is_none() {
-            return Err(format!(
-                "telemetry.compression: {:?} is not supported (none | gzip)",
-                self.compression
+            return Err(BadValue::new(
+                "telemetry.compression",
+                format!("{:?} is not supported (none | gzip)", self.compression),
             ));
         }
         for (key, url) in [
@@ -230,26 +235,31 @@ impl TelemetryConfig {
             ("telemetry.logs.endpoint", &self.logs.endpoint),
             ("telemetry.metrics.endpoint", &self.metrics.endpoint),
         ] {
-            check_url(url).map_err(|e| format!("{key}: {e}"))?;
+            check_url(key, url)?;
         }
         for name in self.headers.keys() {
             if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                return Err(format!(
-                    "telemetry.headers: {name:?} is not a valid header name"
+                return Err(BadValue::new(
+                    format!("telemetry.headers.{name}"),
+                    format!("{name:?} is not a valid header name"),
                 ));
             }
         }
         if !SAMPLERS.contains(&self.traces.sampler.as_str()) {
-            return Err(format!(
-                "telemetry.traces.sampler: {:?} is not a sampler ({})",
-                self.traces.sampler,
-                SAMPLERS.join(" | ")
+            return Err(BadValue::new(
+                "telemetry.traces.sampler",
+                format!(
+                    "{:?} is not a sampler ({})",
+                    self.traces.sampler,
+                    SAMPLERS.join(" | ")
+                ),
             ));
         }
         let r = self.traces.sampler_ratio;
         if !(0.0..=1.0).contains(&r) {
-            return Err(format!(
-                "telemetry.traces.sampler_ratio: must be between 0.0 and 1.0, got {r}"
+            return Err(BadValue::new(
+                "telemetry.traces.sampler_ratio",
+                format!("must be between 0.0 and 1.0, got {r}"),
             ));
         }
         for (key, s) in &[
@@ -257,14 +267,18 @@ impl TelemetryConfig {
             ("telemetry.logs", &self.logs),
         ] {
             if s.queue_size == 0 || s.batch_size == 0 {
-                return Err(format!(
-                    "{key}.queue_size and {key}.batch_size: must be at least 1"
+                return Err(BadValue::new(
+                    format!("{key}.queue_size"),
+                    format!("{key}.queue_size and {key}.batch_size must be at least 1"),
                 ));
             }
             if s.batch_size > s.queue_size {
-                return Err(format!(
-                    "{key}.batch_size ({}) is larger than {key}.queue_size ({})",
-                    s.batch_size, s.queue_size
+                return Err(BadValue::new(
+                    format!("{key}.batch_size"),
+                    format!(
+                        "{} is larger than {key}.queue_size ({})",
+                        s.batch_size, s.queue_size
+                    ),
                 ));
             }
         }
@@ -273,15 +287,15 @@ impl TelemetryConfig {
             ("telemetry.metrics.interval", self.metrics.interval),
         ] {
             if d.is_zero() {
-                return Err(format!("{key}: must be more than 0s"));
+                return Err(BadValue::new(key, "must be more than 0s"));
             }
         }
         Ok(())
     }
 }
 
-/// An endpoint is empty (unset) or an absolute http(s) URL.
-pub fn check_url(url: &str) -> Result<(), String> {
+/// An endpoint is empty (unset) or an absolute http(s) URL; `name` is where it came from.
+pub fn check_url(name: &str, url: &str) -> Result<(), BadValue> {
     if url.is_empty() {
         return Ok(());
     }
@@ -289,8 +303,9 @@ pub fn check_url(url: &str) -> Result<(), String> {
         Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some() => {
             Ok(())
         }
-        _ => Err(format!(
-            "{url:?} is not an http:// or https:// URL with a host"
+        _ => Err(BadValue::new(
+            name,
+            format!("{url:?} is not an http:// or https:// URL with a host"),
         )),
     }
 }
@@ -304,30 +319,21 @@ mod tests {
         let mut c = TelemetryConfig::default();
         assert!(c.validate().is_ok());
         c.protocol = "udp".into();
-        assert!(c.validate().unwrap_err().starts_with("telemetry.protocol"));
+        assert_eq!(c.validate().unwrap_err().name, "telemetry.protocol");
         c = TelemetryConfig::default();
         c.logs.endpoint = "collector:4318".into();
-        assert!(c
-            .validate()
-            .unwrap_err()
-            .starts_with("telemetry.logs.endpoint"));
+        assert_eq!(c.validate().unwrap_err().name, "telemetry.logs.endpoint");
         c = TelemetryConfig::default();
         c.traces.sampler_ratio = 2.0;
-        assert!(c
-            .validate()
-            .unwrap_err()
-            .starts_with("telemetry.traces.sampler_ratio"));
+        assert_eq!(
+            c.validate().unwrap_err().name,
+            "telemetry.traces.sampler_ratio"
+        );
         c = TelemetryConfig::default();
         c.compression = "zstd".into();
-        assert!(c
-            .validate()
-            .unwrap_err()
-            .starts_with("telemetry.compression"));
+        assert_eq!(c.validate().unwrap_err().name, "telemetry.compression");
         c = TelemetryConfig::default();
         c.traces.sampler = "sometimes".into();
-        assert!(c
-            .validate()
-            .unwrap_err()
-            .starts_with("telemetry.traces.sampler"));
+        assert_eq!(c.validate().unwrap_err().name, "telemetry.traces.sampler");
     }
 }

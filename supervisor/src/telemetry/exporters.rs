@@ -20,13 +20,39 @@ use super::config::{Compression, Protocol};
 use super::settings::Export;
 use crate::otlp::tls::HttpVersion;
 
-fn metadata(e: &Export) -> Result<opentelemetry_otlp::tonic_types::metadata::MetadataMap, String> {
+/// An OTLP exporter that could not be built (exit 64: its settings are config).
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// The exporter builder refused the settings.
+    #[error("cannot build the OTLP {signal} exporter for {endpoint}: {source}")]
+    Build {
+        /// `span`, `log` or `metric`.
+        signal: &'static str,
+        endpoint: String,
+        #[source]
+        source: opentelemetry_otlp::ExporterBuildError,
+    },
+    /// The gRPC endpoint is not a URI tonic takes.
+    #[error("{endpoint:?} is not a gRPC endpoint: {source}")]
+    Endpoint {
+        endpoint: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// A header that is not valid gRPC metadata (the config check refuses these first).
+    #[error("header {name:?}: not a valid header name and value")]
+    Header { name: String },
+}
+
+fn metadata(
+    e: &Export,
+) -> Result<opentelemetry_otlp::tonic_types::metadata::MetadataMap, ExportError> {
     let mut headers = http::HeaderMap::new();
     for (k, v) in &e.headers {
-        let name = http::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes())
-            .map_err(|_| format!("telemetry.headers: {k:?} is not a valid header name"))?;
-        let value = http::HeaderValue::from_str(v)
-            .map_err(|_| format!("telemetry.headers.{k}: the value is not a valid header value"))?;
+        let bad = || ExportError::Header { name: k.clone() };
+        let name =
+            http::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()).map_err(|_| bad())?;
+        let value = http::HeaderValue::from_str(v).map_err(|_| bad())?;
         headers.insert(name, value);
     }
     Ok(opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(headers))
@@ -40,9 +66,12 @@ fn headers(e: &Export) -> HashMap<String, String> {
 }
 
 /// A lazily connecting gRPC channel to `e.endpoint` (TLS when it is `https://`).
-fn channel(e: &Export) -> Result<tonic::transport::Channel, String> {
+fn channel(e: &Export) -> Result<tonic::transport::Channel, ExportError> {
     let endpoint = tonic::transport::Endpoint::from_shared(e.endpoint.clone())
-        .map_err(|x| format!("{:?} is not a gRPC endpoint: {x}", e.endpoint))?
+        .map_err(|source| ExportError::Endpoint {
+            endpoint: e.endpoint.clone(),
+            source,
+        })?
         .timeout(e.timeout)
         .connect_timeout(e.timeout);
     Ok(endpoint.connect_with_connector_lazy(e.tls.connector(HttpVersion::Http2, e.timeout)))
@@ -64,15 +93,20 @@ fn compression(e: &Export) -> Option<opentelemetry_otlp::Compression> {
     }
 }
 
-fn err(what: &str, e: &Export, error: impl std::fmt::Display) -> String {
-    format!(
-        "cannot build the OTLP {what} exporter for {}: {error}",
-        e.endpoint
-    )
+fn err(
+    signal: &'static str,
+    e: &Export,
+    source: opentelemetry_otlp::ExporterBuildError,
+) -> ExportError {
+    ExportError::Build {
+        signal,
+        endpoint: e.endpoint.clone(),
+        source,
+    }
 }
 
 /// The gRPC settings every signal's builder takes (the same channel, metadata, compression).
-fn tonic<B: WithTonicConfig + WithExportConfig>(b: B, e: &Export) -> Result<B, String> {
+fn tonic<B: WithTonicConfig + WithExportConfig>(b: B, e: &Export) -> Result<B, ExportError> {
     let b = b
         .with_channel(channel(e)?)
         .with_timeout(e.timeout)
@@ -98,7 +132,7 @@ fn http<B: WithHttpConfig + WithExportConfig>(b: B, e: &Export) -> B {
 }
 
 /// The span exporter.
-pub fn span(e: &Export) -> Result<SpanExporter, String> {
+pub fn span(e: &Export) -> Result<SpanExporter, ExportError> {
     let b = SpanExporter::builder();
     match e.protocol {
         Protocol::Grpc => tonic(b.with_tonic(), e)?.build(),
@@ -108,7 +142,7 @@ pub fn span(e: &Export) -> Result<SpanExporter, String> {
 }
 
 /// The log exporter.
-pub fn log(e: &Export) -> Result<LogExporter, String> {
+pub fn log(e: &Export) -> Result<LogExporter, ExportError> {
     let b = LogExporter::builder();
     match e.protocol {
         Protocol::Grpc => tonic(b.with_tonic(), e)?.build(),
@@ -118,7 +152,7 @@ pub fn log(e: &Export) -> Result<LogExporter, String> {
 }
 
 /// The metric exporter (cumulative, as Prometheus counters are).
-pub fn metric(e: &Export) -> Result<MetricExporter, String> {
+pub fn metric(e: &Export) -> Result<MetricExporter, ExportError> {
     let b = MetricExporter::builder();
     match e.protocol {
         Protocol::Grpc => tonic(b.with_tonic(), e)?

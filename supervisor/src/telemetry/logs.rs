@@ -31,7 +31,7 @@ pub fn start(
     resource: &Resource,
     retry: Retry,
     stats: Stats,
-) -> Result<export::Sender<SdkLogRecord>, String> {
+) -> Result<export::Sender<SdkLogRecord>, super::exporters::ExportError> {
     let mut exporter = super::exporters::log(e)?;
     exporter.set_resource(resource);
     let scope = InstrumentationScope::builder("tandem")

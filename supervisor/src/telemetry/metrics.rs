@@ -179,7 +179,7 @@ pub fn start(
     registry: Arc<Registry>,
     resource: &Resource,
     stats: Stats,
-) -> Result<Push, String> {
+) -> Result<Push, super::exporters::ExportError> {
     let exporter = super::exporters::metric(e)?;
     let reader = SharedReader(Arc::new(ManualReader::builder().build()));
     let provider = SdkMeterProvider::builder()

@@ -34,6 +34,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 pub use config::TelemetryConfig;
+pub use exporters::ExportError;
 pub use settings::Settings;
 
 /// The running export, one queue per enabled signal.
@@ -53,7 +54,7 @@ impl Telemetry {
     /// Start the span and log queues (metrics start later, with [`Telemetry::start_metrics`],
     /// once every family is registered). Registers `tandem_otlp_*` in `registry`. Needs the
     /// tokio runtime.
-    pub fn start(settings: Settings, registry: &mut Registry) -> Result<Self, String> {
+    pub fn start(settings: Settings, registry: &mut Registry) -> Result<Self, ExportError> {
         let stats = export::Stats::register(registry);
         let resource = Resource::builder_empty()
             .with_attributes(
@@ -123,7 +124,7 @@ impl Telemetry {
     }
 
     /// Push `registry` (the one `/metrics` serves) over OTLP, when metrics are exported.
-    pub fn start_metrics(&mut self, registry: Arc<Registry>) -> Result<(), String> {
+    pub fn start_metrics(&mut self, registry: Arc<Registry>) -> Result<(), ExportError> {
         if let Some((e, interval)) = &self.settings.metrics {
             self.metrics = Some(metrics::start(
                 e,

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::config::{check_url, Compression, Protocol, TelemetryConfig, SAMPLERS};
-use crate::otlp::env::{key_values, millis, Found, OtelEnv};
+use crate::otlp::env::{key_values, millis, BadValue, Found, OtelEnv};
 use crate::otlp::tls::{ClientTls, TlsFile, TlsFiles};
 
 /// The three signals tandem exports.
@@ -109,14 +109,19 @@ impl Settings {
         service_version: Option<&str>,
         mut resource: BTreeMap<String, String>,
         env: &BTreeMap<String, String>,
-    ) -> Result<Option<Settings>, String> {
+    ) -> Result<Option<Settings>, BadValue> {
         let otel = OtelEnv::new(|k| env.get(k).cloned());
         let var = |k: &str| otel.get(k);
         if let Some(v) = var("OTEL_SDK_DISABLED") {
             match v.to_ascii_lowercase().as_str() {
                 "true" => return Ok(None),
                 "false" => {}
-                _ => return Err(format!("OTEL_SDK_DISABLED: {v:?} is not true or false")),
+                _ => {
+                    return Err(BadValue::new(
+                        "OTEL_SDK_DISABLED",
+                        format!("{v:?} is not true or false"),
+                    ))
+                }
             }
         }
         if let Some(v) = var("OTEL_RESOURCE_ATTRIBUTES") {
@@ -136,12 +141,18 @@ impl Settings {
         let protocol = match otel.general("PROTOCOL") {
             Some(p) => parse_protocol(&p)?,
             None => Protocol::parse(&cfg.protocol).ok_or_else(|| {
-                format!("telemetry.protocol: {:?} is not a protocol", cfg.protocol)
+                BadValue::new(
+                    "telemetry.protocol",
+                    format!("{:?} is not a protocol", cfg.protocol),
+                )
             })?,
         };
+        for (k, v) in &cfg.headers {
+            check_header(k, v, &format!("telemetry.headers.{k}"))?;
+        }
         let mut headers = cfg.headers.clone();
         if let Some(h) = otel.general("HEADERS") {
-            headers.extend(key_values(&h.value, &h.name)?);
+            headers.extend(env_headers(&h)?);
         }
         let timeout = match otel.general("TIMEOUT") {
             Some(ms) => millis(&ms.value, &ms.name)?,
@@ -150,9 +161,9 @@ impl Settings {
         let compression = match otel.general("COMPRESSION") {
             Some(c) => parse_compression(&c)?,
             None => Compression::parse(&cfg.compression).ok_or_else(|| {
-                format!(
-                    "telemetry.compression: {:?} is not supported (none | gzip)",
-                    cfg.compression
+                BadValue::new(
+                    "telemetry.compression",
+                    format!("{:?} is not supported (none | gzip)", cfg.compression),
                 )
             })?,
         };
@@ -175,33 +186,34 @@ impl Settings {
                 path: path.into(),
             })
         };
-        let tls = |sig: Signal| -> Result<ClientTls, String> {
+        let tls = |sig: Signal| -> Result<ClientTls, BadValue> {
             let files = TlsFiles {
                 ca: file("ca_file", "CERTIFICATE", sig),
                 cert: file("cert_file", "CLIENT_CERTIFICATE", sig),
                 key: file("key_file", "CLIENT_KEY", sig),
             };
-            ClientTls::load(&files).map_err(|e| e.to_string())
+            ClientTls::load(&files)
+                .map_err(|e| BadValue::new(e.source_name, format!("{}: {}", e.path, e.reason)))
         };
         let base = (protocol, headers, timeout, compression);
         let general_env = otel.general("ENDPOINT");
         let general = match &general_env {
             Some(e) => {
-                check_url(&e.value).map_err(|m| format!("{}: {m}", e.name))?;
+                check_url(&e.name, &e.value)?;
                 e.value.clone()
             }
             None => cfg.endpoint.clone(),
         };
-        let export = |sig: Signal, enabled: bool, own: &str| -> Result<Option<Export>, String> {
+        let export = |sig: Signal, enabled: bool, own: &str| -> Result<Option<Export>, BadValue> {
             let own_var = |what: &str| otel.specific(sig.env(), what);
             if let Some(v) = var(&format!("OTEL_{}_EXPORTER", sig.env())) {
                 match v.as_str() {
                     "none" => return Ok(None),
                     "otlp" => {}
                     _ => {
-                        return Err(format!(
-                            "OTEL_{}_EXPORTER: {v:?} is not supported (otlp | none)",
-                            sig.env()
+                        return Err(BadValue::new(
+                            format!("OTEL_{}_EXPORTER", sig.env()),
+                            format!("{v:?} is not supported (otlp | none)"),
                         ))
                     }
                 }
@@ -216,7 +228,7 @@ impl Settings {
                 protocol = parse_protocol(&p)?;
             }
             if let Some(h) = own_var("HEADERS") {
-                headers.extend(key_values(&h.value, &h.name)?);
+                headers.extend(env_headers(&h)?);
             }
             if let Some(ms) = own_var("TIMEOUT") {
                 timeout = millis(&ms.value, &ms.name)?;
@@ -224,7 +236,7 @@ impl Settings {
             // A signal's own URL is used as given; the general one gets the signal's path.
             let own_env = own_var("ENDPOINT");
             if let Some(u) = &own_env {
-                check_url(&u.value).map_err(|m| format!("{}: {m}", u.name))?;
+                check_url(&u.name, &u.value)?;
             }
             let endpoint = match (own_env, own.is_empty(), general.is_empty()) {
                 (Some(u), _, _) => u.value,
@@ -250,14 +262,12 @@ impl Settings {
             }))
         };
         let queue =
-            |sig: &str, size: usize, batch: usize, delay: Duration| -> Result<Queue, String> {
-                let num = |k: String, d: usize| -> Result<usize, String> {
+            |sig: &str, size: usize, batch: usize, delay: Duration| -> Result<Queue, BadValue> {
+                let num = |k: String, d: usize| -> Result<usize, BadValue> {
                     match var(&k) {
-                        Some(v) => v
-                            .parse::<usize>()
-                            .ok()
-                            .filter(|n| *n > 0)
-                            .ok_or_else(|| format!("{k}: {v:?} is not a positive number")),
+                        Some(v) => v.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                            BadValue::new(&k, format!("{v:?} is not a positive number"))
+                        }),
                         None => Ok(d),
                     }
                 };
@@ -308,13 +318,41 @@ impl Settings {
     }
 }
 
-fn sampling(name: &str, ratio: f64, otel: &OtelEnv<'_>) -> Result<Sampling, String> {
+/// A header tandem's exporters send: a valid HTTP header (and gRPC metadata) name and value,
+/// checked here so a bad one is a config error naming `source` (the key or variable), not a
+/// failure of the export's start.
+fn check_header(name: &str, value: &str, source: &str) -> Result<(), BadValue> {
+    if http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).is_err() {
+        return Err(BadValue::new(
+            source,
+            format!("{name:?} is not a valid header name"),
+        ));
+    }
+    if http::HeaderValue::from_str(value).is_err() {
+        return Err(BadValue::new(
+            source,
+            format!("the value of header {name:?} is not a valid header value"),
+        ));
+    }
+    Ok(())
+}
+
+/// The headers of an `..._HEADERS` variable, each checked.
+fn env_headers(h: &Found) -> Result<Vec<(String, String)>, BadValue> {
+    let pairs = key_values(&h.value, &h.name)?;
+    for (k, v) in &pairs {
+        check_header(k, v, &h.name)?;
+    }
+    Ok(pairs)
+}
+
+fn sampling(name: &str, ratio: f64, otel: &OtelEnv<'_>) -> Result<Sampling, BadValue> {
     let from_env = otel.get("OTEL_TRACES_SAMPLER");
     let name = from_env.as_deref().unwrap_or(name);
     if !SAMPLERS.contains(&name) {
-        return Err(format!(
-            "OTEL_TRACES_SAMPLER: {name:?} is not supported ({})",
-            SAMPLERS.join(" | ")
+        return Err(BadValue::new(
+            "OTEL_TRACES_SAMPLER",
+            format!("{name:?} is not supported ({})", SAMPLERS.join(" | ")),
         ));
     }
     let ratio = match otel.get("OTEL_TRACES_SAMPLER_ARG") {
@@ -323,7 +361,10 @@ fn sampling(name: &str, ratio: f64, otel: &OtelEnv<'_>) -> Result<Sampling, Stri
             .ok()
             .filter(|r| (0.0..=1.0).contains(r))
             .ok_or_else(|| {
-                format!("OTEL_TRACES_SAMPLER_ARG: {v:?} is not a ratio from 0.0 to 1.0")
+                BadValue::new(
+                    "OTEL_TRACES_SAMPLER_ARG",
+                    format!("{v:?} is not a ratio from 0.0 to 1.0"),
+                )
             })?,
         _ => ratio,
     };
@@ -337,18 +378,25 @@ fn sampling(name: &str, ratio: f64, otel: &OtelEnv<'_>) -> Result<Sampling, Stri
     })
 }
 
-fn parse_protocol(v: &Found) -> Result<Protocol, String> {
+fn parse_protocol(v: &Found) -> Result<Protocol, BadValue> {
     Protocol::parse(&v.value).ok_or_else(|| {
-        format!(
-            "{}: {:?} is not supported (grpc | http/protobuf; http/json is not)",
-            v.name, v.value
+        BadValue::new(
+            &v.name,
+            format!(
+                "{:?} is not supported (grpc | http/protobuf; http/json is not)",
+                v.value
+            ),
         )
     })
 }
 
-fn parse_compression(v: &Found) -> Result<Compression, String> {
-    Compression::parse(&v.value)
-        .ok_or_else(|| format!("{}: {:?} is not supported (none | gzip)", v.name, v.value))
+fn parse_compression(v: &Found) -> Result<Compression, BadValue> {
+    Compression::parse(&v.value).ok_or_else(|| {
+        BadValue::new(
+            &v.name,
+            format!("{:?} is not supported (none | gzip)", v.value),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -362,7 +410,7 @@ mod tests {
             .collect()
     }
 
-    fn resolve(cfg: &TelemetryConfig, e: &[(&str, &str)]) -> Result<Option<Settings>, String> {
+    fn resolve(cfg: &TelemetryConfig, e: &[(&str, &str)]) -> Result<Option<Settings>, BadValue> {
         Settings::resolve(cfg, None, BTreeMap::new(), &env(e))
     }
 
@@ -433,10 +481,10 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_HEADERS", "novalue"),
         ] {
             let err = resolve(&cfg, &[on, (k, v)]).expect_err(k);
-            assert!(err.starts_with(k), "{err}");
+            assert_eq!(err.name, k, "{err}");
         }
         let err =
             resolve(&cfg, &[("OTEL_EXPORTER_OTLP_ENDPOINT", "localhost:4317")]).expect_err("url");
-        assert!(err.starts_with("OTEL_EXPORTER_OTLP_ENDPOINT"), "{err}");
+        assert_eq!(err.name, "OTEL_EXPORTER_OTLP_ENDPOINT", "{err}");
     }
 }

@@ -87,7 +87,7 @@ pub fn start(
     resource: &Resource,
     retry: Retry,
     stats: Stats,
-) -> Result<Traces, String> {
+) -> Result<Traces, super::exporters::ExportError> {
     let mut exporter = super::exporters::span(e)?;
     exporter.set_resource(resource);
     let queue = export::spawn(Spans(exporter), Signal::Traces, q, retry, stats);
