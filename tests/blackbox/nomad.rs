@@ -222,9 +222,9 @@ fn sidecar_job_tails_rotating_alloc_logs_once_each_and_proxies_the_app() {
     eventually("the early request is held by the proxy", || {
         let auth = [("Authorization", "Bearer nomad-sim-admin-token-0123456789")];
         http(&admin, "GET", "/metrics", b"", &auth).is_ok_and(|(_, _, m)| {
-            String::from_utf8_lossy(&m).lines().any(|l| {
-                l.starts_with("tandem_proxy_requests_in_flight{") && l.ends_with(" 1")
-            })
+            String::from_utf8_lossy(&m)
+                .lines()
+                .any(|l| l.starts_with("tandem_proxy_requests_in_flight{") && l.ends_with(" 1"))
         })
     });
 
