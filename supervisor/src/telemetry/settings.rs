@@ -107,37 +107,112 @@ impl Settings {
     pub fn resolve(
         cfg: &TelemetryConfig,
         service_version: Option<&str>,
-        mut resource: BTreeMap<String, String>,
+        resource: BTreeMap<String, String>,
         env: &BTreeMap<String, String>,
     ) -> Result<Option<Settings>, BadValue> {
         let otel = OtelEnv::new(|k| env.get(k).cloned());
-        let var = |k: &str| otel.get(k);
-        if let Some(v) = var("OTEL_SDK_DISABLED") {
-            match v.to_ascii_lowercase().as_str() {
-                "true" => return Ok(None),
-                "false" => {}
-                _ => {
-                    return Err(BadValue::new(
-                        "OTEL_SDK_DISABLED",
-                        format!("{v:?} is not true or false"),
-                    ))
-                }
+        if sdk_disabled(&otel)? {
+            return Ok(None);
+        }
+        let resource = resolve_resource(cfg, service_version, resource, &otel)?;
+        let r = Resolver {
+            cfg,
+            base: Base::resolve(cfg, &otel)?,
+            otel: &otel,
+        };
+        let t = &cfg.traces;
+        let traces = match r.export(Signal::Traces, t.enabled, &t.endpoint)? {
+            Some(e) => Some((
+                e,
+                r.queue("BSP", t.queue_size, t.batch_size, t.batch_delay)?,
+                sampling(&t.sampler, t.sampler_ratio, &otel)?,
+            )),
+            None => None,
+        };
+        let l = &cfg.logs;
+        let logs = match r.export(Signal::Logs, l.enabled, &l.endpoint)? {
+            Some(e) => Some((
+                e,
+                r.queue("BLRP", l.queue_size, l.batch_size, l.batch_delay)?,
+            )),
+            None => None,
+        };
+        let m = &cfg.metrics;
+        let metrics = match r.export(Signal::Metrics, m.enabled, &m.endpoint)? {
+            Some(e) => {
+                let interval = match otel.get("OTEL_METRIC_EXPORT_INTERVAL") {
+                    Some(ms) => millis(&ms, "OTEL_METRIC_EXPORT_INTERVAL")?,
+                    None => m.interval,
+                };
+                Some((e, interval.max(Duration::from_millis(100))))
             }
+            None => None,
+        };
+        if traces.is_none() && logs.is_none() && metrics.is_none() {
+            return Ok(None);
         }
-        if let Some(v) = var("OTEL_RESOURCE_ATTRIBUTES") {
-            for (k, v) in key_values(&v, "OTEL_RESOURCE_ATTRIBUTES")? {
-                resource.insert(k, v);
-            }
-        }
-        for (k, v) in &cfg.resource {
-            resource.insert(k.clone(), v.clone());
-        }
-        if let Some(v) = service_version {
-            resource.insert("service.version".into(), v.to_string());
-        }
-        if let Some(name) = var("OTEL_SERVICE_NAME") {
-            resource.insert("service.name".into(), name);
-        }
+        Ok(Some(Settings {
+            resource,
+            traces,
+            logs,
+            metrics,
+            retry_for: cfg.retry_for,
+            shutdown_timeout: cfg.shutdown_timeout,
+        }))
+    }
+}
+
+/// `OTEL_SDK_DISABLED=true` turns export off; anything but true or false is an error.
+fn sdk_disabled(otel: &OtelEnv<'_>) -> Result<bool, BadValue> {
+    match otel.get("OTEL_SDK_DISABLED") {
+        None => Ok(false),
+        Some(v) => match v.to_ascii_lowercase().as_str() {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            _ => Err(BadValue::new(
+                "OTEL_SDK_DISABLED",
+                format!("{v:?} is not true or false"),
+            )),
+        },
+    }
+}
+
+/// The resource, later wins: the detected attributes, `OTEL_RESOURCE_ATTRIBUTES`,
+/// `[telemetry.resource]`, the service's version, `OTEL_SERVICE_NAME`.
+fn resolve_resource(
+    cfg: &TelemetryConfig,
+    service_version: Option<&str>,
+    mut resource: BTreeMap<String, String>,
+    otel: &OtelEnv<'_>,
+) -> Result<BTreeMap<String, String>, BadValue> {
+    if let Some(v) = otel.get("OTEL_RESOURCE_ATTRIBUTES") {
+        resource.extend(key_values(&v, "OTEL_RESOURCE_ATTRIBUTES")?);
+    }
+    resource.extend(cfg.resource.iter().map(|(k, v)| (k.clone(), v.clone())));
+    if let Some(v) = service_version {
+        resource.insert("service.version".into(), v.to_string());
+    }
+    if let Some(name) = otel.get("OTEL_SERVICE_NAME") {
+        resource.insert("service.name".into(), name);
+    }
+    Ok(resource)
+}
+
+/// What every signal starts from: the general keys with the general variables over them.
+#[derive(Clone)]
+struct Base {
+    protocol: Protocol,
+    headers: BTreeMap<String, String>,
+    timeout: Duration,
+    compression: Compression,
+    /// The general endpoint (`OTEL_EXPORTER_OTLP_ENDPOINT` over `telemetry.endpoint`).
+    endpoint: String,
+    /// Whether that endpoint came from the variable.
+    endpoint_from_env: bool,
+}
+
+impl Base {
+    fn resolve(cfg: &TelemetryConfig, otel: &OtelEnv<'_>) -> Result<Base, BadValue> {
         let protocol = match otel.general("PROTOCOL") {
             Some(p) => parse_protocol(&p)?,
             None => Protocol::parse(&cfg.protocol).ok_or_else(|| {
@@ -167,154 +242,150 @@ impl Settings {
                 )
             })?,
         };
-        // Each file: the config key, over it the general variable, over that the signal's.
-        let file = |key: &str, name: &str, sig: Signal| -> Option<TlsFile> {
-            let (source, path) = otel
-                .exporter(sig.env(), name)
-                .map(|f| (f.name, f.value))
-                .or_else(|| {
-                    let v = match key {
-                        "ca_file" => &cfg.ca_file,
-                        "cert_file" => &cfg.cert_file,
-                        _ => &cfg.key_file,
-                    };
-                    let v = v.trim();
-                    (!v.is_empty()).then(|| (format!("telemetry.{key}"), v.to_string()))
-                })?;
-            Some(TlsFile {
-                source,
-                path: path.into(),
-            })
-        };
-        let tls = |sig: Signal| -> Result<ClientTls, BadValue> {
-            let files = TlsFiles {
-                ca: file("ca_file", "CERTIFICATE", sig),
-                cert: file("cert_file", "CLIENT_CERTIFICATE", sig),
-                key: file("key_file", "CLIENT_KEY", sig),
-            };
-            ClientTls::load(&files)
-                .map_err(|e| BadValue::new(e.source_name, format!("{}: {}", e.path, e.reason)))
-        };
-        let base = (protocol, headers, timeout, compression);
-        let general_env = otel.general("ENDPOINT");
-        let general = match &general_env {
+        let (endpoint, endpoint_from_env) = match otel.general("ENDPOINT") {
             Some(e) => {
                 check_url(&e.name, &e.value)?;
-                e.value.clone()
+                (e.value, true)
             }
-            None => cfg.endpoint.clone(),
+            None => (cfg.endpoint.clone(), false),
         };
-        let export = |sig: Signal, enabled: bool, own: &str| -> Result<Option<Export>, BadValue> {
-            let own_var = |what: &str| otel.specific(sig.env(), what);
-            if let Some(v) = var(&format!("OTEL_{}_EXPORTER", sig.env())) {
-                match v.as_str() {
-                    "none" => return Ok(None),
-                    "otlp" => {}
-                    _ => {
-                        return Err(BadValue::new(
-                            format!("OTEL_{}_EXPORTER", sig.env()),
-                            format!("{v:?} is not supported (otlp | none)"),
-                        ))
-                    }
-                }
-            } else if !enabled {
-                return Ok(None);
+        Ok(Base {
+            protocol,
+            headers,
+            timeout,
+            compression,
+            endpoint,
+            endpoint_from_env,
+        })
+    }
+}
+
+/// Resolves one signal at a time over the [`Base`].
+struct Resolver<'a> {
+    cfg: &'a TelemetryConfig,
+    otel: &'a OtelEnv<'a>,
+    base: Base,
+}
+
+impl Resolver<'_> {
+    /// The signal's export, None when it is off (`OTEL_{SIGNAL}_EXPORTER=none`, disabled, or
+    /// no endpoint at all). Its own variables beat the general ones.
+    fn export(&self, sig: Signal, enabled: bool, own: &str) -> Result<Option<Export>, BadValue> {
+        let own_var = |what: &str| self.otel.specific(sig.env(), what);
+        let exporter = format!("OTEL_{}_EXPORTER", sig.env());
+        match self.otel.get(&exporter).as_deref() {
+            Some("none") => return Ok(None),
+            Some("otlp") => {}
+            Some(v) => {
+                return Err(BadValue::new(
+                    exporter,
+                    format!("{v:?} is not supported (otlp | none)"),
+                ))
             }
-            let (mut protocol, mut headers, mut timeout, mut compression) = base.clone();
-            if let Some(c) = own_var("COMPRESSION") {
-                compression = parse_compression(&c)?;
-            }
-            if let Some(p) = own_var("PROTOCOL") {
-                protocol = parse_protocol(&p)?;
-            }
-            if let Some(h) = own_var("HEADERS") {
-                headers.extend(env_headers(&h)?);
-            }
-            if let Some(ms) = own_var("TIMEOUT") {
-                timeout = millis(&ms.value, &ms.name)?;
-            }
-            // A signal's own URL is used as given; the general one gets the signal's path.
-            let own_env = own_var("ENDPOINT");
-            if let Some(u) = &own_env {
-                check_url(&u.name, &u.value)?;
-            }
-            let endpoint = match (own_env, own.is_empty(), general.is_empty()) {
-                (Some(u), _, _) => u.value,
-                (None, false, _) if general_env.is_none() => own.to_string(),
-                (None, _, false) => match protocol {
-                    Protocol::Grpc => general.clone(),
-                    Protocol::HttpProtobuf => {
-                        format!("{}/v1/{}", general.trim_end_matches('/'), sig.as_str())
-                    }
-                },
-                (None, false, true) => own.to_string(),
-                (None, true, true) => return Ok(None),
-            };
-            // Only a signal that is exported reads its files (an `http://` one too: a file
-            // that is set and bad is a mistake to report, whatever the scheme today).
-            Ok(Some(Export {
-                endpoint,
-                protocol,
-                headers,
-                timeout,
-                compression,
-                tls: tls(sig)?,
-            }))
-        };
-        let queue =
-            |sig: &str, size: usize, batch: usize, delay: Duration| -> Result<Queue, BadValue> {
-                let num = |k: String, d: usize| -> Result<usize, BadValue> {
-                    match var(&k) {
-                        Some(v) => v.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
-                            BadValue::new(&k, format!("{v:?} is not a positive number"))
-                        }),
-                        None => Ok(d),
-                    }
-                };
-                let size = num(format!("OTEL_{sig}_MAX_QUEUE_SIZE"), size)?;
-                let batch = num(format!("OTEL_{sig}_MAX_EXPORT_BATCH_SIZE"), batch)?.min(size);
-                let delay = match var(&format!("OTEL_{sig}_SCHEDULE_DELAY")) {
-                    Some(ms) => millis(&ms, &format!("OTEL_{sig}_SCHEDULE_DELAY"))?,
-                    None => delay,
-                };
-                Ok(Queue { size, batch, delay })
-            };
-        let t = &cfg.traces;
-        let traces = match export(Signal::Traces, t.enabled, &t.endpoint)? {
-            Some(e) => Some((
-                e,
-                queue("BSP", t.queue_size, t.batch_size, t.batch_delay)?,
-                sampling(&t.sampler, t.sampler_ratio, &otel)?,
-            )),
-            None => None,
-        };
-        let l = &cfg.logs;
-        let logs = match export(Signal::Logs, l.enabled, &l.endpoint)? {
-            Some(e) => Some((e, queue("BLRP", l.queue_size, l.batch_size, l.batch_delay)?)),
-            None => None,
-        };
-        let m = &cfg.metrics;
-        let metrics = match export(Signal::Metrics, m.enabled, &m.endpoint)? {
-            Some(e) => {
-                let interval = match var("OTEL_METRIC_EXPORT_INTERVAL") {
-                    Some(ms) => millis(&ms, "OTEL_METRIC_EXPORT_INTERVAL")?,
-                    None => m.interval,
-                };
-                Some((e, interval.max(Duration::from_millis(100))))
-            }
-            None => None,
-        };
-        if traces.is_none() && logs.is_none() && metrics.is_none() {
-            return Ok(None);
+            None if !enabled => return Ok(None),
+            None => {}
         }
-        Ok(Some(Settings {
-            resource,
-            traces,
-            logs,
-            metrics,
-            retry_for: cfg.retry_for,
-            shutdown_timeout: cfg.shutdown_timeout,
+        let Base {
+            mut protocol,
+            mut headers,
+            mut timeout,
+            mut compression,
+            endpoint: ref general,
+            endpoint_from_env,
+        } = self.base.clone();
+        if let Some(c) = own_var("COMPRESSION") {
+            compression = parse_compression(&c)?;
+        }
+        if let Some(p) = own_var("PROTOCOL") {
+            protocol = parse_protocol(&p)?;
+        }
+        if let Some(h) = own_var("HEADERS") {
+            headers.extend(env_headers(&h)?);
+        }
+        if let Some(ms) = own_var("TIMEOUT") {
+            timeout = millis(&ms.value, &ms.name)?;
+        }
+        // A signal's own URL is used as given; the general one gets the signal's path.
+        let own_env = own_var("ENDPOINT");
+        if let Some(u) = &own_env {
+            check_url(&u.name, &u.value)?;
+        }
+        let endpoint = match (own_env, own.is_empty(), general.is_empty()) {
+            (Some(u), _, _) => u.value,
+            (None, false, _) if !endpoint_from_env => own.to_string(),
+            (None, _, false) => match protocol {
+                Protocol::Grpc => general.clone(),
+                Protocol::HttpProtobuf => {
+                    format!("{}/v1/{}", general.trim_end_matches('/'), sig.as_str())
+                }
+            },
+            (None, false, true) => own.to_string(),
+            (None, true, true) => return Ok(None),
+        };
+        // Only a signal that is exported reads its files (an `http://` one too: a file
+        // that is set and bad is a mistake to report, whatever the scheme today).
+        Ok(Some(Export {
+            endpoint,
+            protocol,
+            headers,
+            timeout,
+            compression,
+            tls: self.tls(sig)?,
         }))
+    }
+
+    /// The signal's TLS client, its files loaded.
+    fn tls(&self, sig: Signal) -> Result<ClientTls, BadValue> {
+        let files = TlsFiles {
+            ca: self.file(&self.cfg.ca_file, "ca_file", "CERTIFICATE", sig),
+            cert: self.file(&self.cfg.cert_file, "cert_file", "CLIENT_CERTIFICATE", sig),
+            key: self.file(&self.cfg.key_file, "key_file", "CLIENT_KEY", sig),
+        };
+        ClientTls::load(&files)
+            .map_err(|e| BadValue::new(e.source_name, format!("{}: {}", e.path, e.reason)))
+    }
+
+    /// One TLS file: the config key, over it the general variable, over that the signal's.
+    fn file(&self, configured: &str, key: &str, name: &str, sig: Signal) -> Option<TlsFile> {
+        let (source, path) = self
+            .otel
+            .exporter(sig.env(), name)
+            .map(|f| (f.name, f.value))
+            .or_else(|| {
+                let v = configured.trim();
+                (!v.is_empty()).then(|| (format!("telemetry.{key}"), v.to_string()))
+            })?;
+        Some(TlsFile {
+            source,
+            path: path.into(),
+        })
+    }
+
+    /// A batch queue's bounds: the config's, over them `OTEL_{prefix}_*`.
+    fn queue(
+        &self,
+        prefix: &str,
+        size: usize,
+        batch: usize,
+        delay: Duration,
+    ) -> Result<Queue, BadValue> {
+        let num =
+            |k: String, d: usize| -> Result<usize, BadValue> {
+                match self.otel.get(&k) {
+                    Some(v) => v.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                        BadValue::new(&k, format!("{v:?} is not a positive number"))
+                    }),
+                    None => Ok(d),
+                }
+            };
+        let size = num(format!("OTEL_{prefix}_MAX_QUEUE_SIZE"), size)?;
+        let batch = num(format!("OTEL_{prefix}_MAX_EXPORT_BATCH_SIZE"), batch)?.min(size);
+        let var = format!("OTEL_{prefix}_SCHEDULE_DELAY");
+        let delay = match self.otel.get(&var) {
+            Some(ms) => millis(&ms, &var)?,
+            None => delay,
+        };
+        Ok(Queue { size, batch, delay })
     }
 }
 
