@@ -215,7 +215,7 @@ pub fn read(text: &str) -> BTreeMap<String, Totals> {
         let Some((name, labels, value)) = sample(line) else {
             continue;
         };
-        let Some(listener) = label(&labels, "listener") else {
+        let Some(listener) = label(labels, "listener") else {
             continue;
         };
         // Every listener has series from its start (gauges): it is listed before its first
@@ -224,14 +224,14 @@ pub fn read(text: &str) -> BTreeMap<String, Totals> {
         match name {
             REQUESTS => {
                 t.requests += value as u64;
-                if label(&labels, "status_class").as_deref() == Some("5xx") {
+                if label(labels, "status_class").as_deref() == Some("5xx") {
                     t.responses_5xx += value as u64;
                 }
             }
             ERRORS => t.tandem_errors += value as u64,
             _ => match name.strip_prefix(DURATION) {
                 Some("_bucket") => {
-                    let le = match label(&labels, "le").as_deref() {
+                    let le = match label(labels, "le").as_deref() {
                         Some("+Inf") => f64::INFINITY,
                         Some(v) => match v.parse() {
                             Ok(v) => v,

@@ -122,10 +122,14 @@ fn listener_row(l: &Value) -> Vec<Cell> {
         ),
         Cell {
             text: error_rate.map_or_else(|| "-".into(), |r| format!("{:.1}%", r * 100.0)),
-            colour: error_rate.map(|r| match r {
-                r if r == 0.0 => GREEN,
-                r if r < 0.05 => YELLOW,
-                _ => RED,
+            colour: error_rate.map(|r| {
+                if r <= 0.0 {
+                    GREEN
+                } else if r < 0.05 {
+                    YELLOW
+                } else {
+                    RED
+                }
             }),
         },
         latency("p50"),
