@@ -6,7 +6,8 @@
 //! `redact`, so a secret the rules hide never reaches the ring. Cheap on purpose: the reader
 //! only clones the batch's `Arc` into the ring under a lock held for that push (rendering
 //! waits until someone asks). Invariant: the ring holds the newest batches covering at most
-//! `cap` records plus one batch (`logs.batch_records`), and a snapshot returns at most `cap`.
+//! `cap` records plus one batch (`logs.batch_records`; the batches are the ones the sinks'
+//! queues share), and a snapshot returns at most `cap`, each cut to [`MAX_SHOWN_BYTES`].
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -18,6 +19,10 @@ use super::sinks::json::format_time;
 
 /// How many records the status page and `/status` show.
 pub const RECENT_RECORDS: usize = 50;
+/// A message longer than this is shown cut (at a character boundary, `truncated: true`), and
+/// fields whose JSON text is longer are left out (`fields_truncated: true`): 50 records of
+/// `max_line_bytes` would not fit `/status` (nor `tandem status`'s 1 MiB read).
+pub const MAX_SHOWN_BYTES: usize = 2048;
 
 /// The last batches, newest last. Shared by the readers (writers) and the admin port (reader).
 #[derive(Debug)]
@@ -101,9 +106,24 @@ fn render(r: &Record) -> Value {
     if let Some(pid) = r.origin.pid {
         m.insert("pid".into(), Value::from(pid));
     }
-    m.insert("msg".into(), Value::from(r.msg.as_str()));
-    if let Some(f) = &r.fields {
-        m.insert("fields".into(), Value::Object(f.to_map()));
+    if r.msg.len() > MAX_SHOWN_BYTES {
+        let mut end = MAX_SHOWN_BYTES;
+        while !r.msg.is_char_boundary(end) {
+            end -= 1;
+        }
+        m.insert("msg".into(), Value::from(&r.msg[..end]));
+        m.insert("truncated".into(), Value::from(true));
+    } else {
+        m.insert("msg".into(), Value::from(r.msg.as_str()));
+    }
+    match &r.fields {
+        Some(f) if f.as_json().len() > MAX_SHOWN_BYTES => {
+            m.insert("fields_truncated".into(), Value::from(true));
+        }
+        Some(f) => {
+            m.insert("fields".into(), Value::Object(f.to_map()));
+        }
+        None => {}
     }
     Value::Object(m)
 }
@@ -184,6 +204,23 @@ mod tests {
         let got = recent.snapshot();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0]["fields"]["password"], "[REDACTED]");
+    }
+
+    #[test]
+    fn long_messages_and_fields_are_cut_for_showing() {
+        let recent = Recent::new(5);
+        let mut r = record(&"é".repeat(MAX_SHOWN_BYTES));
+        let mut m = Map::new();
+        m.insert("blob".into(), "x".repeat(MAX_SHOWN_BYTES).into());
+        r.fields = Some(Fields::from_map(&m));
+        recent.push(&Arc::new(vec![r, record("short")]));
+        let got = recent.snapshot();
+        let msg = got[0]["msg"].as_str().unwrap();
+        assert!(msg.len() <= MAX_SHOWN_BYTES && msg.len() > MAX_SHOWN_BYTES - 2);
+        assert_eq!(got[0]["truncated"], true);
+        assert!(got[0].get("fields").is_none());
+        assert_eq!(got[0]["fields_truncated"], true);
+        assert!(got[1].get("truncated").is_none());
     }
 
     #[test]
