@@ -73,7 +73,7 @@ pub fn render(status: &Value, colour: bool) -> String {
             "5XX".into(),
             "TANDEM ERRORS".into(),
             format!("REQ/S{window}"),
-            format!("ERRORS{window}"),
+            format!("ERR%{window}"),
             "P50".into(),
             "P99".into(),
             "MEAN".into(),
