@@ -183,8 +183,14 @@ fn coloured(text: &str, colour: &'static str) -> Cell {
     }
 }
 
+/// A string from the answer, control characters shown as `?`: a table on a terminal must
+/// not carry escape sequences it did not choose.
 fn str_or_dash(v: Option<&Value>) -> String {
-    v.and_then(Value::as_str).unwrap_or("-").to_string()
+    v.and_then(Value::as_str)
+        .unwrap_or("-")
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 fn num_or_dash(v: Option<&Value>) -> String {
@@ -308,5 +314,7 @@ mod tests {
             "{out}"
         );
         assert_eq!(uptime(3 * 86_400 + 5), "3d 0:00:05");
+        let out = render(&serde_json::json!({"service": "a\u{1b}[2Jb"}), false);
+        assert!(out.contains("a?[2Jb") && !out.contains('\x1b'), "{out:?}");
     }
 }
