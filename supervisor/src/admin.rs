@@ -196,6 +196,7 @@ fn status_json(state: &AdminState, s: &Status) -> serde_json::Value {
         "restarts": s.restarts,
         "last_exit_code": s.last_exit_code,
         "uptime_seconds": state.started.elapsed().as_secs(),
+        "app_uptime_seconds": s.app_since.map(|t| t.elapsed().as_secs()),
         "listeners": listeners,
         "stats_window_seconds": listener_stats::WINDOW.as_secs(),
         "recent_logs": logs,
@@ -222,7 +223,7 @@ fn status_page(state: &AdminState, s: &Status) -> String {
          td,th{{padding:.2em 1em .2em 0;text-align:left}}.phase{{color:#fff;background:{colour};padding:.2em .6em;border-radius:4px}}\
          .bad{{color:#c62828}}pre{{background:#f5f5f5;padding:.6em;overflow-x:auto;font-size:12px}}</style></head>\
          <body><h1>{service}</h1><p><span class=phase>{phase}{ready}</span></p><table>\
-         <tr><td>app pid</td><td>{pid}</td></tr><tr><td>restarts</td><td>{restarts}</td></tr>\
+         <tr><td>app pid</td><td>{pid}</td></tr><tr><td>app uptime</td><td>{app_uptime}</td></tr><tr><td>restarts</td><td>{restarts}</td></tr>\
          <tr><td>last exit code</td><td>{last}</td></tr><tr><td>tandem uptime</td><td>{uptime}s</td></tr>\
          <tr><td>version</td><td>{version}</td></tr></table>\
          {listeners}<h2>Last log records</h2>{logs}\
@@ -231,6 +232,9 @@ fn status_page(state: &AdminState, s: &Status) -> String {
         phase = s.phase.as_str(),
         ready = if s.ready { " · ready" } else { "" },
         pid = opt(s.app_pid),
+        app_uptime = s
+            .app_since
+            .map_or_else(|| "-".into(), |t| format!("{}s", t.elapsed().as_secs())),
         restarts = s.restarts,
         last = opt(s.last_exit_code),
         uptime = state.started.elapsed().as_secs(),

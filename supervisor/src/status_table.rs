@@ -49,8 +49,11 @@ pub fn render(status: &Value, colour: bool) -> String {
             None => plain("-".into()),
         },
         plain(num_or_dash(s("app_pid"))),
+        // The app's uptime (`-` while it is not running), as supervisorctl shows the
+        // program's; tandem's when an older tandem does not say.
         plain(
-            s("uptime_seconds")
+            s("app_uptime_seconds")
+                .or(s("uptime_seconds"))
                 .and_then(Value::as_u64)
                 .map_or_else(|| "-".into(), uptime),
         ),
@@ -225,7 +228,8 @@ mod tests {
     fn status() -> Value {
         serde_json::json!({
             "service": "billing", "phase": "running", "ready": true, "app_pid": 4242,
-            "restarts": 1, "last_exit_code": null, "uptime_seconds": 3725,
+            "restarts": 1, "last_exit_code": null, "uptime_seconds": 9999,
+            "app_uptime_seconds": 3725,
             "stats_window_seconds": 10,
             "listeners": [
                 {"name": "web", "addr": "127.0.0.1:8080", "stats": {

@@ -345,6 +345,7 @@ fn status_shows_a_table_listener_stats_and_redacted_logs() {
     }
     assert_eq!(v["phase"], "running");
     assert_eq!(v["app_pid"].as_i64().unwrap() as i32, t.app_pid());
+    assert!(v["app_uptime_seconds"].is_u64(), "{v}");
     assert_eq!(v["listeners"][0]["addr"], front.as_str());
     assert!(v["listeners"][0]["name"].is_string());
 
