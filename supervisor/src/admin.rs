@@ -4,8 +4,12 @@
 //! orchestrator sees "not ready" during start, restart and stop rather than a refused
 //! connection. Read-only: it observes the lifecycle's status watch and the metrics registry
 //! and changes nothing. Loopback by default (see `AdminConfig`); on any other address a bearer
-//! token from `admin.token_file` is required, checked before any handler runs.
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
+//! token from `admin.token_file` is required, checked before any handler runs: `/status` and
+//! the page carry the app's last log records, so they are never served without it.
+//! `/status` and the page show per-listener request stats ([`ListenerStats`], sampled by the
+//! accept loop every [`listener_stats::TICK`]) and the app's last records ([`Recent`], fed
+//! after redaction).
+use std::{collections::BTreeMap, convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -17,6 +21,8 @@ use hyper_util::rt::TokioIo;
 use prometheus_client::registry::Registry;
 use tokio::{net::TcpListener, sync::watch};
 
+use crate::listener_stats::{self, ListenerStats, Stats};
+use crate::logs::Recent;
 use crate::phase::{Phase, Status};
 
 /// What the admin handlers read.
@@ -25,6 +31,10 @@ pub struct AdminState {
     pub status: watch::Receiver<Status>,
     pub registry: Arc<Registry>,
     pub started: Instant,
+    /// Per-listener request stats, read from `registry`.
+    pub stats: ListenerStats,
+    /// The app's last log records, redacted; None: no log pipeline.
+    pub recent: Option<Arc<Recent>>,
 }
 
 /// Whether `req` carries the admin token (digests compared: the time taken tells neither
@@ -54,8 +64,20 @@ pub async fn serve_with_token(
     state: Arc<AdminState>,
     token: Option<Arc<str>>,
 ) {
+    let mut tick = tokio::time::interval(listener_stats::TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let (stream, _peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = tick.tick() => {
+                // Only listeners have stats: without them, no registry read per tick.
+                if !state.status.borrow().listeners.is_empty() {
+                    state.stats.sample();
+                }
+                continue;
+            }
+        };
+        let (stream, _peer) = match accepted {
             Ok(conn) => conn,
             Err(e) => {
                 // EMFILE and friends: back off a little rather than spin.
@@ -145,7 +167,26 @@ fn handle(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> 
     }
 }
 
+/// `/status`: the fields scripts read (kept as they were), then the listeners' stats and the
+/// app's last records.
 fn status_json(state: &AdminState, s: &Status) -> serde_json::Value {
+    let stats = state.stats.report();
+    let listeners = s
+        .listeners
+        .iter()
+        .map(|(name, addr)| {
+            let mut l = serde_json::json!({"name": name, "addr": addr});
+            if let Some(st) = stats.get(name) {
+                l["stats"] = serde_json::to_value(st).unwrap_or_default();
+            }
+            l
+        })
+        .collect::<Vec<_>>();
+    let logs = state
+        .recent
+        .as_ref()
+        .map(|r| r.snapshot())
+        .unwrap_or_default();
     serde_json::json!({
         "service": state.service,
         "version": env!("CARGO_PKG_VERSION"),
@@ -155,40 +196,124 @@ fn status_json(state: &AdminState, s: &Status) -> serde_json::Value {
         "restarts": s.restarts,
         "last_exit_code": s.last_exit_code,
         "uptime_seconds": state.started.elapsed().as_secs(),
-        "listeners": s.listeners.iter().map(|(name, addr)| serde_json::json!({"name": name, "addr": addr})).collect::<Vec<_>>(),
+        "app_uptime_seconds": s.app_since.map(|t| t.elapsed().as_secs()),
+        "listeners": listeners,
+        "stats_window_seconds": listener_stats::WINDOW.as_secs(),
+        "recent_logs": logs,
     })
 }
 
 fn status_page(state: &AdminState, s: &Status) -> String {
-    let esc = |v: &str| {
-        v.replace('&', "&amp;")
-            .replace('<', "&lt;")
-            .replace('>', "&gt;")
-    };
     let colour = match (s.phase, s.ready) {
         (Phase::Running, true) => "#2e7d32",
         (Phase::Running, false) | (Phase::Starting, _) | (Phase::Restarting, _) => "#ef6c00",
         _ => "#c62828",
     };
     let opt = |v: Option<i32>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
+    let stats = state.stats.report();
+    let listeners = listener_rows(&s.listeners, &stats);
+    let logs = state
+        .recent
+        .as_ref()
+        .map(|r| log_lines(&r.snapshot()))
+        .unwrap_or_default();
     format!(
         "<!doctype html><html><head><meta charset=utf-8><meta http-equiv=refresh content=2>\
          <title>tandem: {service}</title><style>body{{font:14px system-ui,sans-serif;margin:2em}}\
-         td{{padding:.2em 1em .2em 0}}.phase{{color:#fff;background:{colour};padding:.2em .6em;border-radius:4px}}</style></head>\
+         td,th{{padding:.2em 1em .2em 0;text-align:left}}.phase{{color:#fff;background:{colour};padding:.2em .6em;border-radius:4px}}\
+         .bad{{color:#c62828}}pre{{background:#f5f5f5;padding:.6em;overflow-x:auto;font-size:12px}}</style></head>\
          <body><h1>{service}</h1><p><span class=phase>{phase}{ready}</span></p><table>\
-         <tr><td>app pid</td><td>{pid}</td></tr><tr><td>restarts</td><td>{restarts}</td></tr>\
+         <tr><td>app pid</td><td>{pid}</td></tr><tr><td>app uptime</td><td>{app_uptime}</td></tr><tr><td>restarts</td><td>{restarts}</td></tr>\
          <tr><td>last exit code</td><td>{last}</td></tr><tr><td>tandem uptime</td><td>{uptime}s</td></tr>\
          <tr><td>version</td><td>{version}</td></tr></table>\
+         {listeners}<h2>Last log records</h2>{logs}\
          <p><a href=/metrics>/metrics</a> · <a href=/status>/status</a> · <a href=/readyz>/readyz</a></p></body></html>",
         service = esc(&state.service),
         phase = s.phase.as_str(),
         ready = if s.ready { " · ready" } else { "" },
         pid = opt(s.app_pid),
+        app_uptime = s
+            .app_since
+            .map_or_else(|| "-".into(), |t| format!("{}s", t.elapsed().as_secs())),
         restarts = s.restarts,
         last = opt(s.last_exit_code),
         uptime = state.started.elapsed().as_secs(),
         version = env!("CARGO_PKG_VERSION"),
     )
+}
+
+/// HTML text: nothing the app or a config wrote can open a tag or an attribute.
+fn esc(v: &str) -> String {
+    v.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The listeners' table: totals since start, rate, error rate and latency over the window.
+fn listener_rows(listeners: &[(String, String)], stats: &BTreeMap<String, Stats>) -> String {
+    if listeners.is_empty() {
+        return String::new();
+    }
+    let mut rows = format!(
+        "<h2>Proxy listeners</h2><table><tr><th>listener</th><th>address</th><th>requests</th>\
+         <th>5xx</th><th>tandem errors</th><th>req/s ({w}s)</th><th>error rate ({w}s)</th>\
+         <th>p50 ({w}s)</th><th>p99 ({w}s)</th><th>mean ({w}s)</th></tr>",
+        w = listener_stats::WINDOW.as_secs()
+    );
+    for (name, addr) in listeners {
+        let st = stats.get(name);
+        let n = |f: fn(&Stats) -> u64| st.map_or_else(|| "-".into(), |s| f(s).to_string());
+        let bad = |v: u64| if v > 0 { " class=bad" } else { "" };
+        let ms = |f: fn(&listener_stats::Latency) -> f64| {
+            st.and_then(|s| s.latency_ms.as_ref())
+                .map_or_else(|| "-".into(), |l| format!("{} ms", f(l)))
+        };
+        rows.push_str(&format!(
+            "<tr><td>{name}</td><td>{addr}</td><td>{req}</td><td{b5}>{r5}</td><td{bt}>{te}</td>\
+             <td>{rate}</td><td>{er}</td><td>{p50}</td><td>{p99}</td><td>{mean}</td></tr>",
+            name = esc(name),
+            addr = esc(addr),
+            req = n(|s| s.requests),
+            b5 = bad(st.map_or(0, |s| s.responses_5xx)),
+            r5 = n(|s| s.responses_5xx),
+            bt = bad(st.map_or(0, |s| s.tandem_errors)),
+            te = n(|s| s.tandem_errors),
+            rate = st.map_or_else(|| "-".into(), |s| s.rate_per_second.to_string()),
+            er = st
+                .and_then(|s| s.error_rate)
+                .map_or_else(|| "-".into(), |r| format!("{:.1}%", r * 100.0)),
+            p50 = ms(|l| l.p50),
+            p99 = ms(|l| l.p99),
+            mean = ms(|l| l.mean),
+        ));
+    }
+    rows.push_str("</table>");
+    rows
+}
+
+/// The app's last records, one line each: time, level, message and fields (redacted already).
+fn log_lines(records: &[serde_json::Value]) -> String {
+    if records.is_empty() {
+        return "<p>none yet</p>".into();
+    }
+    let mut out = String::from("<pre>");
+    for r in records {
+        let field = |k: &str| r.get(k).and_then(|v| v.as_str()).unwrap_or("");
+        out.push_str(&esc(&format!(
+            "{} {:5} {}",
+            field("time"),
+            field("level"),
+            field("msg")
+        )));
+        if let Some(f) = r.get("fields") {
+            out.push(' ');
+            out.push_str(&esc(&f.to_string()));
+        }
+        out.push('\n');
+    }
+    out.push_str("</pre>");
+    out
 }
 
 fn text(code: StatusCode, body: &str) -> Response<Full<Bytes>> {

@@ -37,8 +37,9 @@ pub struct Cli {
 pub enum Command {
     /// Validate the config and print the effective, merged result with the source of each value.
     Check(Box<RunArgs>),
-    /// Print the status of a running tandem (from its admin port), as JSON.
-    Status(AdminArgs),
+    /// Print the status of a running tandem (from its admin port): a table for people, or the
+    /// `/status` JSON with --json.
+    Status(StatusArgs),
     /// Exit 0 when a running tandem reports its app ready, 1 otherwise (for HEALTHCHECK in
     /// images without curl).
     Health(AdminArgs),
@@ -50,6 +51,16 @@ pub struct AdminArgs {
     /// Admin address of the running tandem.
     #[arg(long, value_name = "ADDR", env = "TANDEM_ADMIN_LISTEN", default_value = crate::config::DEFAULT_ADMIN)]
     pub admin: String,
+}
+
+/// `tandem status`.
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    /// Print `/status` as it is (JSON), for scripts.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options shared by running and checking.

@@ -28,7 +28,7 @@ fn main() {
     init_tracing();
     let code = match cli.command {
         Some(Command::Check(args)) => check(&args),
-        Some(Command::Status(args)) => status(&args.admin),
+        Some(Command::Status(args)) => status(&args.admin.admin, args.json),
         Some(Command::Health(args)) => health(&args.admin),
         None => run(&cli.run),
     };
@@ -125,10 +125,20 @@ fn run(args: &RunArgs) -> i32 {
     code
 }
 
-fn status(admin: &str) -> i32 {
+/// `/status` as a table (colour on a terminal without `NO_COLOR`), or as it is with `--json`.
+/// A body that is not JSON (a 401 without the token) is printed as it is: the exit code stays
+/// 0 for any answer, as before the table.
+fn status(admin: &str, json: bool) -> i32 {
     match admin_client::get(admin, "/status") {
         Ok((_, body)) => {
-            println!("{}", body.trim_end());
+            match serde_json::from_str::<serde_json::Value>(&body) {
+                Ok(v) if !json && v.is_object() => {
+                    let colour = std::io::stdout().is_terminal()
+                        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+                    print!("{}", tandem::status_table::render(&v, colour));
+                }
+                _ => println!("{}", body.trim_end()),
+            }
             0
         }
         Err(e) => {

@@ -50,6 +50,9 @@ pub struct Status {
     pub ready: bool,
     /// The app's pid while it runs.
     pub app_pid: Option<i32>,
+    /// When the app (this pid) was started, while it runs (its uptime on `/status`).
+    #[serde(skip)]
+    pub app_since: Option<std::time::Instant>,
     /// How many times the app was restarted.
     pub restarts: u32,
     /// The exit code of the app's last run (128+N for signal N).
@@ -65,6 +68,7 @@ impl Status {
             phase: Phase::Starting,
             ready: false,
             app_pid: None,
+            app_since: None,
             restarts: 0,
             last_exit_code: None,
             listeners: Vec::new(),

@@ -1,5 +1,6 @@
 //! The admin port: readiness follows the lifecycle, metrics count what happened, and a real
-//! Prometheus scrapes them.
+//! Prometheus scrapes them; `tandem status` shows a table (and `--json` the raw `/status`),
+//! with per-listener stats and the app's last log records, redacted and behind the token.
 use std::{
     path::Path,
     process::{Child, Command, Stdio},
@@ -8,7 +9,8 @@ use std::{
 use nix::sys::signal::Signal;
 use tandem::admin_client::get;
 
-use crate::support::{bin, eventually, require_tool, wait_file, Tandem};
+use crate::apps::python_http_server;
+use crate::support::{bin, eventually, http, require_tool, wait_file, Tandem};
 
 fn admin_addr(t: &Tandem) -> String {
     t.wait_event("admin_listening")["addr"]
@@ -82,7 +84,7 @@ fn endpoints_follow_the_lifecycle() {
 
     assert_eq!(cli(&["health", "--admin", &addr]), 0);
     let out = Command::new(bin())
-        .args(["status", "--admin", &addr])
+        .args(["status", "--json", "--admin", &addr])
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"phase\":\"running\""));
@@ -204,6 +206,217 @@ fn a_real_prometheus_scrapes_metrics() {
         query("tandem_app_starts_total").as_deref() == Some("1")
     });
     assert_eq!(query("tandem_app_up").as_deref(), Some("1"));
+    t.signal(Signal::SIGTERM);
+    t.wait();
+}
+
+/// The fields `/status` had before the table, which scripts read (`tandem status --json`).
+const STATUS_FIELDS: [&str; 9] = [
+    "service",
+    "version",
+    "phase",
+    "ready",
+    "app_pid",
+    "restarts",
+    "last_exit_code",
+    "uptime_seconds",
+    "listeners",
+];
+
+/// A card number the app writes in its request log, and the rule that hides it.
+const CARD: &str = "4111111111111111";
+const REDACT: &str = "[logs.redact]\npatterns = ['card=\\d{12,19}']\n";
+
+fn status_json(addr: &str) -> serde_json::Value {
+    let (code, body) = get(addr, "/status").unwrap();
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+#[test]
+fn status_shows_a_table_listener_stats_and_redacted_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, listen) = (free_port(), free_port());
+    let Some(command) = python_http_server(dir.path(), app) else {
+        return;
+    };
+    let cfg = dir.path().join("tandem.toml");
+    std::fs::write(&cfg, REDACT).unwrap();
+    let proxy = format!("127.0.0.1:{listen}=127.0.0.1:{app}");
+    let mut args = vec![
+        "--config",
+        cfg.to_str().unwrap(),
+        "--name",
+        "files",
+        "--admin",
+        "127.0.0.1:0",
+        "--proxy",
+        &proxy,
+        "--",
+    ];
+    args.extend(command.iter().map(String::as_str));
+    let mut t = Tandem::spawn(&args);
+    t.collect_stdout();
+    let addr = admin_addr(&t);
+    t.wait_event("ready");
+    let front = format!("127.0.0.1:{listen}");
+    // http.server logs every request on stderr, the query string with it.
+    for _ in 0..5 {
+        let (code, _, _) = http(&front, "GET", &format!("/?card={CARD}"), b"", &[]).unwrap();
+        assert_eq!(code, 200);
+    }
+    eventually("5 requests counted, with latency, and logged", || {
+        let s = status_json(&addr);
+        let st = &s["listeners"][0]["stats"];
+        st["requests"] == 5
+            && st["latency_ms"]["p99"].as_f64().is_some()
+            && s["recent_logs"].as_array().is_some_and(|l| {
+                l.iter()
+                    .filter(|r| r["msg"].as_str().is_some_and(|m| m.contains("GET /?")))
+                    .count()
+                    == 5
+            })
+    });
+    let s = status_json(&addr);
+    let l = &s["listeners"][0];
+    assert_eq!(l["addr"], front.as_str(), "{s}");
+    assert_eq!(l["stats"]["responses_5xx"], 0, "{s}");
+    assert_eq!(l["stats"]["error_rate"], 0.0, "{s}");
+    assert!(l["stats"]["rate_per_second"].as_f64().unwrap() > 0.0, "{s}");
+    // The app's lines, after redaction: the rule hid the card number.
+    let logs = s["recent_logs"].as_array().unwrap();
+    assert!(logs.len() <= 50, "{s}");
+    let line = logs
+        .iter()
+        .find(|r| r["msg"].as_str().unwrap().contains("GET /?"))
+        .unwrap();
+    assert!(
+        line["msg"].as_str().unwrap().contains("[REDACTED]"),
+        "{line}"
+    );
+    assert_eq!(line["stream"], "stderr");
+    assert_eq!(line["pid"].as_i64().unwrap() as i32, t.app_pid());
+    let (_, body) = get(&addr, "/status").unwrap();
+    assert!(!body.contains(CARD), "{body}");
+    let (code, page) = get(&addr, "/").unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        page.contains("[REDACTED]") && !page.contains(CARD),
+        "{page}"
+    );
+    assert!(
+        page.contains(&front) && page.contains("Last log records"),
+        "{page}"
+    );
+
+    // The table, stdout not a terminal: no escapes.
+    let out = Command::new(bin())
+        .args(["status", "--admin", &addr])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(!table.contains('\x1b'), "{table:?}");
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with("SERVICE") && lines[0].contains("PID"),
+        "{table}"
+    );
+    let head: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(head[..3], ["files", "running", "yes"], "{table}");
+    assert_eq!(head[3], t.app_pid().to_string(), "{table}");
+    let row = lines
+        .iter()
+        .find(|l| l.contains(&front))
+        .unwrap_or_else(|| panic!("no listener row: {table}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    // name (the listen port), address, requests, 5xx, tandem errors, ...
+    assert_eq!(cells[1..5], [front.as_str(), "5", "0", "0"], "{table}");
+
+    // --json: /status as it is, every field scripts read.
+    let out = Command::new(bin())
+        .args(["status", "--json", "--admin", &addr])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for k in STATUS_FIELDS {
+        assert!(v.get(k).is_some(), "{k} missing: {v}");
+    }
+    assert_eq!(v["phase"], "running");
+    assert_eq!(v["app_pid"].as_i64().unwrap() as i32, t.app_pid());
+    assert!(v["app_uptime_seconds"].is_u64(), "{v}");
+    assert_eq!(v["listeners"][0]["addr"], front.as_str());
+    assert!(v["listeners"][0]["name"].is_string());
+
+    t.signal(Signal::SIGTERM);
+    t.wait();
+}
+
+#[test]
+fn status_and_its_log_records_need_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "admin-token-0123456789abcdef";
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, token).unwrap();
+    let cfg = dir.path().join("tandem.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = {:?}\n{REDACT}",
+            token_file.display()
+        ),
+    )
+    .unwrap();
+    let script = format!(
+        "echo 'marker-line card={CARD}'; touch {}/ready; exec sleep 1000",
+        dir.path().display()
+    );
+    let mut t = Tandem::spawn(&["--config", cfg.to_str().unwrap(), "--", "sh", "-c", &script]);
+    t.collect_stdout();
+    let addr = admin_addr(&t);
+    wait_file(&dir.path().join("ready"));
+    let bearer = format!("Bearer {token}");
+    let with_token = |path: &str| {
+        let (code, _, body) = http(&addr, "GET", path, b"", &[("Authorization", &bearer)]).unwrap();
+        (code, String::from_utf8(body).unwrap())
+    };
+    eventually("the app's line on /status", || {
+        with_token("/status").1.contains("marker-line")
+    });
+    let (code, body) = with_token("/status");
+    assert_eq!(code, 200);
+    assert!(
+        body.contains("marker-line [REDACTED]") && !body.contains(CARD),
+        "{body}"
+    );
+    assert!(with_token("/").1.contains("marker-line"));
+    // Without the token (or with a wrong one): refused, and nothing of the records.
+    for path in ["/status", "/"] {
+        let (code, body) = get(&addr, path).unwrap();
+        assert_eq!(code, 401, "{path}: {body}");
+        assert!(!body.contains("marker-line"), "{path}: {body}");
+        let (code, _, body) = http(
+            &addr,
+            "GET",
+            path,
+            b"",
+            &[("Authorization", "Bearer wrong-token-0123456789")],
+        )
+        .unwrap();
+        assert_eq!(code, 401, "{path}");
+        assert!(!String::from_utf8_lossy(&body).contains("marker-line"));
+    }
+    // `tandem status` has no token: it shows the refusal, as before, never the records.
+    let out = Command::new(bin())
+        .args(["status", "--admin", &addr])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("admin token required") && !text.contains("marker-line"),
+        "{text}"
+    );
     t.signal(Signal::SIGTERM);
     t.wait();
 }

@@ -256,7 +256,10 @@ impl Machine {
     pub fn app_started(&mut self, pid: Pid) {
         self.metrics.starts.inc();
         self.metrics.app_up.set(1);
-        self.status.send_modify(|s| s.app_pid = Some(pid.as_raw()));
+        self.status.send_modify(|s| {
+            s.app_pid = Some(pid.as_raw());
+            s.app_since = Some(std::time::Instant::now());
+        });
     }
 
     /// The app exited: not ready, requests held for the next instance, its code published.
@@ -273,6 +276,7 @@ impl Machine {
             .inc();
         self.status.send_modify(|s| {
             s.app_pid = None;
+            s.app_since = None;
             s.last_exit_code = Some(status.exit_code());
         });
     }

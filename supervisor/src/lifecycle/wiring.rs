@@ -451,8 +451,10 @@ async fn start_admin(
     let state = Arc::new(AdminState {
         service: cfg.service_name(),
         status,
+        stats: crate::listener_stats::ListenerStats::new(registry.clone()),
         registry,
         started: std::time::Instant::now(),
+        recent: Some(logs.recent()),
     });
     // Off loopback the admin port requires a bearer token (read when the config was checked).
     tokio::spawn(crate::admin::serve_with_token(

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use super::config::Backpressure;
 use super::counters::{add, SinkCounters};
+use super::recent::Recent;
 use super::record::{Fields, Level, Origin, Record, Stream};
 use super::sinks::json::format_time;
 use super::sinks::worker::{SinkHandle, SinkMsg};
@@ -24,6 +25,8 @@ use super::sinks::worker::{SinkHandle, SinkMsg};
 pub struct Outlet {
     outs: Vec<Out>,
     stream: Stream,
+    /// The app's recent records (the admin port's view); None for tandem's own records.
+    tap: Option<Arc<Recent>>,
 }
 
 #[derive(Debug)]
@@ -63,7 +66,18 @@ impl Outlet {
                 ledger: s.ledger.clone(),
             })
             .collect();
-        Self { outs, stream }
+        Self {
+            outs,
+            stream,
+            tap: None,
+        }
+    }
+
+    /// Also keep what this outlet sends in `recent` (the app's readers do; the access log
+    /// does not).
+    pub fn with_tap(mut self, recent: Arc<Recent>) -> Self {
+        self.tap = Some(recent);
+        self
     }
 
     /// Hand `records` to every sink in batches of at most `batch` records.
@@ -82,6 +96,9 @@ impl Outlet {
             return;
         };
         let records = Arc::new(records);
+        if let Some(tap) = &self.tap {
+            tap.push(&records);
+        }
         for out in &mut self.outs {
             let msg = SinkMsg::Batch(records.clone());
             match out.mode {

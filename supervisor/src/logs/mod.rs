@@ -4,6 +4,7 @@
 //! ```text
 //! app stdout/stderr ─pipe─▶ capture ─▶ frame ─▶ multiline ─▶ parse ─▶ redact ─▶ enrich ─▶ backpressure
 //!    (or tail: files)                                                   ─▶ [queue ─▶ sink]×N
+//!                                                                       ─▶ recent (the admin port's last records)
 //! ```
 //!
 //! Invariant: one reader per source keeps that source's records in order; each sink has its own
@@ -24,6 +25,7 @@ pub mod multiline;
 pub mod parse;
 pub mod pipeline;
 pub mod process;
+pub mod recent;
 pub mod record;
 pub mod redact;
 pub mod sinks;
@@ -37,6 +39,7 @@ pub use counters::{Counters, CountersSnapshot};
 pub use enrich::{AppInstance, LogContext};
 pub use inject::Injector;
 pub use pipeline::{Delivered, Pipeline};
+pub use recent::Recent;
 pub use record::{Level, Record, Stream};
 pub use sinks::Sink;
 

@@ -22,6 +22,7 @@ use super::config::{LogRules, LogsConfig, QueueConfig};
 use super::counters::{Counters, CountersSnapshot};
 use super::enrich::{AppInstance, LogContext};
 use super::process::Processor;
+use super::recent::{Recent, RECENT_RECORDS};
 use super::record::Stream;
 use super::sinks::file::FileSink;
 use super::sinks::stdout::StdoutSink;
@@ -42,6 +43,8 @@ pub struct Pipeline {
     counters: Arc<Counters>,
     sinks: Vec<SinkHandle>,
     readers: Mutex<Vec<Reader>>,
+    /// The app's last records, for the admin port.
+    recent: Arc<Recent>,
 }
 
 /// A running reader task.
@@ -139,6 +142,7 @@ impl Pipeline {
             counters,
             sinks,
             readers: Mutex::new(Vec::new()),
+            recent: Recent::new(RECENT_RECORDS),
         })
     }
 
@@ -162,7 +166,7 @@ impl Pipeline {
         let reader = PipeReader {
             rx: receiver(stream, fd)?,
             processor,
-            outlet: Outlet::new(&self.sinks, stream),
+            outlet: Outlet::new(&self.sinks, stream).with_tap(self.recent.clone()),
             read_buffer: self.read_buffer(),
             batch: self.cfg.batch_records,
             cancel: cancel_rx,
@@ -205,7 +209,8 @@ impl Pipeline {
             &self.sinks,
             self.counters.clone(),
             cancel_rx,
-        )?;
+        )?
+        .with_tap(self.recent.clone());
         self.push_reader(tokio::spawn(follower.run()), cancel_tx, true);
         Ok(())
     }
@@ -276,6 +281,11 @@ impl Pipeline {
         for s in &self.sinks {
             s.reopen();
         }
+    }
+
+    /// The app's last records (redacted), as the admin port shows them.
+    pub fn recent(&self) -> Arc<Recent> {
+        self.recent.clone()
     }
 
     /// The pipeline's counters (live).

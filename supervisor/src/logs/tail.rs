@@ -26,6 +26,7 @@ use super::config::{LogRules, LogsConfig, StartAt, TailConfig};
 use super::counters::Counters;
 use super::enrich::LogContext;
 use super::process::Processor;
+use super::recent::Recent;
 use super::record::Stream;
 use super::sinks::worker::SinkHandle;
 use super::LogsError;
@@ -60,6 +61,8 @@ pub struct Follower {
     rules: LogRules,
     ctx: LogContext,
     sinks: Vec<SinkHandle>,
+    /// The app's recent records (the admin port's view); every sequence's outlet feeds it.
+    tap: Option<Arc<Recent>>,
     counters: Arc<Counters>,
     seqs: BTreeMap<String, Sequence>,
     cancel: watch::Receiver<bool>,
@@ -120,11 +123,18 @@ impl Follower {
             rules: rules.clone(),
             ctx: ctx.clone(),
             sinks,
+            tap: None,
             counters,
             seqs: BTreeMap::new(),
             cancel,
             read_buf: vec![0; usize::try_from(cfg.read_buffer.as_u64()).unwrap_or(64 * 1024)],
         })
+    }
+
+    /// Also keep the records read in `recent` (the admin port's last records).
+    pub fn with_tap(mut self, recent: Arc<Recent>) -> Self {
+        self.tap = Some(recent);
+        self
     }
 
     /// Poll until cancelled; then read what is there, deliver, and save the checkpoint.
@@ -215,7 +225,10 @@ impl Follower {
                 origin.clone(),
                 self.counters.clone(),
             ),
-            outlet: Outlet::new(&self.sinks, stream),
+            outlet: match &self.tap {
+                Some(t) => Outlet::new(&self.sinks, stream).with_tap(t.clone()),
+                None => Outlet::new(&self.sinks, stream),
+            },
             open: None,
             segments: VecDeque::new(),
         }

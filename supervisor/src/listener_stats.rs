@@ -1,0 +1,395 @@
+//! Per-listener request stats for `/status`, the status page and `tandem status`: requests,
+//! 5xx responses and tandem-made answers since start; request rate, error rate and latency
+//! over the last [`WINDOW`].
+//!
+//! Read from the proxy's own metrics (`tandem_proxy_requests`, `tandem_proxy_errors`,
+//! `tandem_proxy_request_duration_seconds`), the registry `/metrics` serves: no second count
+//! on the request path, and the page cannot disagree with `/metrics`. prometheus-client 0.23
+//! has no public read of a histogram, so the registry's text is read (as the OTLP metrics
+//! bridge does). A leaf: it imports nothing of tandem's.
+//! Invariant: the admin task calls [`ListenerStats::sample`] every [`TICK`]; samples older
+//! than the window are let go except one (the window's start), so at most
+//! `WINDOW / TICK + 2` samples are held.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+
+/// The span the rate, error rate and latency are computed over.
+pub const WINDOW: Duration = Duration::from_secs(10);
+/// How often the admin task samples the counters.
+pub const TICK: Duration = Duration::from_secs(1);
+
+const REQUESTS: &str = "tandem_proxy_requests_total";
+const ERRORS: &str = "tandem_proxy_errors_total";
+const DURATION: &str = "tandem_proxy_request_duration_seconds";
+
+/// One listener's counters at one moment, as the registry holds them (cumulative).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Totals {
+    /// Requests finished (every method and status class).
+    pub requests: u64,
+    /// Of those, answered with a 5xx (by the app or by tandem).
+    pub responses_5xx: u64,
+    /// Requests answered or cut by tandem instead of the app (every cause, 4xx ones too).
+    pub tandem_errors: u64,
+    /// The duration histogram: upper bound and cumulative count, in order.
+    pub buckets: Vec<(f64, u64)>,
+    /// Sum of the durations, in seconds.
+    pub sum: f64,
+    /// Number of durations.
+    pub count: u64,
+}
+
+/// What `/status` shows for one listener.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Stats {
+    /// Since tandem started.
+    pub requests: u64,
+    /// Since tandem started.
+    pub responses_5xx: u64,
+    /// Since tandem started.
+    pub tandem_errors: u64,
+    /// The span the next fields cover, in seconds (less than [`WINDOW`] just after start).
+    pub window_seconds: f64,
+    /// Requests per second over the window.
+    pub rate_per_second: f64,
+    /// 5xx responses over requests in the window; None without requests.
+    pub error_rate: Option<f64>,
+    /// Latency of the window's requests; None without requests.
+    pub latency_ms: Option<Latency>,
+}
+
+/// Latency estimates from the duration histogram (linear within a bucket, as Prometheus'
+/// `histogram_quantile`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Latency {
+    pub p50: f64,
+    pub p99: f64,
+    pub mean: f64,
+}
+
+/// The samples, and the registry they come from.
+pub struct ListenerStats {
+    registry: Arc<Registry>,
+    samples: Mutex<VecDeque<(Instant, BTreeMap<String, Totals>)>>,
+}
+
+// === impl ListenerStats ===
+
+impl ListenerStats {
+    /// No samples yet: the first [`ListenerStats::report`] covers the time since this call.
+    pub fn new(registry: Arc<Registry>) -> Self {
+        let first = (Instant::now(), BTreeMap::new());
+        Self {
+            registry,
+            samples: Mutex::new(VecDeque::from([first])),
+        }
+    }
+
+    /// Read the counters now and keep them as a sample.
+    pub fn sample(&self) {
+        let now = Instant::now();
+        let totals = read(&self.encode());
+        let mut samples = self.samples.lock().expect("listener stats lock poisoned");
+        samples.push_back((now, totals));
+        // Keep one sample at or before the window's start.
+        while samples.len() > 1 && now.duration_since(samples[1].0) >= WINDOW {
+            samples.pop_front();
+        }
+    }
+
+    /// Every listener's stats now, by listener name.
+    pub fn report(&self) -> BTreeMap<String, Stats> {
+        let now = Instant::now();
+        let current = read(&self.encode());
+        let (since, base) = {
+            let samples = self.samples.lock().expect("listener stats lock poisoned");
+            // The oldest sample within the window, or the one just before it.
+            let (at, totals) = samples
+                .iter()
+                .find(|(at, _)| now.duration_since(*at) <= WINDOW)
+                .or(samples.back())
+                .cloned()
+                .unwrap_or((now, BTreeMap::new()));
+            (now.duration_since(at), totals)
+        };
+        current
+            .iter()
+            .map(|(name, t)| (name.clone(), stats(t, base.get(name), since)))
+            .collect()
+    }
+
+    fn encode(&self) -> String {
+        let mut text = String::new();
+        // Encoding into a String fails only if a collector fails: then no stats, not an error.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+/// `t` since start, and over the window from `base` (None: before the listener's first
+/// request, all zeros) to `t`, `since` long.
+pub fn stats(t: &Totals, base: Option<&Totals>, since: Duration) -> Stats {
+    let zero = Totals::default();
+    let base = base.unwrap_or(&zero);
+    let requests = t.requests.saturating_sub(base.requests);
+    let secs = since.as_secs_f64();
+    let buckets: Vec<(f64, u64)> = t
+        .buckets
+        .iter()
+        .map(|&(le, c)| {
+            let before = base
+                .buckets
+                .iter()
+                .find(|(b, _)| *b == le)
+                .map_or(0, |&(_, c)| c);
+            (le, c.saturating_sub(before))
+        })
+        .collect();
+    let count = t.count.saturating_sub(base.count);
+    let latency_ms = (count > 0).then(|| Latency {
+        p50: round(quantile(0.5, &buckets) * 1000.0),
+        p99: round(quantile(0.99, &buckets) * 1000.0),
+        mean: round((t.sum - base.sum).max(0.0) / count as f64 * 1000.0),
+    });
+    Stats {
+        requests: t.requests,
+        responses_5xx: t.responses_5xx,
+        tandem_errors: t.tandem_errors,
+        window_seconds: round(secs),
+        rate_per_second: if secs > 0.0 {
+            round(requests as f64 / secs)
+        } else {
+            0.0
+        },
+        error_rate: (requests > 0).then(|| {
+            round(t.responses_5xx.saturating_sub(base.responses_5xx) as f64 / requests as f64)
+        }),
+        latency_ms,
+    }
+}
+
+/// Three decimals: enough for people, and stable JSON.
+fn round(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+/// The `q` quantile of cumulative `buckets`: linear within the bucket it falls in; the
+/// highest finite bound when it falls in `+Inf`.
+pub fn quantile(q: f64, buckets: &[(f64, u64)]) -> f64 {
+    let Some(&(_, total)) = buckets.last() else {
+        return 0.0;
+    };
+    if total == 0 {
+        return 0.0;
+    }
+    let rank = q * total as f64;
+    let mut lower = (0.0, 0u64);
+    for &(le, c) in buckets {
+        if c as f64 >= rank {
+            if le.is_infinite() {
+                return lower.0;
+            }
+            let in_bucket = (c - lower.1) as f64;
+            if in_bucket == 0.0 {
+                return le;
+            }
+            return lower.0 + (le - lower.0) * (rank - lower.1 as f64) / in_bucket;
+        }
+        lower = (le, c);
+    }
+    lower.0
+}
+
+/// Every listener's totals from the registry's text (other families are skipped).
+pub fn read(text: &str) -> BTreeMap<String, Totals> {
+    let mut out: BTreeMap<String, Totals> = BTreeMap::new();
+    for line in text.lines() {
+        if !line.starts_with("tandem_proxy_") {
+            continue;
+        }
+        let Some((name, labels, value)) = sample(line) else {
+            continue;
+        };
+        let Some(listener) = label(labels, "listener") else {
+            continue;
+        };
+        // Every listener has series from its start (gauges): it is listed before its first
+        // request.
+        let t = out.entry(listener).or_default();
+        match name {
+            REQUESTS => {
+                t.requests += value as u64;
+                if label(labels, "status_class").as_deref() == Some("5xx") {
+                    t.responses_5xx += value as u64;
+                }
+            }
+            ERRORS => t.tandem_errors += value as u64,
+            _ => match name.strip_prefix(DURATION) {
+                Some("_bucket") => {
+                    let le = match label(labels, "le").as_deref() {
+                        Some("+Inf") => f64::INFINITY,
+                        Some(v) => match v.parse() {
+                            Ok(v) => v,
+                            Err(_) => continue,
+                        },
+                        None => continue,
+                    };
+                    t.buckets.push((le, value as u64));
+                }
+                Some("_sum") => t.sum = value,
+                Some("_count") => t.count = value as u64,
+                _ => {}
+            },
+        }
+    }
+    out
+}
+
+/// `name{k="v",...} value`: the name, the raw label text, the value.
+fn sample(line: &str) -> Option<(&str, &str, f64)> {
+    let (name, rest) = line.split_at(line.find(['{', ' '])?);
+    let (labels, rest) = match rest.strip_prefix('{') {
+        Some(r) => {
+            let end = label_end(r)?;
+            (&r[..end], &r[end + 1..])
+        }
+        None => ("", rest),
+    };
+    let value = rest.split_whitespace().next()?.parse().ok()?;
+    Some((name, labels, value))
+}
+
+/// Where the label set's closing `}` is (quotes and escapes respected).
+fn label_end(s: &str) -> Option<usize> {
+    let mut quoted = false;
+    let mut escaped = false;
+    for (i, c) in s.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '}' if !quoted => return Some(i),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The value of label `key` in `k="v",...` text, unescaped.
+fn label(labels: &str, key: &str) -> Option<String> {
+    let mut rest = labels;
+    while !rest.is_empty() {
+        let (k, r) = rest.split_once("=\"")?;
+        let mut value = String::new();
+        let mut chars = r.char_indices();
+        let mut end = None;
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => match chars.next() {
+                    Some((_, 'n')) => value.push('\n'),
+                    Some((_, c)) => value.push(c),
+                    None => return None,
+                },
+                '"' => {
+                    end = Some(i);
+                    break;
+                }
+                c => value.push(c),
+            }
+        }
+        let end = end?;
+        if k.trim_start_matches(',') == key {
+            return Some(value);
+        }
+        rest = &r[end + 1..];
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = r#"# HELP tandem_proxy_requests Requests handled.
+# TYPE tandem_proxy_requests counter
+tandem_proxy_requests_total{listener="web",method="GET",status_class="2xx"} 8
+tandem_proxy_requests_total{listener="web",method="POST",status_class="5xx"} 2
+tandem_proxy_requests_total{listener="a \"q\"",method="GET",status_class="2xx"} 1
+tandem_proxy_errors_total{listener="web",kind="connect_failed"} 1
+tandem_proxy_request_duration_seconds_sum{listener="web"} 0.05
+tandem_proxy_request_duration_seconds_count{listener="web"} 10
+tandem_proxy_request_duration_seconds_bucket{le="0.001",listener="web"} 2
+tandem_proxy_request_duration_seconds_bucket{le="0.01",listener="web"} 10
+tandem_proxy_request_duration_seconds_bucket{le="+Inf",listener="web"} 10
+tandem_app_up 1
+# EOF
+"#;
+
+    #[test]
+    fn reads_the_proxy_families_by_listener() {
+        let all = read(TEXT);
+        assert_eq!(all.len(), 2);
+        let web = &all["web"];
+        assert_eq!(web.requests, 10);
+        assert_eq!(web.responses_5xx, 2);
+        assert_eq!(web.tandem_errors, 1);
+        assert_eq!(web.count, 10);
+        assert_eq!(
+            web.buckets,
+            [(0.001, 2), (0.01, 10), (f64::INFINITY, 10)].to_vec()
+        );
+        assert_eq!(all["a \"q\""].requests, 1);
+    }
+
+    #[test]
+    fn quantiles_interpolate_within_a_bucket() {
+        let b = [(0.001, 2), (0.01, 10), (f64::INFINITY, 10)];
+        // rank 5 of 10: 3 of the 8 in (0.001, 0.01].
+        let p50 = quantile(0.5, &b);
+        assert!((p50 - (0.001 + 0.009 * 3.0 / 8.0)).abs() < 1e-12, "{p50}");
+        assert_eq!(quantile(0.1, &b), 0.0005);
+        // In +Inf: the highest finite bound.
+        assert_eq!(quantile(0.99, &[(0.1, 0), (f64::INFINITY, 3)]), 0.1);
+        assert_eq!(quantile(0.5, &[]), 0.0);
+    }
+
+    #[test]
+    fn the_window_is_the_difference_from_its_start() {
+        let base = read(TEXT).remove("web").unwrap();
+        let mut now = base.clone();
+        now.requests += 20;
+        now.responses_5xx += 5;
+        now.count += 20;
+        now.sum += 0.2;
+        now.buckets = vec![(0.001, 2), (0.01, 30), (f64::INFINITY, 30)];
+        let s = stats(&now, Some(&base), Duration::from_secs(10));
+        assert_eq!(s.requests, 30);
+        assert_eq!(s.responses_5xx, 7);
+        assert_eq!(s.rate_per_second, 2.0);
+        assert_eq!(s.error_rate, Some(0.25));
+        let l = s.latency_ms.unwrap();
+        assert_eq!(l.mean, 10.0);
+        // All 20 in (1 ms, 10 ms].
+        assert_eq!(l.p50, 5.5);
+        // No requests in the window: no rate of errors, no latency.
+        let idle = stats(&now, Some(&now), Duration::from_secs(10));
+        assert_eq!((idle.error_rate, idle.latency_ms), (None, None));
+        assert_eq!(idle.rate_per_second, 0.0);
+    }
+
+    #[test]
+    fn samples_are_bounded_by_the_window() {
+        let stats = ListenerStats::new(Arc::new(Registry::default()));
+        for _ in 0..5 {
+            stats.sample();
+        }
+        // All within the window: all kept (they are microseconds apart).
+        assert_eq!(stats.samples.lock().unwrap().len(), 6);
+        assert!(stats.report().is_empty());
+    }
+}
