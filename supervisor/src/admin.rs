@@ -1,10 +1,13 @@
-//! The admin port: `/healthz`, `/readyz`, `/metrics`, `/status` and a status page.
+//! The admin port: `/healthz`, `/readyz`, `/metrics`, `/status`, a status page, and
+//! `POST /admin/reload`.
 //!
 //! Bound before the app starts (like every listener) and served until tandem exits, so an
 //! orchestrator sees "not ready" during start, restart and stop rather than a refused
-//! connection. Read-only: it observes the lifecycle's status watch and the metrics registry
-//! and changes nothing. Loopback by default (see `AdminConfig`); on any other address a bearer
-//! token from `admin.token_file` is required, checked before any handler runs.
+//! connection. The GET endpoints observe the lifecycle's status watch and the metrics
+//! registry; the one action (`POST /admin/reload`) is asked of the lifecycle through
+//! [`crate::control`], which alone acts. Loopback by default (see `AdminConfig`); on any other
+//! address a bearer token from `admin.token_file` is required, checked before any handler
+//! runs; an action is refused (403) off loopback without a token.
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
 
 use bytes::Bytes;
@@ -17,7 +20,10 @@ use hyper_util::rt::TokioIo;
 use prometheus_client::registry::Registry;
 use tokio::{net::TcpListener, sync::watch};
 
-use crate::phase::{Phase, Status};
+use crate::{
+    control,
+    phase::{Phase, Status},
+};
 
 /// What the admin handlers read.
 pub struct AdminState {
@@ -25,7 +31,13 @@ pub struct AdminState {
     pub status: watch::Receiver<Status>,
     pub registry: Arc<Registry>,
     pub started: Instant,
+    /// Where actions go; None: this port takes none.
+    pub control: Option<control::Handle>,
 }
+
+/// How long an action may take before the admin port answers 504 (its result still lands on
+/// `/status`).
+const ACTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Whether `req` carries the admin token (digests compared: the time taken tells neither
 /// where a guess differs nor how long the token is).
@@ -54,6 +66,9 @@ pub async fn serve_with_token(
     state: Arc<AdminState>,
     token: Option<Arc<str>>,
 ) {
+    // Actions without a token only on loopback (the config requires a token elsewhere; this
+    // is the second lock).
+    let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
     loop {
         let (stream, _peer) = match listener.accept().await {
             Ok(conn) => conn,
@@ -73,6 +88,7 @@ pub async fn serve_with_token(
                 // "ready or not" tells nothing worth one: only those two skip the token.
                 let probe = matches!(req.uri().path(), "/healthz" | "/readyz");
                 let ok = probe || authorized(&req, token.as_deref());
+                let may_act = token.is_some() || loopback;
                 async move {
                     if !ok {
                         let mut r = text(StatusCode::UNAUTHORIZED, "admin token required\n");
@@ -81,6 +97,9 @@ pub async fn serve_with_token(
                             header::HeaderValue::from_static("Bearer realm=\"tandem-admin\""),
                         );
                         return Ok::<_, Infallible>(r);
+                    }
+                    if req.method() == Method::POST && req.uri().path().starts_with("/admin/") {
+                        return Ok::<_, Infallible>(act(&req, &state, may_act).await);
                     }
                     Ok::<_, Infallible>(handle(&req, &state))
                 }
@@ -145,6 +164,39 @@ fn handle(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> 
     }
 }
 
+/// `POST /admin/reload`: ask the lifecycle, answer with its result: 200 applied, 422 refused
+/// (the old config stays), 403 not allowed here, 504 no answer in time.
+async fn act(req: &Request<Incoming>, state: &AdminState, allowed: bool) -> Response<Full<Bytes>> {
+    let action = match req.uri().path() {
+        "/admin/reload" => control::Action::Reload,
+        _ => return text(StatusCode::NOT_FOUND, "not found: try POST /admin/reload\n"),
+    };
+    if !allowed {
+        return text(
+            StatusCode::FORBIDDEN,
+            "admin actions need admin.token_file when the admin port is not on loopback\n",
+        );
+    }
+    let Some(control) = &state.control else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "no lifecycle to act\n");
+    };
+    match control.ask(action, ACTION_TIMEOUT).await {
+        Some(outcome) => {
+            let code = if outcome.ok {
+                StatusCode::OK
+            } else {
+                StatusCode::UNPROCESSABLE_ENTITY
+            };
+            let body = serde_json::to_string(&outcome).unwrap_or_default();
+            respond(code, "application/json", body)
+        }
+        None => text(
+            StatusCode::GATEWAY_TIMEOUT,
+            "no answer from the lifecycle in time; see /status for the result\n",
+        ),
+    }
+}
+
 fn status_json(state: &AdminState, s: &Status) -> serde_json::Value {
     serde_json::json!({
         "service": state.service,
@@ -156,6 +208,7 @@ fn status_json(state: &AdminState, s: &Status) -> serde_json::Value {
         "last_exit_code": s.last_exit_code,
         "uptime_seconds": state.started.elapsed().as_secs(),
         "listeners": s.listeners.iter().map(|(name, addr)| serde_json::json!({"name": name, "addr": addr})).collect::<Vec<_>>(),
+        "reload": s.reload,
     })
 }
 

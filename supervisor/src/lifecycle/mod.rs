@@ -25,6 +25,7 @@
 //! The current [`Status`](crate::phase::Status) is published on a `watch` channel: `/status`,
 //! sd_notify and tests observe the phases from there, never by timing.
 pub mod machine;
+pub mod reload;
 pub mod start_error;
 pub mod wiring;
 
@@ -43,7 +44,7 @@ use self::{
 use crate::{
     child::{self, AppSpec, ExitStatus, Guard, StdioMode},
     config::RestartPolicy,
-    exit,
+    control, exit,
     health::probe::ProbeStatus,
     logs::{AppInstance, Delivered, Stream},
     phase::Phase,
@@ -54,6 +55,26 @@ use crate::{
 pub struct Options {
     /// The guard process, forked by `main` while tandem was single-threaded.
     pub guard: Option<Guard>,
+    /// Where the config came from, read again on a reload; None: reload refuses.
+    pub config_source: Option<reload::ConfigSource>,
+}
+
+/// What the lifecycle waits for besides the app: a signal, or an action from the admin port.
+enum Event {
+    Signal(SignalEvent),
+    Control(control::Request),
+}
+
+// === impl Core ===
+
+impl Core {
+    /// The next signal or admin action, whichever comes first.
+    async fn next_event(&mut self) -> Event {
+        tokio::select! {
+            ev = self.signals.recv() => Event::Signal(ev),
+            Some(req) = self.control.recv() => Event::Control(req),
+        }
+    }
 }
 
 /// Supervise the app described by the checked config until it is done; returns tandem's exit
@@ -263,8 +284,8 @@ impl Supervisor<'_> {
             let now = *ready.borrow_and_update();
             self.machine.readiness_changed(now);
             tokio::select! {
-                ev = self.core.signals.recv() => match ev {
-                    SignalEvent::Stop(sig) => {
+                ev = self.core.next_event() => match ev {
+                    Event::Signal(SignalEvent::Stop(sig)) => {
                         self.begin_stopping(sig);
                         if let Err(sig) = self.quiesce().await {
                             tracing::warn!(event = "stopping", signal = %sig, "second stop signal: leaving now");
@@ -272,7 +293,7 @@ impl Supervisor<'_> {
                         self.core.health.app_stopped();
                         return 0;
                     }
-                    other => self.on_signal(other, None),
+                    other => self.on_event(other, None).await,
                 },
                 changed = ready.changed() => if changed.is_err() { std::future::pending::<()>().await },
                 st = &mut liveness => {
@@ -332,9 +353,9 @@ impl Supervisor<'_> {
             self.machine.readiness_changed(now);
             tokio::select! {
                 status = &mut app.exit => return Outcome::Exited(status.unwrap_or(LOST)),
-                ev = self.core.signals.recv() => match ev {
-                    SignalEvent::Stop(sig) => return Outcome::StopRequested(sig),
-                    other => self.on_signal(other, Some(app.pid)),
+                ev = self.core.next_event() => match ev {
+                    Event::Signal(SignalEvent::Stop(sig)) => return Outcome::StopRequested(sig),
+                    other => self.on_event(other, Some(app.pid)).await,
                 },
                 changed = ready.changed() => if changed.is_err() { std::future::pending::<()>().await },
                 st = &mut liveness => return Outcome::LivenessFailed(st.last_failure.unwrap_or_default()),
@@ -376,9 +397,9 @@ impl Supervisor<'_> {
             loop {
                 tokio::select! {
                     () = &mut delay => break,
-                    ev = self.core.signals.recv() => match ev {
-                        SignalEvent::Stop(sig) => return Err(sig),
-                        other => self.on_signal_if_running(other),
+                    ev = self.core.next_event() => match ev {
+                        Event::Signal(SignalEvent::Stop(sig)) => return Err(sig),
+                        other => self.on_event_if_running(other).await,
                     },
                 }
             }
@@ -394,9 +415,9 @@ impl Supervisor<'_> {
                     wiring::log_drain(&report);
                     return Ok(());
                 }
-                ev = self.core.signals.recv() => match ev {
-                    SignalEvent::Stop(sig) => return Err(sig),
-                    other => self.on_signal_if_running(other),
+                ev = self.core.next_event() => match ev {
+                    Event::Signal(SignalEvent::Stop(sig)) => return Err(sig),
+                    other => self.on_event_if_running(other).await,
                 },
             }
         }
@@ -420,9 +441,9 @@ impl Supervisor<'_> {
                     self.kill(app, "stop_timeout", began);
                     return Ok((&mut app.exit).await.unwrap_or(LOST));
                 }
-                ev = self.core.signals.recv() => match ev {
-                    SignalEvent::Stop(sig) => return Err(sig),
-                    other => self.on_signal(other, Some(app.pid)),
+                ev = self.core.next_event() => match ev {
+                    Event::Signal(SignalEvent::Stop(sig)) => return Err(sig),
+                    other => self.on_event(other, Some(app.pid)).await,
                 },
             }
         }
@@ -452,22 +473,31 @@ impl Supervisor<'_> {
 
     /// A signal that is not a stop request: tandem's own reload on SIGHUP, then forwarding to
     /// the app's main process `pid` when there is one and the signal is in the forward list.
-    fn on_signal(&self, ev: SignalEvent, pid: Option<Pid>) {
+    /// A signal that is not a stop request: tandem's own reload on SIGHUP, then forwarding to
+    /// the app's main process `pid` when there is one and the signal is in the forward list;
+    /// or an admin action.
+    async fn on_event(&mut self, ev: Event, pid: Option<Pid>) {
         match ev {
-            SignalEvent::Stop(_) => {}
-            SignalEvent::Reload => self.reopen_on_hup(Signal::SIGHUP),
-            SignalEvent::Forward(sig) => {
-                self.reopen_on_hup(sig);
-                match pid {
-                    Some(pid) => self.forward(pid, sig),
-                    None => tracing::debug!(signal = %sig, "no app running; signal not forwarded"),
-                }
+            Event::Signal(SignalEvent::Stop(_)) => {}
+            Event::Signal(SignalEvent::Reload) => self.on_hup(false, pid).await,
+            Event::Signal(SignalEvent::Forward(Signal::SIGHUP)) => self.on_hup(true, pid).await,
+            Event::Signal(SignalEvent::Forward(sig)) => match pid {
+                Some(pid) => self.forward(pid, sig),
+                None => tracing::debug!(signal = %sig, "no app running; signal not forwarded"),
+            },
+            Event::Control(req) => {
+                let outcome = match req.action {
+                    control::Action::Reload => self.reload(reload::Trigger::Admin).await,
+                };
+                // The asker may have given up waiting: the result is on /status too.
+                let _ = req.reply.send(outcome);
             }
         }
     }
 
-    fn on_signal_if_running(&self, ev: SignalEvent) {
-        self.on_signal(ev, self.machine.app_pid());
+    async fn on_event_if_running(&mut self, ev: Event) {
+        let pid = self.machine.app_pid();
+        self.on_event(ev, pid).await;
     }
 
     fn forward(&self, pid: Pid, sig: Signal) {
@@ -552,9 +582,9 @@ impl Supervisor<'_> {
                     }
                     return None;
                 }
-                ev = self.core.signals.recv() => match ev {
-                    SignalEvent::Stop(sig) => return Some(sig),
-                    other => self.on_signal(other, None),
+                ev = self.core.next_event() => match ev {
+                    Event::Signal(SignalEvent::Stop(sig)) => return Some(sig),
+                    other => self.on_event(other, None).await,
                 },
             }
         }

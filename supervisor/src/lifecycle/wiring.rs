@@ -15,13 +15,17 @@ use std::sync::Arc;
 use nix::sys::signal::Signal;
 use prometheus_client::registry::Registry;
 use tandem_proxy::{AccessRecord, CancellationToken, DrainReport, Hooks, Inbound, Serving};
-use tokio::{sync::watch, time::Instant};
+use tokio::{
+    sync::{mpsc, watch},
+    time::Instant,
+};
 
 use super::{machine::Machine, start_error::StartError, Options};
 use crate::{
     admin::AdminState,
     child::{guard::SharedGuard, AppSpec, Reaper},
     config::{Admin, Checked, Config},
+    control,
     health::{notify::Notifier, probe::ExitWatcher, HealthMonitor},
     logs::{Injector, Level, LogContext, LogRules, Pipeline},
     metrics::{LogsCollector, SupervisorMetrics},
@@ -44,6 +48,10 @@ pub struct Core {
     /// The guard process; None when `main` could not fork it (it warned then).
     pub guard: Option<SharedGuard>,
     pub health: HealthMonitor,
+    /// Where the config came from, to reload it; None: nothing to read again.
+    pub source: Option<super::reload::ConfigSource>,
+    /// Actions asked by the admin port (`POST /admin/reload`).
+    pub control: mpsc::Receiver<control::Request>,
 }
 
 /// Made before anything starts, for the machine: its metrics and where sd_notify goes.
@@ -72,6 +80,8 @@ pub struct Plan {
     spec: Option<AppSpec>,
     /// The admin port, checked.
     admin: Admin,
+    /// The admin port's end of the control channel.
+    control: control::Handle,
 }
 
 /// The started parts.
@@ -180,6 +190,7 @@ pub fn prepare(checked: Checked, opts: Options) -> Result<Prepared, StartError> 
             user: cfg.app.user.clone(),
             group: cfg.app.group.clone(),
         });
+    let (control, control_rx) = control::channel();
     Ok(Prepared {
         core: Core {
             cfg,
@@ -187,6 +198,8 @@ pub fn prepare(checked: Checked, opts: Options) -> Result<Prepared, StartError> 
             signals,
             guard,
             health,
+            source: opts.config_source,
+            control: control_rx,
         },
         plan: Plan {
             registry,
@@ -196,6 +209,7 @@ pub fn prepare(checked: Checked, opts: Options) -> Result<Prepared, StartError> 
             passthrough,
             spec,
             admin,
+            control,
         },
         metrics,
         notifier,
@@ -215,6 +229,7 @@ impl Plan {
             passthrough,
             mut spec,
             admin,
+            control,
         } = self;
         let mut started = Teardown {
             proxy: Proxy::Off,
@@ -266,6 +281,7 @@ impl Plan {
                 access,
                 telemetry.as_mut(),
                 machine.status(),
+                control,
             )
             .await?;
             Ok(proxy)
@@ -411,6 +427,7 @@ async fn start_admin(
     access: Option<Injector>,
     telemetry: Option<&mut Telemetry>,
     status: watch::Receiver<Status>,
+    control: control::Handle,
 ) -> Result<(), StartError> {
     registry.register_collector(Box::new(LogsCollector {
         counters: logs.counters(),
@@ -453,6 +470,7 @@ async fn start_admin(
         status,
         registry,
         started: std::time::Instant::now(),
+        control: Some(control),
     });
     // Off loopback the admin port requires a bearer token (read when the config was checked).
     tokio::spawn(crate::admin::serve_with_token(
@@ -481,6 +499,14 @@ impl From<Parts> for Teardown {
 impl Proxy {
     /// The proxy while it serves.
     pub fn serving(&self) -> Option<&Serving> {
+        match self {
+            Proxy::Serving(s) => Some(s),
+            Proxy::Off | Proxy::Drained => None,
+        }
+    }
+
+    /// The proxy while it serves, to reconfigure.
+    pub fn serving_mut(&mut self) -> Option<&mut Serving> {
         match self {
             Proxy::Serving(s) => Some(s),
             Proxy::Off | Proxy::Drained => None,
