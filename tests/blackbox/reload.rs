@@ -286,3 +286,55 @@ fn reload_adds_changes_and_removes_listeners_under_load_and_refuses_a_broken_con
     t.signal(Signal::SIGTERM);
     t.wait();
 }
+
+#[test]
+fn reload_on_the_admin_port_needs_its_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "s3cret-admin-token-0123456789";
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let mut t = Tandem::spawn(&[
+        "--admin",
+        "127.0.0.1:0",
+        "--set",
+        &format!("admin.token_file={}", token_file.display()),
+        "--",
+        "sleep",
+        "1000",
+    ]);
+    let admin = t.wait_event("admin_listening")["addr"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, head, _) = http(&admin, "POST", "/admin/reload", b"", &[]).unwrap();
+    assert_eq!(code, 401, "{head}");
+    let (code, out, err) = tandem_reload(&admin);
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("401"), "{err}");
+    assert!(
+        !t.events().iter().any(|e| e["event"] == "config_reloaded"),
+        "a refused request reloaded"
+    );
+
+    // With the token: the same flags read again, nothing changed, nothing pending.
+    let out = Command::new(bin())
+        .args(["reload", "--admin", &admin, "--token-file"])
+        .arg(&token_file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(result["ok"], true, "{result}");
+    assert_eq!(result["trigger"], "admin", "{result}");
+    assert_eq!(result["applied"], serde_json::json!([]), "{result}");
+    assert_eq!(result["pending_restart"], serde_json::json!([]), "{result}");
+
+    t.signal(Signal::SIGTERM);
+    t.wait();
+}
