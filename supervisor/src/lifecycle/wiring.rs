@@ -101,7 +101,7 @@ pub enum Proxy {
     /// No listeners configured.
     Off,
     /// Bound and serving, gated by the machine's readiness.
-    Serving(Serving),
+    Serving(Box<Serving>),
     /// Drained: its listeners are closed.
     Drained,
 }
@@ -119,6 +119,12 @@ pub struct Teardown {
     logs: Option<Pipeline>,
     passthrough: Option<Passthrough>,
     telemetry: Option<Telemetry>,
+}
+
+/// What the admin port has of the lifecycle: its status to read, its control to ask.
+struct Lifecycle {
+    status: watch::Receiver<Status>,
+    control: control::Handle,
 }
 
 /// Exit statuses for exec probes come from the one reaper (see `child::reap`).
@@ -280,8 +286,10 @@ impl Plan {
                 &logs,
                 access,
                 telemetry.as_mut(),
-                machine.status(),
-                control,
+                Lifecycle {
+                    status: machine.status(),
+                    control,
+                },
             )
             .await?;
             Ok(proxy)
@@ -393,7 +401,7 @@ async fn start_proxy(
         hooks = hooks.with_access_log(access_log(injector));
     }
     let serving = tandem_proxy::serve(bound, machine.proxy_gate(), CancellationToken::new(), hooks);
-    Ok((Proxy::Serving(serving), access))
+    Ok((Proxy::Serving(Box::new(serving)), access))
 }
 
 /// The access log: one record per request into the log pipeline, `kind: access`, at warn for
@@ -426,9 +434,9 @@ async fn start_admin(
     logs: &Pipeline,
     access: Option<Injector>,
     telemetry: Option<&mut Telemetry>,
-    status: watch::Receiver<Status>,
-    control: control::Handle,
+    lifecycle: Lifecycle,
 ) -> Result<(), StartError> {
+    let Lifecycle { status, control } = lifecycle;
     registry.register_collector(Box::new(LogsCollector {
         counters: logs.counters(),
         injected_dropped: access,
@@ -500,7 +508,7 @@ impl Proxy {
     /// The proxy while it serves.
     pub fn serving(&self) -> Option<&Serving> {
         match self {
-            Proxy::Serving(s) => Some(s),
+            Proxy::Serving(s) => Some(&**s),
             Proxy::Off | Proxy::Drained => None,
         }
     }
@@ -508,7 +516,7 @@ impl Proxy {
     /// The proxy while it serves, to reconfigure.
     pub fn serving_mut(&mut self) -> Option<&mut Serving> {
         match self {
-            Proxy::Serving(s) => Some(s),
+            Proxy::Serving(s) => Some(&mut **s),
             Proxy::Off | Proxy::Drained => None,
         }
     }
@@ -517,7 +525,7 @@ impl Proxy {
     /// drained already.
     pub fn take_serving(&mut self) -> Option<Serving> {
         match std::mem::replace(self, Proxy::Drained) {
-            Proxy::Serving(s) => Some(s),
+            Proxy::Serving(s) => Some(*s),
             Proxy::Off => {
                 *self = Proxy::Off;
                 None
