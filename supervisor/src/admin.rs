@@ -1,10 +1,10 @@
 //! The admin port: `/healthz`, `/readyz`, `/metrics`, `/status`, a status page, and
-//! `POST /admin/reload`.
+//! `POST /admin/reload` and `POST /admin/restart`.
 //!
 //! Bound before the app starts (like every listener) and served until tandem exits, so an
 //! orchestrator sees "not ready" during start, restart and stop rather than a refused
 //! connection. The GET endpoints observe the lifecycle's status watch and the metrics
-//! registry; the one action (`POST /admin/reload`) is asked of the lifecycle through
+//! registry; the actions (`POST /admin/reload`, `/admin/restart`) are asked of the lifecycle through
 //! [`crate::control`], which alone acts. Loopback by default (see `AdminConfig`); on any other
 //! address a bearer token from `admin.token_file` is required, checked before any handler
 //! runs; an action is refused (403) off loopback without a token.
@@ -164,12 +164,19 @@ fn handle(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> 
     }
 }
 
-/// `POST /admin/reload`: ask the lifecycle, answer with its result: 200 applied, 422 refused
-/// (the old config stays), 403 not allowed here, 504 no answer in time.
+/// `POST /admin/reload` and `/admin/restart`: ask the lifecycle, answer with its result: 200
+/// done, 422 reload refused (the old config stays), 409 no restart (no app running), 403 not
+/// allowed here, 504 no answer in time.
 async fn act(req: &Request<Incoming>, state: &AdminState, allowed: bool) -> Response<Full<Bytes>> {
     let action = match req.uri().path() {
         "/admin/reload" => control::Action::Reload,
-        _ => return text(StatusCode::NOT_FOUND, "not found: try POST /admin/reload\n"),
+        "/admin/restart" => control::Action::Restart,
+        _ => {
+            return text(
+                StatusCode::NOT_FOUND,
+                "not found: try POST /admin/reload or /admin/restart\n",
+            )
+        }
     };
     if !allowed {
         return text(
@@ -182,10 +189,10 @@ async fn act(req: &Request<Incoming>, state: &AdminState, allowed: bool) -> Resp
     };
     match control.ask(action, ACTION_TIMEOUT).await {
         Some(outcome) => {
-            let code = if outcome.ok {
-                StatusCode::OK
-            } else {
-                StatusCode::UNPROCESSABLE_ENTITY
+            let code = match (outcome.ok(), action) {
+                (true, _) => StatusCode::OK,
+                (false, control::Action::Reload) => StatusCode::UNPROCESSABLE_ENTITY,
+                (false, control::Action::Restart) => StatusCode::CONFLICT,
             };
             let body = serde_json::to_string(&outcome).unwrap_or_default();
             respond(code, "application/json", body)

@@ -45,6 +45,9 @@ pub enum Command {
     /// Ask a running tandem to reload its config in place (as SIGHUP does); prints the result
     /// as JSON, exits 1 when the new config was refused.
     Reload(ActionArgs),
+    /// Ask a running tandem to stop its app and start it again, requests held by the proxy
+    /// meanwhile; prints the result as JSON (the new pid), exits 1 when it could not.
+    Restart(ActionArgs),
 }
 
 /// Where a running tandem's admin port is, and the token its actions need.

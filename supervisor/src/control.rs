@@ -6,6 +6,7 @@
 //! action never races a stop or a restart. A leaf but for `phase` (the reply's type).
 use std::time::Duration;
 
+use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::phase::ReloadOutcome;
@@ -15,13 +16,49 @@ use crate::phase::ReloadOutcome;
 pub enum Action {
     /// Re-read the config and apply what can be applied in place.
     Reload,
+    /// Stop the app and start it again (requests held by the proxy meanwhile).
+    Restart,
+}
+
+/// An action's result, as the admin port answers it (JSON).
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Reply {
+    Reload(ReloadOutcome),
+    Restart(RestartOutcome),
+}
+
+/// What an asked restart did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RestartOutcome {
+    /// Whether a new app process was started.
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The new app process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    /// The restart counter after it.
+    pub restarts: u32,
 }
 
 /// One action and where its result goes.
 #[derive(Debug)]
 pub struct Request {
     pub action: Action,
-    pub reply: oneshot::Sender<ReloadOutcome>,
+    pub reply: oneshot::Sender<Reply>,
+}
+
+// === impl Reply ===
+
+impl Reply {
+    /// Whether the action was done.
+    pub fn ok(&self) -> bool {
+        match self {
+            Reply::Reload(r) => r.ok,
+            Reply::Restart(r) => r.ok,
+        }
+    }
 }
 
 /// The admin port's end of the channel.
@@ -42,7 +79,7 @@ pub fn channel() -> (Handle, mpsc::Receiver<Request>) {
 impl Handle {
     /// Ask for `action` and wait for its result, at most `timeout`; None when the lifecycle
     /// did not answer in time (or is gone).
-    pub async fn ask(&self, action: Action, timeout: Duration) -> Option<ReloadOutcome> {
+    pub async fn ask(&self, action: Action, timeout: Duration) -> Option<Reply> {
         let (reply, rx) = oneshot::channel();
         tokio::time::timeout(timeout, async {
             self.0.send(Request { action, reply }).await.ok()?;

@@ -30,7 +30,8 @@ fn main() {
         Some(Command::Check(args)) => check(&args),
         Some(Command::Status(args)) => status(&args.admin),
         Some(Command::Health(args)) => health(&args.admin),
-        Some(Command::Reload(args)) => reload(&args),
+        Some(Command::Reload(args)) => act(&args, "reload"),
+        Some(Command::Restart(args)) => act(&args, "restart"),
         None => run(&cli.run),
     };
     std::process::exit(code);
@@ -164,17 +165,17 @@ fn health(admin: &str) -> i32 {
     }
 }
 
-/// `tandem reload`: ask the running tandem to reload its config; print its result (JSON);
-/// exit 1 when it was refused (the error on stderr too).
-fn reload(args: &ActionArgs) -> i32 {
+/// `tandem reload` and `tandem restart`: ask the running tandem (`POST /admin/<action>`);
+/// print its result (JSON); exit 1 when it was refused (the error on stderr too).
+fn act(args: &ActionArgs, action: &str) -> i32 {
     let token = match args.token() {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("tandem reload: {e}");
+            eprintln!("tandem {action}: {e}");
             return exit::CONFIG;
         }
     };
-    match admin_client::post(&args.admin, "/admin/reload", token.as_deref()) {
+    match admin_client::post(&args.admin, &format!("/admin/{action}"), token.as_deref()) {
         Ok((code, body)) => {
             println!("{}", body.trim_end());
             if code == 200 {
@@ -184,11 +185,11 @@ fn reload(args: &ActionArgs) -> i32 {
                 .ok()
                 .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
                 .unwrap_or_else(|| body.trim_end().to_string());
-            eprintln!("tandem reload: refused ({code}): {why}");
+            eprintln!("tandem {action}: refused ({code}): {why}");
             1
         }
         Err(e) => {
-            eprintln!("tandem reload: {e}");
+            eprintln!("tandem {action}: {e}");
             1
         }
     }

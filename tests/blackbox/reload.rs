@@ -338,3 +338,70 @@ fn reload_on_the_admin_port_needs_its_token() {
     t.signal(Signal::SIGTERM);
     t.wait();
 }
+
+#[test]
+fn restart_on_the_admin_port_holds_requests_and_counts_a_restart() {
+    if !require_tool("python3") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let site = dir.path().join("site");
+    std::fs::create_dir(&site).unwrap();
+    std::fs::write(site.join("who.txt"), "one\n").unwrap();
+    let (app, web) = (free_port(), free_port());
+    let (mut t, admin) = crate::apps::http_server_behind_tandem(
+        dir.path(),
+        &site,
+        app,
+        &listener("web", web, app),
+        None,
+    );
+    let web_addr = format!("127.0.0.1:{web}");
+    let before = status(&admin);
+    let pid = before["app_pid"].as_i64().unwrap();
+    assert_eq!(before["restarts"], 0);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = load(&web_addr, 3, &stop);
+    eventually("the clients are under way", || {
+        clients.ok.load(Ordering::Relaxed) > 20
+    });
+    let out = Command::new(bin())
+        .args(["restart", "--admin", &admin])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(result["ok"], true, "{result}");
+    let new_pid = result["pid"].as_i64().unwrap();
+    assert_ne!(new_pid, pid, "a new app process");
+    let served = clients.ok.load(Ordering::Relaxed);
+    eventually("the clients go on after the restart", || {
+        clients.ok.load(Ordering::Relaxed) > served + 20
+    });
+    stop.store(true, Ordering::Relaxed);
+    let (_, failed, errors) = clients.join();
+    assert_eq!(failed, 0, "failed across the restart: {errors:?}");
+    let after = status(&admin);
+    assert_eq!(after["restarts"], 1, "{after}");
+    assert_eq!(after["app_pid"].as_i64().unwrap(), new_pid);
+    t.assert_order(&[
+        "restart_requested",
+        "stop_signal_sent",
+        "exited",
+        "restarting",
+    ]);
+    assert_eq!(
+        t.wait_event_nth("started", 1)["pid"].as_i64(),
+        Some(new_pid)
+    );
+
+    t.signal(Signal::SIGTERM);
+    t.wait();
+}

@@ -149,6 +149,8 @@ struct App {
 /// Why the wait on a running app ended.
 enum Outcome {
     Exited(ExitStatus),
+    /// `POST /admin/restart`: answered once the new app started.
+    RestartRequested(control::Request),
     StopRequested(Signal),
     LivenessFailed(String),
 }
@@ -203,11 +205,16 @@ impl Supervisor<'_> {
         let Some(spec) = self.parts.spec.clone() else {
             return self.run_beside().await;
         };
+        // An asked restart, answered once the next app started (or could not).
+        let mut asked: Option<control::Request> = None;
         loop {
             if !self.machine.may_start() {
+                self.answer_restart(asked.take(), None);
                 return exit::START_LIMIT;
             }
-            let mut app = match self.start_app(&spec) {
+            let started = self.start_app(&spec);
+            self.answer_restart(asked.take(), started.as_ref().ok().map(|a| a.pid));
+            let mut app = match started {
                 Ok(app) => app,
                 Err(e) if e.is_transient() && self.machine.retries_failed_starts() => {
                     // Out of fds, processes or memory: a failed start, tried again after the
@@ -234,6 +241,24 @@ impl Supervisor<'_> {
             let status = match self.wait_running(&mut app).await {
                 Outcome::StopRequested(sig) => return self.stop(app, sig).await.exit_code(),
                 Outcome::Exited(status) => status,
+                Outcome::RestartRequested(req) => {
+                    // The ordinary stop, then the restart path below at once: not ready, so
+                    // the proxy holds requests until the new app is ready.
+                    tracing::info!(
+                        event = "restart_requested",
+                        pid = app.pid.as_raw(),
+                        "restart asked on the admin port: stopping the app, requests held"
+                    );
+                    self.machine.readiness_changed(false);
+                    asked = Some(req);
+                    match self.stop_app(&mut app).await {
+                        Ok(status) => status,
+                        Err(sig) => {
+                            self.answer_restart(asked.take(), None);
+                            return self.kill_and_reap(app, sig).await.exit_code();
+                        }
+                    }
+                }
                 Outcome::LivenessFailed(why) => {
                     // A hung app is stopped like any other, then restarted by the policy
                     // (moby#28400: unhealthy must mean restarted).
@@ -246,11 +271,15 @@ impl Supervisor<'_> {
                 }
             };
             self.app_exited(&app, &status);
-            if !self.machine.should_restart(&status) {
+            if asked.is_none() && !self.machine.should_restart(&status) {
                 return status.exit_code();
             }
 
-            let delay = self.machine.restart_delay(Some(app.started.elapsed()));
+            let delay = if asked.is_some() {
+                Duration::ZERO
+            } else {
+                self.machine.restart_delay(Some(app.started.elapsed()))
+            };
             self.machine.enter(Phase::Restarting);
             tracing::info!(
                 event = "restarting",
@@ -261,6 +290,7 @@ impl Supervisor<'_> {
             );
             if let Some(sig) = self.backoff_wait(delay, &mut app.logs).await {
                 tracing::info!(event = "stopping", signal = %sig, "stop requested while waiting to restart");
+                self.answer_restart(asked.take(), None);
                 return status.exit_code();
             }
             self.machine.count_restart();
@@ -355,6 +385,9 @@ impl Supervisor<'_> {
                 status = &mut app.exit => return Outcome::Exited(status.unwrap_or(LOST)),
                 ev = self.core.next_event() => match ev {
                     Event::Signal(SignalEvent::Stop(sig)) => return Outcome::StopRequested(sig),
+                    Event::Control(req) if req.action == control::Action::Restart => {
+                        return Outcome::RestartRequested(req)
+                    }
                     other => self.on_event(other, Some(app.pid)).await,
                 },
                 changed = ready.changed() => if changed.is_err() { std::future::pending::<()>().await },
@@ -486,13 +519,41 @@ impl Supervisor<'_> {
                 None => tracing::debug!(signal = %sig, "no app running; signal not forwarded"),
             },
             Event::Control(req) => {
-                let outcome = match req.action {
-                    control::Action::Reload => self.reload(reload::Trigger::Admin).await,
+                let reply = match req.action {
+                    control::Action::Reload => {
+                        control::Reply::Reload(self.reload(reload::Trigger::Admin).await)
+                    }
+                    // Taken by `wait_running` while the app runs; anywhere else there is none
+                    // to restart.
+                    control::Action::Restart => control::Reply::Restart(control::RestartOutcome {
+                        ok: false,
+                        error: Some(format!(
+                            "no app running to restart (phase {})",
+                            self.machine.phase().as_str()
+                        )),
+                        pid: None,
+                        restarts: self.machine.restarts(),
+                    }),
                 };
-                // The asker may have given up waiting: the result is on /status too.
-                let _ = req.reply.send(outcome);
+                // The asker may have given up waiting: a reload's result is on /status too.
+                let _ = req.reply.send(reply);
             }
         }
+    }
+
+    /// Answer an asked restart (if one is waiting): the new app's pid, or None when none
+    /// started.
+    fn answer_restart(&self, asked: Option<control::Request>, pid: Option<Pid>) {
+        let Some(req) = asked else { return };
+        let outcome = control::RestartOutcome {
+            ok: pid.is_some(),
+            error: pid
+                .is_none()
+                .then(|| "the app was stopped but no new one started (see the log)".to_string()),
+            pid: pid.map(Pid::as_raw),
+            restarts: self.machine.restarts(),
+        };
+        let _ = req.reply.send(control::Reply::Restart(outcome));
     }
 
     async fn on_event_if_running(&mut self, ev: Event) {
