@@ -341,6 +341,8 @@ impl Serving {
         configs: &[ListenerConfig],
     ) -> Result<Reconfigured, ProxyError> {
         check_all(configs)?;
+        // Retired listeners that finished draining logged their report; keep only the rest.
+        self.retired.retain(|t| !t.is_finished());
         // Which old listener each new config continues (same socket), if any.
         let mut taken = vec![false; self.active.len()];
         let mut matched: Vec<Option<usize>> = configs
