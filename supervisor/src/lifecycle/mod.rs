@@ -10,6 +10,8 @@
 //!    │        └─ no ─▶ Stopping ─▶ exit with the app's code
 //!    (a spawn that fails for want of fds, processes or memory is a failed start: the same
 //!     policy, back-off and start limit, not tandem's exit 70)
+//!    ├─ SIGHUP / POST /admin/reload ─▶ config reloaded in place (lifecycle::reload)
+//!    ├─ POST /admin/restart ─▶ stop the app, then Restarting at once (no back-off)
 //!    └─ SIGTERM/INT/QUIT ─▶ Stopping: STOPPING=1, /readyz 503 ─▶ shutdown.delay
 //!         ─▶ drain proxy ─▶ stop_signal to the app's group ─▶ stop_timeout ─▶ SIGKILL
 //! every way out ─▶ Stopping (STOPPING=1) ─▶ drain what still serves
@@ -504,8 +506,6 @@ impl Supervisor<'_> {
         );
     }
 
-    /// A signal that is not a stop request: tandem's own reload on SIGHUP, then forwarding to
-    /// the app's main process `pid` when there is one and the signal is in the forward list.
     /// A signal that is not a stop request: tandem's own reload on SIGHUP, then forwarding to
     /// the app's main process `pid` when there is one and the signal is in the forward list;
     /// or an admin action.
