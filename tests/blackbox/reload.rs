@@ -210,7 +210,10 @@ fn reload_adds_changes_and_removes_listeners_under_load_and_refuses_a_broken_con
     );
     assert_eq!(
         result["pending_restart"],
-        serde_json::json!(["app.env"]),
+        serde_json::json!([
+            "app.env",
+            "health.readiness (implicit: the proxy's upstreams)"
+        ]),
         "{result}"
     );
     eventually("the changed listener goes to the new upstream", || {

@@ -152,6 +152,22 @@ impl Supervisor<'_> {
             }
         }
         if applied.iter().any(|k| k == "proxy.listeners") {
+            // Without a readiness probe the implicit one checks the proxy's upstreams: it keeps
+            // those it started with (probes are not swapped under a running app yet).
+            let upstreams = |c: &Config| {
+                let mut u: Vec<String> = c
+                    .proxy
+                    .listeners
+                    .iter()
+                    .map(|l| l.upstream.clone())
+                    .collect();
+                u.sort();
+                u.dedup();
+                u
+            };
+            if new.health.readiness.is_none() && upstreams(&self.core.cfg) != upstreams(&new) {
+                pending.push("health.readiness (implicit: the proxy's upstreams)".to_string());
+            }
             match self.parts.proxy.serving_mut() {
                 Some(serving) => {
                     let done = serving
