@@ -1,11 +1,14 @@
-//! The admin port: `/healthz`, `/readyz`, `/metrics`, `/status` and a status page.
+//! The admin port: `/healthz`, `/readyz`, `/metrics`, `/status`, a status page, and
+//! `POST /admin/reload` and `POST /admin/restart`.
 //!
 //! Bound before the app starts (like every listener) and served until tandem exits, so an
 //! orchestrator sees "not ready" during start, restart and stop rather than a refused
-//! connection. Read-only: it observes the lifecycle's status watch and the metrics registry
-//! and changes nothing. Loopback by default (see `AdminConfig`); on any other address a bearer
-//! token from `admin.token_file` is required, checked before any handler runs: `/status` and
-//! the page carry the app's last log records, so they are never served without it.
+//! connection. The GET endpoints observe the lifecycle's status watch and the metrics
+//! registry; the actions (`POST /admin/reload`, `/admin/restart`) are asked of the lifecycle
+//! through [`crate::control`], which alone acts. Loopback by default (see `AdminConfig`); on
+//! any other address a bearer token from `admin.token_file` is required, checked before any
+//! handler runs: `/status` and the page carry the app's last log records, so they are never
+//! served without it; an action is refused (403) off loopback without a token.
 //! `/status` and the page show per-listener request stats ([`ListenerStats`], sampled by the
 //! accept loop every [`listener_stats::TICK`]) and the app's last records ([`Recent`], fed
 //! after redaction).
@@ -21,6 +24,7 @@ use hyper_util::rt::TokioIo;
 use prometheus_client::registry::Registry;
 use tokio::{net::TcpListener, sync::watch};
 
+use crate::control;
 use crate::listener_stats::{self, ListenerStats, Stats};
 use crate::logs::Recent;
 use crate::phase::{Phase, Status};
@@ -35,7 +39,13 @@ pub struct AdminState {
     pub stats: ListenerStats,
     /// The app's last log records, redacted; None: no log pipeline.
     pub recent: Option<Arc<Recent>>,
+    /// Where actions go; None: this port takes none.
+    pub control: Option<control::Handle>,
 }
+
+/// How long an action may take before the admin port answers 504 (its result still lands on
+/// `/status`).
+const ACTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Whether `req` carries the admin token (digests compared: the time taken tells neither
 /// where a guess differs nor how long the token is).
@@ -66,6 +76,9 @@ pub async fn serve_with_token(
 ) {
     let mut tick = tokio::time::interval(listener_stats::TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Actions without a token only on loopback (the config requires a token elsewhere; this
+    // is the second lock).
+    let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -95,6 +108,7 @@ pub async fn serve_with_token(
                 // "ready or not" tells nothing worth one: only those two skip the token.
                 let probe = matches!(req.uri().path(), "/healthz" | "/readyz");
                 let ok = probe || authorized(&req, token.as_deref());
+                let may_act = token.is_some() || loopback;
                 async move {
                     if !ok {
                         let mut r = text(StatusCode::UNAUTHORIZED, "admin token required\n");
@@ -103,6 +117,9 @@ pub async fn serve_with_token(
                             header::HeaderValue::from_static("Bearer realm=\"tandem-admin\""),
                         );
                         return Ok::<_, Infallible>(r);
+                    }
+                    if req.method() == Method::POST && req.uri().path().starts_with("/admin/") {
+                        return Ok::<_, Infallible>(act(&req, &state, may_act).await);
                     }
                     Ok::<_, Infallible>(handle(&req, &state))
                 }
@@ -167,6 +184,46 @@ fn handle(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> 
     }
 }
 
+/// `POST /admin/reload` and `/admin/restart`: ask the lifecycle, answer with its result: 200
+/// done, 422 reload refused (the old config stays), 409 no restart (no app running), 403 not
+/// allowed here, 504 no answer in time.
+async fn act(req: &Request<Incoming>, state: &AdminState, allowed: bool) -> Response<Full<Bytes>> {
+    let action = match req.uri().path() {
+        "/admin/reload" => control::Action::Reload,
+        "/admin/restart" => control::Action::Restart,
+        _ => {
+            return text(
+                StatusCode::NOT_FOUND,
+                "not found: try POST /admin/reload or /admin/restart\n",
+            )
+        }
+    };
+    if !allowed {
+        return text(
+            StatusCode::FORBIDDEN,
+            "admin actions need admin.token_file when the admin port is not on loopback\n",
+        );
+    }
+    let Some(control) = &state.control else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "no lifecycle to act\n");
+    };
+    match control.ask(action, ACTION_TIMEOUT).await {
+        Some(outcome) => {
+            let code = match (outcome.ok(), action) {
+                (true, _) => StatusCode::OK,
+                (false, control::Action::Reload) => StatusCode::UNPROCESSABLE_ENTITY,
+                (false, control::Action::Restart) => StatusCode::CONFLICT,
+            };
+            let body = serde_json::to_string(&outcome).unwrap_or_default();
+            respond(code, "application/json", body)
+        }
+        None => text(
+            StatusCode::GATEWAY_TIMEOUT,
+            "no answer from the lifecycle in time; see /status for the result\n",
+        ),
+    }
+}
+
 /// `/status`: the fields scripts read (kept as they were), then the listeners' stats and the
 /// app's last records.
 fn status_json(state: &AdminState, s: &Status) -> serde_json::Value {
@@ -200,6 +257,7 @@ fn status_json(state: &AdminState, s: &Status) -> serde_json::Value {
         "listeners": listeners,
         "stats_window_seconds": listener_stats::WINDOW.as_secs(),
         "recent_logs": logs,
+        "reload": s.reload,
     })
 }
 

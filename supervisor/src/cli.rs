@@ -43,6 +43,38 @@ pub enum Command {
     /// Exit 0 when a running tandem reports its app ready, 1 otherwise (for HEALTHCHECK in
     /// images without curl).
     Health(AdminArgs),
+    /// Ask a running tandem to reload its config in place (as SIGHUP does); prints the result
+    /// as JSON, exits 1 when the new config was refused.
+    Reload(ActionArgs),
+    /// Ask a running tandem to stop its app and start it again, requests held by the proxy
+    /// meanwhile; prints the result as JSON (the new pid), exits 1 when it could not.
+    Restart(ActionArgs),
+}
+
+/// Where a running tandem's admin port is, and the token its actions need.
+#[derive(Debug, Clone, Args)]
+pub struct ActionArgs {
+    /// Admin address of the running tandem.
+    #[arg(long, value_name = "ADDR", env = "TANDEM_ADMIN_LISTEN", default_value = crate::config::DEFAULT_ADMIN)]
+    pub admin: String,
+    /// File holding the admin token (the running tandem's admin.token_file), sent as
+    /// `Authorization: Bearer`.
+    #[arg(long, value_name = "FILE", env = "TANDEM_ADMIN_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+// === impl ActionArgs ===
+
+impl ActionArgs {
+    /// The token from `--token-file` (trimmed), if given.
+    pub fn token(&self) -> Result<Option<String>, String> {
+        let Some(path) = &self.token_file else {
+            return Ok(None);
+        };
+        let raw = std::fs::read_to_string(path)
+            .map_err(|e| format!("--token-file {}: {e}", path.display()))?;
+        Ok(Some(raw.trim().to_string()))
+    }
 }
 
 /// Where a running tandem's admin port is.

@@ -1,5 +1,6 @@
 //! The smallest HTTP/1 client: one GET on a fresh connection, for the HTTP probe (is the app
-//! healthy?) and for `tandem status` / `tandem health` (ask a running tandem's admin port).
+//! healthy?) and for `tandem status` / `tandem health` (ask a running tandem's admin port);
+//! or one POST without a body, with a bearer token, for `tandem reload`.
 //!
 //! The one thing to know before changing it: everything is bounded, because the far side may
 //! be a hung or hostile app. The whole exchange has one deadline, the response head has a
@@ -29,6 +30,13 @@ pub struct Get<'a> {
     pub user_agent: &'a str,
     /// Bound on the whole exchange, connecting included.
     pub timeout: Duration,
+}
+
+/// The request's method: a GET, or a POST without a body (an admin action).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
 }
 
 /// How much of the response to read.
@@ -66,7 +74,17 @@ pub enum GetError {
 
 /// Send `req` and read what `read` asks for, all within `req.timeout`.
 pub async fn get(req: Get<'_>, read: Read) -> Result<Response, GetError> {
-    tokio::time::timeout(req.timeout, exchange(req, read))
+    send(req, Method::Get, None, read).await
+}
+
+/// [`get`] with another method, and `Authorization: Bearer <bearer>` when given.
+pub async fn send(
+    req: Get<'_>,
+    method: Method,
+    bearer: Option<&str>,
+    read: Read,
+) -> Result<Response, GetError> {
+    tokio::time::timeout(req.timeout, exchange(req, method, bearer, read))
         .await
         .unwrap_or(Err(GetError::Timeout(req.timeout)))
 }
@@ -80,7 +98,12 @@ pub fn display_addr(host: &str, port: u16) -> String {
     }
 }
 
-async fn exchange(req: Get<'_>, read: Read) -> Result<Response, GetError> {
+async fn exchange(
+    req: Get<'_>,
+    method: Method,
+    bearer: Option<&str>,
+    read: Read,
+) -> Result<Response, GetError> {
     let addr = display_addr(req.host, req.port);
     let mut stream = TcpStream::connect((req.host, req.port))
         .await
@@ -96,8 +119,13 @@ async fn exchange(req: Get<'_>, read: Read) -> Result<Response, GetError> {
         addr: addr.clone(),
         reason,
     };
+    let (verb, length) = match method {
+        Method::Get => ("GET", ""),
+        Method::Post => ("POST", "Content-Length: 0\r\n"),
+    };
+    let auth = bearer.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
     let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: {}\r\nAccept: */*\r\nConnection: close\r\n\r\n",
+        "{verb} {} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: {}\r\nAccept: */*\r\n{auth}{length}Connection: close\r\n\r\n",
         req.path, req.user_agent
     );
     stream.write_all(request.as_bytes()).await.map_err(io_err)?;

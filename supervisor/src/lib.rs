@@ -8,6 +8,7 @@ pub mod admin_client;
 pub mod child;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod exit;
 pub mod health;
 pub mod http_get;

@@ -7,7 +7,7 @@ use std::io::IsTerminal;
 use clap::Parser;
 use tandem::{
     admin_client,
-    cli::{Cli, Command, RunArgs},
+    cli::{ActionArgs, Cli, Command, RunArgs},
     config, exit, lifecycle,
 };
 use tracing_subscriber::{fmt, EnvFilter};
@@ -30,6 +30,8 @@ fn main() {
         Some(Command::Check(args)) => check(&args),
         Some(Command::Status(args)) => status(&args.admin.admin, args.json),
         Some(Command::Health(args)) => health(&args.admin),
+        Some(Command::Reload(args)) => act(&args, "reload"),
+        Some(Command::Restart(args)) => act(&args, "restart"),
         None => run(&cli.run),
     };
     std::process::exit(code);
@@ -116,7 +118,18 @@ fn run(args: &RunArgs) -> i32 {
             return exit::INTERNAL;
         }
     };
-    let opts = lifecycle::Options { guard };
+    // A reload reads the same files, variables and flags again (see lifecycle::reload).
+    let config_source = args
+        .overrides()
+        .ok()
+        .map(|overrides| lifecycle::reload::ConfigSource {
+            files: args.config.clone(),
+            overrides,
+        });
+    let opts = lifecycle::Options {
+        guard,
+        config_source,
+    };
     // block_on keeps the lifecycle on the main thread: see lifecycle's invariant.
     let code = runtime.block_on(lifecycle::run(loaded.checked, opts));
     // The lifecycle has drained, flushed and reaped everything it started; what is left are
@@ -157,6 +170,36 @@ fn health(admin: &str) -> i32 {
         }
         Err(e) => {
             eprintln!("tandem health: {e}");
+            1
+        }
+    }
+}
+
+/// `tandem reload` and `tandem restart`: ask the running tandem (`POST /admin/<action>`);
+/// print its result (JSON); exit 1 when it was refused (the error on stderr too).
+fn act(args: &ActionArgs, action: &str) -> i32 {
+    let token = match args.token() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("tandem {action}: {e}");
+            return exit::CONFIG;
+        }
+    };
+    match admin_client::post(&args.admin, &format!("/admin/{action}"), token.as_deref()) {
+        Ok((code, body)) => {
+            println!("{}", body.trim_end());
+            if code == 200 {
+                return 0;
+            }
+            let why = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+                .unwrap_or_else(|| body.trim_end().to_string());
+            eprintln!("tandem {action}: refused ({code}): {why}");
+            1
+        }
+        Err(e) => {
+            eprintln!("tandem {action}: {e}");
             1
         }
     }

@@ -59,6 +59,27 @@ pub struct Status {
     pub last_exit_code: Option<i32>,
     /// The proxy's listeners: name and bound address.
     pub listeners: Vec<(String, String)>,
+    /// The last config reload's result; None: none since start.
+    pub reload: Option<ReloadOutcome>,
+}
+
+/// What one config reload did (SIGHUP, `POST /admin/reload`, `tandem reload`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReloadOutcome {
+    /// When it ran, RFC 3339 (UTC, seconds).
+    pub at: String,
+    /// What asked for it: `sighup` or `admin`.
+    pub trigger: &'static str,
+    /// Whether the new config loaded and was applied; false: the old one stays, all of it.
+    pub ok: bool,
+    /// Why it was refused: `file:line: key: message` for a config error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Keys whose new values are in force now (`proxy.listeners`).
+    pub applied: Vec<String>,
+    /// Keys that changed but take effect only when tandem and the app start again (the app's
+    /// command, env, user, workdir; and what a running tandem cannot swap yet): not applied.
+    pub pending_restart: Vec<String>,
 }
 
 impl Status {
@@ -72,6 +93,7 @@ impl Status {
             restarts: 0,
             last_exit_code: None,
             listeners: Vec::new(),
+            reload: None,
         }
     }
 }

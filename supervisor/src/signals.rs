@@ -5,9 +5,9 @@
 //! - SIGQUIT: some orchestrators' "stop now" (and nginx's graceful one): a stop too.
 //!   A second stop signal while stopping skips the wait and SIGKILLs the app's group (the
 //!   same signal again within 250 ms is one delivered twice, and is ignored).
-//! - SIGHUP is always tandem's: it reopens tandem's log files and reloads the proxy's files
-//!   (logrotate's postrotate, `systemctl reload`, a closing terminal), whether or not it is
-//!   also forwarded. Its default action would kill tandem with no stop sequence.
+//! - SIGHUP is always tandem's: it reopens tandem's log files, reloads the proxy's files and
+//!   reloads the config in place (logrotate's postrotate, `systemctl reload`, a closing
+//!   terminal; see `lifecycle::reload`), whether or not it is also forwarded (after that). Its default action would kill tandem with no stop sequence.
 //! - The forward list (default SIGHUP, SIGUSR1, SIGUSR2, SIGWINCH) goes to the app's main
 //!   process: reload, log reopen and resize are the app's business.
 //! - SIGUSR1, SIGUSR2, SIGALRM and SIGWINCH are always caught too: an operator or a script

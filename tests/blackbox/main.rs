@@ -22,6 +22,7 @@ mod passthrough;
 mod proxy;
 mod reaping;
 mod reliability;
+mod reload;
 mod restart;
 mod security;
 mod signals;

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 use crate::conn::listener::Listener;
@@ -61,9 +60,9 @@ impl DrainReport {
     }
 }
 
-/// Closes the socket and drains one listener. Called once `shutdown` has fired.
-pub(crate) async fn drain(l: &Listener, socket: TcpListener) -> ListenerDrain {
-    drop(socket);
+/// Drains one listener whose socket is closed (or handed to its replacement). Called once
+/// its `shutdown` has fired.
+pub(crate) async fn drain(l: &Listener) -> ListenerDrain {
     let begun = Instant::now();
     let in_flight_at_start = l.in_flight();
     let completed_at_start = l.completed();

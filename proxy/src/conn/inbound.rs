@@ -1,9 +1,11 @@
 //! The inbound proxy's entry points: [`Inbound::bind`] before the app starts, [`serve`] once
-//! hooks are ready, [`Serving::drain`] on stop.
+//! hooks are ready, [`Serving::reconfigure`] on a config reload, [`Serving::drain`] on stop.
 //!
 //! Invariant: every listener is validated and bound before any is served, so a bad config or
 //! a port in use fails the start before the app is spawned; traffic that arrives before the
 //! app is ready waits in the kernel's accept queue or the readiness gate, never fails fast.
+//! A reconfigure keeps that order: everything new is checked, loaded and bound before any
+//! running listener is touched, so a refused one changes nothing.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -44,9 +46,56 @@ pub struct BoundListeners {
 pub struct Serving {
     shutdown: CancellationToken,
     addrs: Vec<(String, SocketAddr)>,
-    tasks: Vec<JoinHandle<ListenerDrain>>,
-    edges: Vec<Edge>,
+    active: Vec<Active>,
+    /// Listeners removed or replaced by [`Serving::reconfigure`], finishing their requests.
+    retired: Vec<JoinHandle<AcceptEnd>>,
+    readiness: watch::Receiver<bool>,
+    hooks: Hooks,
     app_exits: AppExits,
+}
+
+/// One serving listener, as [`Serving`] holds it.
+#[derive(Debug)]
+struct Active {
+    cfg: ListenerConfig,
+    edge: Edge,
+    /// The listener's own drain token (a child of the proxy's `shutdown`).
+    stop: CancellationToken,
+    /// Cancelled to make the accept loop give its socket back, for a replacement.
+    handoff: CancellationToken,
+    task: JoinHandle<AcceptEnd>,
+    /// The address actually bound.
+    addr: SocketAddr,
+}
+
+/// How an accept loop ended.
+enum AcceptEnd {
+    /// Stopped and drained (its socket closed).
+    Drained(ListenerDrain),
+    /// Asked for its socket: it stopped accepting and hands it over, undrained.
+    HandedOff(TcpListener, Arc<Listener>),
+}
+
+impl std::fmt::Debug for AcceptEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AcceptEnd::Drained(d) => f.debug_tuple("Drained").field(d).finish(),
+            AcceptEnd::HandedOff(s, _) => f.debug_tuple("HandedOff").field(s).finish(),
+        }
+    }
+}
+
+/// What [`Serving::reconfigure`] did, by listener name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reconfigured {
+    /// Bound and serving now.
+    pub added: Vec<String>,
+    /// No longer accepting; their requests in flight finish (within `drain_timeout`).
+    pub removed: Vec<String>,
+    /// Same socket, new settings for new connections; open ones finish on the old.
+    pub changed: Vec<String>,
+    /// Not touched.
+    pub unchanged: Vec<String>,
 }
 
 // === impl Inbound ===
@@ -55,47 +104,63 @@ impl Inbound {
     /// Validates every listener, then binds each (SO_REUSEADDR, so a restarted tandem can
     /// rebind at once). Must run inside a tokio runtime.
     pub async fn bind(configs: &[ListenerConfig]) -> Result<BoundListeners, ProxyError> {
-        let mut names = HashSet::new();
-        for c in configs {
-            c.validate()?;
-            if !names.insert(c.display_name()) {
-                return Err(ConfigError::DuplicateName(c.display_name()).into());
-            }
-        }
+        check_all(configs)?;
         // Certificates, keys, JWKS and secrets files: read before any port is bound.
         let mut edges = Vec::with_capacity(configs.len());
         for c in configs {
-            edges.push(Edge::load(c)?);
-        }
-        for e in &edges {
-            e.prefetch().await;
+            edges.push(load_edge(c).await?);
         }
         let mut listeners = Vec::with_capacity(configs.len());
         for (c, edge) in configs.iter().zip(edges) {
-            let upstream = c.upstream_authority()?;
-            let bind_err = |source| ProxyError::Bind {
-                listener: c.display_name(),
-                addr: c.listen,
-                source,
-            };
-            let socket = if c.listen.is_ipv4() {
-                TcpSocket::new_v4()
-            } else {
-                TcpSocket::new_v6()
-            }
-            .map_err(bind_err)?;
-            socket.set_reuseaddr(true).map_err(bind_err)?;
-            socket.bind(c.listen).map_err(bind_err)?;
-            let listener = socket.listen(BACKLOG).map_err(bind_err)?;
-            let addr = listener.local_addr().map_err(bind_err)?;
+            let (listener, addr) = bind_one(c)?;
             let checked = CheckedListener {
                 cfg: c.clone(),
-                upstream,
+                upstream: c.upstream_authority()?,
             };
             listeners.push((checked, listener, addr, edge));
         }
         Ok(BoundListeners { listeners })
     }
+}
+
+/// Every listener valid on its own, and no two with the same name.
+fn check_all(configs: &[ListenerConfig]) -> Result<(), ProxyError> {
+    let mut names = HashSet::new();
+    for c in configs {
+        c.validate()?;
+        c.upstream_authority()?;
+        if !names.insert(c.display_name()) {
+            return Err(ConfigError::DuplicateName(c.display_name()).into());
+        }
+    }
+    Ok(())
+}
+
+/// A listener's certificates, keys, JWKS and secrets, read (and JWKS URLs fetched once).
+async fn load_edge(c: &ListenerConfig) -> Result<Edge, ProxyError> {
+    let edge = Edge::load(c)?;
+    edge.prefetch().await;
+    Ok(edge)
+}
+
+/// Bind `c.listen` (SO_REUSEADDR) and listen.
+fn bind_one(c: &ListenerConfig) -> Result<(TcpListener, SocketAddr), ProxyError> {
+    let bind_err = |source| ProxyError::Bind {
+        listener: c.display_name(),
+        addr: c.listen,
+        source,
+    };
+    let socket = if c.listen.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(bind_err)?;
+    socket.set_reuseaddr(true).map_err(bind_err)?;
+    socket.bind(c.listen).map_err(bind_err)?;
+    let listener = socket.listen(BACKLOG).map_err(bind_err)?;
+    let addr = listener.local_addr().map_err(bind_err)?;
+    Ok((listener, addr))
 }
 
 // === impl BoundListeners ===
@@ -121,41 +186,33 @@ pub fn serve(
 ) -> Serving {
     let addrs = bound.local_addrs();
     let listeners = addrs.len();
-    let mut edges = Vec::new();
-    let app_exits = AppExits::new();
-    let tasks = bound
-        .listeners
-        .into_iter()
-        .map(|(checked, socket, _, edge)| {
-            edges.push(edge.clone());
-            let l = Arc::new(Listener::new(
-                checked,
-                listeners,
-                readiness.clone(),
-                hooks.clone(),
-                shutdown.child_token(),
-                edge,
-                app_exits.clone(),
-            ));
-            l.edge.watch(&shutdown, l.route.metrics.as_ref());
-            tokio::spawn(accept_loop(l, socket))
-        })
-        .collect();
-    Serving {
+    let mut serving = Serving {
         shutdown,
         addrs,
-        tasks,
-        edges,
-        app_exits,
+        active: Vec::with_capacity(listeners),
+        retired: Vec::new(),
+        readiness,
+        hooks,
+        app_exits: AppExits::new(),
+    };
+    for (checked, socket, _, edge) in bound.listeners {
+        let active = serving.start(checked, socket, edge, listeners);
+        serving.active.push(active);
     }
+    serving
 }
 
-async fn accept_loop(l: Arc<Listener>, socket: TcpListener) -> ListenerDrain {
+async fn accept_loop(
+    l: Arc<Listener>,
+    socket: TcpListener,
+    handoff: CancellationToken,
+) -> AcceptEnd {
     let mut backoff = AcceptBackoff::default();
     loop {
         tokio::select! {
             biased;
             _ = l.shutdown.cancelled() => break,
+            _ = handoff.cancelled() => return AcceptEnd::HandedOff(socket, l),
             accepted = socket.accept() => match accepted {
                 Ok((stream, peer)) => {
                     backoff.recovered(&l);
@@ -174,13 +231,15 @@ async fn accept_loop(l: Arc<Listener>, socket: TcpListener) -> ListenerDrain {
                     let delay = backoff.failed(&l, &e);
                     tokio::select! {
                         _ = l.shutdown.cancelled() => break,
+                        _ = handoff.cancelled() => return AcceptEnd::HandedOff(socket, l),
                         () = tokio::time::sleep(delay) => {}
                     }
                 }
             }
         }
     }
-    drain(&l, socket).await
+    drop(socket);
+    AcceptEnd::Drained(drain(&l).await)
 }
 
 /// Serves one accepted connection in the listener's tracker; `slot` is held until it ends.
@@ -268,7 +327,160 @@ impl Serving {
     /// once; open connections keep what they were accepted with. Each file that fails to load
     /// keeps its old contents and is returned (and logged) naming listener and path.
     pub fn reload(&self) -> Vec<FileError> {
-        self.edges.iter().flat_map(Edge::reload).collect()
+        self.active.iter().flat_map(|a| a.edge.reload()).collect()
+    }
+
+    /// Serve `configs` from now on, in place: a listener whose config is unchanged is not
+    /// touched; one that changed keeps its socket (no connection refused) and new connections
+    /// get the new settings while open ones finish on the old; a new one is bound; a removed
+    /// one stops accepting and drains (within its `drain_timeout`), in the background.
+    /// Listeners are matched by name, else by listen address. Everything new is checked,
+    /// loaded and bound first: on `Err` nothing changed.
+    pub async fn reconfigure(
+        &mut self,
+        configs: &[ListenerConfig],
+    ) -> Result<Reconfigured, ProxyError> {
+        check_all(configs)?;
+        // Retired listeners that finished draining logged their report; keep only the rest.
+        self.retired.retain(|t| !t.is_finished());
+        // Which old listener each new config continues (same socket), if any.
+        let mut taken = vec![false; self.active.len()];
+        let mut matched: Vec<Option<usize>> = configs
+            .iter()
+            .map(|c| {
+                let i = self
+                    .active
+                    .iter()
+                    .position(|a| a.cfg.display_name() == c.display_name())?;
+                taken[i] = true;
+                Some(i)
+            })
+            .collect();
+        for (c, m) in configs.iter().zip(matched.iter_mut()) {
+            if m.is_none() && c.listen.port() != 0 {
+                *m = self
+                    .active
+                    .iter()
+                    .enumerate()
+                    .position(|(i, a)| !taken[i] && a.cfg.listen == c.listen);
+                if let Some(i) = *m {
+                    taken[i] = true;
+                }
+            }
+        }
+        // A new listen address is a new socket: the old one is removed.
+        for (c, m) in configs.iter().zip(matched.iter_mut()) {
+            if let Some(i) = *m {
+                if self.active[i].cfg.listen != c.listen {
+                    taken[i] = false;
+                    *m = None;
+                }
+            }
+        }
+        // Load and bind everything new before touching a running listener.
+        enum Plan {
+            Keep(usize),
+            Replace(usize, Edge),
+            Add(TcpListener, Edge),
+        }
+        let mut plans = Vec::with_capacity(configs.len());
+        for (c, m) in configs.iter().zip(&matched) {
+            plans.push(match *m {
+                Some(i) if self.active[i].cfg == *c => Plan::Keep(i),
+                Some(i) => Plan::Replace(i, load_edge(c).await?),
+                None => {
+                    let edge = load_edge(c).await?;
+                    Plan::Add(bind_one(c)?.0, edge)
+                }
+            });
+        }
+        let mut report = Reconfigured::default();
+        let mut old: Vec<Option<Active>> = self.active.drain(..).map(Some).collect();
+        for (i, a) in old.iter_mut().enumerate() {
+            if !taken[i] {
+                let a = a.take().expect("each old listener is taken once");
+                report.removed.push(a.cfg.display_name());
+                a.stop.cancel();
+                self.retired.push(a.task);
+            }
+        }
+        let total = configs.len();
+        for (c, plan) in configs.iter().zip(plans) {
+            let checked = CheckedListener {
+                cfg: c.clone(),
+                upstream: c.upstream_authority()?,
+            };
+            let active = match plan {
+                Plan::Keep(i) => {
+                    report.unchanged.push(c.display_name());
+                    old[i].take().expect("each old listener is kept once")
+                }
+                Plan::Replace(i, edge) => {
+                    let a = old[i].take().expect("each old listener is replaced once");
+                    a.handoff.cancel();
+                    match a.task.await {
+                        Ok(AcceptEnd::HandedOff(socket, prev)) => {
+                            // The old settings' connections finish what they have, then close.
+                            prev.shutdown.cancel();
+                            self.retired.push(tokio::spawn(async move {
+                                AcceptEnd::Drained(drain(&prev).await)
+                            }));
+                            report.changed.push(c.display_name());
+                            self.start(checked, socket, edge, total)
+                        }
+                        // Stopped meanwhile (the proxy is draining): bind anew.
+                        Ok(AcceptEnd::Drained(_)) | Err(_) => {
+                            report.added.push(c.display_name());
+                            self.start(checked, bind_one(c)?.0, edge, total)
+                        }
+                    }
+                }
+                Plan::Add(socket, edge) => {
+                    report.added.push(c.display_name());
+                    self.start(checked, socket, edge, total)
+                }
+            };
+            self.active.push(active);
+        }
+        self.addrs = self
+            .active
+            .iter()
+            .map(|a| (a.cfg.display_name(), a.addr))
+            .collect();
+        Ok(report)
+    }
+
+    /// Serve one listener on `socket`.
+    fn start(
+        &self,
+        checked: CheckedListener,
+        socket: TcpListener,
+        edge: Edge,
+        listeners: usize,
+    ) -> Active {
+        let cfg = checked.cfg.clone();
+        let stop = self.shutdown.child_token();
+        let handoff = CancellationToken::new();
+        let addr = socket.local_addr().unwrap_or(cfg.listen);
+        let l = Arc::new(Listener::new(
+            checked,
+            listeners,
+            self.readiness.clone(),
+            self.hooks.clone(),
+            stop.clone(),
+            edge.clone(),
+            self.app_exits.clone(),
+        ));
+        l.edge.watch(&stop, l.route.metrics.as_ref());
+        let task = tokio::spawn(accept_loop(l, socket, handoff.clone()));
+        Active {
+            cfg,
+            edge,
+            stop,
+            handoff,
+            task,
+            addr,
+        }
     }
 
     /// The supervisor reaped the app: requests that were in flight to it count this exit
@@ -284,11 +496,13 @@ impl Serving {
     pub async fn drain(self) -> DrainReport {
         self.shutdown.cancel();
         let mut report = DrainReport::default();
-        for (task, (name, _)) in self.tasks.into_iter().zip(self.addrs) {
+        let tasks = self.active.into_iter().map(|a| a.task).chain(self.retired);
+        for task in tasks {
             match task.await {
-                Ok(l) => report.listeners.push(l),
+                Ok(AcceptEnd::Drained(l)) => report.listeners.push(l),
+                Ok(AcceptEnd::HandedOff(..)) => {}
                 Err(e) => {
-                    tracing::error!(listener = %name, error = %e, "listener task failed");
+                    tracing::error!(error = %e, "listener task failed");
                 }
             }
         }

@@ -16,6 +16,7 @@ mod limits;
 mod mtls;
 mod ratelimit;
 mod ready;
+mod reconfigure;
 mod restart;
 mod retry;
 mod tcp;

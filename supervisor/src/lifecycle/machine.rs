@@ -177,6 +177,11 @@ impl Machine {
         self.status.send_modify(|s| s.listeners = listeners);
     }
 
+    /// Publish the last config reload's result (`/status` shows it).
+    pub fn set_reload(&self, outcome: crate::phase::ReloadOutcome) {
+        self.status.send_modify(|s| s.reload = Some(outcome));
+    }
+
     /// Publish the first phase, Starting (the machine is born in it).
     pub fn announce(&mut self) {
         self.publish(Phase::Starting);

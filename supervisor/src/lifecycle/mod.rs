@@ -10,6 +10,8 @@
 //!    │        └─ no ─▶ Stopping ─▶ exit with the app's code
 //!    (a spawn that fails for want of fds, processes or memory is a failed start: the same
 //!     policy, back-off and start limit, not tandem's exit 70)
+//!    ├─ SIGHUP / POST /admin/reload ─▶ config reloaded in place (lifecycle::reload)
+//!    ├─ POST /admin/restart ─▶ stop the app, then Restarting at once (no back-off)
 //!    └─ SIGTERM/INT/QUIT ─▶ Stopping: STOPPING=1, /readyz 503 ─▶ shutdown.delay
 //!         ─▶ drain proxy ─▶ stop_signal to the app's group ─▶ stop_timeout ─▶ SIGKILL
 //! every way out ─▶ Stopping (STOPPING=1) ─▶ drain what still serves
@@ -25,6 +27,7 @@
 //! The current [`Status`](crate::phase::Status) is published on a `watch` channel: `/status`,
 //! sd_notify and tests observe the phases from there, never by timing.
 pub mod machine;
+pub mod reload;
 pub mod start_error;
 pub mod wiring;
 
@@ -43,7 +46,7 @@ use self::{
 use crate::{
     child::{self, AppSpec, ExitStatus, Guard, StdioMode},
     config::RestartPolicy,
-    exit,
+    control, exit,
     health::probe::ProbeStatus,
     logs::{AppInstance, Delivered, Stream},
     phase::Phase,
@@ -54,6 +57,26 @@ use crate::{
 pub struct Options {
     /// The guard process, forked by `main` while tandem was single-threaded.
     pub guard: Option<Guard>,
+    /// Where the config came from, read again on a reload; None: reload refuses.
+    pub config_source: Option<reload::ConfigSource>,
+}
+
+/// What the lifecycle waits for besides the app: a signal, or an action from the admin port.
+enum Event {
+    Signal(SignalEvent),
+    Control(control::Request),
+}
+
+// === impl Core ===
+
+impl Core {
+    /// The next signal or admin action, whichever comes first.
+    async fn next_event(&mut self) -> Event {
+        tokio::select! {
+            ev = self.signals.recv() => Event::Signal(ev),
+            Some(req) = self.control.recv() => Event::Control(req),
+        }
+    }
 }
 
 /// Supervise the app described by the checked config until it is done; returns tandem's exit
@@ -128,6 +151,8 @@ struct App {
 /// Why the wait on a running app ended.
 enum Outcome {
     Exited(ExitStatus),
+    /// `POST /admin/restart`: answered once the new app started.
+    RestartRequested(control::Request),
     StopRequested(Signal),
     LivenessFailed(String),
 }
@@ -182,11 +207,16 @@ impl Supervisor<'_> {
         let Some(spec) = self.parts.spec.clone() else {
             return self.run_beside().await;
         };
+        // An asked restart, answered once the next app started (or could not).
+        let mut asked: Option<control::Request> = None;
         loop {
             if !self.machine.may_start() {
+                self.answer_restart(asked.take(), None);
                 return exit::START_LIMIT;
             }
-            let mut app = match self.start_app(&spec) {
+            let started = self.start_app(&spec);
+            self.answer_restart(asked.take(), started.as_ref().ok().map(|a| a.pid));
+            let mut app = match started {
                 Ok(app) => app,
                 Err(e) if e.is_transient() && self.machine.retries_failed_starts() => {
                     // Out of fds, processes or memory: a failed start, tried again after the
@@ -213,6 +243,24 @@ impl Supervisor<'_> {
             let status = match self.wait_running(&mut app).await {
                 Outcome::StopRequested(sig) => return self.stop(app, sig).await.exit_code(),
                 Outcome::Exited(status) => status,
+                Outcome::RestartRequested(req) => {
+                    // The ordinary stop, then the restart path below at once: not ready, so
+                    // the proxy holds requests until the new app is ready.
+                    tracing::info!(
+                        event = "restart_requested",
+                        pid = app.pid.as_raw(),
+                        "restart asked on the admin port: stopping the app, requests held"
+                    );
+                    self.machine.readiness_changed(false);
+                    asked = Some(req);
+                    match self.stop_app(&mut app).await {
+                        Ok(status) => status,
+                        Err(sig) => {
+                            self.answer_restart(asked.take(), None);
+                            return self.kill_and_reap(app, sig).await.exit_code();
+                        }
+                    }
+                }
                 Outcome::LivenessFailed(why) => {
                     // A hung app is stopped like any other, then restarted by the policy
                     // (moby#28400: unhealthy must mean restarted).
@@ -225,11 +273,15 @@ impl Supervisor<'_> {
                 }
             };
             self.app_exited(&app, &status);
-            if !self.machine.should_restart(&status) {
+            if asked.is_none() && !self.machine.should_restart(&status) {
                 return status.exit_code();
             }
 
-            let delay = self.machine.restart_delay(Some(app.started.elapsed()));
+            let delay = if asked.is_some() {
+                Duration::ZERO
+            } else {
+                self.machine.restart_delay(Some(app.started.elapsed()))
+            };
             self.machine.enter(Phase::Restarting);
             tracing::info!(
                 event = "restarting",
@@ -240,6 +292,7 @@ impl Supervisor<'_> {
             );
             if let Some(sig) = self.backoff_wait(delay, &mut app.logs).await {
                 tracing::info!(event = "stopping", signal = %sig, "stop requested while waiting to restart");
+                self.answer_restart(asked.take(), None);
                 return status.exit_code();
             }
             self.machine.count_restart();
@@ -263,8 +316,8 @@ impl Supervisor<'_> {
             let now = *ready.borrow_and_update();
             self.machine.readiness_changed(now);
             tokio::select! {
-                ev = self.core.signals.recv() => match ev {
-                    SignalEvent::Stop(sig) => {
+                ev = self.core.next_event() => match ev {
+                    Event::Signal(SignalEvent::Stop(sig)) => {
                         self.begin_stopping(sig);
                         if let Err(sig) = self.quiesce().await {
                             tracing::warn!(event = "stopping", signal = %sig, "second stop signal: leaving now");
@@ -272,7 +325,7 @@ impl Supervisor<'_> {
                         self.core.health.app_stopped();
                         return 0;
                     }
-                    other => self.on_signal(other, None),
+                    other => self.on_event(other, None).await,
                 },
                 changed = ready.changed() => if changed.is_err() { std::future::pending::<()>().await },
                 st = &mut liveness => {
@@ -332,9 +385,12 @@ impl Supervisor<'_> {
             self.machine.readiness_changed(now);
             tokio::select! {
                 status = &mut app.exit => return Outcome::Exited(status.unwrap_or(LOST)),
-                ev = self.core.signals.recv() => match ev {
-                    SignalEvent::Stop(sig) => return Outcome::StopRequested(sig),
-                    other => self.on_signal(other, Some(app.pid)),
+                ev = self.core.next_event() => match ev {
+                    Event::Signal(SignalEvent::Stop(sig)) => return Outcome::StopRequested(sig),
+                    Event::Control(req) if req.action == control::Action::Restart => {
+                        return Outcome::RestartRequested(req)
+                    }
+                    other => self.on_event(other, Some(app.pid)).await,
                 },
                 changed = ready.changed() => if changed.is_err() { std::future::pending::<()>().await },
                 st = &mut liveness => return Outcome::LivenessFailed(st.last_failure.unwrap_or_default()),
@@ -376,9 +432,9 @@ impl Supervisor<'_> {
             loop {
                 tokio::select! {
                     () = &mut delay => break,
-                    ev = self.core.signals.recv() => match ev {
-                        SignalEvent::Stop(sig) => return Err(sig),
-                        other => self.on_signal_if_running(other),
+                    ev = self.core.next_event() => match ev {
+                        Event::Signal(SignalEvent::Stop(sig)) => return Err(sig),
+                        other => self.on_event_if_running(other).await,
                     },
                 }
             }
@@ -394,9 +450,9 @@ impl Supervisor<'_> {
                     wiring::log_drain(&report);
                     return Ok(());
                 }
-                ev = self.core.signals.recv() => match ev {
-                    SignalEvent::Stop(sig) => return Err(sig),
-                    other => self.on_signal_if_running(other),
+                ev = self.core.next_event() => match ev {
+                    Event::Signal(SignalEvent::Stop(sig)) => return Err(sig),
+                    other => self.on_event_if_running(other).await,
                 },
             }
         }
@@ -420,9 +476,9 @@ impl Supervisor<'_> {
                     self.kill(app, "stop_timeout", began);
                     return Ok((&mut app.exit).await.unwrap_or(LOST));
                 }
-                ev = self.core.signals.recv() => match ev {
-                    SignalEvent::Stop(sig) => return Err(sig),
-                    other => self.on_signal(other, Some(app.pid)),
+                ev = self.core.next_event() => match ev {
+                    Event::Signal(SignalEvent::Stop(sig)) => return Err(sig),
+                    other => self.on_event(other, Some(app.pid)).await,
                 },
             }
         }
@@ -451,23 +507,58 @@ impl Supervisor<'_> {
     }
 
     /// A signal that is not a stop request: tandem's own reload on SIGHUP, then forwarding to
-    /// the app's main process `pid` when there is one and the signal is in the forward list.
-    fn on_signal(&self, ev: SignalEvent, pid: Option<Pid>) {
+    /// the app's main process `pid` when there is one and the signal is in the forward list;
+    /// or an admin action.
+    async fn on_event(&mut self, ev: Event, pid: Option<Pid>) {
         match ev {
-            SignalEvent::Stop(_) => {}
-            SignalEvent::Reload => self.reopen_on_hup(Signal::SIGHUP),
-            SignalEvent::Forward(sig) => {
-                self.reopen_on_hup(sig);
-                match pid {
-                    Some(pid) => self.forward(pid, sig),
-                    None => tracing::debug!(signal = %sig, "no app running; signal not forwarded"),
-                }
+            Event::Signal(SignalEvent::Stop(_)) => {}
+            Event::Signal(SignalEvent::Reload) => self.on_hup(false, pid).await,
+            Event::Signal(SignalEvent::Forward(Signal::SIGHUP)) => self.on_hup(true, pid).await,
+            Event::Signal(SignalEvent::Forward(sig)) => match pid {
+                Some(pid) => self.forward(pid, sig),
+                None => tracing::debug!(signal = %sig, "no app running; signal not forwarded"),
+            },
+            Event::Control(req) => {
+                let reply = match req.action {
+                    control::Action::Reload => {
+                        control::Reply::Reload(self.reload(reload::Trigger::Admin).await)
+                    }
+                    // Taken by `wait_running` while the app runs; anywhere else there is none
+                    // to restart.
+                    control::Action::Restart => control::Reply::Restart(control::RestartOutcome {
+                        ok: false,
+                        error: Some(format!(
+                            "no app running to restart (phase {})",
+                            self.machine.phase().as_str()
+                        )),
+                        pid: None,
+                        restarts: self.machine.restarts(),
+                    }),
+                };
+                // The asker may have given up waiting: a reload's result is on /status too.
+                let _ = req.reply.send(reply);
             }
         }
     }
 
-    fn on_signal_if_running(&self, ev: SignalEvent) {
-        self.on_signal(ev, self.machine.app_pid());
+    /// Answer an asked restart (if one is waiting): the new app's pid, or None when none
+    /// started.
+    fn answer_restart(&self, asked: Option<control::Request>, pid: Option<Pid>) {
+        let Some(req) = asked else { return };
+        let outcome = control::RestartOutcome {
+            ok: pid.is_some(),
+            error: pid
+                .is_none()
+                .then(|| "the app was stopped but no new one started (see the log)".to_string()),
+            pid: pid.map(Pid::as_raw),
+            restarts: self.machine.restarts(),
+        };
+        let _ = req.reply.send(control::Reply::Restart(outcome));
+    }
+
+    async fn on_event_if_running(&mut self, ev: Event) {
+        let pid = self.machine.app_pid();
+        self.on_event(ev, pid).await;
     }
 
     fn forward(&self, pid: Pid, sig: Signal) {
@@ -552,9 +643,9 @@ impl Supervisor<'_> {
                     }
                     return None;
                 }
-                ev = self.core.signals.recv() => match ev {
-                    SignalEvent::Stop(sig) => return Some(sig),
-                    other => self.on_signal(other, None),
+                ev = self.core.next_event() => match ev {
+                    Event::Signal(SignalEvent::Stop(sig)) => return Some(sig),
+                    other => self.on_event(other, None).await,
                 },
             }
         }

@@ -15,13 +15,17 @@ use std::sync::Arc;
 use nix::sys::signal::Signal;
 use prometheus_client::registry::Registry;
 use tandem_proxy::{AccessRecord, CancellationToken, DrainReport, Hooks, Inbound, Serving};
-use tokio::{sync::watch, time::Instant};
+use tokio::{
+    sync::{mpsc, watch},
+    time::Instant,
+};
 
 use super::{machine::Machine, start_error::StartError, Options};
 use crate::{
     admin::AdminState,
     child::{guard::SharedGuard, AppSpec, Reaper},
     config::{Admin, Checked, Config},
+    control,
     health::{notify::Notifier, probe::ExitWatcher, HealthMonitor},
     logs::{Injector, Level, LogContext, LogRules, Pipeline},
     metrics::{LogsCollector, SupervisorMetrics},
@@ -44,6 +48,10 @@ pub struct Core {
     /// The guard process; None when `main` could not fork it (it warned then).
     pub guard: Option<SharedGuard>,
     pub health: HealthMonitor,
+    /// Where the config came from, to reload it; None: nothing to read again.
+    pub source: Option<super::reload::ConfigSource>,
+    /// Actions asked by the admin port (`POST /admin/reload`).
+    pub control: mpsc::Receiver<control::Request>,
 }
 
 /// Made before anything starts, for the machine: its metrics and where sd_notify goes.
@@ -72,6 +80,8 @@ pub struct Plan {
     spec: Option<AppSpec>,
     /// The admin port, checked.
     admin: Admin,
+    /// The admin port's end of the control channel.
+    control: control::Handle,
 }
 
 /// The started parts.
@@ -91,7 +101,7 @@ pub enum Proxy {
     /// No listeners configured.
     Off,
     /// Bound and serving, gated by the machine's readiness.
-    Serving(Serving),
+    Serving(Box<Serving>),
     /// Drained: its listeners are closed.
     Drained,
 }
@@ -109,6 +119,12 @@ pub struct Teardown {
     logs: Option<Pipeline>,
     passthrough: Option<Passthrough>,
     telemetry: Option<Telemetry>,
+}
+
+/// What the admin port has of the lifecycle: its status to read, its control to ask.
+struct Lifecycle {
+    status: watch::Receiver<Status>,
+    control: control::Handle,
 }
 
 /// Exit statuses for exec probes come from the one reaper (see `child::reap`).
@@ -180,6 +196,7 @@ pub fn prepare(checked: Checked, opts: Options) -> Result<Prepared, StartError> 
             user: cfg.app.user.clone(),
             group: cfg.app.group.clone(),
         });
+    let (control, control_rx) = control::channel();
     Ok(Prepared {
         core: Core {
             cfg,
@@ -187,6 +204,8 @@ pub fn prepare(checked: Checked, opts: Options) -> Result<Prepared, StartError> 
             signals,
             guard,
             health,
+            source: opts.config_source,
+            control: control_rx,
         },
         plan: Plan {
             registry,
@@ -196,6 +215,7 @@ pub fn prepare(checked: Checked, opts: Options) -> Result<Prepared, StartError> 
             passthrough,
             spec,
             admin,
+            control,
         },
         metrics,
         notifier,
@@ -215,6 +235,7 @@ impl Plan {
             passthrough,
             mut spec,
             admin,
+            control,
         } = self;
         let mut started = Teardown {
             proxy: Proxy::Off,
@@ -265,7 +286,10 @@ impl Plan {
                 &logs,
                 access,
                 telemetry.as_mut(),
-                machine.status(),
+                Lifecycle {
+                    status: machine.status(),
+                    control,
+                },
             )
             .await?;
             Ok(proxy)
@@ -377,7 +401,7 @@ async fn start_proxy(
         hooks = hooks.with_access_log(access_log(injector));
     }
     let serving = tandem_proxy::serve(bound, machine.proxy_gate(), CancellationToken::new(), hooks);
-    Ok((Proxy::Serving(serving), access))
+    Ok((Proxy::Serving(Box::new(serving)), access))
 }
 
 /// The access log: one record per request into the log pipeline, `kind: access`, at warn for
@@ -410,8 +434,9 @@ async fn start_admin(
     logs: &Pipeline,
     access: Option<Injector>,
     telemetry: Option<&mut Telemetry>,
-    status: watch::Receiver<Status>,
+    lifecycle: Lifecycle,
 ) -> Result<(), StartError> {
+    let Lifecycle { status, control } = lifecycle;
     registry.register_collector(Box::new(LogsCollector {
         counters: logs.counters(),
         injected_dropped: access,
@@ -455,6 +480,7 @@ async fn start_admin(
         registry,
         started: std::time::Instant::now(),
         recent: Some(logs.recent()),
+        control: Some(control),
     });
     // Off loopback the admin port requires a bearer token (read when the config was checked).
     tokio::spawn(crate::admin::serve_with_token(
@@ -484,7 +510,15 @@ impl Proxy {
     /// The proxy while it serves.
     pub fn serving(&self) -> Option<&Serving> {
         match self {
-            Proxy::Serving(s) => Some(s),
+            Proxy::Serving(s) => Some(&**s),
+            Proxy::Off | Proxy::Drained => None,
+        }
+    }
+
+    /// The proxy while it serves, to reconfigure.
+    pub fn serving_mut(&mut self) -> Option<&mut Serving> {
+        match self {
+            Proxy::Serving(s) => Some(&mut **s),
             Proxy::Off | Proxy::Drained => None,
         }
     }
@@ -493,7 +527,7 @@ impl Proxy {
     /// drained already.
     pub fn take_serving(&mut self) -> Option<Serving> {
         match std::mem::replace(self, Proxy::Drained) {
-            Proxy::Serving(s) => Some(s),
+            Proxy::Serving(s) => Some(*s),
             Proxy::Off => {
                 *self = Proxy::Off;
                 None

@@ -1,0 +1,108 @@
+//! Reconfigure in place (a config reload): a changed listener keeps its socket, new requests
+//! get the new settings while one in flight finishes on the old; a removed one drains and
+//! refuses; an added one serves.
+
+use std::time::Duration;
+
+use http::StatusCode;
+use tandem_proxy::{ListenerConfig, Protocol};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+fn listener(name: &str, upstream: std::net::SocketAddr) -> ListenerConfig {
+    let mut c = ListenerConfig::new(
+        "127.0.0.1:0".parse().expect("addr"),
+        upstream.to_string(),
+        Protocol::Http,
+    );
+    c.name = name.into();
+    c.drain_timeout = Duration::from_secs(30);
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_listener_keeps_its_socket_and_finishes_in_flight_on_the_old() {
+    bounded(async {
+        let (one, two) = (Upstream::start().await, Upstream::start().await);
+        let mut proxy = Proxy::start(one.addr, Protocol::Http, true, |c| {
+            c.drain_timeout = Duration::from_secs(30);
+        })
+        .await;
+        let addr = proxy.addr;
+        let mut serving = proxy.drain_handle();
+        let client = h1_client();
+        let url = proxy.url("/slow?ms=1500");
+        let slow = tokio::spawn({
+            let client = client.clone();
+            async move { get(&client, &url).await }
+        });
+        let seen = one.seen.clone();
+        eventually("the slow request reached the first app", || {
+            seen.hits("/slow") == 1
+        })
+        .await;
+
+        // Same name and address, a new upstream.
+        let done = serving
+            .reconfigure(&[listener("test", two.addr)])
+            .await
+            .expect("reconfigure");
+        assert_eq!(done.changed, ["test"]);
+        assert!(done.added.is_empty() && done.removed.is_empty());
+        assert_eq!(serving.local_addrs()[0].1, addr, "the same socket");
+        let (status, _, _) = get(&h1_client(), &format!("http://{addr}/echo"))
+            .await
+            .expect("a new request");
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            two.seen.hits("/echo"),
+            1,
+            "new requests go to the new upstream"
+        );
+        let (status, _, body) = slow.await.expect("task").expect("the in-flight GET");
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"slow done"[..]));
+
+        // Unchanged is untouched; a removed one refuses; an added one serves.
+        let done = serving
+            .reconfigure(&[listener("added", one.addr)])
+            .await
+            .expect("reconfigure");
+        assert_eq!(
+            (done.added, done.removed),
+            (vec!["added".to_string()], vec!["test".to_string()])
+        );
+        let added = serving.local_addrs()[0].1;
+        let (status, _, _) = get(&h1_client(), &format!("http://{added}/echo"))
+            .await
+            .expect("the added listener");
+        assert_eq!(status, StatusCode::OK);
+        let mut refused = false;
+        for _ in 0..500 {
+            if TcpStream::connect(addr).await.is_err() {
+                refused = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(refused, "the removed listener still accepts");
+        let same = serving
+            .reconfigure(&[listener("added", one.addr)])
+            .await
+            .expect("reconfigure");
+        assert_eq!(same.unchanged, ["added"]);
+
+        // A listener that cannot be bound refuses the whole change.
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut bad = listener("bad", one.addr);
+        bad.listen = taken.local_addr().expect("addr");
+        assert!(serving
+            .reconfigure(&[listener("added", two.addr), bad])
+            .await
+            .is_err());
+        assert_eq!(serving.local_addrs().len(), 1, "nothing changed");
+        let report = serving.drain().await;
+        assert_eq!(report.cut(), 0, "{report:?}");
+    })
+    .await;
+}

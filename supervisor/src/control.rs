@@ -1,0 +1,92 @@
+//! Actions asked of the lifecycle from outside it (the admin port's `POST /admin/...`): each one
+//! a request on a bounded channel with a one-shot reply.
+//!
+//! The one thing to know: only the lifecycle acts. The admin port sends a [`Request`] and waits
+//! (bounded) for the reply; the lifecycle takes requests in the same `select!` as signals, so an
+//! action never races a stop or a restart. A leaf but for `phase` (the reply's type).
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::phase::ReloadOutcome;
+
+/// What can be asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Re-read the config and apply what can be applied in place.
+    Reload,
+    /// Stop the app and start it again (requests held by the proxy meanwhile).
+    Restart,
+}
+
+/// An action's result, as the admin port answers it (JSON).
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Reply {
+    Reload(ReloadOutcome),
+    Restart(RestartOutcome),
+}
+
+/// What an asked restart did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RestartOutcome {
+    /// Whether a new app process was started.
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The new app process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    /// The restart counter after it.
+    pub restarts: u32,
+}
+
+/// One action and where its result goes.
+#[derive(Debug)]
+pub struct Request {
+    pub action: Action,
+    pub reply: oneshot::Sender<Reply>,
+}
+
+// === impl Reply ===
+
+impl Reply {
+    /// Whether the action was done.
+    pub fn ok(&self) -> bool {
+        match self {
+            Reply::Reload(r) => r.ok,
+            Reply::Restart(r) => r.ok,
+        }
+    }
+}
+
+/// The admin port's end of the channel.
+#[derive(Debug, Clone)]
+pub struct Handle(mpsc::Sender<Request>);
+
+/// Requests waiting for the lifecycle: one at a time is the normal case.
+const QUEUE: usize = 8;
+
+/// A new channel: the handle for the admin port, the receiver for the lifecycle.
+pub fn channel() -> (Handle, mpsc::Receiver<Request>) {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    (Handle(tx), rx)
+}
+
+// === impl Handle ===
+
+impl Handle {
+    /// Ask for `action` and wait for its result, at most `timeout`; None when the lifecycle
+    /// did not answer in time (or is gone).
+    pub async fn ask(&self, action: Action, timeout: Duration) -> Option<Reply> {
+        let (reply, rx) = oneshot::channel();
+        tokio::time::timeout(timeout, async {
+            self.0.send(Request { action, reply }).await.ok()?;
+            rx.await.ok()
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+}
