@@ -108,6 +108,13 @@ impl Supervisor<'_> {
                 outcome.ok = true;
                 outcome.applied = applied;
                 outcome.pending_restart = pending;
+            }
+            Err(error) => outcome.error = Some(error),
+        }
+        // On /status before the log line: whoever reads the event finds the result there.
+        self.machine.set_reload(outcome.clone());
+        match &outcome.error {
+            None => {
                 tracing::info!(
                     event = "config_reloaded",
                     trigger = outcome.trigger,
@@ -123,12 +130,10 @@ impl Supervisor<'_> {
                     );
                 }
             }
-            Err(error) => {
+            Some(error) => {
                 tracing::error!(event = "reload_failed", trigger = outcome.trigger, error = %error, "config reload refused; the old config stays");
-                outcome.error = Some(error);
             }
         }
-        self.machine.set_reload(outcome.clone());
         outcome
     }
 
