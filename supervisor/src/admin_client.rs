@@ -35,6 +35,15 @@ pub fn get(addr: &str, path: &str) -> Result<(u16, String), AskError> {
     ask(addr, path, Method::Get, None, TIMEOUT)
 }
 
+/// GET `path` on `addr` with `token` as a bearer token (an admin port with `token_file`).
+pub fn get_with_token(
+    addr: &str,
+    path: &str,
+    token: Option<&str>,
+) -> Result<(u16, String), AskError> {
+    ask(addr, path, Method::Get, token, TIMEOUT)
+}
+
 /// POST (no body) to `path` on `addr`, with `token` as a bearer token; returns the status
 /// code and body.
 pub fn post(addr: &str, path: &str, token: Option<&str>) -> Result<(u16, String), AskError> {

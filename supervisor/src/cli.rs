@@ -89,7 +89,7 @@ pub struct AdminArgs {
 #[derive(Debug, Clone, Args)]
 pub struct StatusArgs {
     #[command(flatten)]
-    pub admin: AdminArgs,
+    pub admin: ActionArgs,
     /// Print `/status` as it is (JSON), for scripts.
     #[arg(long)]
     pub json: bool,

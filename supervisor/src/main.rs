@@ -28,7 +28,7 @@ fn main() {
     init_tracing();
     let code = match cli.command {
         Some(Command::Check(args)) => check(&args),
-        Some(Command::Status(args)) => status(&args.admin.admin, args.json),
+        Some(Command::Status(args)) => status(&args.admin, args.json),
         Some(Command::Health(args)) => health(&args.admin),
         Some(Command::Reload(args)) => act(&args, "reload"),
         Some(Command::Restart(args)) => act(&args, "restart"),
@@ -141,8 +141,19 @@ fn run(args: &RunArgs) -> i32 {
 /// `/status` as a table (colour on a terminal without `NO_COLOR`), or as it is with `--json`.
 /// A body that is not JSON (a 401 without the token) is printed as it is: the exit code stays
 /// 0 for any answer, as before the table.
-fn status(admin: &str, json: bool) -> i32 {
-    match admin_client::get(admin, "/status") {
+fn status(args: &ActionArgs, json: bool) -> i32 {
+    let token = match args.token() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("tandem status: {e}");
+            return exit::CONFIG;
+        }
+    };
+    match admin_client::get_with_token(&args.admin, "/status", token.as_deref()) {
+        Ok((code, body)) if code != 200 => {
+            eprintln!("tandem status: refused ({code}): {}", body.trim_end());
+            1
+        }
         Ok((_, body)) => {
             match serde_json::from_str::<serde_json::Value>(&body) {
                 Ok(v) if !json && v.is_object() => {

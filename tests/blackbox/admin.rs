@@ -407,16 +407,27 @@ fn status_and_its_log_records_need_the_token() {
         assert_eq!(code, 401, "{path}");
         assert!(!String::from_utf8_lossy(&body).contains("marker-line"));
     }
-    // `tandem status` has no token: it shows the refusal, as before, never the records.
+    // `tandem status` without the token: the refusal on stderr, exit 1, never the records.
     let out = Command::new(bin())
         .args(["status", "--admin", &addr])
+        .env_remove("TANDEM_ADMIN_TOKEN_FILE")
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(
         text.contains("admin token required") && !text.contains("marker-line"),
         "{text}"
     );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("marker-line"));
+    // With --token-file it shows them.
+    let out = Command::new(bin())
+        .args(["status", "--json", "--admin", &addr, "--token-file"])
+        .arg(&token_file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("marker-line"));
     t.signal(Signal::SIGTERM);
     t.wait();
 }
