@@ -283,7 +283,7 @@ fn status_page(state: &AdminState, s: &Status) -> String {
          <body><h1>{service}</h1><p><span class=phase>{phase}{ready}</span></p><table>\
          <tr><td>app pid</td><td>{pid}</td></tr><tr><td>app uptime</td><td>{app_uptime}</td></tr><tr><td>restarts</td><td>{restarts}</td></tr>\
          <tr><td>last exit code</td><td>{last}</td></tr><tr><td>tandem uptime</td><td>{uptime}s</td></tr>\
-         <tr><td>version</td><td>{version}</td></tr></table>\
+         <tr><td>version</td><td>{version}</td></tr><tr><td>last reload</td><td>{reload}</td></tr></table>\
          {listeners}<h2>Last log records</h2>{logs}\
          <p><a href=/metrics>/metrics</a> · <a href=/status>/status</a> · <a href=/readyz>/readyz</a></p></body></html>",
         service = esc(&state.service),
@@ -297,7 +297,37 @@ fn status_page(state: &AdminState, s: &Status) -> String {
         last = opt(s.last_exit_code),
         uptime = state.started.elapsed().as_secs(),
         version = env!("CARGO_PKG_VERSION"),
+        reload = reload_cell(s.reload.as_ref()),
     )
+}
+
+/// The last reload on the page: when, by what, and what it did or why it was refused.
+fn reload_cell(r: Option<&crate::phase::ReloadOutcome>) -> String {
+    let Some(r) = r else {
+        return "-".into();
+    };
+    let list = |keys: &[String]| {
+        if keys.is_empty() {
+            "nothing".to_string()
+        } else {
+            esc(&keys.join(", "))
+        }
+    };
+    match &r.error {
+        Some(e) => format!(
+            "{} ({}): <span class=bad>refused, the old config stays: {}</span>",
+            esc(&r.at),
+            r.trigger,
+            esc(e)
+        ),
+        None => format!(
+            "{} ({}): applied {}; pending restart: {}",
+            esc(&r.at),
+            r.trigger,
+            list(&r.applied),
+            list(&r.pending_restart)
+        ),
+    }
 }
 
 /// HTML text: nothing the app or a config wrote can open a tag or an attribute.

@@ -279,6 +279,14 @@ fn reload_adds_changes_and_removes_listeners_under_load_and_refuses_a_broken_con
         s["reload"]["error"].as_str().unwrap().contains(&want),
         "{s}"
     );
+    // The status page shows it too.
+    let (code, _, page) = http(&admin, "GET", "/", b"", &[]).unwrap();
+    let page = String::from_utf8_lossy(&page);
+    assert_eq!(code, 200);
+    assert!(
+        page.contains("refused, the old config stays") && page.contains(&want),
+        "{page}"
+    );
     assert_eq!(body(&keep_addr).as_deref(), Some("one"));
     assert_eq!(body(&added_addr).as_deref(), Some("one"));
     assert_eq!(s["app_pid"].as_i64().unwrap(), pid);
