@@ -12,13 +12,6 @@ use tandem::admin_client::get;
 use crate::apps::python_http_server;
 use crate::support::{bin, eventually, http, require_tool, wait_file, Tandem};
 
-fn admin_addr(t: &Tandem) -> String {
-    t.wait_event("admin_listening")["addr"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 fn cli(args: &[&str]) -> i32 {
     Command::new(bin())
         .args(args)
@@ -44,7 +37,7 @@ fn endpoints_follow_the_lifecycle() {
         "-c",
         &script,
     ]);
-    let addr = admin_addr(&t);
+    let addr = t.admin_addr();
     wait_file(&dir.path().join("ready"));
     eventually("readyz 200", || {
         get(&addr, "/readyz").is_ok_and(|(c, _)| c == 200)
@@ -111,7 +104,7 @@ fn not_ready_while_restarting() {
         "-c",
         "exit 4",
     ]);
-    let addr = admin_addr(&t);
+    let addr = t.admin_addr();
     t.wait_event("restarting");
     let (code, body) = get(&addr, "/readyz").unwrap();
     assert_eq!(code, 503, "{body}");
@@ -185,7 +178,7 @@ fn a_real_prometheus_scrapes_metrics() {
         return;
     }
     let mut t = Tandem::spawn(&["--admin", "127.0.0.1:0", "--", "sleep", "1000"]);
-    let addr = admin_addr(&t);
+    let addr = t.admin_addr();
     let dir = tempfile::tempdir().unwrap();
     let (_prom, web) = start_prometheus(dir.path(), &addr);
     let query = |q: &str| -> Option<String> {
@@ -257,7 +250,7 @@ fn status_shows_a_table_listener_stats_and_redacted_logs() {
     args.extend(command.iter().map(String::as_str));
     let mut t = Tandem::spawn(&args);
     t.collect_stdout();
-    let addr = admin_addr(&t);
+    let addr = t.admin_addr();
     t.wait_event("ready");
     let front = format!("127.0.0.1:{listen}");
     // http.server logs every request on stderr, the query string with it.
@@ -374,7 +367,7 @@ fn status_and_its_log_records_need_the_token() {
     );
     let mut t = Tandem::spawn(&["--config", cfg.to_str().unwrap(), "--", "sh", "-c", &script]);
     t.collect_stdout();
-    let addr = admin_addr(&t);
+    let addr = t.admin_addr();
     wait_file(&dir.path().join("ready"));
     let bearer = format!("Bearer {token}");
     let with_token = |path: &str| {

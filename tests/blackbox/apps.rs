@@ -151,10 +151,7 @@ initial_delay = "50ms"
     cmd.arg("--config").arg(&cfg);
     let mut t = Tandem::spawn_cmd(&mut cmd);
     t.collect_stdout();
-    let admin = t.wait_event("admin_listening")["addr"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let admin = t.admin_addr();
     t.wait_event("ready");
     (t, admin)
 }

@@ -509,10 +509,7 @@ fn beside_the_app_a_failed_liveness_probe_exits_69_only_when_a_restart_is_asked_
 
     let never = cfg("never");
     let mut t = crate::support::Tandem::spawn(&["--config", never.to_str().unwrap()]);
-    let admin = t.wait_event("admin_listening")["addr"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let admin = t.admin_addr();
     t.wait_event("liveness_failed");
     // The admin port answers after the failure was handled: tandem stayed beside the app
     // (with a restart asked for it returns from that same step, see above).

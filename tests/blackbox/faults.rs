@@ -12,10 +12,7 @@ use crate::support::{
 };
 
 fn admin(t: &Tandem) -> String {
-    t.wait_event("admin_listening")["addr"]
-        .as_str()
-        .unwrap()
-        .to_string()
+    t.admin_addr()
 }
 
 /// A hung app (Python's http.server stopped with SIGSTOP: its port still accepts, nothing

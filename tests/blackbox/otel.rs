@@ -270,10 +270,7 @@ upstream = "127.0.0.1:{port}"
         .as_str()
         .unwrap()
         .to_string();
-    let admin = t.wait_event("admin_listening")["addr"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let admin = t.admin_addr();
     t.wait_event("ready");
     (t, proxy, admin)
 }

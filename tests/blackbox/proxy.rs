@@ -59,10 +59,7 @@ fn start(dir: &std::path::Path, app_args: &str, extra: &str) -> (Tandem, String,
         .as_str()
         .unwrap()
         .to_string();
-    let admin = t.wait_event("admin_listening")["addr"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let admin = t.admin_addr();
     (t, proxy, admin)
 }
 

@@ -127,10 +127,7 @@ fn kill_under_load(app_cmd: Vec<String>, app: u16, path: &str) {
     let listen = free_port();
     let t = new_user_defaults(&format!("127.0.0.1:{listen}=127.0.0.1:{app}"), app_cmd);
     let proxy = format!("127.0.0.1:{listen}");
-    let admin = t.wait_event("admin_listening")["addr"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let admin = t.admin_addr();
     let first_pid = t.app_pid();
     t.wait_event("ready");
 
@@ -274,10 +271,7 @@ fn crashy(extra: &[&str]) -> (Tandem, String, String) {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut t = Tandem::spawn(&args);
     t.collect_stdout();
-    let admin = t.wait_event("admin_listening")["addr"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let admin = t.admin_addr();
     t.wait_event("ready");
     (t, format!("127.0.0.1:{listen}"), admin)
 }
@@ -367,10 +361,7 @@ retry = {{ max_replays_after_app_exit = 0 }}
         CRASHY,
         &app.to_string(),
     ]);
-    let admin = t.wait_event("admin_listening")["addr"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let admin = t.admin_addr();
     t.wait_event("ready");
     let proxy = format!("127.0.0.1:{listen}");
     let got = crate::support::http(&proxy, "GET", "/crash", b"", &[]).unwrap();
@@ -398,10 +389,7 @@ fn implicit_readiness_waits_for_the_app_to_listen() {
         "-c",
         &script,
     ]);
-    let admin = t.wait_event("admin_listening")["addr"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let admin = t.admin_addr();
     let started = t.wait_event("started");
     // Not ready while the app sleeps: /readyz says so.
     let (code, _) = tandem::admin_client::get(&admin, "/readyz").unwrap();

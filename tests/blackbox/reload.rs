@@ -149,10 +149,7 @@ fn reload_adds_changes_and_removes_listeners_under_load_and_refuses_a_broken_con
     std::fs::write(&cfg, &original).unwrap();
     let mut t = Tandem::spawn(&["--config", cfg.to_str().unwrap()]);
     t.collect_stdout();
-    let admin = t.wait_event("admin_listening")["addr"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let admin = t.admin_addr();
     t.wait_event("ready");
 
     let mut second = Command::new(python_http_server(&site2, app2).unwrap()[0].clone());
@@ -313,10 +310,7 @@ fn reload_on_the_admin_port_needs_its_token() {
         "sleep",
         "1000",
     ]);
-    let admin = t.wait_event("admin_listening")["addr"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let admin = t.admin_addr();
     let (code, head, _) = http(&admin, "POST", "/admin/reload", b"", &[]).unwrap();
     assert_eq!(code, 401, "{head}");
     let (code, out, err) = tandem_reload(&admin);

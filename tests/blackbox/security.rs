@@ -352,10 +352,7 @@ key = "{key}"
         .as_str()
         .unwrap()
         .to_string();
-    let admin = t.wait_event("admin_listening")["addr"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let admin = t.admin_addr();
 
     const ATTEMPTS: usize = 40;
     for _ in 0..ATTEMPTS {

@@ -170,6 +170,14 @@ impl Tandem {
         }
     }
 
+    /// The admin port's address, from the `admin_listening` event.
+    pub fn admin_addr(&self) -> String {
+        self.wait_event("admin_listening")["addr"]
+            .as_str()
+            .expect("admin_listening has an addr")
+            .to_string()
+    }
+
     pub fn wait_event(&self, name: &str) -> Value {
         self.wait_event_nth(name, 0)
     }
