@@ -48,18 +48,53 @@ pub struct AdminState {
 const ACTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Whether `req` carries the admin token (digests compared: the time taken tells neither
-/// where a guess differs nor how long the token is).
+/// where a guess differs nor how long the token is): as a bearer token (scripts, `tandem`), or
+/// as the password of HTTP Basic, any user name (a browser on the status page asks for it).
 fn authorized(req: &Request<Incoming>, token: Option<&str>) -> bool {
     let Some(token) = token else {
         return true;
     };
-    let presented = req
+    let value = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    tandem_proxy::secrets_equal(presented.as_bytes(), token.as_bytes())
+    let presented = if let Some(bearer) = value.strip_prefix("Bearer ") {
+        bearer.as_bytes().to_vec()
+    } else if let Some(basic) = value.strip_prefix("Basic ") {
+        use base64::Engine as _;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(basic.trim())
+            .unwrap_or_default();
+        match decoded.iter().position(|b| *b == b':') {
+            Some(i) => decoded[i + 1..].to_vec(),
+            None => Vec::new(),
+        }
+    } else {
+        Vec::new()
+    };
+    tandem_proxy::secrets_equal(&presented, token.as_bytes())
+}
+
+/// Whether a browser sent `req` from another site: its `Origin` names another host than the
+/// one it was sent to. An action from there is refused, so a web page cannot make a visitor's
+/// browser restart the app (the admin port may take actions without a token on loopback, and a
+/// browser sends cached Basic credentials with a form posted from anywhere). Clients that are
+/// not browsers send no `Origin`.
+fn cross_site(req: &Request<Incoming>) -> bool {
+    let Some(origin) = req.headers().get(header::ORIGIN) else {
+        return false;
+    };
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
+    let origin_host = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .map(|(_, rest)| rest.trim_end_matches('/'));
+    origin_host.is_none() || origin_host != host
 }
 
 /// Serve the admin endpoints on `listener` until the task is dropped.
@@ -116,9 +151,22 @@ pub async fn serve_with_token(
                             header::WWW_AUTHENTICATE,
                             header::HeaderValue::from_static("Bearer realm=\"tandem-admin\""),
                         );
+                        // A browser asks its user (any name, the token as password).
+                        r.headers_mut().append(
+                            header::WWW_AUTHENTICATE,
+                            header::HeaderValue::from_static(
+                                "Basic realm=\"tandem-admin\", charset=\"UTF-8\"",
+                            ),
+                        );
                         return Ok::<_, Infallible>(r);
                     }
                     if req.method() == Method::POST && req.uri().path().starts_with("/admin/") {
+                        if cross_site(&req) {
+                            return Ok::<_, Infallible>(text(
+                                StatusCode::FORBIDDEN,
+                                "admin actions are refused from another site's page\n",
+                            ));
+                        }
                         return Ok::<_, Infallible>(act(&req, &state, may_act).await);
                     }
                     Ok::<_, Infallible>(handle(&req, &state))
@@ -281,9 +329,13 @@ fn status_page(state: &AdminState, s: &Status) -> String {
          td,th{{padding:.2em 1em .2em 0;text-align:left}}.phase{{color:#fff;background:{colour};padding:.2em .6em;border-radius:4px}}\
          .bad{{color:#c62828}}pre{{background:#f5f5f5;padding:.6em;overflow-x:auto;font-size:12px}}</style></head>\
          <body><h1>{service}</h1><p><span class=phase>{phase}{ready}</span></p><table>\
-         <tr><td>app pid</td><td>{pid}</td></tr><tr><td>app uptime</td><td>{app_uptime}</td></tr><tr><td>restarts</td><td>{restarts}</td></tr>\
+         <tr><td>app pid</td><td>{pid}</td></tr><tr><td>app uptime</td><td>{app_uptime}</td></tr><tr><td>restarts</td><td id=restarts>{restarts}</td></tr>\
          <tr><td>last exit code</td><td>{last}</td></tr><tr><td>tandem uptime</td><td>{uptime}s</td></tr>\
          <tr><td>version</td><td>{version}</td></tr><tr><td>last reload</td><td>{reload}</td></tr></table>\
+         <p><button id=restart onclick=restartApp()>Restart the app</button> <span id=action></span></p>\
+         <script>function restartApp(){{var a=document.getElementById('action');a.textContent='restarting...';\
+         fetch(location.origin+'/admin/restart',{{method:'POST',credentials:'same-origin'}}).then(function(r){{return r.text().then(function(t){{\
+         a.textContent=(r.ok?'restarted: ':'refused ('+r.status+'): ')+t;}})}}).catch(function(e){{a.textContent='failed: '+e}})}}</script>\
          {listeners}<h2>Last log records</h2>{logs}\
          <p><a href=/metrics>/metrics</a> · <a href=/status>/status</a> · <a href=/readyz>/readyz</a></p></body></html>",
         service = esc(&state.service),

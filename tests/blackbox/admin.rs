@@ -424,3 +424,71 @@ fn status_and_its_log_records_need_the_token() {
     t.signal(Signal::SIGTERM);
     t.wait();
 }
+
+/// The status page in a real headless browser (tests/browser/status_page.py: Debian's
+/// chromium and chromedriver, Selenium from PyPI): the restart button restarts the app with the
+/// token and the count on the page goes up; without the token the page and the action refuse.
+#[test]
+fn the_status_page_in_a_headless_browser_restarts_the_app_with_the_token() {
+    if !require_tool("chromium") || !require_tool("chromedriver") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "browser-admin-token-0123456789\n").unwrap();
+    let cfg = dir.path().join("tandem.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = {:?}\n[restart]\npolicy = \"always\"\n",
+            token_file.display()
+        ),
+    )
+    .unwrap();
+    let mut t = Tandem::spawn(&["--config", cfg.to_str().unwrap(), "--", "sleep", "1000"]);
+    t.collect_stdout();
+    let addr = t.admin_addr();
+    t.wait_event("started");
+
+    // The action without the token, or posted from another site's page: refused.
+    let (code, head, _) = http(&addr, "POST", "/admin/restart", b"", &[]).unwrap();
+    assert_eq!(code, 401, "{head}");
+    let bearer = "Bearer browser-admin-token-0123456789";
+    let (code, head, _) = http(
+        &addr,
+        "POST",
+        "/admin/restart",
+        b"",
+        &[("Authorization", bearer), ("Origin", "http://evil.example")],
+    )
+    .unwrap();
+    assert_eq!(code, 403, "{head}");
+    let (_, _, body) = http(&addr, "GET", "/status", b"", &[("Authorization", bearer)]).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["restarts"], 0, "nothing restarted yet: {v}");
+
+    let out = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/browser/status_page.py"
+        ))
+        .arg(&addr)
+        .arg(&token_file)
+        .env(
+            "PYTHONPATH",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../target/py"),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "browser: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, _, body) = http(&addr, "GET", "/status", b"", &[("Authorization", bearer)]).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["restarts"], 1, "one restart, from the page's button: {v}");
+    t.signal(Signal::SIGTERM);
+    t.wait();
+}
