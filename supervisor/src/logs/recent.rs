@@ -5,9 +5,12 @@
 //! [`crate::logs::backpressure::Outlet::send`], with the batch every sink gets: after
 //! `redact`, so a secret the rules hide never reaches the ring. Cheap on purpose: the reader
 //! only clones the batch's `Arc` into the ring under a lock held for that push (rendering
-//! waits until someone asks). Invariant: the ring holds the newest batches covering at most
-//! `cap` records plus one batch (`logs.batch_records`; the batches are the ones the sinks'
-//! queues share), and a snapshot returns at most `cap`, each cut to [`MAX_SHOWN_BYTES`].
+//! waits until someone asks). A batch with more than [`KEEP_BATCH_BYTES`] of text (long lines)
+//! is not kept whole: its last `cap` records are rendered (cut) at once and only those kept.
+//! Invariant: the ring holds the newest batches covering at most `cap` records plus one batch,
+//! each kept batch at most [`KEEP_BATCH_BYTES`] of text (so at most `cap` x 64 KiB in all,
+//! whatever `logs.max_line_bytes` and `logs.batch_records` are), and a snapshot returns at
+//! most `cap`, each cut to [`MAX_SHOWN_BYTES`].
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -23,6 +26,10 @@ pub const RECENT_RECORDS: usize = 50;
 /// fields whose JSON text is longer are left out (`fields_truncated: true`): 50 records of
 /// `max_line_bytes` would not fit `/status` (nor `tandem status`'s 1 MiB read).
 pub const MAX_SHOWN_BYTES: usize = 2048;
+/// A batch with at most this much text (messages and fields) is kept as it is, shared with the
+/// sinks (an `Arc` clone); a larger one only as its last records, rendered. Typical batches
+/// (256 lines of up to 250 bytes) take the cheap way.
+pub const KEEP_BATCH_BYTES: usize = 64 * 1024;
 
 /// The last batches, newest last. Shared by the readers (writers) and the admin port (reader).
 #[derive(Debug)]
@@ -33,9 +40,35 @@ pub struct Recent {
 
 #[derive(Debug, Default)]
 struct Ring {
-    batches: VecDeque<Arc<Vec<Record>>>,
+    batches: VecDeque<Held>,
     /// Records in `batches`.
     held: usize,
+}
+
+/// One batch in the ring.
+#[derive(Debug, Clone)]
+enum Held {
+    /// The batch the sinks got, shared.
+    Batch(Arc<Vec<Record>>),
+    /// The last records of a batch too large to keep, already rendered.
+    Shown(Arc<Vec<Value>>),
+}
+
+impl Held {
+    fn len(&self) -> usize {
+        match self {
+            Held::Batch(b) => b.len(),
+            Held::Shown(v) => v.len(),
+        }
+    }
+}
+
+/// The text a batch holds: its messages and fields.
+fn text_bytes(batch: &[Record]) -> usize {
+    batch
+        .iter()
+        .map(|r| r.msg.len() + r.fields.as_ref().map_or(0, |f| f.as_json().len()))
+        .sum()
 }
 
 // === impl Recent ===
@@ -55,9 +88,15 @@ impl Recent {
         if self.cap == 0 || batch.is_empty() {
             return;
         }
+        let kept = if text_bytes(batch) <= KEEP_BATCH_BYTES {
+            Held::Batch(batch.clone())
+        } else {
+            let tail = &batch[batch.len().saturating_sub(self.cap)..];
+            Held::Shown(Arc::new(tail.iter().map(render).collect()))
+        };
         let mut ring = self.ring.lock().expect("recent records lock poisoned");
-        ring.held += batch.len();
-        ring.batches.push_back(batch.clone());
+        ring.held += kept.len();
+        ring.batches.push_back(kept);
         while let Some(front) = ring.batches.front() {
             if ring.held - front.len() < self.cap {
                 break;
@@ -75,7 +114,7 @@ impl Recent {
     /// The newest `cap` records, oldest first, as JSON objects (`time`, `level`, `stream`,
     /// `pid` when known, `msg`, `fields` when present).
     pub fn snapshot(&self) -> Vec<Value> {
-        let batches: Vec<Arc<Vec<Record>>> = self
+        let batches: Vec<Held> = self
             .ring
             .lock()
             .expect("recent records lock poisoned")
@@ -83,13 +122,17 @@ impl Recent {
             .iter()
             .cloned()
             .collect();
-        let mut out: Vec<Value> = batches
-            .iter()
-            .rev()
-            .flat_map(|b| b.iter().rev())
-            .take(self.cap)
-            .map(render)
-            .collect();
+        let mut out: Vec<Value> = Vec::with_capacity(self.cap);
+        for held in batches.iter().rev() {
+            let want = self.cap - out.len();
+            match held {
+                Held::Batch(b) => out.extend(b.iter().rev().take(want).map(render)),
+                Held::Shown(v) => out.extend(v.iter().rev().take(want).cloned()),
+            }
+            if out.len() == self.cap {
+                break;
+            }
+        }
         out.reverse();
         out
     }
@@ -191,6 +234,39 @@ mod tests {
             );
         }
         assert_eq!(recent.snapshot().len(), 50);
+    }
+
+    #[test]
+    fn a_batch_of_long_lines_is_kept_only_as_its_shown_tail() {
+        let recent = Recent::new(3);
+        recent.push(&batch(&["old"]));
+        // 100 lines of 64 KiB: 6.4 MB of text, of which 3 records cut to 2 KiB are kept.
+        let long = "y".repeat(64 * 1024);
+        let big = Arc::new((0..100).map(|_| record(&long)).collect::<Vec<_>>());
+        recent.push(&big);
+        drop(big);
+        let ring = recent.ring.lock().unwrap();
+        assert!(
+            matches!(ring.batches.back(), Some(Held::Shown(v)) if v.len() == 3),
+            "{:?}",
+            ring.batches.back().map(Held::len)
+        );
+        drop(ring);
+        let shown = recent.snapshot();
+        assert_eq!(shown.len(), 3);
+        assert!(
+            shown
+                .iter()
+                .all(|v| v["truncated"] == true
+                    && v["msg"].as_str().unwrap().len() == MAX_SHOWN_BYTES)
+        );
+        // Small batches after it are shared again, and shown after it.
+        recent.push(&batch(&["new"]));
+        assert!(matches!(
+            recent.ring.lock().unwrap().batches.back(),
+            Some(Held::Batch(_))
+        ));
+        assert_eq!(recent.snapshot().last().unwrap()["msg"], "new");
     }
 
     #[test]
