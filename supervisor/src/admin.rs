@@ -23,6 +23,7 @@ use hyper::{
 use hyper_util::rt::TokioIo;
 use prometheus_client::registry::Registry;
 use tokio::{net::TcpListener, sync::watch};
+use tokio_util::sync::CancellationToken;
 
 use crate::control;
 use crate::listener_stats::{self, ListenerStats, Stats};
@@ -109,6 +110,23 @@ pub async fn serve_with_token(
     state: Arc<AdminState>,
     token: Option<Arc<str>>,
 ) {
+    serve_until(listener, state, token, CancellationToken::new()).await;
+}
+
+/// How long a stopped admin port waits for its open connections (the answer to
+/// `POST /admin/upgrade` among them) before it gives its socket back.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// [`serve_with_token`] until `stop` is cancelled: then it stops accepting (new connections
+/// wait in the backlog), lets open connections finish (at most [`STOP_GRACE`]) and returns the
+/// listening socket, for a new image of tandem to serve (`tandem upgrade`).
+pub async fn serve_until(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    token: Option<Arc<str>>,
+    stop: CancellationToken,
+) -> TcpListener {
+    let connections = tokio_util::task::TaskTracker::new();
     let mut tick = tokio::time::interval(listener_stats::TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Actions without a token only on loopback (the config requires a token elsewhere; this
@@ -116,6 +134,11 @@ pub async fn serve_with_token(
     let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
     loop {
         let accepted = tokio::select! {
+            () = stop.cancelled() => {
+                connections.close();
+                let _ = tokio::time::timeout(STOP_GRACE, connections.wait()).await;
+                return listener;
+            }
             a = listener.accept() => a,
             _ = tick.tick() => {
                 // Only listeners have stats: without them, no registry read per tick.
@@ -136,7 +159,7 @@ pub async fn serve_with_token(
         };
         let state = state.clone();
         let token = token.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let service = service_fn(move |req| {
                 let state = state.clone();
                 // Probes (Nomad and Docker checks, load balancers) cannot carry a secret, and
@@ -239,10 +262,13 @@ async fn act(req: &Request<Incoming>, state: &AdminState, allowed: bool) -> Resp
     let action = match req.uri().path() {
         "/admin/reload" => control::Action::Reload,
         "/admin/restart" => control::Action::Restart,
+        "/admin/upgrade" => control::Action::Upgrade {
+            binary: query_param(req, "binary"),
+        },
         _ => {
             return text(
                 StatusCode::NOT_FOUND,
-                "not found: try POST /admin/reload or /admin/restart\n",
+                "not found: try POST /admin/reload, /admin/restart or /admin/upgrade\n",
             )
         }
     };
@@ -255,11 +281,13 @@ async fn act(req: &Request<Incoming>, state: &AdminState, allowed: bool) -> Resp
     let Some(control) = &state.control else {
         return text(StatusCode::SERVICE_UNAVAILABLE, "no lifecycle to act\n");
     };
-    match control.ask(action, ACTION_TIMEOUT).await {
+    match control.ask(action.clone(), ACTION_TIMEOUT).await {
         Some(outcome) => {
             let code = match (outcome.ok(), action) {
                 (true, _) => StatusCode::OK,
-                (false, control::Action::Reload) => StatusCode::UNPROCESSABLE_ENTITY,
+                (false, control::Action::Reload | control::Action::Upgrade { .. }) => {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                }
                 (false, control::Action::Restart) => StatusCode::CONFLICT,
             };
             let body = serde_json::to_string(&outcome).unwrap_or_default();
@@ -270,6 +298,18 @@ async fn act(req: &Request<Incoming>, state: &AdminState, allowed: bool) -> Resp
             "no answer from the lifecycle in time; see /status for the result\n",
         ),
     }
+}
+
+/// The value of `name` in the request's query string, percent-decoded (`+` is a space).
+fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
+    req.uri().query()?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| {
+            percent_encoding::percent_decode_str(&v.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+    })
 }
 
 /// `/status`: the fields scripts read (kept as they were), then the listeners' stats and the
@@ -302,6 +342,7 @@ fn status_json(state: &AdminState, s: &Status) -> serde_json::Value {
         "last_exit_code": s.last_exit_code,
         "uptime_seconds": state.started.elapsed().as_secs(),
         "app_uptime_seconds": s.app_since.map(|t| t.elapsed().as_secs()),
+        "upgrade": s.upgrade,
         "listeners": listeners,
         "stats_window_seconds": listener_stats::WINDOW.as_secs(),
         "recent_logs": logs,

@@ -49,6 +49,24 @@ pub enum Command {
     /// Ask a running tandem to stop its app and start it again, requests held by the proxy
     /// meanwhile; prints the result as JSON (the new pid), exits 1 when it could not.
     Restart(ActionArgs),
+    /// Ask a running tandem to exec its binary again (or --binary) in the same process, handing
+    /// over the app (same pid), its pipes and the listening sockets: no request fails. Waits
+    /// for the new image and prints its result as JSON; exits 1 when refused or failed (the
+    /// old image keeps running then).
+    Upgrade(UpgradeArgs),
+}
+
+/// `tandem upgrade`.
+#[derive(Debug, Clone, Args)]
+pub struct UpgradeArgs {
+    #[command(flatten)]
+    pub admin: ActionArgs,
+    /// The new binary (default: the file the running tandem was started from).
+    #[arg(long, value_name = "PATH")]
+    pub binary: Option<PathBuf>,
+    /// How long to wait for the new image to report.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
 }
 
 /// Where a running tandem's admin port is, and the token its actions need.

@@ -12,12 +12,14 @@ use tokio::sync::{mpsc, oneshot};
 use crate::phase::ReloadOutcome;
 
 /// What can be asked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Re-read the config and apply what can be applied in place.
     Reload,
     /// Stop the app and start it again (requests held by the proxy meanwhile).
     Restart,
+    /// Exec tandem's binary again (or `binary`), handing the app and the sockets over.
+    Upgrade { binary: Option<String> },
 }
 
 /// An action's result, as the admin port answers it (JSON).
@@ -26,6 +28,21 @@ pub enum Action {
 pub enum Reply {
     Reload(ReloadOutcome),
     Restart(RestartOutcome),
+    Upgrade(UpgradeAccepted),
+}
+
+/// The answer to an upgrade request, before the exec: the new binary passed its pre-flight
+/// (`ok`), or why it was refused (the old image keeps running). The upgrade's own result is on
+/// `/status` (`upgrade`) once the new image runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UpgradeAccepted {
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The binary to exec.
+    pub binary: String,
+    /// The generation the new image will have (`/status.upgrade.generation`).
+    pub generation: u32,
 }
 
 /// What an asked restart did.
@@ -57,6 +74,7 @@ impl Reply {
         match self {
             Reply::Reload(r) => r.ok,
             Reply::Restart(r) => r.ok,
+            Reply::Upgrade(r) => r.ok,
         }
     }
 }

@@ -24,3 +24,4 @@ pub mod restart;
 pub mod signals;
 pub mod status_table;
 pub mod telemetry;
+pub mod upgrade;

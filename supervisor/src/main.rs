@@ -8,7 +8,7 @@ use clap::Parser;
 use tandem::{
     admin_client,
     cli::{ActionArgs, Cli, Command, RunArgs},
-    config, exit, lifecycle,
+    config, exit, lifecycle, upgrade,
 };
 use tracing_subscriber::{fmt, EnvFilter};
 
@@ -17,6 +17,14 @@ fn main() {
     if std::env::args_os().nth(1).as_deref() == Some(tandem::child::guard::EXEC_MARKER.as_ref()) {
         tandem::child::guard::run_from_stdin();
     }
+    // A running tandem's pre-flight of this binary (`tandem upgrade`): the hand-over it reads.
+    if std::env::args_os().nth(1).as_deref() == Some(tandem::upgrade::VERSION_MARKER.as_ref()) {
+        println!("tandem-handover {}", tandem::upgrade::VERSION);
+        std::process::exit(0);
+    }
+    // Exec'd by `tandem upgrade`: what the previous image handed over (taken out of the
+    // environment before any thread exists).
+    let handover = tandem::upgrade::take_from_env();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -32,7 +40,8 @@ fn main() {
         Some(Command::Health(args)) => health(&args.admin),
         Some(Command::Reload(args)) => act(&args, "reload"),
         Some(Command::Restart(args)) => act(&args, "restart"),
-        None => run(&cli.run),
+        Some(Command::Upgrade(args)) => upgrade_cmd(&args),
+        None => run(&cli.run, handover),
     };
     std::process::exit(code);
 }
@@ -90,25 +99,55 @@ fn check(args: &RunArgs) -> i32 {
     }
 }
 
-fn run(args: &RunArgs) -> i32 {
-    let loaded = match load(args, true) {
-        Ok(l) => l,
-        Err(code) => return code,
-    };
-    // Forked now, while tandem has one thread: see child::guard's invariant.
-    let guard = match tandem::child::Guard::spawn() {
-        Ok(g) => Some(g),
-        Err(e) => {
-            tracing::warn!(event = "guard_failed", error = %e, "cannot start the guard process; if tandem is SIGKILLed the app's children may outlive it");
-            None
+fn run(args: &RunArgs, handover: Option<Result<upgrade::Received, upgrade::Unreadable>>) -> i32 {
+    let (mut handover, _fallback) = match handover {
+        None => (None, None),
+        Some(Ok(r)) => (Some(r.handover), r.fallback),
+        Some(Err(u)) => {
+            tracing::error!(event = "upgrade_failed", error = %u.why, "cannot read what the previous image handed over; going back to it");
+            let why = upgrade::fall_back_unread(u);
+            tracing::error!(event = "internal_error", error = %why, "no way back to the previous image");
+            return exit::INTERNAL;
         }
     };
+    let loaded = match load(args, true) {
+        Ok(l) => l,
+        Err(code) => match (handover, _fallback) {
+            // The pre-flight passed, but the config changed since: the old binary goes on.
+            (Some(h), Some(fallback)) => {
+                let why = upgrade::fall_back(
+                    &fallback,
+                    h,
+                    "the new binary refused the config (see its config_error)".to_string(),
+                );
+                tracing::error!(event = "internal_error", error = %why, "no way back to the previous image");
+                return exit::INTERNAL;
+            }
+            _ => return code,
+        },
+    };
+    let guard = match handover.as_mut() {
+        // The previous image's guard goes on protecting the app.
+        Some(h) => h.guard(),
+        // Forked now, while tandem has one thread: see child::guard's invariant.
+        None => match tandem::child::Guard::spawn() {
+            Ok(g) => Some(g),
+            Err(e) => {
+                tracing::warn!(event = "guard_failed", error = %e, "cannot start the guard process; if tandem is SIGKILLed the app's children may outlive it");
+                None
+            }
+        },
+    };
+    // Every thread starts with the asynchronous signals blocked; the lifecycle unblocks them
+    // on this thread once its handlers are in place (see signals::block_in_this_thread).
+    tandem::signals::block_in_this_thread();
     let workers = match loaded.checked.config.runtime.worker_threads {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get().min(4)),
         n => n,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
+        .on_thread_start(tandem::signals::block_in_this_thread)
         .enable_all()
         .build()
     {
@@ -126,9 +165,16 @@ fn run(args: &RunArgs) -> i32 {
             files: args.config.clone(),
             overrides,
         });
+    let started_from = handover
+        .as_ref()
+        .map(|h| h.started_from.clone())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(upgrade::current_exe);
     let opts = lifecycle::Options {
         guard,
         config_source,
+        handover,
+        started_from,
     };
     // block_on keeps the lifecycle on the main thread: see lifecycle's invariant.
     let code = runtime.block_on(lifecycle::run(loaded.checked, opts));
@@ -184,6 +230,81 @@ fn health(admin: &str) -> i32 {
             1
         }
     }
+}
+
+/// The generation in a `/status` body (0: never upgraded); None when it is not a status.
+fn generation(body: &str) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    v.is_object()
+        .then(|| v["upgrade"]["generation"].as_u64().unwrap_or(0))
+}
+
+/// `tandem upgrade`: ask, then wait for the new image to report on `/status`.
+fn upgrade_cmd(args: &tandem::cli::UpgradeArgs) -> i32 {
+    let fail = |why: String| {
+        eprintln!("tandem upgrade: {why}");
+        1
+    };
+    let token = match args.admin.token() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("tandem upgrade: {e}");
+            return exit::CONFIG;
+        }
+    };
+    let token = token.as_deref();
+    let before = match admin_client::get_with_token(&args.admin.admin, "/status", token) {
+        Ok((200, body)) => generation(&body).unwrap_or(0),
+        Ok((code, body)) => return fail(format!("/status refused ({code}): {}", body.trim_end())),
+        Err(e) => return fail(e.to_string()),
+    };
+    let mut path = "/admin/upgrade".to_string();
+    if let Some(binary) = &args.binary {
+        let binary = std::path::absolute(binary).unwrap_or_else(|_| binary.clone());
+        let encoded = percent_encoding::utf8_percent_encode(
+            &binary.to_string_lossy(),
+            percent_encoding::NON_ALPHANUMERIC,
+        )
+        .to_string();
+        path.push_str(&format!("?binary={encoded}"));
+    }
+    match admin_client::post(&args.admin.admin, &path, token) {
+        Ok((200, _)) => {}
+        Ok((code, body)) => {
+            println!("{}", body.trim_end());
+            let why = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+                .unwrap_or_else(|| body.trim_end().to_string());
+            return fail(format!("refused ({code}): {why}"));
+        }
+        Err(e) => return fail(e.to_string()),
+    }
+    // The old image hands over and execs; the admin socket is handed over too, so a
+    // connection made meanwhile waits in its backlog for the new image.
+    let deadline = std::time::Instant::now() + args.timeout;
+    while std::time::Instant::now() < deadline {
+        if let Ok((200, body)) = admin_client::get_with_token(&args.admin.admin, "/status", token) {
+            if generation(&body).is_some_and(|g| g > before) {
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                println!("{}", v["upgrade"]);
+                if v["upgrade"]["ok"].as_bool() == Some(true) {
+                    return 0;
+                }
+                return fail(format!(
+                    "the new binary did not take over: {}",
+                    v["upgrade"]["error"]
+                        .as_str()
+                        .unwrap_or("(no reason given)")
+                ));
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    fail(format!(
+        "no new image reported within {}",
+        humantime::format_duration(args.timeout)
+    ))
 }
 
 /// `tandem reload` and `tandem restart`: ask the running tandem (`POST /admin/<action>`);

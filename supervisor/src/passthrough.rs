@@ -47,6 +47,8 @@ pub struct Passthrough {
     queues: Vec<(Signal, forward::Queue)>,
     counters: counters::Counters,
     shutdown_timeout: Duration,
+    /// Copies of the listening sockets (see [`Passthrough::listening_sockets`]).
+    sockets: Vec<(&'static str, std::os::fd::OwnedFd)>,
 }
 
 /// Variables of tandem's environment that would send the app's telemetry around tandem (or
@@ -81,6 +83,7 @@ impl Passthrough {
         checked: &CheckedPassthrough,
         resource: &BTreeMap<String, String>,
         registry: &mut Registry,
+        inherited: &mut dyn FnMut(&'static str) -> Option<std::net::TcpListener>,
     ) -> Result<Passthrough, PassthroughError> {
         let CheckedPassthrough {
             grpc_listen: grpc_addr,
@@ -88,13 +91,35 @@ impl Passthrough {
             app_protocol,
             upstreams,
         } = checked.clone();
-        let bind = |key: &'static str, addr: SocketAddr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| PassthroughError::Bind { key, addr, source })
+        let mut bind = |key: &'static str, addr: SocketAddr| {
+            let handed = inherited(key).filter(|l| {
+                l.local_addr()
+                    .is_ok_and(|a| a == addr || (addr.port() == 0 && a.ip() == addr.ip()))
+            });
+            async move {
+                let err = |source| PassthroughError::Bind { key, addr, source };
+                match handed {
+                    Some(l) => {
+                        l.set_nonblocking(true).map_err(err)?;
+                        TcpListener::from_std(l).map_err(err)
+                    }
+                    None => TcpListener::bind(addr).await.map_err(err),
+                }
+            }
         };
         let grpc_listener = bind("grpc_listen", grpc_addr).await?;
         let http_listener = bind("http_listen", http_addr).await?;
+        // Copies of the listening sockets, for `tandem upgrade` to hand over.
+        let sockets = [
+            ("grpc_listen", &grpc_listener),
+            ("http_listen", &http_listener),
+        ]
+        .into_iter()
+        .filter_map(|(k, l)| {
+            use std::os::fd::AsFd;
+            l.as_fd().try_clone_to_owned().ok().map(|fd| (k, fd))
+        })
+        .collect();
         let local = |l: &TcpListener, fallback| l.local_addr().unwrap_or(fallback);
         let (grpc_local, http_local) = (
             local(&grpc_listener, grpc_addr),
@@ -146,7 +171,18 @@ impl Passthrough {
             queues,
             counters,
             shutdown_timeout: cfg.shutdown_timeout,
+            sockets,
         })
+    }
+
+    /// The listening sockets by key (`grpc_listen`, `http_listen`), for a new image of
+    /// tandem: they stay open and listening after [`Passthrough::shutdown`] while a copy is
+    /// held, so the app's exporter is never refused.
+    pub fn listening_sockets(&self) -> Vec<(&'static str, std::os::fd::OwnedFd)> {
+        self.sockets
+            .iter()
+            .filter_map(|(k, fd)| fd.try_clone().ok().map(|fd| (*k, fd)))
+            .collect()
     }
 
     /// Point the app at the pass-through: `OTEL_EXPORTER_OTLP_ENDPOINT` and `_PROTOCOL` are

@@ -61,6 +61,27 @@ pub struct Status {
     pub listeners: Vec<(String, String)>,
     /// The last config reload's result; None: none since start.
     pub reload: Option<ReloadOutcome>,
+    /// The last `tandem upgrade`'s result; None: this process has not been upgraded.
+    pub upgrade: Option<UpgradeOutcome>,
+}
+
+/// What the last `tandem upgrade` did, as the image that runs after it reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UpgradeOutcome {
+    /// When this image took over, RFC 3339 (UTC, seconds).
+    pub at: String,
+    /// How many execs this tandem has been through.
+    pub generation: u32,
+    /// Whether the new binary runs now; false: the old one took over again (see `error`).
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The version of the image before.
+    pub from_version: String,
+    /// This image's version.
+    pub version: String,
+    /// The binary running now.
+    pub binary: String,
 }
 
 /// What one config reload did (SIGHUP, `POST /admin/reload`, `tandem reload`).
@@ -94,6 +115,7 @@ impl Status {
             last_exit_code: None,
             listeners: Vec::new(),
             reload: None,
+            upgrade: None,
         }
     }
 }

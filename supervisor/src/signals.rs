@@ -36,6 +36,9 @@ pub enum SignalEvent {
 /// Signals received by tandem, in order.
 pub struct Signals {
     rx: mpsc::Receiver<Signal>,
+    /// The handlers' sender, to queue signals a previous image of tandem received
+    /// (`tandem upgrade`).
+    tx: mpsc::Sender<Signal>,
     forward: HashSet<Signal>,
     last_stop: Option<(Signal, tokio::time::Instant)>,
 }
@@ -81,9 +84,27 @@ impl Signals {
         }
         Ok(Self {
             rx,
+            tx,
             forward: forward.iter().copied().collect(),
             last_stop: None,
         })
+    }
+
+    /// Signals received but not yet taken by [`Signals::recv`], taken out (raw, before any
+    /// dedup): for the next image of tandem, which queues them again with [`Signals::requeue`].
+    pub fn take_queued(&mut self) -> Vec<Signal> {
+        let mut queued = Vec::new();
+        while let Ok(sig) = self.rx.try_recv() {
+            queued.push(sig);
+        }
+        queued
+    }
+
+    /// Queue signals a previous image received and did not act on.
+    pub fn requeue(&self, signals: &[Signal]) {
+        for sig in signals {
+            let _ = self.tx.try_send(*sig);
+        }
     }
 
     /// The next signal; never returns `None` while tandem runs.
@@ -111,4 +132,41 @@ impl Signals {
             }
         }
     }
+}
+
+/// The asynchronous signals tandem may handle or forward: all but the ones the kernel raises
+/// for a fault of the thread itself (and SIGKILL/SIGSTOP, which cannot be blocked).
+fn async_signals() -> nix::sys::signal::SigSet {
+    use nix::sys::signal::SigSet;
+    let mut set = SigSet::all();
+    for sig in [
+        Signal::SIGKILL,
+        Signal::SIGSTOP,
+        Signal::SIGSEGV,
+        Signal::SIGBUS,
+        Signal::SIGFPE,
+        Signal::SIGILL,
+        Signal::SIGTRAP,
+        Signal::SIGABRT,
+        Signal::SIGSYS,
+        Signal::SIGPIPE,
+    ] {
+        set.remove(sig);
+    }
+    set
+}
+
+/// Block the asynchronous signals in the calling thread. `main` calls it before any thread
+/// exists (so every thread starts with them blocked) and the runtime on each of its threads;
+/// the lifecycle unblocks them on the main thread only ([`unblock_in_this_thread`]), so a
+/// signal's handler runs there. Before `tandem upgrade` execs, the main thread blocks them
+/// again: a signal sent meanwhile stays pending across the exec and reaches the new image.
+pub fn block_in_this_thread() {
+    let _ = async_signals().thread_block();
+}
+
+/// Unblock the asynchronous signals in the calling thread (the main thread, once the handlers
+/// are installed).
+pub fn unblock_in_this_thread() {
+    let _ = async_signals().thread_unblock();
 }

@@ -104,6 +104,17 @@ impl Inbound {
     /// Validates every listener, then binds each (SO_REUSEADDR, so a restarted tandem can
     /// rebind at once). Must run inside a tokio runtime.
     pub async fn bind(configs: &[ListenerConfig]) -> Result<BoundListeners, ProxyError> {
+        Self::bind_inherited(configs, &mut |_| None).await
+    }
+
+    /// [`Inbound::bind`], but a listener for which `inherited` returns a socket serves that
+    /// socket (already bound and listening: a tandem that exec'd its new binary hands its
+    /// sockets over, so no connection is refused) instead of binding anew. `inherited` is
+    /// asked once per listener, after every listener was validated and its files read.
+    pub async fn bind_inherited(
+        configs: &[ListenerConfig],
+        inherited: &mut dyn FnMut(&ListenerConfig) -> Option<std::net::TcpListener>,
+    ) -> Result<BoundListeners, ProxyError> {
         check_all(configs)?;
         // Certificates, keys, JWKS and secrets files: read before any port is bound.
         let mut edges = Vec::with_capacity(configs.len());
@@ -112,7 +123,10 @@ impl Inbound {
         }
         let mut listeners = Vec::with_capacity(configs.len());
         for (c, edge) in configs.iter().zip(edges) {
-            let (listener, addr) = bind_one(c)?;
+            let (listener, addr) = match inherited(c) {
+                Some(socket) => adopt_one(c, socket)?,
+                None => bind_one(c)?,
+            };
             let checked = CheckedListener {
                 cfg: c.clone(),
                 upstream: c.upstream_authority()?,
@@ -159,6 +173,22 @@ fn bind_one(c: &ListenerConfig) -> Result<(TcpListener, SocketAddr), ProxyError>
     socket.set_reuseaddr(true).map_err(bind_err)?;
     socket.bind(c.listen).map_err(bind_err)?;
     let listener = socket.listen(BACKLOG).map_err(bind_err)?;
+    let addr = listener.local_addr().map_err(bind_err)?;
+    Ok((listener, addr))
+}
+
+/// Serve a listening socket handed over by a previous image of tandem.
+fn adopt_one(
+    c: &ListenerConfig,
+    socket: std::net::TcpListener,
+) -> Result<(TcpListener, SocketAddr), ProxyError> {
+    let bind_err = |source| ProxyError::Bind {
+        listener: c.display_name(),
+        addr: c.listen,
+        source,
+    };
+    socket.set_nonblocking(true).map_err(bind_err)?;
+    let listener = TcpListener::from_std(socket).map_err(bind_err)?;
     let addr = listener.local_addr().map_err(bind_err)?;
     Ok((listener, addr))
 }
@@ -488,6 +518,48 @@ impl Serving {
     /// exit log. Call it before the proxy's readiness turns false.
     pub fn app_exited(&self) -> Vec<InFlight> {
         self.app_exits.app_exited()
+    }
+
+    /// Stops accepting on every listener but keeps the sockets open and listening (new
+    /// connections wait in the kernel's backlog, none is refused), lets the requests in flight
+    /// finish within each listener's `drain_timeout` (cutting the rest), and returns the
+    /// sockets by listener name with the drain's report: for a new image of tandem to serve
+    /// them (see [`Inbound::bind_inherited`]).
+    pub async fn hand_over(self) -> (Vec<(String, std::net::TcpListener)>, DrainReport) {
+        let mut sockets = Vec::with_capacity(self.active.len());
+        let mut drains = Vec::new();
+        for a in self.active {
+            a.handoff.cancel();
+            match a.task.await {
+                Ok(AcceptEnd::HandedOff(socket, prev)) => {
+                    prev.shutdown.cancel();
+                    drains.push(tokio::spawn(async move { drain(&prev).await }));
+                    match socket.into_std() {
+                        Ok(s) => sockets.push((a.cfg.display_name(), s)),
+                        Err(e) => {
+                            tracing::warn!(listener = %a.cfg.display_name(), error = %e, "cannot hand over a listening socket; the new image binds it again");
+                        }
+                    }
+                }
+                Ok(AcceptEnd::Drained(l)) => {
+                    drains.push(tokio::spawn(async move { l }));
+                }
+                Err(e) => tracing::error!(error = %e, "listener task failed"),
+            }
+        }
+        self.shutdown.cancel();
+        let mut report = DrainReport::default();
+        for task in drains {
+            if let Ok(l) = task.await {
+                report.listeners.push(l);
+            }
+        }
+        for task in self.retired {
+            if let Ok(AcceptEnd::Drained(l)) = task.await {
+                report.listeners.push(l);
+            }
+        }
+        (sockets, report)
     }
 
     /// Stops accepting on every listener, lets in-flight requests finish within each

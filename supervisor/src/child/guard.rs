@@ -82,6 +82,16 @@ impl Guard {
         })
     }
 
+    /// The guard a previous image of this process started (`tandem upgrade`): its pid, the
+    /// write end of its pipe (inherited across exec), and the group it was last told about.
+    pub fn adopt(pid: Pid, pipe: OwnedFd, last: Option<Pid>) -> Guard {
+        Guard {
+            pipe: std::fs::File::from(pipe),
+            pid,
+            last,
+        }
+    }
+
     /// The guard's pid (so the reaper can claim its status, and tests can find it).
     pub fn pid(&self) -> Pid {
         self.pid
@@ -111,6 +121,13 @@ impl SharedGuard {
     /// The current guard's pid.
     pub fn pid(&self) -> Pid {
         self.lock().pid
+    }
+
+    /// What a new image needs to adopt the guard: its pid and the raw write end of its pipe
+    /// (still owned here; the caller clears its close-on-exec flag just before exec).
+    pub fn hand_over(&self) -> (Pid, std::os::fd::RawFd) {
+        let g = self.lock();
+        (g.pid, g.pipe.as_raw_fd())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Guard> {

@@ -135,6 +135,13 @@ impl Reaper {
         self.spawning.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Keep the reaper from reaping until the guard is dropped: `tandem upgrade` holds it from
+    /// the last look at the app's exit to the exec, so no exit status is taken by this image
+    /// and lost (the next image reaps it).
+    pub fn hold_for_exec(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.hold_for_spawn()
+    }
+
     /// How many processes tandem reaped that nobody was waiting for (the app's orphans).
     pub fn orphans_reaped(&self) -> u64 {
         self.orphans.get()

@@ -128,10 +128,25 @@ impl HealthMonitor {
     /// Starts fresh probes for a newly spawned app instance (ending any previous ones). Must
     /// be called from within a tokio runtime.
     pub fn app_started(&mut self) {
+        self.start_probes(false);
+    }
+
+    /// Starts probes for an app a previous image of tandem ran (`tandem upgrade`): it has
+    /// started already, so the probes skip their initial delay and check at once.
+    pub fn app_adopted(&mut self) {
+        self.start_probes(true);
+    }
+
+    fn start_probes(&mut self, adopted: bool) {
         self.app_stopped();
         let start = |name, p: &Option<Probe>| {
-            p.clone()
-                .map(|p| probe::spawn(name, p, Arc::clone(&self.exits)))
+            p.clone().map(|mut p| {
+                if adopted {
+                    p.initial_delay = std::time::Duration::ZERO;
+                    p.fast_start = true;
+                }
+                probe::spawn(name, p, Arc::clone(&self.exits))
+            })
         };
         let readiness = start("readiness", &self.checks.readiness);
         let liveness = start("liveness", &self.checks.liveness);

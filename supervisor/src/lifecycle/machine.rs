@@ -257,6 +257,24 @@ impl Machine {
         }
     }
 
+    /// The last upgrade's result, for `/status`.
+    pub fn set_upgrade(&self, outcome: crate::phase::UpgradeOutcome) {
+        self.status.send_modify(|s| s.upgrade = Some(outcome));
+    }
+
+    /// Go on counting restarts where a previous image of tandem stopped (`tandem upgrade`).
+    pub fn restore_restarts(&mut self, restarts: u32) {
+        self.restarts = restarts;
+        self.metrics.restarts.inc_by(u64::from(restarts));
+        self.status.send_modify(|s| s.restarts = restarts);
+    }
+
+    /// The app a previous image of tandem ran, running since `since` (`tandem upgrade`).
+    pub fn app_adopted(&mut self, pid: Pid, since: std::time::Instant) {
+        self.app_started(pid);
+        self.status.send_modify(|s| s.app_since = Some(since));
+    }
+
     /// The app was spawned as `pid`.
     pub fn app_started(&mut self, pid: Pid) {
         self.metrics.starts.inc();

@@ -29,6 +29,7 @@
 pub mod machine;
 pub mod reload;
 pub mod start_error;
+pub mod upgrade;
 pub mod wiring;
 
 use std::{future::Future, pin::Pin, time::Duration};
@@ -59,6 +60,10 @@ pub struct Options {
     pub guard: Option<Guard>,
     /// Where the config came from, read again on a reload; None: reload refuses.
     pub config_source: Option<reload::ConfigSource>,
+    /// What a previous image handed over (`tandem upgrade`); None: a fresh start.
+    pub handover: Option<crate::upgrade::Handover>,
+    /// The binary this tandem was started from (a default upgrade execs it again).
+    pub started_from: String,
 }
 
 /// What the lifecycle waits for besides the app: a signal, or an action from the admin port.
@@ -153,6 +158,8 @@ enum Outcome {
     Exited(ExitStatus),
     /// `POST /admin/restart`: answered once the new app started.
     RestartRequested(control::Request),
+    /// `POST /admin/upgrade` handed over, and no binary could take over: why.
+    UpgradeFailed(String),
     StopRequested(Signal),
     LivenessFailed(String),
 }
@@ -204,17 +211,22 @@ impl Supervisor<'_> {
     /// is entered here only by a stop signal while the app runs (there is still an app to
     /// stop); every other way out enters it on return, in [`run`].
     async fn run(&mut self) -> i32 {
+        // After `tandem upgrade`: the app the previous image ran, still our child.
+        let mut adopted = self.adopted_app();
         let Some(spec) = self.parts.spec.clone() else {
             return self.run_beside().await;
         };
         // An asked restart, answered once the next app started (or could not).
         let mut asked: Option<control::Request> = None;
         loop {
-            if !self.machine.may_start() {
-                self.answer_restart(asked.take(), None);
-                return exit::START_LIMIT;
-            }
-            let started = self.start_app(&spec);
+            let started = match adopted.take() {
+                Some(app) => Ok(app),
+                None if !self.machine.may_start() => {
+                    self.answer_restart(asked.take(), None);
+                    return exit::START_LIMIT;
+                }
+                None => self.start_app(&spec),
+            };
             self.answer_restart(asked.take(), started.as_ref().ok().map(|a| a.pid));
             let mut app = match started {
                 Ok(app) => app,
@@ -241,6 +253,13 @@ impl Supervisor<'_> {
             };
 
             let status = match self.wait_running(&mut app).await {
+                Outcome::UpgradeFailed(why) => {
+                    tracing::error!(event = "internal_error", error = %why, "no binary could take over after the hand-over; stopping the app");
+                    self.kill(&app, "upgrade_failed", app.started);
+                    let status = (&mut app.exit).await.unwrap_or(LOST);
+                    self.app_exited(&app, &status);
+                    return exit::INTERNAL;
+                }
                 Outcome::StopRequested(sig) => return self.stop(app, sig).await.exit_code(),
                 Outcome::Exited(status) => status,
                 Outcome::RestartRequested(req) => {
@@ -390,6 +409,12 @@ impl Supervisor<'_> {
                     Event::Control(req) if req.action == control::Action::Restart => {
                         return Outcome::RestartRequested(req)
                     }
+                    Event::Control(control::Request { action: control::Action::Upgrade { binary }, reply }) => {
+                        // Returns only when refused (the app runs on) or when no exec worked.
+                        if let Err(why) = self.upgrade(app, binary, reply).await {
+                            return Outcome::UpgradeFailed(why);
+                        }
+                    }
                     other => self.on_event(other, Some(app.pid)).await,
                 },
                 changed = ready.changed() => if changed.is_err() { std::future::pending::<()>().await },
@@ -525,6 +550,23 @@ impl Supervisor<'_> {
                     }
                     // Taken by `wait_running` while the app runs; anywhere else there is none
                     // to restart.
+                    // Taken by `wait_running` too: the hand-over is of a running app.
+                    control::Action::Upgrade { ref binary } => {
+                        control::Reply::Upgrade(control::UpgradeAccepted {
+                            ok: false,
+                            error: Some(format!(
+                                "tandem upgrades only while the app runs under it (phase {}{})",
+                                self.machine.phase().as_str(),
+                                if self.parts.spec.is_none() {
+                                    ", no command: beside the app"
+                                } else {
+                                    ""
+                                }
+                            )),
+                            binary: binary.clone().unwrap_or_default(),
+                            generation: self.core.upgrade.generation,
+                        })
+                    }
                     control::Action::Restart => control::Reply::Restart(control::RestartOutcome {
                         ok: false,
                         error: Some(format!(

@@ -37,7 +37,14 @@ use crate::{
 
 /// Variables of tandem's environment that are tandem's alone: the app speaking on systemd's
 /// notify socket would confuse the unit's state (NotifyAccess=main would also drop it).
-const TANDEM_ONLY_ENV: [&str; 3] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
+/// The hand-over variables of `tandem upgrade` name descriptors of tandem's.
+const TANDEM_ONLY_ENV: [&str; 5] = [
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    crate::upgrade::HANDOVER_ENV,
+    crate::upgrade::FALLBACK_ENV,
+];
 
 /// What the lifecycle drives for the whole run: made by [`prepare`], before anything is bound.
 pub struct Core {
@@ -52,6 +59,8 @@ pub struct Core {
     pub source: Option<super::reload::ConfigSource>,
     /// Actions asked by the admin port (`POST /admin/reload`).
     pub control: mpsc::Receiver<control::Request>,
+    /// Where this process stands in `tandem upgrade`s, and the app to adopt after one.
+    pub upgrade: super::upgrade::State,
 }
 
 /// Made before anything starts, for the machine: its metrics and where sd_notify goes.
@@ -82,6 +91,8 @@ pub struct Plan {
     admin: Admin,
     /// The admin port's end of the control channel.
     control: control::Handle,
+    /// Sockets a previous image handed over (`tandem upgrade`); None: a fresh start.
+    handover: Option<crate::upgrade::Handover>,
 }
 
 /// The started parts.
@@ -91,9 +102,17 @@ pub struct Parts {
     pub logs: Pipeline,
     pub proxy: Proxy,
     /// The OTLP pass-through for the app's own telemetry; None: off.
-    passthrough: Option<Passthrough>,
+    pub(super) passthrough: Option<Passthrough>,
     /// The running OTLP export; None: no endpoint configured.
-    telemetry: Option<Telemetry>,
+    pub(super) telemetry: Option<Telemetry>,
+    /// The admin port's server; None: off.
+    pub(super) admin: Option<AdminTask>,
+}
+
+/// The admin port's server: stopped (its socket returned) by `tandem upgrade`.
+pub struct AdminTask {
+    pub stop: CancellationToken,
+    pub task: tokio::task::JoinHandle<tokio::net::TcpListener>,
 }
 
 /// The proxy, through its life.
@@ -125,6 +144,8 @@ pub struct Teardown {
 struct Lifecycle {
     status: watch::Receiver<Status>,
     control: control::Handle,
+    /// The admin socket a previous image handed over (`tandem upgrade`).
+    handed: Option<std::net::TcpListener>,
 }
 
 /// Exit statuses for exec probes come from the one reaper (see `child::reap`).
@@ -165,6 +186,19 @@ pub fn prepare(checked: Checked, opts: Options) -> Result<Prepared, StartError> 
         .map(|g| crate::child::guard::keep_alive(g, reaper.clone()));
     let forward: Vec<Signal> = cfg.app.forward_signals.iter().map(|s| s.0).collect();
     let signals = Signals::install(&forward).map_err(StartError::Signals)?;
+    // Handlers are in place: signals sent to the previous image during its exec (pending
+    // here, blocked) and those it received but did not act on come in now, on this thread.
+    let mut handover = opts.handover;
+    if let Some(h) = &handover {
+        let pending: Vec<Signal> = h
+            .signals
+            .iter()
+            .filter_map(|s| Signal::try_from(*s).ok())
+            .collect();
+        signals.requeue(&pending);
+    }
+    crate::signals::unblock_in_this_thread();
+    let upgrade = super::upgrade::State::new(opts.started_from, handover.as_mut());
     if cfg.health.readiness.is_none() {
         if let Some(p) = &checks.readiness {
             tracing::debug!(event = "implicit_readiness", probe = %p, "no readiness probe configured: the app is ready once its upstream accepts connections");
@@ -206,6 +240,7 @@ pub fn prepare(checked: Checked, opts: Options) -> Result<Prepared, StartError> 
             health,
             source: opts.config_source,
             control: control_rx,
+            upgrade,
         },
         plan: Plan {
             registry,
@@ -216,6 +251,7 @@ pub fn prepare(checked: Checked, opts: Options) -> Result<Prepared, StartError> 
             spec,
             admin,
             control,
+            handover,
         },
         metrics,
         notifier,
@@ -236,6 +272,7 @@ impl Plan {
             mut spec,
             admin,
             control,
+            mut handover,
         } = self;
         let mut started = Teardown {
             proxy: Proxy::Off,
@@ -264,6 +301,7 @@ impl Plan {
             passthrough.as_ref(),
             &mut registry,
             spec.as_mut(),
+            handover.as_mut(),
         )
         .await
         {
@@ -277,9 +315,16 @@ impl Plan {
         // Listeners are bound before the app starts, while not ready: a client's connection
         // waits in the proxy's hold, an orchestrator's probe gets a 503, none is refused.
         let rest = async {
-            let (proxy, access) =
-                start_proxy(cfg, &mut registry, telemetry.as_ref(), &logs, machine).await?;
-            start_admin(
+            let (proxy, access) = start_proxy(
+                cfg,
+                &mut registry,
+                telemetry.as_ref(),
+                &logs,
+                machine,
+                handover.as_mut(),
+            )
+            .await?;
+            let admin = start_admin(
                 cfg,
                 &admin,
                 registry,
@@ -289,18 +334,27 @@ impl Plan {
                 Lifecycle {
                     status: machine.status(),
                     control,
+                    handed: handover
+                        .as_mut()
+                        .and_then(|h| h.take_socket("admin"))
+                        .map(std::net::TcpListener::from),
                 },
             )
             .await?;
-            Ok(proxy)
+            Ok((proxy, admin))
         };
-        match rest.await {
-            Ok(proxy) => Ok(Parts {
+        let rest = rest.await;
+        if let Some(h) = &mut handover {
+            h.close_unclaimed();
+        }
+        match rest {
+            Ok((proxy, admin)) => Ok(Parts {
                 spec,
                 logs,
                 proxy,
                 passthrough,
                 telemetry,
+                admin,
             }),
             Err(error) => fail(
                 error,
@@ -350,15 +404,28 @@ async fn start_passthrough(
     checked: Option<&CheckedPassthrough>,
     registry: &mut Registry,
     spec: Option<&mut AppSpec>,
+    mut handover: Option<&mut crate::upgrade::Handover>,
 ) -> Result<Option<Passthrough>, StartError> {
     let Some(checked) = checked else {
         return Ok(None);
     };
     let ctx = LogContext::from_process(cfg.service_name());
     let resource = crate::otlp::resource::of_process(&ctx.service, &ctx.resource);
-    let p = Passthrough::start(&cfg.telemetry.passthrough, checked, &resource, registry)
-        .await
-        .map_err(StartError::Passthrough)?;
+    let mut inherited = |key: &'static str| {
+        let fd = handover
+            .as_deref_mut()?
+            .take_socket(&format!("passthrough:{key}"))?;
+        Some(std::net::TcpListener::from(fd))
+    };
+    let p = Passthrough::start(
+        &cfg.telemetry.passthrough,
+        checked,
+        &resource,
+        registry,
+        &mut inherited,
+    )
+    .await
+    .map_err(StartError::Passthrough)?;
     if let Some(spec) = spec {
         p.app_env(&mut spec.env, &mut spec.env_remove);
     }
@@ -373,11 +440,24 @@ async fn start_proxy(
     telemetry: Option<&Telemetry>,
     logs: &Pipeline,
     machine: &Machine,
+    mut handover: Option<&mut crate::upgrade::Handover>,
 ) -> Result<(Proxy, Option<Injector>), StartError> {
     if cfg.proxy.listeners.is_empty() {
         return Ok((Proxy::Off, None));
     }
-    let bound = match Inbound::bind(&cfg.proxy.listeners).await {
+    // A socket handed over by the previous image serves on when its listener still listens
+    // on the same address.
+    let mut inherited = |c: &tandem_proxy::ListenerConfig| {
+        let fd = handover
+            .as_deref_mut()?
+            .take_socket(&format!("proxy:{}", c.display_name()))?;
+        let l = std::net::TcpListener::from(fd);
+        let same = l
+            .local_addr()
+            .is_ok_and(|a| a == c.listen || (c.listen.port() == 0 && a.ip() == c.listen.ip()));
+        same.then_some(l)
+    };
+    let bound = match Inbound::bind_inherited(&cfg.proxy.listeners, &mut inherited).await {
         Ok(b) => b,
         // A missing or bad certificate, key, CA, JWKS or secrets file is config.
         Err(e @ tandem_proxy::ProxyError::File(_)) => return Err(StartError::ProxyFile(e)),
@@ -435,8 +515,12 @@ async fn start_admin(
     access: Option<Injector>,
     telemetry: Option<&mut Telemetry>,
     lifecycle: Lifecycle,
-) -> Result<(), StartError> {
-    let Lifecycle { status, control } = lifecycle;
+) -> Result<Option<AdminTask>, StartError> {
+    let Lifecycle {
+        status,
+        control,
+        handed,
+    } = lifecycle;
     registry.register_collector(Box::new(LogsCollector {
         counters: logs.counters(),
         injected_dropped: access,
@@ -448,15 +532,28 @@ async fn start_admin(
             .map_err(StartError::MetricsPush)?;
     }
     let Some(listen) = admin.listen else {
-        return Ok(());
+        return Ok(None);
     };
-    let listener = match tokio::net::TcpListener::bind(listen).await {
+    let handed = handed
+        .filter(|l| {
+            l.local_addr()
+                .is_ok_and(|a| a == listen || (listen.port() == 0 && a.ip() == listen.ip()))
+        })
+        .and_then(|l| {
+            l.set_nonblocking(true).ok()?;
+            tokio::net::TcpListener::from_std(l).ok()
+        });
+    let bound = match handed {
+        Some(l) => Ok(l),
+        None => tokio::net::TcpListener::bind(listen).await,
+    };
+    let listener = match bound {
         Ok(l) => l,
         Err(e) if !admin.explicit => {
             // The default address is a convenience: a second tandem on the host must still
             // run its app.
             tracing::warn!(event = "admin_unavailable", listen = %listen, error = %e, "admin port not bound (set admin.listen to choose another)");
-            return Ok(());
+            return Ok(None);
         }
         Err(source) => {
             return Err(StartError::AdminBind {
@@ -483,12 +580,14 @@ async fn start_admin(
         control: Some(control),
     });
     // Off loopback the admin port requires a bearer token (read when the config was checked).
-    tokio::spawn(crate::admin::serve_with_token(
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(crate::admin::serve_until(
         listener,
         state,
         admin.token.clone(),
+        stop.clone(),
     ));
-    Ok(())
+    Ok(Some(AdminTask { stop, task }))
 }
 
 // === impl Parts ===

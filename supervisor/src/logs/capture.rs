@@ -35,6 +35,19 @@ pub struct PipeReader {
     pub batch: usize,
     /// Set to true to stop waiting for EOF.
     pub cancel: watch::Receiver<bool>,
+    /// Set to true to stop reading and hand the pipe over (`tandem upgrade`).
+    pub handoff: watch::Receiver<bool>,
+}
+
+/// A pipe a reader stopped reading, with the unfinished line it held: what a new image of
+/// tandem needs to go on reading it where this one stopped.
+#[derive(Debug)]
+pub struct HandedPipe {
+    pub fd: OwnedFd,
+    /// The bytes of an unfinished line (no newline read yet).
+    pub carry: Vec<u8>,
+    /// The next part's index when that line was already split (`max_line_bytes`).
+    pub part: u32,
 }
 
 /// Make a tokio pipe receiver of `fd` (must be the read end of a pipe or FIFO).
@@ -45,14 +58,16 @@ pub fn receiver(stream: Stream, fd: OwnedFd) -> Result<pipe::Receiver, LogsError
 // === impl PipeReader ===
 
 impl PipeReader {
-    /// Read until EOF or cancellation, then deliver everything.
-    pub async fn run(mut self) {
+    /// Read until EOF or cancellation, then deliver everything; or, asked to hand off, deliver
+    /// every finished line and return the pipe with the unfinished one.
+    pub async fn run(mut self) -> Option<HandedPipe> {
         let mut buf = vec![0u8; self.read_buffer];
         loop {
             let deadline = self.processor.deadline();
             let cancelled = tokio::select! {
                 biased;
                 _ = self.cancel.wait_for(|c| *c) => true,
+                _ = self.handoff.wait_for(|h| *h) => break,
                 r = self.rx.read(&mut buf) => match r {
                     Ok(0) => break,
                     Ok(n) => {
@@ -80,10 +95,30 @@ impl PipeReader {
                     .await;
             }
         }
+        if *self.handoff.borrow() {
+            return self.hand_off().await;
+        }
         self.processor.finish();
         self.outlet
             .send_all(self.processor.take(), self.batch)
             .await;
+        None
+    }
+
+    /// Stop reading: finished records go to the sinks, the pipe and the unfinished line are
+    /// returned. What the pipe holds stays in it, for the next reader.
+    async fn hand_off(mut self) -> Option<HandedPipe> {
+        let (carry, part) = self.processor.hand_off();
+        self.outlet
+            .send_all(self.processor.take(), self.batch)
+            .await;
+        match self.rx.into_nonblocking_fd() {
+            Ok(fd) => Some(HandedPipe { fd, carry, part }),
+            Err(e) => {
+                tracing::warn!(error = %e, "log capture: cannot hand the pipe over");
+                None
+            }
+        }
     }
 
     /// Take what the pipe holds right now, without waiting for more.

@@ -30,6 +30,22 @@ impl Framer {
         }
     }
 
+    /// The unfinished line, taken out (its bytes, and the index of its next part when it was
+    /// already split): for a new image of tandem to go on reading the same pipe.
+    pub fn take_unfinished(&mut self) -> (Vec<u8>, u32) {
+        (
+            std::mem::take(&mut self.carry),
+            std::mem::replace(&mut self.part, 0),
+        )
+    }
+
+    /// Go on with an unfinished line a previous reader of the same stream held
+    /// ([`Framer::take_unfinished`]).
+    pub fn resume(&mut self, carry: Vec<u8>, part: u32) {
+        self.carry = carry;
+        self.part = part;
+    }
+
     /// Bytes of an unfinished line held back until its newline (or EOF) arrives.
     pub fn pending(&self) -> usize {
         self.carry.len()

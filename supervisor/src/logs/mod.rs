@@ -34,6 +34,7 @@ pub mod tail;
 use std::io;
 use std::path::PathBuf;
 
+pub use capture::HandedPipe;
 pub use config::{Backpressure, LogRules, LogsConfig, LogsConfigError};
 pub use counters::{Counters, CountersSnapshot};
 pub use enrich::{AppInstance, LogContext};

@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::backpressure::Outlet;
-use super::capture::{receiver, PipeReader};
+use super::capture::{receiver, HandedPipe, PipeReader};
 use super::config::{LogRules, LogsConfig, QueueConfig};
 use super::counters::{Counters, CountersSnapshot};
 use super::enrich::{AppInstance, LogContext};
@@ -49,10 +49,10 @@ pub struct Pipeline {
 
 /// A running reader task.
 struct Reader {
-    task: JoinHandle<()>,
+    task: JoinHandle<Option<HandedPipe>>,
     cancel: watch::Sender<bool>,
-    /// Tail followers never see EOF: they are cancelled as soon as readers are finished.
-    follows: bool,
+    /// A pipe reader's: ask it to hand its pipe over, and what it reads.
+    handoff: Option<(watch::Sender<bool>, Stream, AppInstance)>,
 }
 
 /// Resolves when one pipe reader has handed its last record to the sink queues (it reached
@@ -154,15 +154,30 @@ impl Pipeline {
         fd: OwnedFd,
         instance: AppInstance,
     ) -> Result<Delivered, LogsError> {
+        self.attach_resumed(stream, fd, instance, Vec::new(), 0)
+    }
+
+    /// [`Pipeline::attach`], going on with the unfinished line (`carry`, `part`) a previous
+    /// image of tandem handed over with the pipe ([`Pipeline::hand_over_pipes`]).
+    pub fn attach_resumed(
+        &self,
+        stream: Stream,
+        fd: OwnedFd,
+        instance: AppInstance,
+        carry: Vec<u8>,
+        part: u32,
+    ) -> Result<Delivered, LogsError> {
         let origin = self.ctx.origin(&self.cfg.attributes, Some(instance));
-        let processor = Processor::new(
+        let mut processor = Processor::new(
             &self.cfg,
             &self.rules,
             stream,
             origin.clone(),
             self.counters.clone(),
         );
+        processor.resume(carry, part);
         let (cancel_tx, cancel_rx) = watch::channel(false);
+        let (handoff_tx, handoff_rx) = watch::channel(false);
         let reader = PipeReader {
             rx: receiver(stream, fd)?,
             processor,
@@ -170,13 +185,19 @@ impl Pipeline {
             read_buffer: self.read_buffer(),
             batch: self.cfg.batch_records,
             cancel: cancel_rx,
+            handoff: handoff_rx,
         };
         let (done_tx, done_rx) = oneshot::channel();
         let task = async move {
-            reader.run().await;
+            let handed = reader.run().await;
             let _ = done_tx.send(());
+            handed
         };
-        self.push_reader(tokio::spawn(task), cancel_tx, false);
+        self.push_reader(
+            tokio::spawn(task),
+            cancel_tx,
+            Some((handoff_tx, stream, instance)),
+        );
         Ok(Delivered(Some(done_rx)))
     }
 
@@ -191,7 +212,14 @@ impl Pipeline {
             self.cfg.batch_records,
             cancel_rx,
         );
-        self.push_reader(tokio::spawn(task), cancel_tx, true);
+        self.push_reader(
+            tokio::spawn(async move {
+                task.await;
+                None
+            }),
+            cancel_tx,
+            None,
+        );
         injector
     }
 
@@ -211,8 +239,48 @@ impl Pipeline {
             cancel_rx,
         )?
         .with_tap(self.recent.clone());
-        self.push_reader(tokio::spawn(follower.run()), cancel_tx, true);
+        self.push_reader(
+            tokio::spawn(async move {
+                follower.run().await;
+                None
+            }),
+            cancel_tx,
+            None,
+        );
         Ok(())
+    }
+
+    /// `tandem upgrade`: every pipe reader stops reading and delivers its finished records;
+    /// their pipes come back with the unfinished line each held, with the stream and the app
+    /// instance they were read for. Tail followers and the access log's queue are finished as
+    /// at exit (a follower's checkpoint is where the new image goes on). Call
+    /// [`Pipeline::shutdown`] after, to flush the sinks.
+    pub async fn hand_over_pipes(&self) -> Vec<(Stream, AppInstance, HandedPipe)> {
+        let readers = std::mem::take(&mut *self.readers.lock().expect("reader list lock poisoned"));
+        let mut handed = Vec::new();
+        let mut others = Vec::new();
+        for r in readers {
+            match r.handoff {
+                Some((tx, stream, instance)) => {
+                    let _ = tx.send(true);
+                    let task = r.task;
+                    if let Ok(Some(pipe)) = tokio::time::timeout(CANCEL_GRACE, task)
+                        .await
+                        .unwrap_or(Ok(None))
+                    {
+                        handed.push((stream, instance, pipe));
+                    }
+                }
+                None => {
+                    let _ = r.cancel.send(true);
+                    others.push(r.task);
+                }
+            }
+        }
+        for task in others {
+            let _ = tokio::time::timeout(CANCEL_GRACE, task).await;
+        }
+        handed
     }
 
     /// Wait until every pipe reader has reached EOF, at most until `deadline`; then cancel the
@@ -222,7 +290,7 @@ impl Pipeline {
         let mut all_eof = true;
         let mut left = Vec::new();
         for mut r in readers {
-            if r.follows {
+            if r.handoff.is_none() {
                 let _ = r.cancel.send(true);
                 left.push(r);
                 continue;
@@ -254,6 +322,12 @@ impl Pipeline {
     /// Close the sink queues and wait until every sink has written and flushed, at most
     /// `timeout`. True if all did. Call [`Pipeline::finish_readers`] first.
     pub async fn shutdown(mut self, timeout: Duration) -> bool {
+        self.close(timeout).await
+    }
+
+    /// [`Pipeline::shutdown`] in place: the sinks are closed and flushed; the pipeline takes
+    /// no more records after it (`tandem upgrade`, just before the exec).
+    pub async fn close(&mut self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         for r in std::mem::take(&mut *self.readers.lock().expect("reader list lock poisoned")) {
             r.task.abort();
@@ -302,13 +376,18 @@ impl Pipeline {
         usize::try_from(self.cfg.read_buffer.as_u64()).unwrap_or(64 * 1024)
     }
 
-    fn push_reader(&self, task: JoinHandle<()>, cancel: watch::Sender<bool>, follows: bool) {
+    fn push_reader(
+        &self,
+        task: JoinHandle<Option<HandedPipe>>,
+        cancel: watch::Sender<bool>,
+        handoff: Option<(watch::Sender<bool>, Stream, AppInstance)>,
+    ) {
         let mut readers = self.readers.lock().expect("reader list lock poisoned");
         readers.retain(|r| !r.task.is_finished());
         readers.push(Reader {
             task,
             cancel,
-            follows,
+            handoff,
         });
     }
 }

@@ -115,6 +115,19 @@ impl Processor {
         multiline.flush(&mut |l| out.push(shape.record(l)));
     }
 
+    /// Hand over: a pending multiline record is delivered now (a stack trace being written
+    /// across an upgrade is split there), the unfinished line is taken out for the next reader
+    /// ([`Processor::resume`]).
+    pub fn hand_off(&mut self) -> (Vec<u8>, u32) {
+        self.flush_merged();
+        self.framer.take_unfinished()
+    }
+
+    /// Go on with what a previous reader of the stream handed off.
+    pub fn resume(&mut self, carry: Vec<u8>, part: u32) {
+        self.framer.resume(carry, part);
+    }
+
     /// Deliver a pending multiline record now, but keep an unfinished line (tail mode at stop:
     /// the writer may still finish that line, and the checkpoint points before it).
     pub fn flush_merged(&mut self) {
