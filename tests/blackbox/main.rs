@@ -26,3 +26,4 @@ mod reload;
 mod restart;
 mod security;
 mod signals;
+mod upgrade;

@@ -1,0 +1,249 @@
+//! `tandem upgrade` (issue 16): tandem execs a new binary in its own process under load; the
+//! app (Python's http.server, nobody here wrote it) keeps its pid and its pipes, no request
+//! fails, every line the app wrote is delivered once; a binary that cannot take over is
+//! refused before anything is touched.
+use std::{
+    collections::HashMap,
+    os::unix::fs::PermissionsExt,
+    process::{Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+};
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+use crate::{
+    apps::python_http_server,
+    support::{bin, eventually, free_port, http, require_tool, Tandem},
+};
+
+/// Client threads sending `GET /who.txt?c=<thread>-<n>` until `stop`: the ids answered 200,
+/// and the failures' descriptions.
+struct Load {
+    answered: Arc<Mutex<Vec<String>>>,
+    failed: Arc<Mutex<Vec<String>>>,
+    ok: Arc<AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+fn load(addr: &str, threads: usize, stop: &Arc<AtomicBool>) -> Load {
+    let answered: Arc<Mutex<Vec<String>>> = Arc::default();
+    let failed: Arc<Mutex<Vec<String>>> = Arc::default();
+    let ok = Arc::new(AtomicU64::new(0));
+    let threads = (0..threads)
+        .map(|t| {
+            let (addr, stop, answered, failed, ok) = (
+                addr.to_string(),
+                stop.clone(),
+                answered.clone(),
+                failed.clone(),
+                ok.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let id = format!("{t}-{n}");
+                    n += 1;
+                    match http(&addr, "GET", &format!("/who.txt?c={id}"), b"", &[]) {
+                        Ok((200, _, _)) => {
+                            answered.lock().unwrap().push(id);
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok((code, head, _)) => {
+                            failed.lock().unwrap().push(format!("{id}: {code} {head}"))
+                        }
+                        Err(e) => failed.lock().unwrap().push(format!("{id}: {e}")),
+                    }
+                }
+            })
+        })
+        .collect();
+    Load {
+        answered,
+        failed,
+        ok,
+        threads,
+    }
+}
+
+fn status(admin: &str) -> Value {
+    let (code, _, b) = http(admin, "GET", "/status", b"", &[]).unwrap();
+    assert_eq!(code, 200);
+    serde_json::from_slice(&b).unwrap()
+}
+
+fn tandem_upgrade(admin: &str, binary: &str) -> (i32, String, String) {
+    let out = Command::new(bin())
+        .args([
+            "upgrade",
+            "--admin",
+            admin,
+            "--binary",
+            binary,
+            "--timeout",
+            "30s",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The app behind a proxy listener, tandem started from `dir/tandem.toml`; returns tandem,
+/// the proxy's and the admin port's addresses.
+fn start(dir: &std::path::Path) -> (Tandem, String, String) {
+    std::fs::write(dir.join("who.txt"), "one\n").unwrap();
+    let (app, web, admin) = (free_port(), free_port(), free_port());
+    let command: Vec<String> = python_http_server(dir, app)
+        .unwrap()
+        .iter()
+        .map(|a| format!("{a:?}"))
+        .collect();
+    let config = format!(
+        "[app]\ncommand = [{}]\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[[proxy.listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:{web}\"\nupstream = \"127.0.0.1:{app}\"\n",
+        command.join(", ")
+    );
+    let path = dir.join("tandem.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut t = Tandem::spawn(&["--config", path.to_str().unwrap()]);
+    t.collect_stdout();
+    let web = format!("127.0.0.1:{web}");
+    let admin = format!("127.0.0.1:{admin}");
+    eventually("the app answers through the proxy", || {
+        matches!(http(&web, "GET", "/who.txt", b"", &[]), Ok((200, _, _)))
+    });
+    (t, web, admin)
+}
+
+#[test]
+fn upgrade_under_load_keeps_both_pids_fails_no_request_and_delivers_every_line_once() {
+    if !require_tool("python3") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // The new binary: a copy, so /proc shows which image runs.
+    let next = dir.path().join("tandem-next");
+    std::fs::copy(bin(), &next).unwrap();
+    std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (mut t, web, admin) = start(dir.path());
+    let before = status(&admin);
+    let app_pid = before["app_pid"].as_i64().expect("app pid");
+    assert!(before["upgrade"].is_null(), "{before}");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let l = load(&web, 4, &stop);
+    eventually("load flows", || l.ok.load(Ordering::Relaxed) >= 40);
+    let (code, out, err) = tandem_upgrade(&admin, next.to_str().unwrap());
+    assert_eq!(code, 0, "tandem upgrade failed: {out} {err}");
+    let result: Value = serde_json::from_str(out.trim()).expect("JSON result");
+    assert_eq!(result["ok"], true, "{result}");
+    assert_eq!(result["generation"], 1, "{result}");
+    let at_upgrade = l.ok.load(Ordering::Relaxed);
+    eventually("load flows after the upgrade", || {
+        l.ok.load(Ordering::Relaxed) >= at_upgrade + 40
+    });
+    stop.store(true, Ordering::Relaxed);
+    for th in l.threads {
+        th.join().unwrap();
+    }
+    let failed = l.failed.lock().unwrap().clone();
+    assert!(
+        failed.is_empty(),
+        "requests failed across the upgrade: {failed:?}"
+    );
+
+    // Same tandem process, running the new image; same app process, still its child.
+    let exe = std::fs::read_link(format!("/proc/{}/exe", t.pid())).unwrap();
+    assert_eq!(exe, next, "tandem's process runs the new binary");
+    let after = status(&admin);
+    assert_eq!(after["app_pid"].as_i64(), Some(app_pid), "{after}");
+    assert_eq!(after["upgrade"]["ok"], true, "{after}");
+    assert_eq!(
+        after["upgrade"]["binary"],
+        next.to_str().unwrap(),
+        "{after}"
+    );
+    let ppid = std::fs::read_to_string(format!("/proc/{app_pid}/stat")).unwrap();
+    let ppid: i32 = ppid
+        .rsplit(')')
+        .next()
+        .and_then(|rest| rest.split_whitespace().nth(1))
+        .and_then(|p| p.parse().ok())
+        .unwrap();
+    assert_eq!(ppid, t.pid(), "the app is still tandem's child");
+
+    // Every answered request's log line (http.server writes one to stderr per request),
+    // across both images, exactly once.
+    t.signal(Signal::SIGTERM);
+    t.wait();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for r in t.records() {
+        let msg = r["msg"].as_str().unwrap_or("");
+        if let Some(id) = msg
+            .split("/who.txt?c=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+        {
+            if r["stream"] == "stderr" {
+                *seen.entry(id.to_string()).or_default() += 1;
+            }
+        }
+    }
+    let answered = l.answered.lock().unwrap().clone();
+    let missing: Vec<&String> = answered
+        .iter()
+        .filter(|id| !seen.contains_key(*id))
+        .collect();
+    let twice: Vec<(&String, &usize)> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        missing.is_empty(),
+        "lines lost: {} of {}: {missing:?}",
+        missing.len(),
+        answered.len()
+    );
+    assert!(twice.is_empty(), "lines delivered twice: {twice:?}");
+}
+
+#[test]
+fn an_upgrade_to_a_binary_that_cannot_take_over_is_refused_and_the_old_one_serves_on() {
+    if !require_tool("python3") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (mut t, web, admin) = start(dir.path());
+    let exe = std::fs::read_link(format!("/proc/{}/exe", t.pid())).unwrap();
+    let app_pid = status(&admin)["app_pid"].as_i64();
+
+    let missing = dir.path().join("no-such-tandem");
+    let (code, _, err) = tandem_upgrade(&admin, missing.to_str().unwrap());
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("no-such-tandem"),
+        "the error names the path: {err}"
+    );
+    // An executable that is no tandem: refused by the hand-over pre-flight.
+    let (code, _, err) = tandem_upgrade(&admin, "/bin/true");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not a tandem"), "{err}");
+
+    assert!(matches!(
+        http(&web, "GET", "/who.txt", b"", &[]),
+        Ok((200, _, _))
+    ));
+    let after = status(&admin);
+    assert!(after["upgrade"].is_null(), "{after}");
+    assert_eq!(after["app_pid"].as_i64(), app_pid);
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{}/exe", t.pid())).unwrap(),
+        exe
+    );
+    t.signal(Signal::SIGTERM);
+    t.wait();
+}
