@@ -23,6 +23,7 @@ mod proxy;
 mod reaping;
 mod reliability;
 mod reload;
+mod reload_live;
 mod restart;
 mod security;
 mod signals;

@@ -84,6 +84,8 @@ pub struct HealthMonitor {
     ready: Arc<watch::Sender<bool>>,
     healthy: Arc<watch::Sender<bool>>,
     instance: Option<Instance>,
+    /// Bumped each time probes are started: a liveness future taken before is stale.
+    generation: u64,
 }
 
 /// The probes of one app instance and the task that folds them into `ready`/`healthy`.
@@ -111,7 +113,13 @@ impl HealthMonitor {
             ready: Arc::new(watch::channel(false).0),
             healthy: Arc::new(watch::channel(true).0),
             instance: None,
+            generation: 0,
         }
+    }
+
+    /// Which set of probes runs now (see [`HealthMonitor::replace_checks`]).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// True while the app may take traffic (see the module invariants).
@@ -128,17 +136,33 @@ impl HealthMonitor {
     /// Starts fresh probes for a newly spawned app instance (ending any previous ones). Must
     /// be called from within a tokio runtime.
     pub fn app_started(&mut self) {
-        self.start_probes(false);
+        self.start_probes(false, false);
     }
 
     /// Starts probes for an app a previous image of tandem ran (`tandem upgrade`): it has
     /// started already, so the probes skip their initial delay and check at once.
     pub fn app_adopted(&mut self) {
-        self.start_probes(true);
+        self.start_probes(true, false);
     }
 
-    fn start_probes(&mut self, adopted: bool) {
-        self.app_stopped();
+    /// A config reload changed the probes: the running instance's probes are replaced at once.
+    /// `ready` keeps its value until the new readiness probe decides (no not-ready blip). The
+    /// liveness future from [`HealthMonitor::liveness_failed`] must be taken again. Returns
+    /// whether an instance's probes were replaced.
+    pub fn replace_checks(&mut self, checks: HealthChecks) -> bool {
+        self.checks = checks;
+        if self.instance.is_none() {
+            return false;
+        }
+        self.start_probes(true, true);
+        true
+    }
+
+    fn start_probes(&mut self, adopted: bool, carry: bool) {
+        self.generation += 1;
+        if !carry {
+            self.app_stopped();
+        }
         let start = |name, p: &Option<Probe>| {
             p.clone().map(|mut p| {
                 if adopted {
@@ -153,12 +177,13 @@ impl HealthMonitor {
         let r = readiness.as_ref().map(ProbeHandle::subscribe);
         let l = liveness.as_ref().map(ProbeHandle::subscribe);
         // Set before returning, so "no readiness probe" is ready the moment spawn returns.
-        publish(&self.ready, &self.healthy, r.as_ref(), l.as_ref());
+        publish(&self.ready, &self.healthy, r.as_ref(), l.as_ref(), carry);
         let combiner = tokio::spawn(combine(
             r,
             l,
             Arc::clone(&self.ready),
             Arc::clone(&self.healthy),
+            carry,
         ));
         self.instance = Some(Instance {
             readiness,
@@ -219,11 +244,18 @@ fn publish(
     healthy: &watch::Sender<bool>,
     readiness: Option<&watch::Receiver<ProbeStatus>>,
     liveness: Option<&watch::Receiver<ProbeStatus>>,
+    carry: bool,
 ) {
     let state = |rx: Option<&watch::Receiver<ProbeStatus>>| rx.map(|rx| rx.borrow().state);
     let r = state(readiness);
     let l = state(liveness);
-    let is_ready = r.is_none_or(|s| s == ProbeState::Passing);
+    let is_ready = match r {
+        None | Some(ProbeState::Passing) => true,
+        // Probes replaced by a reload: the app is the same, so it stays as it was until the
+        // new probe decides.
+        Some(ProbeState::Pending) if carry => *ready.borrow(),
+        Some(_) => false,
+    };
     // Liveness decides when there is one: a readiness failure (an overloaded app) must not get
     // the unit killed. Without one, a failing readiness probe is the only sign of a hung app.
     let is_healthy = l.or(r) != Some(ProbeState::Failing);
@@ -236,6 +268,7 @@ async fn combine(
     mut liveness: Option<watch::Receiver<ProbeStatus>>,
     ready: Arc<watch::Sender<bool>>,
     healthy: Arc<watch::Sender<bool>>,
+    carry: bool,
 ) {
     async fn changed(rx: &mut Option<watch::Receiver<ProbeStatus>>) -> bool {
         match rx {
@@ -244,7 +277,13 @@ async fn combine(
         }
     }
     loop {
-        publish(&ready, &healthy, readiness.as_ref(), liveness.as_ref());
+        publish(
+            &ready,
+            &healthy,
+            readiness.as_ref(),
+            liveness.as_ref(),
+            carry,
+        );
         let alive = tokio::select! {
             alive = changed(&mut readiness) => alive,
             alive = changed(&mut liveness) => alive,

@@ -331,7 +331,13 @@ impl Supervisor<'_> {
         let mut ready = self.core.health.ready();
         let mut liveness: Pin<Box<dyn Future<Output = ProbeStatus> + Send>> =
             Box::pin(self.core.health.liveness_failed());
+        let mut probes = self.core.health.generation();
         loop {
+            // A reload replaced the probes: watch the new liveness probe.
+            if self.core.health.generation() != probes {
+                probes = self.core.health.generation();
+                liveness = Box::pin(self.core.health.liveness_failed());
+            }
             let now = *ready.borrow_and_update();
             self.machine.readiness_changed(now);
             tokio::select! {
@@ -397,9 +403,14 @@ impl Supervisor<'_> {
     /// forward signals meanwhile.
     async fn wait_running(&mut self, app: &mut App) -> Outcome {
         let mut ready = self.core.health.ready();
-        let liveness = self.core.health.liveness_failed();
-        tokio::pin!(liveness);
+        let mut probes = self.core.health.generation();
+        let mut liveness = Box::pin(self.core.health.liveness_failed());
         loop {
+            // A reload replaced the probes: watch the new liveness probe.
+            if self.core.health.generation() != probes {
+                probes = self.core.health.generation();
+                liveness = Box::pin(self.core.health.liveness_failed());
+            }
             let now = *ready.borrow_and_update();
             self.machine.readiness_changed(now);
             tokio::select! {

@@ -7,7 +7,10 @@
 //! refuses the whole reload and the old config stays. What a running tandem cannot swap (the
 //! app's command, env, user, workdir; the log pipeline; probes...) is never applied behind the
 //! user's back: it is reported as `pending_restart` and keeps its old value until tandem starts
-//! again. Applied today: `proxy.listeners`.
+//! again. Applied today: `proxy.listeners`; the probes (`health.readiness`, `health.liveness`,
+//! and the implicit readiness probe when the listeners' upstreams change), replaced under the
+//! running app without a not-ready blip; the log readers' parsing, multiline, redaction,
+//! `max_line_bytes` and `attributes` (not in tail mode), switched at each reader's next line.
 use std::path::PathBuf;
 
 use nix::sys::signal::Signal;
@@ -35,7 +38,16 @@ pub enum Trigger {
 }
 
 /// Keys a reload applies in place (the rest of what changed is pending a restart).
-const APPLIED: [&str; 1] = ["proxy.listeners"];
+const APPLIED: [&str; 8] = [
+    "proxy.listeners",
+    "health.readiness",
+    "health.liveness",
+    "logs.stdout",
+    "logs.stderr",
+    "logs.redact",
+    "logs.max_line_bytes",
+    "logs.attributes",
+];
 
 // === impl ConfigSource ===
 
@@ -146,33 +158,39 @@ impl Supervisor<'_> {
             return Err("this run has no config source to read again".to_string());
         };
         let loaded = source.load().map_err(|e| e.to_string())?;
-        let new = loaded.checked.config;
+        let config::Checked {
+            config: new,
+            logs: log_rules,
+            health: checks,
+            ..
+        } = loaded.checked;
         let mut applied = Vec::new();
         let mut pending = Vec::new();
+        // Tail mode's followers keep the settings they started with.
+        let tailing = self.core.cfg.logs.tail.is_some() || new.logs.tail.is_some();
         for key in changed_keys(&self.core.cfg, &new) {
-            if APPLIED.contains(&key.as_str()) {
+            if APPLIED.contains(&key.as_str()) && !(tailing && key.starts_with("logs.")) {
                 applied.push(key);
             } else {
                 pending.push(key);
             }
         }
+        // Without a readiness probe the implicit one checks the proxy's upstreams.
+        let upstreams = |c: &Config| {
+            let mut u: Vec<String> = c
+                .proxy
+                .listeners
+                .iter()
+                .map(|l| l.upstream.clone())
+                .collect();
+            u.sort();
+            u.dedup();
+            u
+        };
+        let implicit = new.health.readiness.is_none()
+            && upstreams(&self.core.cfg) != upstreams(&new)
+            && applied.iter().any(|k| k == "proxy.listeners");
         if applied.iter().any(|k| k == "proxy.listeners") {
-            // Without a readiness probe the implicit one checks the proxy's upstreams: it keeps
-            // those it started with (probes are not swapped under a running app yet).
-            let upstreams = |c: &Config| {
-                let mut u: Vec<String> = c
-                    .proxy
-                    .listeners
-                    .iter()
-                    .map(|l| l.upstream.clone())
-                    .collect();
-                u.sort();
-                u.dedup();
-                u
-            };
-            if new.health.readiness.is_none() && upstreams(&self.core.cfg) != upstreams(&new) {
-                pending.push("health.readiness (implicit: the proxy's upstreams)".to_string());
-            }
             match self.parts.proxy.serving_mut() {
                 Some(serving) => {
                     let done = serving
@@ -195,6 +213,25 @@ impl Supervisor<'_> {
                     pending.sort();
                 }
             }
+        }
+        if implicit || applied.iter().any(|k| k.starts_with("health.")) {
+            // The running app's probes are replaced now, its readiness kept until the new
+            // readiness probe decides.
+            self.core.health.replace_checks(checks);
+            self.core.cfg.health = new.health.clone();
+            if implicit && !applied.iter().any(|k| k == "health.readiness") {
+                applied.push("health.readiness (implicit: the proxy's upstreams)".to_string());
+            }
+        }
+        if applied.iter().any(|k| k.starts_with("logs.")) {
+            // Each pipe reader switches at its next line boundary.
+            self.parts.logs.apply(&new.logs, &log_rules);
+            let logs = &mut self.core.cfg.logs;
+            logs.stdout = new.logs.stdout.clone();
+            logs.stderr = new.logs.stderr.clone();
+            logs.redact = new.logs.redact.clone();
+            logs.max_line_bytes = new.logs.max_line_bytes;
+            logs.attributes = new.logs.attributes.clone();
         }
         Ok((applied, pending))
     }

@@ -13,7 +13,10 @@ use tokio::net::unix::pipe;
 use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
 
+use std::sync::Arc;
+
 use super::backpressure::Outlet;
+use super::pipeline::Live;
 use super::process::Processor;
 use super::record::Stream;
 use super::LogsError;
@@ -37,6 +40,10 @@ pub struct PipeReader {
     pub cancel: watch::Receiver<bool>,
     /// Set to true to stop reading and hand the pipe over (`tandem upgrade`).
     pub handoff: watch::Receiver<bool>,
+    /// Settings changed by a reload: taken at the next line boundary.
+    pub live: watch::Receiver<Arc<Live>>,
+    /// A processor for new settings.
+    pub build: Box<dyn Fn(&Live) -> Processor + Send>,
 }
 
 /// A pipe a reader stopped reading, with the unfinished line it held: what a new image of
@@ -64,10 +71,15 @@ impl PipeReader {
         let mut buf = vec![0u8; self.read_buffer];
         loop {
             let deadline = self.processor.deadline();
+            let mut swap = false;
             let cancelled = tokio::select! {
                 biased;
                 _ = self.cancel.wait_for(|c| *c) => true,
                 _ = self.handoff.wait_for(|h| *h) => break,
+                Ok(()) = self.live.changed() => {
+                    swap = true;
+                    false
+                }
                 r = self.rx.read(&mut buf) => match r {
                     Ok(0) => break,
                     Ok(n) => {
@@ -89,6 +101,9 @@ impl PipeReader {
                 self.drain(&mut buf).await;
                 break;
             }
+            if swap {
+                self.swap();
+            }
             if self.processor.pending_records() > 0 {
                 self.outlet
                     .send_all(self.processor.take(), self.batch)
@@ -103,6 +118,17 @@ impl PipeReader {
             .send_all(self.processor.take(), self.batch)
             .await;
         None
+    }
+
+    /// New settings from a reload: finished records stay as they were made; the unfinished
+    /// line goes on under the new settings.
+    fn swap(&mut self) {
+        let live = self.live.borrow_and_update().clone();
+        let (carry, part) = self.processor.hand_off();
+        let mut next = (self.build)(&live);
+        next.resume(carry, part);
+        let done = std::mem::replace(&mut self.processor, next).take();
+        self.processor.prepend(done);
     }
 
     /// Stop reading: finished records go to the sinks, the pipe and the unfinished line are

@@ -34,8 +34,18 @@ use super::LogsError;
 /// After a cancel, how long a reader may take to deliver what it holds before it is aborted.
 const CANCEL_GRACE: Duration = Duration::from_secs(2);
 
+/// The settings a reload changes under running readers (`logs.stdout`, `logs.stderr`,
+/// `logs.redact`, `logs.max_line_bytes`, `logs.attributes`).
+pub struct Live {
+    pub cfg: LogsConfig,
+    pub rules: LogRules,
+}
+
 /// The running log pipeline.
 pub struct Pipeline {
+    /// What readers parse and redact with: each pipe reader takes a new value at its next
+    /// line boundary ([`Pipeline::apply`]).
+    live: watch::Sender<Arc<Live>>,
     cfg: LogsConfig,
     /// `cfg`'s patterns, compiled once at config load.
     rules: LogRules,
@@ -136,6 +146,11 @@ impl Pipeline {
             ..Counters::default()
         });
         Ok(Pipeline {
+            live: watch::channel(Arc::new(Live {
+                cfg: cfg.clone(),
+                rules: rules.clone(),
+            }))
+            .0,
             cfg: cfg.clone(),
             rules: rules.clone(),
             ctx,
@@ -167,14 +182,13 @@ impl Pipeline {
         carry: Vec<u8>,
         part: u32,
     ) -> Result<Delivered, LogsError> {
-        let origin = self.ctx.origin(&self.cfg.attributes, Some(instance));
-        let mut processor = Processor::new(
-            &self.cfg,
-            &self.rules,
-            stream,
-            origin.clone(),
-            self.counters.clone(),
-        );
+        let (ctx, counters) = (self.ctx.clone(), self.counters.clone());
+        let build = move |live: &Live| {
+            let origin = ctx.origin(&live.cfg.attributes, Some(instance));
+            Processor::new(&live.cfg, &live.rules, stream, origin, counters.clone())
+        };
+        let live = self.live.subscribe();
+        let mut processor = build(&live.borrow());
         processor.resume(carry, part);
         let (cancel_tx, cancel_rx) = watch::channel(false);
         let (handoff_tx, handoff_rx) = watch::channel(false);
@@ -186,6 +200,8 @@ impl Pipeline {
             batch: self.cfg.batch_records,
             cancel: cancel_rx,
             handoff: handoff_rx,
+            live,
+            build: Box::new(build),
         };
         let (done_tx, done_rx) = oneshot::channel();
         let task = async move {
@@ -348,6 +364,17 @@ impl Pipeline {
             tracing::warn!(?timeout, "log sinks did not flush before the timeout");
         }
         ok
+    }
+
+    /// Parse, merge and redact with `cfg`'s stream settings and `rules` from now on: each
+    /// running pipe reader switches at its next line boundary (its unfinished line carries
+    /// over; a pending multiline record is delivered first); readers attached later start with
+    /// them. Sinks, tail mode and buffer sizes stay as they started.
+    pub fn apply(&self, cfg: &LogsConfig, rules: &LogRules) {
+        self.live.send_replace(Arc::new(Live {
+            cfg: cfg.clone(),
+            rules: rules.clone(),
+        }));
     }
 
     /// Reopen sink files (SIGHUP after logrotate).

@@ -155,6 +155,12 @@ impl Processor {
         self.out.len()
     }
 
+    /// Records finished by the processor this one replaces, to go out first.
+    pub fn prepend(&mut self, mut done: Vec<Record>) {
+        done.append(&mut self.out);
+        self.out = done;
+    }
+
     /// Take the finished records out.
     pub fn take(&mut self) -> Vec<Record> {
         std::mem::take(&mut self.out)
