@@ -68,6 +68,8 @@ pub struct Handover {
     pub sockets: Vec<HandedFd>,
     /// Signals received and not acted on yet, raw numbers.
     pub signals: Vec<i32>,
+    /// Tail mode's positions (beside the app): where the new image reads on.
+    pub tail: Option<crate::logs::tail::Checkpoint>,
 }
 
 /// The app as handed over.

@@ -47,7 +47,9 @@ fn reload_applies_redaction_and_probes_to_the_running_app() {
     let mut t = Tandem::spawn(&["--config", path.to_str().unwrap()]);
     t.collect_stdout();
     eventually("the app's lines arrive", || {
-        messages(&t).iter().any(|m| m.starts_with("paid with card 4111"))
+        messages(&t)
+            .iter()
+            .any(|m| m.starts_with("paid with card 4111"))
     });
     eventually("ready", || {
         matches!(http(&admin, "GET", "/readyz", b"", &[]), Ok((200, _, _)))

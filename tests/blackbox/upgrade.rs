@@ -247,3 +247,92 @@ fn an_upgrade_to_a_binary_that_cannot_take_over_is_refused_and_the_old_one_serve
     t.signal(Signal::SIGTERM);
     t.wait();
 }
+
+#[test]
+fn upgrade_beside_the_app_reads_its_log_files_on_without_loss_or_repeat() {
+    // Nomad's sidecar shape: no command, the app's log files followed (tail mode, no
+    // checkpoint file: the positions go over in the hand-over).
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("alloc/logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let config = format!(
+        "[admin]\nlisten = \"{admin}\"\n[logs.tail]\npaths = [\"{}/app.stdout.*\"]\npoll_interval = \"20ms\"\nstart_at = \"beginning\"\n",
+        logs.display()
+    );
+    let path = dir.path().join("tandem.toml");
+    std::fs::write(&path, config).unwrap();
+    let next = dir.path().join("tandem-next");
+    std::fs::copy(bin(), &next).unwrap();
+    std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut t = Tandem::spawn(&["--config", path.to_str().unwrap()]);
+    t.collect_stdout();
+    eventually("the admin port answers", || {
+        matches!(http(&admin, "GET", "/healthz", b"", &[]), Ok((200, _, _)))
+    });
+
+    // A writer appending numbered lines (sometimes in two writes, so a line is unfinished
+    // when a reader looks) until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (file, stop, written) = (logs.join("app.stdout.0"), stop.clone(), written.clone());
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(file)
+                .unwrap();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let line = format!("line number {n} of the app\n");
+                let (a, b) = line.split_at(7);
+                f.write_all(a.as_bytes()).unwrap();
+                if n.is_multiple_of(3) {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                f.write_all(b.as_bytes()).unwrap();
+                n += 1;
+                written.store(n, Ordering::Relaxed);
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        })
+    };
+    eventually("lines flow", || written.load(Ordering::Relaxed) > 100);
+    let (code, out, err) = tandem_upgrade(&admin, next.to_str().unwrap());
+    assert_eq!(code, 0, "tandem upgrade failed: {out} {err}");
+    let at = written.load(Ordering::Relaxed);
+    eventually("lines flow after the upgrade", || {
+        written.load(Ordering::Relaxed) > at + 100
+    });
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    let total = written.load(Ordering::Relaxed);
+    let count = |t: &Tandem| -> HashMap<u64, usize> {
+        let mut seen = HashMap::new();
+        for r in t.records() {
+            if let Some(n) = r["msg"]
+                .as_str()
+                .and_then(|m| m.strip_prefix("line number "))
+                .and_then(|m| m.split_whitespace().next())
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                *seen.entry(n).or_default() += 1;
+            }
+        }
+        seen
+    };
+    eventually("every line delivered", || count(&t).len() as u64 >= total);
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{}/exe", t.pid())).unwrap(),
+        next
+    );
+    t.signal(Signal::SIGTERM);
+    t.wait();
+    let seen = count(&t);
+    let twice: Vec<(&u64, &usize)> = seen.iter().filter(|(_, c)| **c > 1).collect();
+    let missing: Vec<u64> = (0..total).filter(|n| !seen.contains_key(n)).collect();
+    assert!(missing.is_empty(), "lines lost: {missing:?}");
+    assert!(twice.is_empty(), "lines delivered twice: {twice:?}");
+}

@@ -327,7 +327,12 @@ impl Supervisor<'_> {
             "no command: following the app's logs beside it"
         );
         self.machine.enter(Phase::Running);
-        self.core.health.app_started();
+        if self.core.upgrade.generation > 0 {
+            // After `tandem upgrade`: the app was there all along.
+            self.core.health.app_adopted();
+        } else {
+            self.core.health.app_started();
+        }
         let mut ready = self.core.health.ready();
         let mut liveness: Pin<Box<dyn Future<Output = ProbeStatus> + Send>> =
             Box::pin(self.core.health.liveness_failed());
@@ -349,6 +354,13 @@ impl Supervisor<'_> {
                         }
                         self.core.health.app_stopped();
                         return 0;
+                    }
+                    Event::Control(control::Request { action: control::Action::Upgrade { binary }, reply }) => {
+                        // Returns only when refused or when no exec worked.
+                        if let Err(why) = self.upgrade(None, binary, reply).await {
+                            tracing::error!(event = "internal_error", error = %why, "no binary could take over after the hand-over");
+                            return exit::INTERNAL;
+                        }
                     }
                     other => self.on_event(other, None).await,
                 },
@@ -422,7 +434,7 @@ impl Supervisor<'_> {
                     }
                     Event::Control(control::Request { action: control::Action::Upgrade { binary }, reply }) => {
                         // Returns only when refused (the app runs on) or when no exec worked.
-                        if let Err(why) = self.upgrade(app, binary, reply).await {
+                        if let Err(why) = self.upgrade(Some(app), binary, reply).await {
                             return Outcome::UpgradeFailed(why);
                         }
                     }
@@ -566,13 +578,8 @@ impl Supervisor<'_> {
                         control::Reply::Upgrade(control::UpgradeAccepted {
                             ok: false,
                             error: Some(format!(
-                                "tandem upgrades only while the app runs under it (phase {}{})",
+                                "tandem upgrades while the app runs (or beside it), not in phase {}",
                                 self.machine.phase().as_str(),
-                                if self.parts.spec.is_none() {
-                                    ", no command: beside the app"
-                                } else {
-                                    ""
-                                }
                             )),
                             binary: binary.clone().unwrap_or_default(),
                             generation: self.core.upgrade.generation,

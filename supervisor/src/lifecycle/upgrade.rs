@@ -177,7 +177,7 @@ impl Supervisor<'_> {
     /// parts are down: the caller stops the app and exits 70).
     pub(super) async fn upgrade(
         &mut self,
-        app: &mut App,
+        mut app: Option<&mut App>,
         binary: Option<String>,
         reply: oneshot::Sender<control::Reply>,
     ) -> Result<(), String> {
@@ -208,8 +208,8 @@ impl Supervisor<'_> {
             }
         };
         let _ = reply.send(answer(true, None));
-        tracing::info!(event = "upgrading", binary = %target.display(), generation, pid = app.pid.as_raw(), "upgrading: handing the app and the sockets over");
-        let mut handover = self.hand_over(app, generation, &target).await;
+        tracing::info!(event = "upgrading", binary = %target.display(), generation, pid = app.as_ref().map(|a| a.pid.as_raw()), "upgrading: handing the app and the sockets over");
+        let mut handover = self.hand_over(app.as_deref(), generation, &target).await;
         // From here on nothing awaits: signals stay pending across the exec, the reaper may
         // not take the app's exit status.
         crate::signals::block_in_this_thread();
@@ -221,8 +221,10 @@ impl Supervisor<'_> {
             .into_iter()
             .map(|s| s as i32)
             .collect();
-        if let (Some(a), Ok(status)) = (handover.app.as_mut(), app.exit.try_recv()) {
-            a.exited = Some((status.code, status.signal, status.core_dumped));
+        if let (Some(a), Some(app)) = (handover.app.as_mut(), app.as_mut()) {
+            if let Ok(status) = app.exit.try_recv() {
+                a.exited = Some((status.code, status.signal, status.core_dumped));
+            }
         }
         let why = upgrade::exec(&target, &handover, &fallback);
         tracing::error!(event = "upgrade_exec_failed", binary = %target.display(), error = %why, "exec of the new binary failed; going back to this one");
@@ -236,7 +238,7 @@ impl Supervisor<'_> {
     /// Quiesce every part and collect what the next image needs.
     async fn hand_over(
         &mut self,
-        app: &App,
+        app: Option<&App>,
         generation: u32,
         target: &std::path::Path,
     ) -> Handover {
@@ -266,7 +268,7 @@ impl Supervisor<'_> {
             );
             p.shutdown().await;
         }
-        let pipes = self.parts.logs.hand_over_pipes().await;
+        let readers = self.parts.logs.hand_over().await;
         self.parts.logs.close(self.core.cfg.logs.exit_timeout).await;
         if let Some(t) = self.parts.telemetry.take() {
             t.shutdown().await;
@@ -276,11 +278,12 @@ impl Supervisor<'_> {
             HandedGuard {
                 pid: pid.as_raw(),
                 fd,
-                last: Some(app.pid.as_raw()),
+                last: app.map(|a| a.pid.as_raw()),
             }
         });
         let mut kept = Vec::new();
-        let pipes = pipes
+        let pipes = readers
+            .pipes
             .into_iter()
             .map(|(stream, instance, pipe)| {
                 let state = HandedPipeState {
@@ -317,7 +320,7 @@ impl Supervisor<'_> {
             started_from: self.core.upgrade.started_from.clone(),
             failed: None,
             restarts: self.machine.restarts(),
-            app: Some(HandedApp {
+            app: app.map(|app| HandedApp {
                 pid: app.pid.as_raw(),
                 ran_ms: app.started.elapsed().as_millis() as u64,
                 ready: self.machine.status().borrow().ready,
@@ -327,6 +330,7 @@ impl Supervisor<'_> {
             guard,
             sockets: handed_sockets,
             signals: Vec::new(),
+            tail: readers.tail,
         }
     }
 }

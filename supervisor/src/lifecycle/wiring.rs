@@ -288,7 +288,8 @@ impl Plan {
         };
         // The log pipeline next, so the first line (and the first access record) already has
         // a reader.
-        let logs = match start_logs(cfg, &log_rules, log_ctx, telemetry.as_ref()) {
+        let tail = handover.as_mut().and_then(|h| h.tail.take());
+        let logs = match start_logs(cfg, &log_rules, log_ctx, telemetry.as_ref(), tail) {
             Ok(l) => l,
             Err(e) => {
                 started.telemetry = telemetry;
@@ -388,13 +389,14 @@ fn start_logs(
     rules: &LogRules,
     ctx: LogContext,
     telemetry: Option<&Telemetry>,
+    tail: Option<crate::logs::tail::Checkpoint>,
 ) -> Result<Pipeline, StartError> {
     let extra: Vec<_> = telemetry
         .and_then(crate::logs::sinks::otlp::extra_sink)
         .into_iter()
         .collect();
     Pipeline::start_with(&cfg.logs, rules, ctx, extra)
-        .and_then(|p| p.tail().map(|()| p))
+        .and_then(|p| p.tail_from(tail).map(|()| p))
         .map_err(StartError::Logs)
 }
 

@@ -39,7 +39,7 @@ pub use config::{Backpressure, LogRules, LogsConfig, LogsConfigError};
 pub use counters::{Counters, CountersSnapshot};
 pub use enrich::{AppInstance, LogContext};
 pub use inject::Injector;
-pub use pipeline::{Delivered, Pipeline};
+pub use pipeline::{Delivered, HandedReaders, Pipeline};
 pub use recent::Recent;
 pub use record::{Level, Record, Stream};
 pub use sinks::Sink;

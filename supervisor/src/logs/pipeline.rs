@@ -57,9 +57,27 @@ pub struct Pipeline {
     recent: Arc<Recent>,
 }
 
+/// What a reader task gives back when it ends.
+enum Ended {
+    Nothing,
+    /// A pipe reader asked to hand over.
+    Pipe(HandedPipe),
+    /// A tail follower: every sequence's position.
+    Tail(super::tail::Checkpoint),
+}
+
+/// What the log readers hand over to a new image of tandem (`tandem upgrade`).
+#[derive(Default)]
+pub struct HandedReaders {
+    /// The app's pipes: stream, instance, pipe with its unfinished line.
+    pub pipes: Vec<(Stream, AppInstance, HandedPipe)>,
+    /// Tail mode's positions (flushed up to there).
+    pub tail: Option<super::tail::Checkpoint>,
+}
+
 /// A running reader task.
 struct Reader {
-    task: JoinHandle<Option<HandedPipe>>,
+    task: JoinHandle<Ended>,
     cancel: watch::Sender<bool>,
     /// A pipe reader's: ask it to hand its pipe over, and what it reads.
     handoff: Option<(watch::Sender<bool>, Stream, AppInstance)>,
@@ -173,7 +191,7 @@ impl Pipeline {
     }
 
     /// [`Pipeline::attach`], going on with the unfinished line (`carry`, `part`) a previous
-    /// image of tandem handed over with the pipe ([`Pipeline::hand_over_pipes`]).
+    /// image of tandem handed over with the pipe ([`Pipeline::hand_over`]).
     pub fn attach_resumed(
         &self,
         stream: Stream,
@@ -207,7 +225,7 @@ impl Pipeline {
         let task = async move {
             let handed = reader.run().await;
             let _ = done_tx.send(());
-            handed
+            handed.map_or(Ended::Nothing, Ended::Pipe)
         };
         self.push_reader(
             tokio::spawn(task),
@@ -231,7 +249,7 @@ impl Pipeline {
         self.push_reader(
             tokio::spawn(async move {
                 task.await;
-                None
+                Ended::Nothing
             }),
             cancel_tx,
             None,
@@ -241,6 +259,11 @@ impl Pipeline {
 
     /// Start following the files of `[logs.tail]` (nothing if it is absent).
     pub fn tail(&self) -> Result<(), LogsError> {
+        self.tail_from(None)
+    }
+
+    /// [`Pipeline::tail`], from the positions a previous image handed over, if any.
+    pub fn tail_from(&self, positions: Option<super::tail::Checkpoint>) -> Result<(), LogsError> {
         let Some(tail) = &self.cfg.tail else {
             return Ok(());
         };
@@ -255,11 +278,12 @@ impl Pipeline {
             cancel_rx,
         )?
         .with_tap(self.recent.clone());
+        let follower = match positions {
+            Some(p) => follower.with_positions(p),
+            None => follower,
+        };
         self.push_reader(
-            tokio::spawn(async move {
-                follower.run().await;
-                None
-            }),
+            tokio::spawn(async move { Ended::Tail(follower.run().await) }),
             cancel_tx,
             None,
         );
@@ -269,22 +293,20 @@ impl Pipeline {
     /// `tandem upgrade`: every pipe reader stops reading and delivers its finished records;
     /// their pipes come back with the unfinished line each held, with the stream and the app
     /// instance they were read for. Tail followers and the access log's queue are finished as
-    /// at exit (a follower's checkpoint is where the new image goes on). Call
+    /// at exit; the followers' positions come back (where the new image goes on). Call
     /// [`Pipeline::shutdown`] after, to flush the sinks.
-    pub async fn hand_over_pipes(&self) -> Vec<(Stream, AppInstance, HandedPipe)> {
+    pub async fn hand_over(&self) -> HandedReaders {
         let readers = std::mem::take(&mut *self.readers.lock().expect("reader list lock poisoned"));
-        let mut handed = Vec::new();
+        let mut handed = HandedReaders::default();
         let mut others = Vec::new();
         for r in readers {
             match r.handoff {
                 Some((tx, stream, instance)) => {
                     let _ = tx.send(true);
-                    let task = r.task;
-                    if let Ok(Some(pipe)) = tokio::time::timeout(CANCEL_GRACE, task)
-                        .await
-                        .unwrap_or(Ok(None))
+                    if let Ok(Ok(Ended::Pipe(pipe))) =
+                        tokio::time::timeout(CANCEL_GRACE, r.task).await
                     {
-                        handed.push((stream, instance, pipe));
+                        handed.pipes.push((stream, instance, pipe));
                     }
                 }
                 None => {
@@ -294,7 +316,9 @@ impl Pipeline {
             }
         }
         for task in others {
-            let _ = tokio::time::timeout(CANCEL_GRACE, task).await;
+            if let Ok(Ok(Ended::Tail(positions))) = tokio::time::timeout(CANCEL_GRACE, task).await {
+                handed.tail = Some(positions);
+            }
         }
         handed
     }
@@ -405,7 +429,7 @@ impl Pipeline {
 
     fn push_reader(
         &self,
-        task: JoinHandle<Option<HandedPipe>>,
+        task: JoinHandle<Ended>,
         cancel: watch::Sender<bool>,
         handoff: Option<(watch::Sender<bool>, Stream, AppInstance)>,
     ) {

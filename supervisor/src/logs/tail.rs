@@ -137,8 +137,17 @@ impl Follower {
         self
     }
 
+    /// Start from `positions` (a previous image's, `tandem upgrade`) where they name a
+    /// sequence, over what the checkpoint file says.
+    pub fn with_positions(mut self, positions: Checkpoint) -> Self {
+        self.saved.extend(positions);
+        self
+    }
+
     /// Poll until cancelled; then read what is there, deliver, and save the checkpoint.
-    pub async fn run(mut self) {
+    /// Returns every sequence's position (delivered and flushed up to there), for a next
+    /// image of tandem to go on from.
+    pub async fn run(mut self) -> Checkpoint {
         let mut tick = tokio::time::interval(self.poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -152,6 +161,7 @@ impl Follower {
                 break;
             }
         }
+        self.saved
     }
 
     /// One poll: discover files, read every sequence, deliver, checkpoint.
@@ -179,7 +189,9 @@ impl Follower {
             }
             seq.outlet.send_all(seq.processor.take(), batch).await;
         }
-        if moved || stop || self.saved.len() < self.seqs.len() {
+        // Without a checkpoint file positions matter only at the end (for `tandem upgrade`).
+        let due = moved || self.saved.len() < self.seqs.len();
+        if stop || (due && self.checkpoint_path.is_some()) {
             self.checkpoint().await;
         }
     }
@@ -236,9 +248,6 @@ impl Follower {
 
     /// Wait until the sinks have flushed what was sent, then save every sequence's position.
     async fn checkpoint(&mut self) {
-        let Some(path) = self.checkpoint_path.clone() else {
-            return;
-        };
         let deadline = Instant::now() + BARRIER_WAIT;
         for seq in self.seqs.values() {
             if !seq.outlet.barrier(deadline).await {
@@ -251,7 +260,10 @@ impl Follower {
                 self.saved.insert(seq.base.clone(), p);
             }
         }
-        if let Err(e) = save_checkpoint(&path, &self.saved) {
+        let Some(path) = &self.checkpoint_path else {
+            return;
+        };
+        if let Err(e) = save_checkpoint(path, &self.saved) {
             tracing::warn!(error = %e, "log tail: checkpoint not saved");
         }
     }
