@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod otlp;
 pub mod passthrough;
 pub mod phase;
+pub mod prom_text;
 pub mod restart;
 pub mod signals;
 pub mod status_table;

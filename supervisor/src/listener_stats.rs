@@ -6,7 +6,7 @@
 //! `tandem_proxy_request_duration_seconds`), the registry `/metrics` serves: no second count
 //! on the request path, and the page cannot disagree with `/metrics`. prometheus-client 0.23
 //! has no public read of a histogram, so the registry's text is read (as the OTLP metrics
-//! bridge does). A leaf: it imports nothing of tandem's.
+//! bridge does, with the same parser, [`crate::prom_text`]). It imports nothing else of tandem's.
 //! Invariant: the admin task calls [`ListenerStats::sample`] every [`TICK`]; samples older
 //! than the window are let go except one (the window's start), so at most
 //! `WINDOW / TICK + 2` samples are held.
@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use prometheus_client::registry::Registry;
 use serde::Serialize;
+
+use crate::prom_text;
 
 /// The span the rate, error rate and latency are computed over.
 pub const WINDOW: Duration = Duration::from_secs(10);
@@ -208,30 +210,28 @@ pub fn quantile(q: f64, buckets: &[(f64, u64)]) -> f64 {
 /// Every listener's totals from the registry's text (other families are skipped).
 pub fn read(text: &str) -> BTreeMap<String, Totals> {
     let mut out: BTreeMap<String, Totals> = BTreeMap::new();
-    for line in text.lines() {
-        if !line.starts_with("tandem_proxy_") {
+    for s in prom_text::samples(text) {
+        if !s.name.starts_with("tandem_proxy_") {
             continue;
         }
-        let Some((name, labels, value)) = sample(line) else {
-            continue;
-        };
-        let Some(listener) = label(labels, "listener") else {
+        let Some(listener) = s.label("listener") else {
             continue;
         };
         // Every listener has series from its start (gauges): it is listed before its first
         // request.
-        let t = out.entry(listener).or_default();
-        match name {
+        let t = out.entry(listener.to_string()).or_default();
+        let value = s.value;
+        match s.name {
             REQUESTS => {
                 t.requests += value as u64;
-                if label(labels, "status_class").as_deref() == Some("5xx") {
+                if s.label("status_class") == Some("5xx") {
                     t.responses_5xx += value as u64;
                 }
             }
             ERRORS => t.tandem_errors += value as u64,
-            _ => match name.strip_prefix(DURATION) {
+            name => match name.strip_prefix(DURATION) {
                 Some("_bucket") => {
-                    let le = match label(labels, "le").as_deref() {
+                    let le = match s.label("le") {
                         Some("+Inf") => f64::INFINITY,
                         Some(v) => match v.parse() {
                             Ok(v) => v,
@@ -248,67 +248,6 @@ pub fn read(text: &str) -> BTreeMap<String, Totals> {
         }
     }
     out
-}
-
-/// `name{k="v",...} value`: the name, the raw label text, the value.
-fn sample(line: &str) -> Option<(&str, &str, f64)> {
-    let (name, rest) = line.split_at(line.find(['{', ' '])?);
-    let (labels, rest) = match rest.strip_prefix('{') {
-        Some(r) => {
-            let end = label_end(r)?;
-            (&r[..end], &r[end + 1..])
-        }
-        None => ("", rest),
-    };
-    let value = rest.split_whitespace().next()?.parse().ok()?;
-    Some((name, labels, value))
-}
-
-/// Where the label set's closing `}` is (quotes and escapes respected).
-fn label_end(s: &str) -> Option<usize> {
-    let mut quoted = false;
-    let mut escaped = false;
-    for (i, c) in s.char_indices() {
-        match c {
-            _ if escaped => escaped = false,
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            '}' if !quoted => return Some(i),
-            _ => {}
-        }
-    }
-    None
-}
-
-/// The value of label `key` in `k="v",...` text, unescaped.
-fn label(labels: &str, key: &str) -> Option<String> {
-    let mut rest = labels;
-    while !rest.is_empty() {
-        let (k, r) = rest.split_once("=\"")?;
-        let mut value = String::new();
-        let mut chars = r.char_indices();
-        let mut end = None;
-        while let Some((i, c)) = chars.next() {
-            match c {
-                '\\' => match chars.next() {
-                    Some((_, 'n')) => value.push('\n'),
-                    Some((_, c)) => value.push(c),
-                    None => return None,
-                },
-                '"' => {
-                    end = Some(i);
-                    break;
-                }
-                c => value.push(c),
-            }
-        }
-        let end = end?;
-        if k.trim_start_matches(',') == key {
-            return Some(value);
-        }
-        rest = &r[end + 1..];
-    }
-    None
 }
 
 #[cfg(test)]

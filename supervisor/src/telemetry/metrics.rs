@@ -29,6 +29,7 @@ use tokio::time::{timeout, Instant};
 
 use super::export::Stats;
 use super::settings::{Export, Signal};
+use crate::prom_text::{self, Line};
 
 /// Samples by sample name: label sets and values.
 type Samples = HashMap<String, Vec<(Vec<KeyValue>, f64)>>;
@@ -44,81 +45,40 @@ pub struct Family {
     pub help: String,
 }
 
-/// Parse OpenMetrics text into its families and samples. Lines it does not understand are
-/// skipped (the registry only writes what it can encode).
+/// Parse OpenMetrics text into its families and samples (with [`crate::prom_text`]). Lines
+/// it does not understand are skipped (the registry only writes what it can encode).
 pub fn parse(text: &str) -> (Vec<Family>, Samples) {
     let mut families: Vec<Family> = Vec::new();
     let mut help: HashMap<String, String> = HashMap::new();
     let mut samples: Samples = HashMap::new();
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("# HELP ") {
-            if let Some((n, h)) = rest.split_once(' ') {
-                help.insert(n.to_string(), h.to_string());
+    for line in prom_text::lines(text) {
+        match line {
+            Line::Help { name, text } => {
+                help.insert(name.to_string(), text.into_owned());
             }
-        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
-            if let Some((n, k)) = rest.split_once(' ') {
-                families.push(Family {
-                    name: n.to_string(),
-                    kind: k.trim().to_string(),
-                    help: String::new(),
-                });
+            Line::Type { name, kind } => families.push(Family {
+                name: name.to_string(),
+                kind: kind.to_string(),
+                help: String::new(),
+            }),
+            Line::Sample(s) => {
+                let labels = s
+                    .labels
+                    .into_iter()
+                    .map(|(k, v)| KeyValue::new(k.to_string(), v.into_owned()))
+                    .collect();
+                samples
+                    .entry(s.name.to_string())
+                    .or_default()
+                    .push((labels, s.value));
             }
-        } else if !line.starts_with('#') && !line.is_empty() {
-            if let Some((name, labels, value)) = sample(line) {
-                samples.entry(name).or_default().push((labels, value));
-            }
+            Line::Comment | Line::Eof => {}
         }
     }
     for f in &mut families {
         f.help = help.remove(&f.name).unwrap_or_default();
     }
     (families, samples)
-}
-
-/// `name{k="v",...} value [timestamp]`.
-fn sample(line: &str) -> Option<(String, Vec<KeyValue>, f64)> {
-    let (name, rest) = match line.find(['{', ' ']) {
-        Some(i) => line.split_at(i),
-        None => return None,
-    };
-    let mut labels = Vec::new();
-    let rest = match rest.strip_prefix('{') {
-        Some(mut body) => loop {
-            body = body.trim_start_matches(',');
-            if let Some(after) = body.strip_prefix('}') {
-                break after;
-            }
-            let eq = body.find('=')?;
-            let key = body[..eq].to_string();
-            body = body[eq + 1..].strip_prefix('"')?;
-            let mut value = String::new();
-            let mut close = None;
-            let mut it = body.char_indices();
-            while let Some((i, c)) = it.next() {
-                match c {
-                    '"' => {
-                        close = Some(i);
-                        break;
-                    }
-                    '\\' => match it.next()?.1 {
-                        'n' => value.push('\n'),
-                        other => value.push(other),
-                    },
-                    other => value.push(other),
-                }
-            }
-            body = &body[close? + 1..];
-            labels.push(KeyValue::new(key, value));
-        },
-        None => rest,
-    };
-    let value = rest.split_whitespace().next()?;
-    let v = match value {
-        "+Inf" => f64::INFINITY,
-        "-Inf" => f64::NEG_INFINITY,
-        v => v.parse().ok()?,
-    };
-    Some((name.to_string(), labels, v))
 }
 
 /// The provider's reader, shared so the push task can collect on its own schedule.
