@@ -6,11 +6,15 @@
 //! `tandem_proxy_request_duration_seconds`), the registry `/metrics` serves: no second count
 //! on the request path, and the page cannot disagree with `/metrics`. prometheus-client 0.23
 //! has no public read of a histogram, so the registry's text is read (as the OTLP metrics
-//! bridge does, with the same parser, [`crate::prom_text`]). It imports nothing else of tandem's.
-//! Invariant: the admin task calls [`ListenerStats::sample`] every [`TICK`]; samples older
-//! than the window are let go except one (the window's start), so at most
-//! `WINDOW / TICK + 2` samples are held.
-
+//! bridge does, with the same parser, [`crate::prom_text`]). It imports nothing else of
+//! tandem's.
+//!
+//! A reading encodes the whole registry, so it is taken only as often as someone looks: the
+//! admin task calls [`ListenerStats::sample`] every [`TICK`], which reads the registry every
+//! [`TICK`] while the stats are watched (asked for within the last [`WATCHED`]: the status
+//! page refreshes every 2 s) and every [`WINDOW`] otherwise, so the first look after a quiet
+//! spell still has a start 5 to 15 s back. Invariant: samples older than the window are let
+//! go except one (the window's start), so at most `WINDOW / TICK + 2` samples are held.
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,8 +26,11 @@ use crate::prom_text;
 
 /// The span the rate, error rate and latency are computed over.
 pub const WINDOW: Duration = Duration::from_secs(10);
-/// How often the admin task samples the counters.
+/// How often the admin task calls [`ListenerStats::sample`], and how often it reads the
+/// registry while the stats are watched.
 pub const TICK: Duration = Duration::from_secs(1);
+/// How long after the last [`ListenerStats::report`] the stats count as watched.
+pub const WATCHED: Duration = Duration::from_secs(30);
 
 const REQUESTS: &str = "tandem_proxy_requests_total";
 const ERRORS: &str = "tandem_proxy_errors_total";
@@ -77,7 +84,13 @@ pub struct Latency {
 /// The samples, and the registry they come from.
 pub struct ListenerStats {
     registry: Arc<Registry>,
-    samples: Mutex<VecDeque<(Instant, BTreeMap<String, Totals>)>>,
+    history: Mutex<History>,
+}
+
+/// Readings of the registry, oldest first, and when the stats were last asked for.
+struct History {
+    samples: VecDeque<(Instant, BTreeMap<String, Totals>)>,
+    asked: Option<Instant>,
 }
 
 // === impl ListenerStats ===
@@ -88,20 +101,22 @@ impl ListenerStats {
         let first = (Instant::now(), BTreeMap::new());
         Self {
             registry,
-            samples: Mutex::new(VecDeque::from([first])),
+            history: Mutex::new(History {
+                samples: VecDeque::from([first]),
+                asked: None,
+            }),
         }
     }
 
-    /// Read the counters now and keep them as a sample.
+    /// Keep a reading of the counters as a sample, when one is due (see the module's doc):
+    /// otherwise nothing is read.
     pub fn sample(&self) {
         let now = Instant::now();
-        let totals = read(&self.encode());
-        let mut samples = self.samples.lock().expect("listener stats lock poisoned");
-        samples.push_back((now, totals));
-        // Keep one sample at or before the window's start.
-        while samples.len() > 1 && now.duration_since(samples[1].0) >= WINDOW {
-            samples.pop_front();
+        if !self.history().due(now) {
+            return;
         }
+        let totals = read(&self.encode());
+        self.history().keep(now, totals);
     }
 
     /// Every listener's stats now, by listener name.
@@ -109,15 +124,9 @@ impl ListenerStats {
         let now = Instant::now();
         let current = read(&self.encode());
         let (since, base) = {
-            let samples = self.samples.lock().expect("listener stats lock poisoned");
-            // The oldest sample within the window, or the one just before it.
-            let (at, totals) = samples
-                .iter()
-                .find(|(at, _)| now.duration_since(*at) <= WINDOW)
-                .or(samples.back())
-                .cloned()
-                .unwrap_or((now, BTreeMap::new()));
-            (now.duration_since(at), totals)
+            let mut history = self.history();
+            history.asked = Some(now);
+            history.base(now)
         };
         current
             .iter()
@@ -125,11 +134,49 @@ impl ListenerStats {
             .collect()
     }
 
+    fn history(&self) -> std::sync::MutexGuard<'_, History> {
+        self.history.lock().expect("listener stats lock poisoned")
+    }
+
     fn encode(&self) -> String {
         let mut text = String::new();
         // Encoding into a String fails only if a collector fails: then no stats, not an error.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
+    }
+}
+
+// === impl History ===
+
+impl History {
+    /// Whether a reading is due at `now`: the last one is a [`TICK`] old while watched, a
+    /// [`WINDOW`] otherwise (half a tick early: the admin task's ticks are not exact).
+    fn due(&self, now: Instant) -> bool {
+        let watched = self
+            .asked
+            .is_some_and(|at| now.saturating_duration_since(at) < WATCHED);
+        let every = if watched { TICK } else { WINDOW };
+        self.samples
+            .back()
+            .is_none_or(|(at, _)| now.saturating_duration_since(*at) + TICK / 2 >= every)
+    }
+
+    fn keep(&mut self, now: Instant, totals: BTreeMap<String, Totals>) {
+        self.samples.push_back((now, totals));
+        // Keep one sample at or before the window's start.
+        while self.samples.len() > 1 && now.saturating_duration_since(self.samples[1].0) >= WINDOW {
+            self.samples.pop_front();
+        }
+    }
+
+    /// The window's start for a report at `now`: the sample closest to a [`WINDOW`] ago, how
+    /// long ago it was, and its totals.
+    fn base(&self, now: Instant) -> (Duration, BTreeMap<String, Totals>) {
+        self.samples
+            .iter()
+            .min_by_key(|(at, _)| now.saturating_duration_since(*at).abs_diff(WINDOW))
+            .map(|(at, totals)| (now.saturating_duration_since(*at), totals.clone()))
+            .unwrap_or_default()
     }
 }
 
@@ -210,16 +257,18 @@ pub fn quantile(q: f64, buckets: &[(f64, u64)]) -> f64 {
 /// Every listener's totals from the registry's text (other families are skipped).
 pub fn read(text: &str) -> BTreeMap<String, Totals> {
     let mut out: BTreeMap<String, Totals> = BTreeMap::new();
-    for s in prom_text::samples(text) {
-        if !s.name.starts_with("tandem_proxy_") {
-            continue;
-        }
+    for s in prom_text::samples_with_prefix(text, "tandem_proxy_") {
         let Some(listener) = s.label("listener") else {
             continue;
         };
         // Every listener has series from its start (gauges): it is listed before its first
         // request.
-        let t = out.entry(listener.to_string()).or_default();
+        if !out.contains_key(listener) {
+            out.insert(listener.to_string(), Totals::default());
+        }
+        let Some(t) = out.get_mut(listener) else {
+            continue;
+        };
         let value = s.value;
         match s.name {
             REQUESTS => {
@@ -321,14 +370,184 @@ tandem_app_up 1
         assert_eq!(idle.rate_per_second, 0.0);
     }
 
+    fn at(t0: Instant, secs: f64) -> Instant {
+        t0 + Duration::from_secs_f64(secs)
+    }
+
     #[test]
-    fn samples_are_bounded_by_the_window() {
+    fn the_registry_is_read_every_window_unless_watched() {
         let stats = ListenerStats::new(Arc::new(Registry::default()));
+        // Ticks microseconds apart, nobody asking: no reading.
         for _ in 0..5 {
             stats.sample();
         }
-        // All within the window: all kept (they are microseconds apart).
-        assert_eq!(stats.samples.lock().unwrap().len(), 6);
+        assert_eq!(stats.history().samples.len(), 1);
+        let mut h = stats.history();
+        let t0 = h.samples[0].0;
+        assert!(!h.due(at(t0, 1.0)) && !h.due(at(t0, 9.0)));
+        assert!(h.due(at(t0, 9.6)));
+        h.keep(at(t0, 10.0), BTreeMap::new());
+        // Asked for: a reading every tick, for WATCHED.
+        h.asked = Some(at(t0, 12.0));
+        assert!(h.due(at(t0, 12.0)));
+        h.keep(at(t0, 12.0), BTreeMap::new());
+        assert!(!h.due(at(t0, 12.3)));
+        assert!(h.due(at(t0, 13.0)));
+        // Not asked for WATCHED: every WINDOW again.
+        let quiet = 12.0 + WATCHED.as_secs_f64();
+        h.keep(at(t0, quiet), BTreeMap::new());
+        assert!(!h.due(at(t0, quiet + 1.0)) && !h.due(at(t0, quiet + 9.0)));
+        assert!(h.due(at(t0, quiet + 10.0)));
+    }
+
+    #[test]
+    fn samples_are_bounded_and_the_base_is_a_window_ago() {
+        let stats = ListenerStats::new(Arc::new(Registry::default()));
+        let mut h = stats.history();
+        let t0 = h.samples[0].0;
+        h.asked = Some(t0);
+        // Watched for 100 s, ticks a little late (as the admin task's are).
+        let mut now = 0.0;
+        while now < 100.0 {
+            now += 1.02;
+            if h.due(at(t0, now)) {
+                h.keep(at(t0, now), BTreeMap::new());
+            }
+            h.asked = Some(at(t0, now));
+            let most = (WINDOW.as_secs_f64() / TICK.as_secs_f64()) as usize + 2;
+            assert!(h.samples.len() <= most, "{} at {now}", h.samples.len());
+        }
+        let (since, _) = h.base(at(t0, now));
+        assert!(
+            since.abs_diff(WINDOW) <= TICK / 2,
+            "the window's start {since:?} ago"
+        );
+        // Just after start: the window is the time since then.
+        let fresh = ListenerStats::new(Arc::new(Registry::default()));
+        let start = fresh.history().samples[0].0;
+        assert_eq!(
+            fresh.history().base(at(start, 3.0)).0,
+            Duration::from_secs(3)
+        );
+        drop(h);
         assert!(stats.report().is_empty());
+    }
+
+    /// What one reading costs with a registry as a run with three listeners has it, printed
+    /// (run with `--ignored --nocapture`); nothing is asserted about the time.
+    #[test]
+    #[ignore = "a measurement, not a test"]
+    fn cost_of_one_reading() {
+        use prometheus_client::encoding::EncodeLabelSet;
+        use prometheus_client::metrics::{
+            counter::Counter, family::Family, gauge::Gauge, histogram::exponential_buckets,
+            histogram::Histogram,
+        };
+        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+        struct Req {
+            listener: String,
+            method: String,
+            status_class: String,
+        }
+        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+        struct L {
+            listener: String,
+        }
+        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+        struct K {
+            listener: String,
+            kind: String,
+        }
+        let mut r = Registry::default();
+        let sup = crate::metrics::SupervisorMetrics::register(&mut r);
+        sup.set_phase(crate::phase::Phase::Running);
+        r.register_collector(Box::new(crate::metrics::LogsCollector {
+            counters: Arc::default(),
+            injected_dropped: None,
+        }));
+        // The proxy's families, shaped as proxy/src/obs/metrics.rs registers them.
+        let p = r.sub_registry_with_prefix("tandem_proxy");
+        let requests = Family::<Req, Counter>::default();
+        p.register("requests", "Requests handled", requests.clone());
+        let duration = Family::<L, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 18))
+        });
+        p.register_with_unit(
+            "request_duration",
+            "Request duration",
+            prometheus_client::registry::Unit::Seconds,
+            duration.clone(),
+        );
+        let per_listener: Vec<Family<L, Counter>> = (0..9)
+            .map(|i| {
+                let f = Family::<L, Counter>::default();
+                p.register(
+                    format!("per_listener_{i}"),
+                    "A per-listener counter",
+                    f.clone(),
+                );
+                f
+            })
+            .collect();
+        let in_flight = Family::<L, Gauge>::default();
+        p.register("in_flight", "Requests in flight", in_flight.clone());
+        let (errors, retries) = (
+            Family::<K, Counter>::default(),
+            Family::<K, Counter>::default(),
+        );
+        p.register("errors", "Tandem-made answers", errors.clone());
+        p.register("retries", "Retries", retries.clone());
+        for name in ["web", "api", "grpc"] {
+            let l = L {
+                listener: name.into(),
+            };
+            for method in ["GET", "POST"] {
+                for class in ["2xx", "4xx", "5xx"] {
+                    requests
+                        .get_or_create(&Req {
+                            listener: name.into(),
+                            method: method.into(),
+                            status_class: class.into(),
+                        })
+                        .inc_by(1234);
+                }
+            }
+            for v in [0.0004, 0.002, 0.01, 0.3] {
+                duration.get_or_create(&l).observe(v);
+            }
+            for f in &per_listener {
+                f.get_or_create(&l).inc();
+            }
+            in_flight.get_or_create(&l).set(3);
+            for kind in ["connect_failed", "request_timeout"] {
+                let k = K {
+                    listener: name.into(),
+                    kind: kind.into(),
+                };
+                errors.get_or_create(&k).inc();
+                retries.get_or_create(&k).inc();
+            }
+        }
+        let stats = ListenerStats::new(Arc::new(r));
+        let text = stats.encode();
+        assert_eq!(read(&text).len(), 3);
+        let n = 2000;
+        let t = Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(stats.encode());
+        }
+        let encode = t.elapsed() / n;
+        let t = Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(read(&text));
+        }
+        let parse = t.elapsed() / n;
+        println!(
+            "one reading: encode {encode:?} + read {parse:?} ({} lines, {} bytes); \
+             before: one a second always; now: one every {WINDOW:?} unwatched, \
+             one a second for {WATCHED:?} after a look",
+            text.lines().count(),
+            text.len()
+        );
     }
 }

@@ -64,6 +64,18 @@ pub fn samples(text: &str) -> impl Iterator<Item = Sample<'_>> {
     })
 }
 
+/// The samples of `text` whose name starts with `prefix`, up to `# EOF`: the other lines are
+/// passed over without being parsed (a reader of one family pays for that family only).
+pub fn samples_with_prefix<'a>(
+    text: &'a str,
+    prefix: &'a str,
+) -> impl Iterator<Item = Sample<'a>> + 'a {
+    text.lines()
+        .take_while(|l| l.trim_end() != "# EOF")
+        .filter(move |l| l.starts_with(prefix))
+        .filter_map(sample)
+}
+
 /// One line; None when it does not parse.
 pub fn parse_line(line: &str) -> Option<Line<'_>> {
     let line = line.trim_end();
@@ -317,6 +329,9 @@ mod tests {
         let text = "a 1\n# EOF\nb 2\n";
         let names: Vec<_> = samples(text).map(|s| s.name).collect();
         assert_eq!(names, ["a"]);
+        let text = "# TYPE ab counter\nab_total 1\nb 2\nab_x{ 3\nab_y 4\n# EOF\nab_z 5\n";
+        let names: Vec<_> = samples_with_prefix(text, "ab").map(|s| s.name).collect();
+        assert_eq!(names, ["ab_total", "ab_y"]);
     }
 
     #[test]
