@@ -13,19 +13,11 @@ use crate::support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_flight_request_completes_while_new_connections_are_refused() {
     bounded(async {
-        let up = Upstream::start().await;
-        let mut proxy = Proxy::start(up.addr, Protocol::Http, true, |c| {
-            c.drain_timeout = Duration::from_secs(30);
-        })
-        .await;
-        let client = h1_client();
-        let url = proxy.url("/slow?ms=1500");
-        let slow = tokio::spawn(async move { get(&client, &url).await });
-        let seen = up.seen.clone();
-        eventually("the slow request reached the app", || {
-            seen.hits("/slow") == 1
-        })
-        .await;
+        let SlowInFlight {
+            up: _up,
+            mut proxy,
+            slow,
+        } = SlowInFlight::start(Protocol::Http, Duration::from_secs(30), &h1_client(), 1500).await;
 
         // An idle keep-alive connection, open before the drain.
         let mut idle = TcpStream::connect(proxy.addr).await.expect("connect");
@@ -44,17 +36,8 @@ async fn in_flight_request_completes_while_new_connections_are_refused() {
             .expect("idle keep-alive connection was not closed by drain")
             .unwrap_or(0);
         assert_eq!(n, 0);
-        let addr = proxy.addr;
-        let mut refused = false;
-        for _ in 0..500 {
-            if TcpStream::connect(addr).await.is_err() {
-                refused = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
         assert!(
-            refused,
+            refuses_connections(proxy.addr).await,
             "new connections were still accepted while draining"
         );
         assert!(
@@ -77,18 +60,16 @@ async fn in_flight_request_completes_while_new_connections_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_deadline_cuts_and_reports() {
     bounded(async {
-        let up = Upstream::start().await;
-        let mut proxy = Proxy::start(up.addr, Protocol::Http, true, |c| {
-            c.drain_timeout = Duration::from_millis(200);
-        })
-        .await;
-        let client = h1_client();
-        let url = proxy.url("/slow?ms=20000");
-        let slow = tokio::spawn(async move { get(&client, &url).await });
-        let seen = up.seen.clone();
-        eventually("the slow request reached the app", || {
-            seen.hits("/slow") == 1
-        })
+        let SlowInFlight {
+            up: _up,
+            mut proxy,
+            slow,
+        } = SlowInFlight::start(
+            Protocol::Http,
+            Duration::from_millis(200),
+            &h1_client(),
+            20_000,
+        )
         .await;
         let report = proxy.drain().await;
         assert!(!report.all_finished());
@@ -104,22 +85,12 @@ async fn drain_deadline_cuts_and_reports() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_stream_in_flight_completes_during_drain() {
     bounded(async {
-        let up = Upstream::start().await;
-        let mut proxy = Proxy::start(up.addr, Protocol::H2c, true, |c| {
-            c.drain_timeout = Duration::from_secs(30);
-        })
-        .await;
         let client = h2_client();
-        let url = proxy.url("/slow?ms=1500");
-        let slow = tokio::spawn({
-            let client = client.clone();
-            async move { get(&client, &url).await }
-        });
-        let seen = up.seen.clone();
-        eventually("the slow stream reached the app", || {
-            seen.hits("/slow") == 1
-        })
-        .await;
+        let SlowInFlight {
+            up,
+            mut proxy,
+            slow,
+        } = SlowInFlight::start(Protocol::H2c, Duration::from_secs(30), &client, 1500).await;
         let drained = tokio::spawn(proxy.drain_handle().drain());
         let (status, _, body) = slow.await.expect("task").expect("in-flight h2 GET");
         assert_eq!(status, StatusCode::OK);

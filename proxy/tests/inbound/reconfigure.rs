@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use http::StatusCode;
 use tandem_proxy::{ListenerConfig, Protocol};
-use tokio::net::TcpStream;
 
 use crate::support::*;
 
@@ -24,24 +23,15 @@ fn listener(name: &str, upstream: std::net::SocketAddr) -> ListenerConfig {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_listener_keeps_its_socket_and_finishes_in_flight_on_the_old() {
     bounded(async {
-        let (one, two) = (Upstream::start().await, Upstream::start().await);
-        let mut proxy = Proxy::start(one.addr, Protocol::Http, true, |c| {
-            c.drain_timeout = Duration::from_secs(30);
-        })
-        .await;
+        let client = h1_client();
+        let SlowInFlight {
+            up: one,
+            mut proxy,
+            slow,
+        } = SlowInFlight::start(Protocol::Http, Duration::from_secs(30), &client, 1500).await;
+        let two = Upstream::start().await;
         let addr = proxy.addr;
         let mut serving = proxy.drain_handle();
-        let client = h1_client();
-        let url = proxy.url("/slow?ms=1500");
-        let slow = tokio::spawn({
-            let client = client.clone();
-            async move { get(&client, &url).await }
-        });
-        let seen = one.seen.clone();
-        eventually("the slow request reached the first app", || {
-            seen.hits("/slow") == 1
-        })
-        .await;
 
         // Same name and address, a new upstream.
         let done = serving
@@ -77,15 +67,10 @@ async fn a_changed_listener_keeps_its_socket_and_finishes_in_flight_on_the_old()
             .await
             .expect("the added listener");
         assert_eq!(status, StatusCode::OK);
-        let mut refused = false;
-        for _ in 0..500 {
-            if TcpStream::connect(addr).await.is_err() {
-                refused = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert!(refused, "the removed listener still accepts");
+        assert!(
+            refuses_connections(addr).await,
+            "the removed listener still accepts"
+        );
         let same = serving
             .reconfigure(&[listener("added", one.addr)])
             .await

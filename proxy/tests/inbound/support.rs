@@ -420,3 +420,54 @@ pub async fn get(
     let req = Request::get(url).body(full(Bytes::new()))?;
     send(client, req).await
 }
+
+/// What a GET in flight gives when it ends.
+pub type Fetched = Result<(StatusCode, HeaderMap, Bytes), BoxError>;
+
+/// The set-up drain and reconfigure share: an app, one proxy listener in front of it
+/// (`protocol`, `drain_timeout`), and a `GET /slow?ms=<slow_ms>` from `client` in flight.
+/// The app has seen that request when this returns.
+pub struct SlowInFlight {
+    pub up: Upstream,
+    pub proxy: Proxy,
+    /// The slow request; it ends with the app's "slow done" unless cut.
+    pub slow: tokio::task::JoinHandle<Fetched>,
+}
+
+impl SlowInFlight {
+    pub async fn start(
+        protocol: Protocol,
+        drain_timeout: Duration,
+        client: &Client<HttpConnector, TestBody>,
+        slow_ms: u64,
+    ) -> Self {
+        let up = Upstream::start().await;
+        let proxy = Proxy::start(up.addr, protocol, true, |c| {
+            c.drain_timeout = drain_timeout;
+        })
+        .await;
+        let url = proxy.url(&format!("/slow?ms={slow_ms}"));
+        let slow = tokio::spawn({
+            let client = client.clone();
+            async move { get(&client, &url).await }
+        });
+        let seen = up.seen.clone();
+        eventually("the slow request reached the app", || {
+            seen.hits("/slow") == 1
+        })
+        .await;
+        Self { up, proxy, slow }
+    }
+}
+
+/// Whether connections to `addr` are refused within 500 attempts, 5 ms apart (a listener
+/// closed by a drain or a reconfigure).
+pub async fn refuses_connections(addr: SocketAddr) -> bool {
+    for _ in 0..500 {
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
+}
