@@ -110,20 +110,31 @@ fn run(args: &RunArgs, handover: Option<Result<upgrade::Received, upgrade::Unrea
             return exit::INTERNAL;
         }
     };
-    let loaded = match load(args, true) {
-        Ok(l) => l,
-        Err(code) => match (handover, _fallback) {
-            // The pre-flight passed, but the config changed since: the old binary goes on.
-            (Some(h), Some(fallback)) => {
-                let why = upgrade::fall_back(
-                    &fallback,
-                    h,
-                    "the new binary refused the config (see its config_error)".to_string(),
-                );
-                tracing::error!(event = "internal_error", error = %why, "no way back to the previous image");
+    let checked = match handover.as_ref().filter(|h| h.failed.is_some()) {
+        // The old binary taking over again: it resumes with the config it ran (the files may
+        // be what the new one refused), and never falls back again.
+        Some(h) => match upgrade::resumed_config(h) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(event = "internal_error", error = %e, "the old binary cannot resume after a failed upgrade");
                 return exit::INTERNAL;
             }
-            _ => return code,
+        },
+        None => match load(args, true) {
+            Ok(l) => l.checked,
+            Err(code) => match (handover, _fallback) {
+                // The pre-flight passed, but the config changed since: the old binary goes on.
+                (Some(h), Some(fallback)) => {
+                    let why = upgrade::fall_back(
+                        &fallback,
+                        h,
+                        "the new binary refused the config (see its config_error)".to_string(),
+                    );
+                    tracing::error!(event = "internal_error", error = %why, "no way back to the previous image");
+                    return exit::INTERNAL;
+                }
+                _ => return code,
+            },
         },
     };
     let guard = match handover.as_mut() {
@@ -141,7 +152,7 @@ fn run(args: &RunArgs, handover: Option<Result<upgrade::Received, upgrade::Unrea
     // Every thread starts with the asynchronous signals blocked; the lifecycle unblocks them
     // on this thread once its handlers are in place (see signals::block_in_this_thread).
     tandem::signals::block_in_this_thread();
-    let workers = match loaded.checked.config.runtime.worker_threads {
+    let workers = match checked.config.runtime.worker_threads {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get().min(4)),
         n => n,
     };
@@ -177,7 +188,7 @@ fn run(args: &RunArgs, handover: Option<Result<upgrade::Received, upgrade::Unrea
         started_from,
     };
     // block_on keeps the lifecycle on the main thread: see lifecycle's invariant.
-    let code = runtime.block_on(lifecycle::run(loaded.checked, opts));
+    let code = runtime.block_on(lifecycle::run(checked, opts));
     // The lifecycle has drained, flushed and reaped everything it started; what is left are
     // idle workers. Joining them only delays the exit code (and the orchestrator's restart).
     runtime.shutdown_background();

@@ -70,6 +70,22 @@ pub struct Handover {
     pub signals: Vec<i32>,
     /// Tail mode's positions (beside the app): where the new image reads on.
     pub tail: Option<crate::logs::tail::Checkpoint>,
+    /// The config the old image ran with (its effective form): what the old binary resumes
+    /// with when it takes over again, whatever the files say by then.
+    pub config: Option<serde_json::Value>,
+}
+
+/// The config a hand-over carries, checked again (`tandem upgrade`'s way back: the old
+/// binary resumes with the config it ran, not files that may have been edited meanwhile).
+pub fn resumed_config(handover: &Handover) -> Result<crate::config::Checked, String> {
+    let value = handover
+        .config
+        .clone()
+        .ok_or_else(|| "the hand-over carries no config".to_string())?;
+    let config: crate::config::Config =
+        serde_json::from_value(value).map_err(|e| format!("the handed config: {e}"))?;
+    let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+    crate::config::checked::check(config, &env, false, false).map_err(|e| e.to_string())
 }
 
 /// The app as handed over.

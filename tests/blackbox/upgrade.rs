@@ -336,3 +336,82 @@ fn upgrade_beside_the_app_reads_its_log_files_on_without_loss_or_repeat() {
     assert!(missing.is_empty(), "lines lost: {missing:?}");
     assert!(twice.is_empty(), "lines delivered twice: {twice:?}");
 }
+
+#[test]
+fn a_new_image_that_cannot_adopt_hands_back_to_the_old_binary() {
+    if !require_tool("python3") {
+        return;
+    }
+    // The config is valid at the pre-flight and broken when the new image loads it (edited
+    // while the old image drains a held TCP connection): the old binary takes over again.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut t, web, admin) = start(dir.path());
+    let path = dir.path().join("tandem.toml");
+    let app_port = std::fs::read_to_string(&path)
+        .unwrap()
+        .split("upstream = \"127.0.0.1:")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap()
+        .to_string();
+    let raw = free_port();
+    let config = std::fs::read_to_string(&path).unwrap()
+        + &format!(
+            "[[proxy.listeners]]\nname = \"raw\"\nprotocol = \"tcp\"\nlisten = \"127.0.0.1:{raw}\"\nupstream = \"127.0.0.1:{app_port}\"\ndrain_timeout = \"2s\"\n"
+        );
+    std::fs::write(&path, &config).unwrap();
+    let (code, out, err) = {
+        let out = Command::new(bin())
+            .args(["reload", "--admin", &admin])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(code, Some(0), "{out} {err}");
+    let exe = std::fs::read_link(format!("/proc/{}/exe", t.pid())).unwrap();
+    let app_pid = status(&admin)["app_pid"].as_i64();
+    let next = dir.path().join("tandem-next");
+    std::fs::copy(bin(), &next).unwrap();
+    std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    // A TCP connection held open: the drain waits for it (2 s).
+    let _held = std::net::TcpStream::connect(format!("127.0.0.1:{raw}")).unwrap();
+    let query = format!(
+        "/admin/upgrade?binary={}",
+        next.display().to_string().replace('/', "%2F")
+    );
+    let (code, _, body) = http(&admin, "POST", &query, b"", &[]).unwrap();
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    std::fs::write(&path, "this is [not toml\n").unwrap();
+
+    eventually("the old image reports the failed upgrade", || {
+        http(&admin, "GET", "/status", b"", &[])
+            .ok()
+            .and_then(|(_, _, b)| serde_json::from_slice::<Value>(&b).ok())
+            .is_some_and(|s| s["upgrade"]["generation"] == 1)
+    });
+    let s = status(&admin);
+    assert_eq!(s["upgrade"]["ok"], false, "{s}");
+    assert!(
+        s["upgrade"]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("config"),
+        "{s}"
+    );
+    assert_eq!(s["app_pid"].as_i64(), app_pid, "{s}");
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{}/exe", t.pid())).unwrap(),
+        exe
+    );
+    assert!(matches!(
+        http(&web, "GET", "/who.txt", b"", &[]),
+        Ok((200, _, _))
+    ));
+    t.signal(Signal::SIGTERM);
+    t.wait();
+}

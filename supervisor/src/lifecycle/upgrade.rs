@@ -331,6 +331,7 @@ impl Supervisor<'_> {
             sockets: handed_sockets,
             signals: Vec::new(),
             tail: readers.tail,
+            config: serde_json::to_value(&self.core.cfg).ok(),
         }
     }
 }
