@@ -9,9 +9,11 @@
 //! any other address a bearer token from `admin.token_file` is required, checked before any
 //! handler runs: `/status` and the page carry the app's last log records, so they are never
 //! served without it; an action is refused (403) off loopback without a token.
-//! `/status` and the page show per-listener request stats ([`ListenerStats`], sampled by the
-//! accept loop every [`listener_stats::TICK`]) and the app's last records ([`Recent`], fed
-//! after redaction).
+//! `/status` and the page show per-listener request stats ([`ListenerStats`]: the accept loop
+//! offers it a sample every [`listener_stats::TICK`], which reads the registry only when a
+//! sample is due: every second while someone looks, every 10 s otherwise) and the app's last
+//! records ([`Recent`], fed after redaction). `POST /admin/upgrade` execs tandem in place
+//! (see `lifecycle::upgrade`): [`serve_until`] gives the listening socket back for it.
 use std::{collections::BTreeMap, convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
 
 use bytes::Bytes;
