@@ -51,7 +51,7 @@ pub use config::{
     UpstreamTlsConfig,
 };
 pub use conn::drain::{DrainReport, ListenerDrain};
-pub use conn::inbound::{serve, BoundListeners, Inbound, Reconfigured, Serving};
+pub use conn::inbound::{serve, BoundListeners, Inbound, Reconfigured, Retired, Serving};
 pub use error::{ConfigError, FileError, ProxyError, SpecError};
 pub use http::app_exits::{AppExits, InFlight};
 pub use http::hygiene::REQUEST_ID;

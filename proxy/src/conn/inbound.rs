@@ -513,6 +513,20 @@ impl Serving {
         }
     }
 
+    /// Takes the listeners [`Serving::reconfigure`] retired (removed, or replaced by new
+    /// settings) and are still finishing their requests, to await them with
+    /// [`Retired::finished`]. Give back what is left with [`Serving::keep_retired`] when not
+    /// awaiting them to the end, so [`Serving::drain`] still waits for them.
+    pub fn take_retired(&mut self) -> Retired {
+        Retired(std::mem::take(&mut self.retired))
+    }
+
+    /// Puts back retired listeners taken with [`Serving::take_retired`] (those not yet
+    /// finished), for [`Serving::drain`] to wait for.
+    pub fn keep_retired(&mut self, retired: Retired) {
+        self.retired.extend(retired.0);
+    }
+
     /// The supervisor reaped the app: requests that were in flight to it count this exit
     /// against their replays (see `retry.max_replays_after_app_exit`). Returns them, for the
     /// exit log. Call it before the proxy's readiness turns false.
@@ -579,6 +593,42 @@ impl Serving {
             }
         }
         report
+    }
+}
+
+/// Listeners retired by [`Serving::reconfigure`], taken out of the [`Serving`] to be awaited
+/// (a rolling restart stops the old app only once they finished).
+#[derive(Debug, Default)]
+pub struct Retired(Vec<JoinHandle<AcceptEnd>>);
+
+// === impl Retired ===
+
+impl Retired {
+    /// How many are still draining.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether none is left.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Resolves once every one has drained: its requests in flight finished, or were cut at
+    /// its `drain_timeout`. Cancel-safe: a listener is removed the moment its drain is
+    /// collected, so what is left can be given back with [`Serving::keep_retired`].
+    pub async fn finished(&mut self) -> Vec<ListenerDrain> {
+        let mut done = Vec::new();
+        while let Some(task) = self.0.first_mut() {
+            let end = task.await;
+            self.0.remove(0);
+            match end {
+                Ok(AcceptEnd::Drained(l)) => done.push(l),
+                Ok(AcceptEnd::HandedOff(..)) => {}
+                Err(e) => tracing::error!(error = %e, "listener task failed"),
+            }
+        }
+        done
     }
 }
 

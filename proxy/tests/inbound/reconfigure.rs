@@ -91,3 +91,47 @@ async fn a_changed_listener_keeps_its_socket_and_finishes_in_flight_on_the_old()
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retired_settings_finish_only_after_their_request_in_flight() {
+    bounded(async {
+        let (one, two) = (Upstream::start().await, Upstream::start().await);
+        let mut proxy = Proxy::start(one.addr, Protocol::Http, true, |c| {
+            c.drain_timeout = Duration::from_secs(30);
+        })
+        .await;
+        let mut serving = proxy.drain_handle();
+        let url = proxy.url("/slow?ms=1500");
+        let slow = tokio::spawn(async move { get(&h1_client(), &url).await });
+        let seen = one.seen.clone();
+        eventually("the slow request reached the first app", || {
+            seen.hits("/slow") == 1
+        })
+        .await;
+        serving
+            .reconfigure(&[listener("test", two.addr)])
+            .await
+            .expect("reconfigure");
+        let mut retired = serving.take_retired();
+        assert_eq!(retired.len(), 1, "the old settings are draining");
+        let drains = retired.finished().await;
+        let (status, _, body) = slow.await.expect("task").expect("the in-flight GET");
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"slow done"[..]));
+        assert_eq!(drains.len(), 1);
+        // Resolved only once the old settings' request in flight was answered, not cut.
+        assert_eq!(
+            (
+                drains[0].in_flight_at_start,
+                drains[0].finished,
+                drains[0].cut
+            ),
+            (1, 1, 0),
+            "{drains:?}"
+        );
+        assert!(retired.is_empty());
+        serving.keep_retired(retired);
+        let report = serving.drain().await;
+        assert_eq!(report.cut(), 0, "{report:?}");
+    })
+    .await;
+}
