@@ -192,6 +192,59 @@ impl HealthMonitor {
         });
     }
 
+    /// A rolling restart's readiness check of a second app process listening on port `to`
+    /// (the current one listens on `from`): the readiness probe aimed at `to` (see
+    /// [`Probe::retarget`]); a TCP connect to `host:to` when there is none or it is an exec
+    /// probe (which cannot be told which process to check). Runs until dropped or handed to
+    /// [`HealthMonitor::app_replaced`].
+    pub fn probe_replacement(&self, host: &str, from: u16, to: u16) -> ProbeHandle {
+        let probe = match &self.checks.readiness {
+            Some(p) if !matches!(p.check, probe::Check::Exec { .. }) => p.retarget(from, to),
+            other => {
+                let mut p = Probe::implicit([format!("{host}:{to}").as_str()])
+                    .expect("host:port is a probe target");
+                if let Some(o) = other {
+                    p.interval = o.interval;
+                    p.timeout = o.timeout;
+                }
+                p
+            }
+        };
+        probe::spawn("readiness", probe, Arc::clone(&self.exits))
+    }
+
+    /// A rolling restart's switch: the app process on port `to` (whose readiness probe,
+    /// from [`HealthMonitor::probe_replacement`], has passed) is the current instance from now
+    /// on; the probes aim at `to` where they aimed at `from`, liveness starts fresh. `ready`
+    /// stays true throughout (the proxy never holds a request for the switch).
+    pub fn app_replaced(&mut self, from: u16, to: u16, readiness: ProbeHandle) {
+        self.checks.readiness = self.checks.readiness.as_ref().map(|p| p.retarget(from, to));
+        self.checks.liveness = self.checks.liveness.as_ref().map(|p| p.retarget(from, to));
+        let liveness = self
+            .checks
+            .liveness
+            .clone()
+            .map(|p| probe::spawn("liveness", p, Arc::clone(&self.exits)));
+        let readiness = Some(readiness);
+        let r = readiness.as_ref().map(ProbeHandle::subscribe);
+        let l = liveness.as_ref().map(ProbeHandle::subscribe);
+        self.generation += 1;
+        publish(&self.ready, &self.healthy, r.as_ref(), l.as_ref(), false);
+        let combiner = tokio::spawn(combine(
+            r,
+            l,
+            Arc::clone(&self.ready),
+            Arc::clone(&self.healthy),
+            false,
+        ));
+        // The old instance's probes end only now: nothing in between said "not ready".
+        self.instance = Some(Instance {
+            readiness,
+            liveness,
+            combiner,
+        });
+    }
+
     /// Ends the current instance's probes: not ready, and healthy (no probe is failing).
     pub fn app_stopped(&mut self) {
         self.instance = None;

@@ -270,6 +270,39 @@ impl Probe {
         })
     }
 
+    /// The same probe aimed at port `to` wherever it checks port `from` (HTTP and TCP
+    /// targets; an exec probe is left as it is): a rolling restart's new app process.
+    pub fn retarget(&self, from: u16, to: u16) -> Probe {
+        let port = |p: u16| if p == from { to } else { p };
+        let check = match &self.check {
+            Check::Http {
+                host,
+                port: p,
+                path,
+            } => Check::Http {
+                host: host.clone(),
+                port: port(*p),
+                path: path.clone(),
+            },
+            Check::Tcp { host, port: p } => Check::Tcp {
+                host: host.clone(),
+                port: port(*p),
+            },
+            Check::TcpEach(targets) => {
+                let mut t: Vec<(String, u16)> =
+                    targets.iter().map(|(h, p)| (h.clone(), port(*p))).collect();
+                t.sort();
+                t.dedup();
+                Check::TcpEach(t)
+            }
+            exec @ Check::Exec { .. } => exec.clone(),
+        };
+        Probe {
+            check,
+            ..self.clone()
+        }
+    }
+
     /// The gap before the check after one that took place with `gap` before it; `passed`:
     /// the probe has passed since the app was spawned.
     fn next_gap(&self, gap: Duration, passed: bool) -> Duration {
