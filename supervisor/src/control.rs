@@ -16,7 +16,8 @@ use crate::phase::ReloadOutcome;
 pub enum Action {
     /// Re-read the config and apply what can be applied in place.
     Reload,
-    /// Stop the app and start it again (requests held by the proxy meanwhile).
+    /// Start the app again from the config read again: stop-then-start (requests held by the
+    /// proxy meanwhile), or a rolling restart (`restart.mode = "rolling"`).
     Restart,
     /// Exec tandem's binary again (or `binary`), handing the app and the sockets over.
     Upgrade { binary: Option<String> },
@@ -29,6 +30,8 @@ pub enum Reply {
     Reload(ReloadOutcome),
     Restart(RestartOutcome),
     Upgrade(UpgradeAccepted),
+    /// A restart that read the config again: what it did, and which changed keys it applied.
+    RestartApplied(RestartApplied),
 }
 
 /// The answer to an upgrade request, before the exec: the new binary passed its pre-flight
@@ -43,6 +46,19 @@ pub struct UpgradeAccepted {
     pub binary: String,
     /// The generation the new image will have (`/status.upgrade.generation`).
     pub generation: u32,
+}
+
+/// An asked restart that read the config again (see `lifecycle::rolling`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RestartApplied {
+    #[serde(flatten)]
+    pub outcome: RestartOutcome,
+    /// `rolling` or `stop-start`.
+    pub mode: &'static str,
+    /// Changed keys the new app process was started with (`app.env`, `proxy.listeners`...).
+    pub applied: Vec<String>,
+    /// Changed keys that still take effect only when tandem itself starts again.
+    pub pending_restart: Vec<String>,
 }
 
 /// What an asked restart did.
@@ -75,6 +91,7 @@ impl Reply {
             Reply::Reload(r) => r.ok,
             Reply::Restart(r) => r.ok,
             Reply::Upgrade(r) => r.ok,
+            Reply::RestartApplied(r) => r.outcome.ok,
         }
     }
 }

@@ -271,6 +271,25 @@ fn check_restart(config: &Config) -> Result<(), ConfigError> {
             "must be > 0 when restart.start_limit_burst is set",
         ));
     }
+    if r.mode == super::RestartMode::Rolling {
+        let name = r.port_env.as_str();
+        if name.is_empty()
+            || name.contains('=')
+            || name.contains('\0')
+            || name.starts_with(|c: char| c.is_ascii_digit())
+        {
+            return Err(ConfigError::key(
+                "restart.port_env",
+                format!("{name:?} is not an environment variable name"),
+            ));
+        }
+        if r.ready_timeout.is_zero() {
+            return Err(ConfigError::key("restart.ready_timeout", "must be > 0"));
+        }
+        if !config.app.command.is_empty() || !config.proxy.listeners.is_empty() {
+            config.rolling_port()?;
+        }
+    }
     Ok(())
 }
 

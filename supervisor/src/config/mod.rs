@@ -190,12 +190,33 @@ pub enum RestartPolicy {
     Always,
 }
 
+/// How `tandem restart` (and `POST /admin/restart`) replaces the app.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartMode {
+    /// Stop the app, then start it again; the proxy holds requests meanwhile.
+    #[default]
+    StopStart,
+    /// Start a second app process on a fresh port, wait for its readiness, point the proxy at
+    /// it, let the old one finish its requests, then stop it (see `lifecycle::rolling`).
+    Rolling,
+}
+
 /// Restart policy, backoff and start limit.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RestartConfig {
     /// `never` | `on-failure` | `always`.
     pub policy: RestartPolicy,
+    /// How an asked restart replaces the app: `stop-start` | `rolling`.
+    pub mode: RestartMode,
+    /// Rolling mode: the environment variable that gives each app process its port (also
+    /// substituted for `{port}` in `app.command`).
+    pub port_env: String,
+    /// Rolling mode: how long the new app process has to pass its readiness check; past it,
+    /// it is stopped and the old one keeps serving.
+    #[serde(with = "tandem_proxy::duration")]
+    pub ready_timeout: Duration,
     /// Delay before the first restart.
     #[serde(with = "tandem_proxy::duration")]
     pub initial_delay: Duration,
@@ -223,6 +244,9 @@ impl Default for RestartConfig {
     fn default() -> Self {
         Self {
             policy: RestartPolicy::Never,
+            mode: RestartMode::StopStart,
+            port_env: "PORT".to_string(),
+            ready_timeout: Duration::from_secs(60),
             initial_delay: Duration::from_millis(200),
             max_delay: Duration::from_secs(30),
             multiplier: 2.0,
@@ -246,6 +270,58 @@ impl Config {
         crate::health::probe::Probe::implicit(
             self.proxy.listeners.iter().map(|l| l.upstream.as_str()),
         )
+    }
+
+    /// Rolling mode: the loopback port every proxy listener's upstream points at (the first
+    /// app process's port) and its host. None in stop-start mode. Err (naming the key) when
+    /// rolling mode is set but the upstreams are not one loopback port, or there are none.
+    pub fn rolling_port(&self) -> Result<Option<(String, u16)>, ConfigError> {
+        if self.restart.mode != RestartMode::Rolling {
+            return Ok(None);
+        }
+        let bad = |message: String| Err(ConfigError::key("restart.mode", message));
+        let mut found: Option<(String, u16)> = None;
+        for l in &self.proxy.listeners {
+            let Ok(authority) = l.upstream.parse::<http::uri::Authority>() else {
+                return bad(format!(
+                    "\"rolling\" needs each listener's upstream as host:port; listener {} has {:?}",
+                    l.display_name(),
+                    l.upstream
+                ));
+            };
+            let host = authority.host().to_string();
+            let loopback = host == "localhost"
+                || host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            let (true, Some(port)) = (loopback, authority.port_u16()) else {
+                return bad(format!(
+                    "\"rolling\" needs every listener's upstream on a loopback address with a port (tandem moves the app to a fresh local port); listener {} has {:?}",
+                    l.display_name(),
+                    l.upstream
+                ));
+            };
+            match &found {
+                Some((_, p)) if *p != port => {
+                    return bad(format!(
+                        "\"rolling\" needs every listener's upstream on the one port of the app; listener {} has {:?}, another port {p}",
+                        l.display_name(),
+                        l.upstream
+                    ))
+                }
+                Some(_) => {}
+                None => found = Some((host, port)),
+            }
+        }
+        match found {
+            Some(f) => Ok(Some(f)),
+            None => bad(
+                "\"rolling\" needs a proxy listener in front of the app (tandem points it at each new app process)"
+                    .to_string(),
+            ),
+        }
     }
 
     /// The service name: configured, or the file name of the app's program.

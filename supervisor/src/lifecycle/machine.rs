@@ -347,6 +347,14 @@ impl Machine {
         self.restarts += 1;
         self.metrics.restarts.inc();
     }
+
+    /// A restart that happened without a phase change (a rolling restart): counted, and the
+    /// count published at once.
+    pub fn count_restart_in_place(&mut self) {
+        self.count_restart();
+        let restarts = self.restarts;
+        self.status.send_modify(|s| s.restarts = restarts);
+    }
 }
 
 #[cfg(test)]
@@ -400,6 +408,7 @@ mod tests {
             reset_after: Duration::from_secs(10),
             start_limit_burst: 3,
             start_limit_interval: Duration::from_secs(10),
+            ..RestartConfig::default()
         }
     }
 

@@ -11,7 +11,9 @@
 //!    (a spawn that fails for want of fds, processes or memory is a failed start: the same
 //!     policy, back-off and start limit, not tandem's exit 70)
 //!    ├─ SIGHUP / POST /admin/reload ─▶ config reloaded in place (lifecycle::reload)
-//!    ├─ POST /admin/restart ─▶ stop the app, then Restarting at once (no back-off)
+//!    ├─ POST /admin/restart ─▶ config read again (lifecycle::rolling) ─▶ stop the app, then
+//!    │        Restarting at once (no back-off); or, rolling: a second app process, then the old
+//!    │        one drained and stopped (lifecycle::rolling)
 //!    └─ SIGTERM/INT/QUIT ─▶ Stopping: STOPPING=1, /readyz 503 ─▶ shutdown.delay
 //!         ─▶ drain proxy ─▶ stop_signal to the app's group ─▶ stop_timeout ─▶ SIGKILL
 //! every way out ─▶ Stopping (STOPPING=1) ─▶ drain what still serves
@@ -28,6 +30,7 @@
 //! sd_notify and tests observe the phases from there, never by timing.
 pub mod machine;
 pub mod reload;
+pub mod rolling;
 pub mod start_error;
 pub mod upgrade;
 pub mod wiring;
@@ -225,7 +228,10 @@ impl Supervisor<'_> {
                     self.answer_restart(asked.take(), None);
                     return exit::START_LIMIT;
                 }
-                None => self.start_app(&spec),
+                None => {
+                    let next = self.next_spec(&spec);
+                    self.start_app(&next)
+                }
             };
             self.answer_restart(asked.take(), started.as_ref().ok().map(|a| a.pid));
             let mut app = match started {
@@ -252,7 +258,7 @@ impl Supervisor<'_> {
                 Err(e) => return e.exit_code(),
             };
 
-            let status = match self.wait_running(&mut app).await {
+            let status = match self.wait_running_or_roll(&mut app).await {
                 Outcome::UpgradeFailed(why) => {
                     tracing::error!(event = "internal_error", error = %why, "no binary could take over after the hand-over; stopping the app");
                     self.kill(&app, "upgrade_failed", app.started);

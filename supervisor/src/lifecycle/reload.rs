@@ -191,10 +191,16 @@ impl Supervisor<'_> {
             && upstreams(&self.core.cfg) != upstreams(&new)
             && applied.iter().any(|k| k == "proxy.listeners");
         if applied.iter().any(|k| k == "proxy.listeners") {
+            // Rolling mode: the upstreams point at the current app process's port, wherever
+            // the file says the first one listened.
+            let listeners = match &self.core.port {
+                Some((_, port)) => super::rolling::listeners_at(&new.proxy.listeners, *port),
+                None => new.proxy.listeners.clone(),
+            };
             match self.parts.proxy.serving_mut() {
                 Some(serving) => {
                     let done = serving
-                        .reconfigure(&new.proxy.listeners)
+                        .reconfigure(&listeners)
                         .await
                         .map_err(|e| format!("proxy.listeners: {e}"))?;
                     tracing::info!(event = "proxy_reconfigured", added = ?done.added, removed = ?done.removed, changed = ?done.changed, unchanged = done.unchanged.len(), "proxy listeners reconfigured");
@@ -217,6 +223,8 @@ impl Supervisor<'_> {
         if implicit || applied.iter().any(|k| k.starts_with("health.")) {
             // The running app's probes are replaced now, its readiness kept until the new
             // readiness probe decides.
+            // Rolling mode: the probes aim at the current app process's port.
+            let checks = super::rolling::checks_at(checks, &new, &self.core.port);
             self.core.health.replace_checks(checks);
             self.core.cfg.health = new.health.clone();
             if implicit && !applied.iter().any(|k| k == "health.readiness") {

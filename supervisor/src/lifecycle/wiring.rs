@@ -61,6 +61,11 @@ pub struct Core {
     pub control: mpsc::Receiver<control::Request>,
     /// Where this process stands in `tandem upgrade`s, and the app to adopt after one.
     pub upgrade: super::upgrade::State,
+    /// `restart.mode = "rolling"`: the loopback host and port of the current app process
+    /// (the proxy's upstreams point there); None in stop-start mode.
+    pub port: Option<(String, u16)>,
+    /// A stop-start restart's new app section and command, in force from the next start.
+    pub staged: Option<(crate::config::AppConfig, AppSpec)>,
 }
 
 /// Made before anything starts, for the machine: its metrics and where sd_notify goes.
@@ -217,19 +222,9 @@ pub fn prepare(checked: Checked, opts: Options) -> Result<Prepared, StartError> 
         settings.resource = resource;
         settings
     });
-    let spec = cfg
-        .app
-        .command
-        .split_first()
-        .map(|(program, args)| AppSpec {
-            program: program.clone(),
-            args: args.to_vec(),
-            workdir: cfg.app.workdir.clone(),
-            env: cfg.app.env.clone(),
-            env_remove: TANDEM_ONLY_ENV.iter().map(|s| s.to_string()).collect(),
-            user: cfg.app.user.clone(),
-            group: cfg.app.group.clone(),
-        });
+    // Checked when the config was loaded: an Err here cannot happen.
+    let port = cfg.rolling_port().ok().flatten();
+    let spec = app_spec(&cfg, port.as_ref().map(|(_, p)| *p));
     let (control, control_rx) = control::channel();
     Ok(Prepared {
         core: Core {
@@ -241,6 +236,8 @@ pub fn prepare(checked: Checked, opts: Options) -> Result<Prepared, StartError> 
             source: opts.config_source,
             control: control_rx,
             upgrade,
+            port,
+            staged: None,
         },
         plan: Plan {
             registry,
@@ -256,6 +253,42 @@ pub fn prepare(checked: Checked, opts: Options) -> Result<Prepared, StartError> 
         metrics,
         notifier,
     })
+}
+
+/// The app's command from `cfg.app` (None: no command); in rolling mode, its process's `port`
+/// in `restart.port_env` and for `{port}` in the command.
+pub(super) fn app_spec(cfg: &Config, port: Option<u16>) -> Option<AppSpec> {
+    let mut spec = cfg
+        .app
+        .command
+        .split_first()
+        .map(|(program, args)| AppSpec {
+            program: program.clone(),
+            args: args.to_vec(),
+            workdir: cfg.app.workdir.clone(),
+            env: cfg.app.env.clone(),
+            env_remove: TANDEM_ONLY_ENV.iter().map(|s| s.to_string()).collect(),
+            user: cfg.app.user.clone(),
+            group: cfg.app.group.clone(),
+        })?;
+    if let Some(port) = port {
+        super::rolling::give_port(&mut spec, &cfg.restart.port_env, port);
+    }
+    Some(spec)
+}
+
+// === impl Parts ===
+
+impl Parts {
+    /// The app's command from `cfg` (a restart that applies a changed config), pointed at the
+    /// running OTLP pass-through as the first one was; `port` as in [`app_spec`].
+    pub fn respec(&self, cfg: &Config, port: Option<u16>) -> Option<AppSpec> {
+        let mut spec = app_spec(cfg, port)?;
+        if let Some(p) = &self.passthrough {
+            p.app_env(&mut spec.env, &mut spec.env_remove);
+        }
+        Some(spec)
+    }
 }
 
 // === impl Plan ===
