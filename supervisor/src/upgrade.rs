@@ -73,6 +73,10 @@ pub struct Handover {
     /// The config the old image ran with (its effective form): what the old binary resumes
     /// with when it takes over again, whatever the files say by then.
     pub config: Option<serde_json::Value>,
+    /// `restart.mode = "rolling"`: the port the app process listens on (a rolling restart
+    /// moved it off the configured one); the new image's upstreams and probes follow it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_port: Option<u16>,
 }
 
 /// The config a hand-over carries, checked again (`tandem upgrade`'s way back: the old

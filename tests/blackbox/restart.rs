@@ -572,6 +572,66 @@ upstream = "127.0.0.1:{app}"
     }
 
     #[test]
+    fn after_a_rolling_restart_an_upgrade_keeps_the_proxy_on_the_new_port() {
+        if !require_tool("python3") {
+            return;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let next = dir.path().join("tandem-next");
+        std::fs::copy(bin(), &next).unwrap();
+        std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (app, web) = (free_port(), free_port());
+        let cfg = rolling_config(dir.path(), app, web);
+        let mut t = Tandem::spawn_cmd(Command::new(bin()).arg("--config").arg(&cfg));
+        t.collect_stdout();
+        let admin = t.admin_addr();
+        t.wait_event("ready");
+        let (code, out, err) = tandem_restart(&admin);
+        assert_eq!(code, 0, "{out} {err}");
+        let new = status(&admin)["app_pid"].as_i64().unwrap();
+
+        let out = Command::new(bin())
+            .args(["upgrade", "--admin", &admin, "--binary"])
+            .arg(&next)
+            .args(["--timeout", "30s"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let st = status(&admin);
+        assert_eq!(st["app_pid"].as_i64(), Some(new), "{st}");
+        assert_eq!(st["upgrade"]["ok"], true, "{st}");
+        // The new image proxies to the port the rolling restart gave the app, not the
+        // configured one (nothing listens there any more).
+        eventually("the new image serves the adopted app", || {
+            matches!(
+                http(&format!("127.0.0.1:{web}"), "GET", "/pid", b"", &[]),
+                Ok((200, _, b)) if b == new.to_string().as_bytes()
+            )
+        });
+        // And a second rolling restart under the new image works from there.
+        let (code, out, err) = tandem_restart(&admin);
+        assert_eq!(code, 0, "{out} {err}");
+        let newer = status(&admin)["app_pid"].as_i64().unwrap();
+        assert_ne!(newer, new);
+        let (code, _, b) = http(&format!("127.0.0.1:{web}"), "GET", "/pid", b"", &[]).unwrap();
+        assert_eq!(
+            (code, String::from_utf8_lossy(&b).into_owned()),
+            (200, newer.to_string())
+        );
+
+        t.signal(Signal::SIGTERM);
+        assert_eq!(t.wait_code(), 0);
+    }
+
+    #[test]
     fn rolling_mode_needs_the_listeners_on_one_loopback_port() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tandem.toml");

@@ -332,6 +332,7 @@ impl Supervisor<'_> {
             signals: Vec::new(),
             tail: readers.tail,
             config: serde_json::to_value(&self.core.cfg).ok(),
+            app_port: self.core.port.as_ref().map(|(_, p)| *p),
         }
     }
 }

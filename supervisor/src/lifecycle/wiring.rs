@@ -204,6 +204,17 @@ pub fn prepare(checked: Checked, opts: Options) -> Result<Prepared, StartError> 
     }
     crate::signals::unblock_in_this_thread();
     let upgrade = super::upgrade::State::new(opts.started_from, handover.as_mut());
+    // Checked when the config was loaded: an Err here cannot happen.
+    let mut port = cfg.rolling_port().ok().flatten();
+    let mut checks = checks;
+    // After `tandem upgrade`: the adopted app listens where a rolling restart put it.
+    if let (Some((_, p)), Some(handed)) =
+        (port.as_mut(), handover.as_ref().and_then(|h| h.app_port))
+    {
+        checks.readiness = checks.readiness.map(|r| r.retarget(*p, handed));
+        checks.liveness = checks.liveness.map(|r| r.retarget(*p, handed));
+        *p = handed;
+    }
     if cfg.health.readiness.is_none() {
         if let Some(p) = &checks.readiness {
             tracing::debug!(event = "implicit_readiness", probe = %p, "no readiness probe configured: the app is ready once its upstream accepts connections");
@@ -222,8 +233,6 @@ pub fn prepare(checked: Checked, opts: Options) -> Result<Prepared, StartError> 
         settings.resource = resource;
         settings
     });
-    // Checked when the config was loaded: an Err here cannot happen.
-    let port = cfg.rolling_port().ok().flatten();
     let spec = app_spec(&cfg, port.as_ref().map(|(_, p)| *p));
     let (control, control_rx) = control::channel();
     Ok(Prepared {
@@ -480,6 +489,13 @@ async fn start_proxy(
     if cfg.proxy.listeners.is_empty() {
         return Ok((Proxy::Off, None));
     }
+    // After `tandem upgrade` in rolling mode: the upstreams point where the app listens now.
+    let listeners = match handover.as_deref().and_then(|h| h.app_port) {
+        Some(port) if cfg.rolling_port().is_ok_and(|p| p.is_some()) => {
+            super::rolling::listeners_at(&cfg.proxy.listeners, port)
+        }
+        _ => cfg.proxy.listeners.clone(),
+    };
     // A socket handed over by the previous image serves on when its listener still listens
     // on the same address.
     let mut inherited = |c: &tandem_proxy::ListenerConfig| {
@@ -492,7 +508,7 @@ async fn start_proxy(
             .is_ok_and(|a| a == c.listen || (c.listen.port() == 0 && a.ip() == c.listen.ip()));
         same.then_some(l)
     };
-    let bound = match Inbound::bind_inherited(&cfg.proxy.listeners, &mut inherited).await {
+    let bound = match Inbound::bind_inherited(&listeners, &mut inherited).await {
         Ok(b) => b,
         // A missing or bad certificate, key, CA, JWKS or secrets file is config.
         Err(e @ tandem_proxy::ProxyError::File(_)) => return Err(StartError::ProxyFile(e)),
