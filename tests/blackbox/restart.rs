@@ -370,6 +370,7 @@ stop_timeout = "5s"
 [restart]
 mode = "rolling"
 policy = "on-failure"
+ready_timeout = "8s"
 [admin]
 listen = "127.0.0.1:0"
 [[proxy.listeners]]
@@ -557,6 +558,28 @@ upstream = "127.0.0.1:{app}"
         );
         let failed = t.wait_event("exited");
         assert_eq!(failed["role"], "replacement", "{failed}");
+
+        // A new process that never listens: refused at restart.ready_timeout; meanwhile a
+        // second restart (or an upgrade) is refused as busy.
+        write_rolling_config(dir.path(), app, web, "\"sleep\", \"60\"", "");
+        let first = {
+            let admin = admin.clone();
+            std::thread::spawn(move || tandem_restart(&admin))
+        };
+        let started = t.wait_event_nth("rolling_started", 1);
+        assert!(started["pid"].as_i64().is_some(), "{started}");
+        let (code, out, err) = tandem_restart(&admin);
+        assert_ne!(code, 0, "{out} {err}");
+        assert!(err.contains("a rolling restart is under way"), "{err}");
+        let (code, out, err) = first.join().unwrap();
+        assert_ne!(code, 0, "{out} {err}");
+        assert!(err.contains("restart.ready_timeout"), "{err}");
+        eventually("the process that never got ready is gone", || {
+            proc_state(started["pid"].as_i64().unwrap() as i32).is_none_or(|s| s == 'Z')
+        });
+        let st = status(&admin);
+        assert_eq!(st["app_pid"].as_i64(), Some(old), "{st}");
+        assert_eq!(st["restarts"], 0, "{st}");
 
         // Fixed again: the rolling restart goes through.
         let command = format!("\"python3\", \"-u\", \"{}\"", script.display());

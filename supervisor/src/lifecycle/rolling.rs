@@ -450,7 +450,11 @@ impl Supervisor<'_> {
                     Event::Signal(SignalEvent::Stop(sig)) => {
                         break Some(Abort::Outcome(Outcome::StopRequested(sig)));
                     }
-                    other => self.on_event(other, Some(old.pid)).await,
+                    other => {
+                        if let Some(other) = self.unless_busy(other) {
+                            self.on_event(other, Some(old.pid)).await;
+                        }
+                    }
                 },
             }
         };
@@ -493,8 +497,10 @@ impl Supervisor<'_> {
                             break;
                         }
                         other => {
-                            let pid = self.machine.app_pid();
-                            self.on_event(other, pid).await;
+                            if let Some(other) = self.unless_busy(other) {
+                                let pid = self.machine.app_pid();
+                                self.on_event(other, pid).await;
+                            }
                         }
                     },
                 }
@@ -536,14 +542,44 @@ impl Supervisor<'_> {
                         break (&mut old.exit).await.unwrap_or(LOST);
                     }
                     other => {
-                        let pid = self.machine.app_pid();
-                        self.on_event(other, pid).await;
+                        if let Some(other) = self.unless_busy(other) {
+                            let pid = self.machine.app_pid();
+                            self.on_event(other, pid).await;
+                        }
                     }
                 },
             }
         };
         self.other_exited(old, &status, "old");
         stop
+    }
+
+    /// During a rolling restart another restart or an upgrade is refused (answered here);
+    /// any other event is returned for [`Supervisor::on_event`].
+    fn unless_busy(&self, ev: Event) -> Option<Event> {
+        let Event::Control(req) = ev else {
+            return Some(ev);
+        };
+        let error = "a rolling restart is under way; ask again once it is done".to_string();
+        let reply = match &req.action {
+            control::Action::Restart => control::Reply::Restart(control::RestartOutcome {
+                ok: false,
+                error: Some(error),
+                pid: self.machine.app_pid().map(Pid::as_raw),
+                restarts: self.machine.restarts(),
+            }),
+            control::Action::Upgrade { binary } => {
+                control::Reply::Upgrade(control::UpgradeAccepted {
+                    ok: false,
+                    error: Some(error),
+                    binary: binary.clone().unwrap_or_default(),
+                    generation: self.core.upgrade.generation + 1,
+                })
+            }
+            _ => return Some(Event::Control(req)),
+        };
+        let _ = req.reply.send(reply);
+        None
     }
 
     /// Stop a process that is not (or no longer) the app: stop signal, `stop_timeout`, SIGKILL.
