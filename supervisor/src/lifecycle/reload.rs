@@ -30,6 +30,16 @@ pub struct ConfigSource {
     pub overrides: Overrides,
 }
 
+/// What a reload did.
+pub(super) struct Reloaded {
+    /// Keys in force now.
+    pub applied: Vec<String>,
+    /// Keys that changed and wait for a restart.
+    pub pending: Vec<String>,
+    /// The config read.
+    pub new: Config,
+}
+
 /// What asked for a reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
@@ -116,10 +126,10 @@ impl Supervisor<'_> {
             pending_restart: Vec::new(),
         };
         match self.reload_config().await {
-            Ok((applied, pending)) => {
+            Ok(r) => {
                 outcome.ok = true;
-                outcome.applied = applied;
-                outcome.pending_restart = pending;
+                outcome.applied = r.applied;
+                outcome.pending_restart = r.pending;
             }
             Err(error) => outcome.error = Some(error),
         }
@@ -138,7 +148,7 @@ impl Supervisor<'_> {
                     tracing::warn!(
                         event = "reload_pending_restart",
                         keys = ?outcome.pending_restart,
-                        "changed keys not applied: they take effect when tandem and the app start again"
+                        "changed keys not applied: the app's with `tandem restart`, tandem's own with `tandem upgrade` (the app keeps running) or when tandem starts again"
                     );
                 }
             }
@@ -149,8 +159,9 @@ impl Supervisor<'_> {
         outcome
     }
 
-    /// Load, compare, apply: the applied and the pending keys, or why nothing changed.
-    async fn reload_config(&mut self) -> Result<(Vec<String>, Vec<String>), String> {
+    /// Load, compare, apply: the applied and the pending keys and the new config, or why
+    /// nothing changed. A restart runs it too, then applies what a new app process takes.
+    pub(super) async fn reload_config(&mut self) -> Result<Reloaded, String> {
         if matches!(self.machine.phase(), Phase::Stopping | Phase::Stopped) {
             return Err("tandem is stopping".to_string());
         }
@@ -241,7 +252,11 @@ impl Supervisor<'_> {
             logs.max_line_bytes = new.logs.max_line_bytes;
             logs.attributes = new.logs.attributes.clone();
         }
-        Ok((applied, pending))
+        Ok(Reloaded {
+            applied,
+            pending,
+            new,
+        })
     }
 
     /// SIGHUP: tandem's own reload (files reopened, then the config), then, when SIGHUP is

@@ -14,13 +14,14 @@
 //!               ─▶ only then the old process gets its stop signal (stop_timeout, SIGKILL)
 //! ```
 //! The one thing to know: in rolling mode the proxy's readiness never drops, so no request is
-//! held or refused; the old process is stopped only once nothing is in flight to it. Changed
-//! keys a new app process takes (`app.*` but `forward_signals`, `proxy.listeners`) are applied;
-//! the rest stays `pending_restart` (it needs tandem itself started again).
+//! held or refused; the old process is stopped only once nothing is in flight to it. A restart
+//! first applies what a reload applies (`reload_config`: listeners, probes, log settings), then
+//! the keys a new app process takes (`app.*` but `forward_signals`); the rest stays
+//! `pending_restart` (it needs tandem itself started again, e.g. by `tandem upgrade`).
 use nix::{sys::signal::Signal, unistd::Pid};
 use tokio::time::{sleep, Instant};
 
-use super::{reload::changed_keys, App, Event, Outcome, Supervisor, LOST};
+use super::{App, Event, Outcome, Supervisor, LOST};
 use crate::{
     child::{self, AppSpec, ExitStatus, StdioMode},
     config::{AppConfig, Config},
@@ -186,60 +187,30 @@ impl Supervisor<'_> {
         if matches!(self.machine.phase(), Phase::Stopping | Phase::Stopped) {
             return Err("tandem is stopping".to_string());
         }
-        let Some(source) = self.core.source.as_ref() else {
+        if self.core.source.is_none() {
             // Nothing to read again: the restart starts what runs now.
             return Ok(Staged {
                 cfg: self.core.cfg.clone(),
                 applied: Vec::new(),
                 pending: Vec::new(),
             });
-        };
-        let new = source.load().map_err(|e| e.to_string())?.checked.config;
-        let serving = self.parts.proxy.serving().is_some();
-        let (mut applied, mut pending): (Vec<String>, Vec<String>) =
-            changed_keys(&self.core.cfg, &new)
-                .into_iter()
-                .partition(|k| applied_by_restart(k) && (serving || k != "proxy.listeners"));
-        let listeners_changed = applied.iter().any(|k| k == "proxy.listeners");
-        if listeners_changed && self.core.port.is_none() {
-            let serving = self
-                .parts
-                .proxy
-                .serving_mut()
-                .expect("proxy.listeners is applied only while serving");
-            let done = serving
-                .reconfigure(&new.proxy.listeners)
-                .await
-                .map_err(|e| format!("proxy.listeners: {e}"))?;
-            tracing::info!(event = "proxy_reconfigured", added = ?done.added, removed = ?done.removed, changed = ?done.changed, unchanged = done.unchanged.len(), "proxy listeners reconfigured");
-            let listeners = serving
-                .local_addrs()
-                .iter()
-                .map(|(name, addr)| (name.clone(), addr.to_string()))
-                .collect();
-            self.machine.set_listeners(listeners);
-            self.core.cfg.proxy.listeners = new.proxy.listeners.clone();
         }
-        if listeners_changed && new.health.readiness.is_none() {
-            let upstreams = |c: &Config| {
-                let mut u: Vec<String> = c
-                    .proxy
-                    .listeners
-                    .iter()
-                    .map(|l| l.upstream.clone())
-                    .collect();
-                u.sort();
-                u.dedup();
-                u
-            };
-            if upstreams(&self.core.cfg) != upstreams(&new) && self.core.port.is_none() {
-                pending.push("health.readiness (implicit: the proxy's upstreams)".to_string());
+        // Everything a reload applies in place, applied first (listeners, probes, log
+        // settings); then what a new app process takes.
+        let r = self.reload_config().await?;
+        let mut applied = r.applied;
+        let mut pending = Vec::new();
+        for key in r.pending {
+            if applied_by_restart(&key) && key != "proxy.listeners" {
+                applied.push(key);
+            } else {
+                pending.push(key);
             }
         }
         applied.sort();
         pending.sort();
         Ok(Staged {
-            cfg: new,
+            cfg: r.new,
             applied,
             pending,
         })
