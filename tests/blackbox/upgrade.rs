@@ -140,6 +140,10 @@ fn upgrade_under_load_keeps_both_pids_fails_no_request_and_delivers_every_line_o
     let stop = Arc::new(AtomicBool::new(false));
     let l = load(&web, 4, &stop);
     eventually("load flows", || l.ok.load(Ordering::Relaxed) >= 40);
+    // A key of tandem's own, which a reload leaves pending: the new image runs with it.
+    let cfg = dir.path().join("tandem.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("[service]\nname = \"shop\"\n{text}")).unwrap();
     let (code, out, err) = tandem_upgrade(&admin, next.to_str().unwrap());
     assert_eq!(code, 0, "tandem upgrade failed: {out} {err}");
     let result: Value = serde_json::from_str(out.trim()).expect("JSON result");
@@ -196,6 +200,10 @@ fn upgrade_under_load_keeps_both_pids_fails_no_request_and_delivers_every_line_o
             }
         }
     }
+    assert!(
+        t.records().iter().any(|r| r["service"] == "shop"),
+        "the new image runs with the config's new service.name"
+    );
     let answered = l.answered.lock().unwrap().clone();
     let missing: Vec<&String> = answered
         .iter()
