@@ -106,7 +106,9 @@ mod asked {
     use nix::sys::signal::Signal;
     use serde_json::Value;
 
-    use crate::support::{bin, eventually, free_port, http, proc_state, require_tool, run, Tandem};
+    use crate::support::{
+        bin, binary_copy, eventually, free_port, http, proc_state, require_tool, run, Tandem,
+    };
 
     fn status(admin: &str) -> Value {
         let (code, _, b) = http(admin, "GET", "/status", b"", &[]).unwrap();
@@ -599,11 +601,8 @@ upstream = "127.0.0.1:{app}"
         if !require_tool("python3") {
             return;
         }
-        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let next = dir.path().join("tandem-next");
-        std::fs::copy(bin(), &next).unwrap();
-        std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let next = binary_copy(dir.path());
         let (app, web) = (free_port(), free_port());
         let cfg = rolling_config(dir.path(), app, web);
         let mut t = Tandem::spawn_cmd(Command::new(bin()).arg("--config").arg(&cfg));

@@ -392,3 +392,13 @@ pub fn http(
         .ok_or_else(|| std::io::Error::other(format!("bad status line: {head}")))?;
     Ok((status, head, raw[split + 4..].to_vec()))
 }
+
+/// A copy of tandem's binary at `dir/tandem-next` (mode 755), for `tandem upgrade --binary`:
+/// `/proc/PID/exe` then shows which image runs.
+pub fn binary_copy(dir: &Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let next = dir.join("tandem-next");
+    std::fs::copy(bin(), &next).unwrap();
+    std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o755)).unwrap();
+    next
+}

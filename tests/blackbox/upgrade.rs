@@ -4,7 +4,6 @@
 //! refused before anything is touched.
 use std::{
     collections::HashMap,
-    os::unix::fs::PermissionsExt,
     process::{Command, Stdio},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -17,7 +16,7 @@ use serde_json::Value;
 
 use crate::{
     apps::python_http_server,
-    support::{bin, eventually, free_port, http, require_tool, Tandem},
+    support::{bin, binary_copy, eventually, free_port, http, require_tool, Tandem},
 };
 
 /// Client threads sending `GET /who.txt?c=<thread>-<n>` until `stop`: the ids answered 200,
@@ -129,9 +128,7 @@ fn upgrade_under_load_keeps_both_pids_fails_no_request_and_delivers_every_line_o
     }
     let dir = tempfile::tempdir().unwrap();
     // The new binary: a copy, so /proc shows which image runs.
-    let next = dir.path().join("tandem-next");
-    std::fs::copy(bin(), &next).unwrap();
-    std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let next = binary_copy(dir.path());
     let (mut t, web, admin) = start(dir.path());
     let before = status(&admin);
     let app_pid = before["app_pid"].as_i64().expect("app pid");
@@ -270,9 +267,7 @@ fn upgrade_beside_the_app_reads_its_log_files_on_without_loss_or_repeat() {
     );
     let path = dir.path().join("tandem.toml");
     std::fs::write(&path, config).unwrap();
-    let next = dir.path().join("tandem-next");
-    std::fs::copy(bin(), &next).unwrap();
-    std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let next = binary_copy(dir.path());
     let mut t = Tandem::spawn(&["--config", path.to_str().unwrap()]);
     t.collect_stdout();
     eventually("the admin port answers", || {
@@ -382,9 +377,7 @@ fn a_new_image_that_cannot_adopt_hands_back_to_the_old_binary() {
     assert_eq!(code, Some(0), "{out} {err}");
     let exe = std::fs::read_link(format!("/proc/{}/exe", t.pid())).unwrap();
     let app_pid = status(&admin)["app_pid"].as_i64();
-    let next = dir.path().join("tandem-next");
-    std::fs::copy(bin(), &next).unwrap();
-    std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let next = binary_copy(dir.path());
 
     // A TCP connection held open: the drain waits for it (2 s).
     let _held = std::net::TcpStream::connect(format!("127.0.0.1:{raw}")).unwrap();

@@ -400,7 +400,7 @@ impl Supervisor<'_> {
             }
         };
         let exit = self.core.reaper.watch(spawned.pid);
-        let logs = self.attach_logs(&mut spawned);
+        let logs = self.attach_logs(&mut spawned, self.machine.restarts());
         if let Some(guard) = &self.core.guard {
             guard.track(Some(spawned.pid));
         }
@@ -717,11 +717,12 @@ impl Supervisor<'_> {
         }
     }
 
-    /// Hand the app's pipes to the log pipeline; the readers' ends, to wait on at a restart.
-    fn attach_logs(&mut self, spawned: &mut child::Spawned) -> Vec<Delivered> {
+    /// Hand a process's pipes to the log pipeline as instance `restart_count`; the readers'
+    /// ends, to wait on at a restart.
+    fn attach_logs(&mut self, spawned: &mut child::Spawned, restart_count: u32) -> Vec<Delivered> {
         let instance = AppInstance {
             pid: spawned.pid.as_raw() as u32,
-            restart_count: self.machine.restarts(),
+            restart_count,
         };
         let mut delivered = Vec::new();
         for (stream, fd) in [

@@ -27,7 +27,6 @@ use crate::{
     config::{AppConfig, Config},
     control,
     health::probe::ProbeState,
-    logs::{AppInstance, Delivered, Stream},
     phase::{Phase, ReloadOutcome},
     signals::SignalEvent,
 };
@@ -379,7 +378,7 @@ impl Supervisor<'_> {
             .spawn_app(&spec, StdioMode::Pipe)
             .map_err(|e| Abort::Failed(format!("cannot start the new app process: {e}")))?;
         let exit = self.core.reaper.watch(spawned.pid);
-        let logs = self.attach_instance(&mut spawned, self.machine.restarts() + 1);
+        let logs = self.attach_logs(&mut spawned, self.machine.restarts() + 1);
         let mut new = App {
             pid: spawned.pid,
             exit,
@@ -585,33 +584,6 @@ impl Supervisor<'_> {
         if self.core.cfg.app.kill_group_on_exit && child::stop::group_alive(proc.pid) {
             let _ = nix::sys::signal::killpg(proc.pid, Signal::SIGKILL);
         }
-    }
-
-    /// Hand a process's pipes to the log pipeline as instance `restart_count`.
-    fn attach_instance(
-        &mut self,
-        spawned: &mut child::Spawned,
-        restart_count: u32,
-    ) -> Vec<Delivered> {
-        let instance = AppInstance {
-            pid: spawned.pid.as_raw() as u32,
-            restart_count,
-        };
-        let mut delivered = Vec::new();
-        for (stream, fd) in [
-            (Stream::Stdout, spawned.stdout.take()),
-            (Stream::Stderr, spawned.stderr.take()),
-        ] {
-            if let Some(fd) = fd {
-                match self.parts.logs.attach(stream, fd, instance) {
-                    Ok(d) => delivered.push(d),
-                    Err(e) => {
-                        tracing::error!(event = "logs_failed", error = %e, "cannot read the app's output; it is lost");
-                    }
-                }
-            }
-        }
-        delivered
     }
 }
 
