@@ -162,6 +162,15 @@ upstream = "127.0.0.1:{app}"
         .unwrap();
     }
 
+    /// The app process behind the proxy's port `web` (its `/pid` answer) is `pid`.
+    fn assert_served_by(web: u16, pid: i64) {
+        let (code, _, b) = http(&format!("127.0.0.1:{web}"), "GET", "/pid", b"", &[]).unwrap();
+        assert_eq!(
+            (code, String::from_utf8_lossy(&b).into_owned()),
+            (200, pid.to_string())
+        );
+    }
+
     #[test]
     fn restart_applies_the_changed_app_env_and_a_broken_config_refuses_it() {
         if !require_tool("python3") {
@@ -514,11 +523,7 @@ upstream = "127.0.0.1:{app}"
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert_eq!(out.status.code(), Some(0), "{stdout}");
         assert!(stdout.contains("proxy.listeners"), "{stdout}");
-        let (code, _, b) = http(&format!("127.0.0.1:{web}"), "GET", "/pid", b"", &[]).unwrap();
-        assert_eq!(
-            (code, String::from_utf8_lossy(&b).into_owned()),
-            (200, new.to_string())
-        );
+        assert_served_by(web, new);
 
         t.signal(Signal::SIGTERM);
         assert_eq!(t.wait_code(), 0);
@@ -553,11 +558,7 @@ upstream = "127.0.0.1:{app}"
         let st = status(&admin);
         assert_eq!(st["app_pid"].as_i64(), Some(old), "{st}");
         assert_eq!(st["restarts"], 0, "{st}");
-        let (code, _, b) = http(&format!("127.0.0.1:{web}"), "GET", "/pid", b"", &[]).unwrap();
-        assert_eq!(
-            (code, String::from_utf8_lossy(&b).into_owned()),
-            (200, old.to_string())
-        );
+        assert_served_by(web, old);
         let failed = t.wait_event("exited");
         assert_eq!(failed["role"], "replacement", "{failed}");
 
@@ -643,11 +644,7 @@ upstream = "127.0.0.1:{app}"
         assert_eq!(code, 0, "{out} {err}");
         let newer = status(&admin)["app_pid"].as_i64().unwrap();
         assert_ne!(newer, new);
-        let (code, _, b) = http(&format!("127.0.0.1:{web}"), "GET", "/pid", b"", &[]).unwrap();
-        assert_eq!(
-            (code, String::from_utf8_lossy(&b).into_owned()),
-            (200, newer.to_string())
-        );
+        assert_served_by(web, newer);
 
         t.signal(Signal::SIGTERM);
         assert_eq!(t.wait_code(), 0);
