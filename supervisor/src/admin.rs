@@ -374,7 +374,7 @@ fn status_page(state: &AdminState, s: &Status) -> String {
          <body><h1>{service}</h1><p><span class=phase>{phase}{ready}</span></p><table>\
          <tr><td>app pid</td><td>{pid}</td></tr><tr><td>app uptime</td><td>{app_uptime}</td></tr><tr><td>restarts</td><td id=restarts>{restarts}</td></tr>\
          <tr><td>last exit code</td><td>{last}</td></tr><tr><td>tandem uptime</td><td>{uptime}s</td></tr>\
-         <tr><td>version</td><td>{version}</td></tr><tr><td>last reload</td><td>{reload}</td></tr></table>\
+         <tr><td>version</td><td>{version}</td></tr><tr><td>last reload</td><td>{reload}</td></tr><tr><td>last upgrade</td><td>{upgrade}</td></tr></table>\
          <p><button id=restart onclick=restartApp()>Restart the app</button> <span id=action></span></p>\
          <script>function restartApp(){{var a=document.getElementById('action');a.textContent='restarting...';\
          fetch(location.origin+'/admin/restart',{{method:'POST',credentials:'same-origin'}}).then(function(r){{return r.text().then(function(t){{\
@@ -393,7 +393,32 @@ fn status_page(state: &AdminState, s: &Status) -> String {
         uptime = state.started.elapsed().as_secs(),
         version = env!("CARGO_PKG_VERSION"),
         reload = reload_cell(s.reload.as_ref()),
+        upgrade = upgrade_cell(s.upgrade.as_ref()),
     )
+}
+
+/// The last `tandem upgrade` on the page: when, from which version to which binary, or why
+/// the old binary took over again.
+fn upgrade_cell(u: Option<&crate::phase::UpgradeOutcome>) -> String {
+    let Some(u) = u else {
+        return "-".into();
+    };
+    match &u.error {
+        Some(e) => format!(
+            "{} (generation {}): <span class=bad>the old binary took over again: {}</span>",
+            esc(&u.at),
+            u.generation,
+            esc(e)
+        ),
+        None => format!(
+            "{} (generation {}): {} → {} ({})",
+            esc(&u.at),
+            u.generation,
+            esc(&u.from_version),
+            esc(&u.version),
+            esc(&u.binary)
+        ),
+    }
 }
 
 /// The last reload on the page: when, by what, and what it did or why it was refused.

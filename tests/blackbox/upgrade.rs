@@ -171,6 +171,12 @@ fn upgrade_under_load_keeps_both_pids_fails_no_request_and_delivers_every_line_o
         next.to_str().unwrap(),
         "{after}"
     );
+    let (_, _, page) = http(&admin, "GET", "/", b"", &[]).unwrap();
+    let page = String::from_utf8_lossy(&page);
+    assert!(
+        page.contains("(generation 1)") && page.contains("tandem-next"),
+        "the status page shows the upgrade: {page}"
+    );
     let ppid = std::fs::read_to_string(format!("/proc/{app_pid}/stat")).unwrap();
     let ppid: i32 = ppid
         .rsplit(')')
