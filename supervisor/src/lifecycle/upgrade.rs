@@ -15,7 +15,11 @@
 //! writes while no image reads.
 #![allow(unsafe_code)]
 
-use std::{os::fd::OwnedFd, path::PathBuf, time::Duration};
+use std::{
+    os::fd::{IntoRawFd, OwnedFd},
+    path::PathBuf,
+    time::Duration,
+};
 
 use nix::unistd::Pid;
 use tokio::{sync::oneshot, time::Instant};
@@ -281,14 +285,15 @@ impl Supervisor<'_> {
                 last: app.map(|a| a.pid.as_raw()),
             }
         });
-        let mut kept = Vec::new();
         let pipes = readers
             .pipes
             .into_iter()
             .map(|(stream, instance, pipe)| {
-                let state = HandedPipeState {
+                // Ownership goes to the hand-over: the descriptor stays open until the exec
+                // (and after it, if the old binary adopts it again).
+                HandedPipeState {
                     stream: stream_name(stream).to_string(),
-                    fd: std::os::fd::AsRawFd::as_raw_fd(&pipe.fd),
+                    fd: pipe.fd.into_raw_fd(),
                     pid: instance.pid,
                     restart_count: instance.restart_count,
                     carry: base64::Engine::encode(
@@ -296,22 +301,16 @@ impl Supervisor<'_> {
                         &pipe.carry,
                     ),
                     part: pipe.part,
-                };
-                kept.push(pipe.fd);
-                state
+                }
             })
             .collect();
         let handed_sockets = sockets
-            .iter()
+            .into_iter()
             .map(|(key, fd)| HandedFd {
-                key: key.clone(),
-                fd: std::os::fd::AsRawFd::as_raw_fd(fd),
+                key,
+                fd: fd.into_raw_fd(),
             })
             .collect();
-        // The descriptors stay open until the exec (or forever, if it fails: the old binary
-        // adopts them again).
-        std::mem::forget(kept);
-        std::mem::forget(sockets);
         Handover {
             version: upgrade::VERSION,
             generation,
