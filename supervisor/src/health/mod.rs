@@ -201,8 +201,7 @@ impl HealthMonitor {
         let probe = match &self.checks.readiness {
             Some(p) if !matches!(p.check, probe::Check::Exec { .. }) => p.retarget(from, to),
             other => {
-                let mut p = Probe::implicit([format!("{host}:{to}").as_str()])
-                    .expect("host:port is a probe target");
+                let mut p = Probe::tcp(host, to);
                 if let Some(o) = other {
                     p.interval = o.interval;
                     p.timeout = o.timeout;

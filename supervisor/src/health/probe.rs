@@ -259,15 +259,25 @@ impl Probe {
         if targets.is_empty() {
             return None;
         }
-        Some(Probe {
+        Some(Self::tcp_each(targets))
+    }
+
+    /// A TCP connect to `host:port` (an IP, brackets allowed), paced as the implicit probe.
+    pub fn tcp(host: &str, port: u16) -> Probe {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        Self::tcp_each(vec![(host.to_string(), port)])
+    }
+
+    fn tcp_each(targets: Vec<(String, u16)>) -> Probe {
+        Probe {
             check: Check::TcpEach(targets),
             interval: IMPLICIT_INTERVAL,
             timeout: Duration::from_secs(1),
             success_threshold: NonZeroU32::MIN,
-            failure_threshold: NonZeroU32::new(3).expect("3 is not zero"),
+            failure_threshold: NonZeroU32::new(3).unwrap_or(NonZeroU32::MIN),
             initial_delay: Duration::ZERO,
             fast_start: true,
-        })
+        }
     }
 
     /// The same probe aimed at port `to` wherever it checks port `from` (HTTP and TCP
