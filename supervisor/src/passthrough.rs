@@ -83,7 +83,7 @@ impl Passthrough {
         checked: &CheckedPassthrough,
         resource: &BTreeMap<String, String>,
         registry: &mut Registry,
-        inherited: &mut dyn FnMut(&'static str) -> Option<std::net::TcpListener>,
+        inherited: &mut dyn FnMut(&'static str, SocketAddr) -> Option<std::net::TcpListener>,
     ) -> Result<Passthrough, PassthroughError> {
         let CheckedPassthrough {
             grpc_listen: grpc_addr,
@@ -92,17 +92,12 @@ impl Passthrough {
             upstreams,
         } = checked.clone();
         let mut bind = |key: &'static str, addr: SocketAddr| {
-            let handed = inherited(key).filter(|l| {
-                l.local_addr()
-                    .is_ok_and(|a| a == addr || (addr.port() == 0 && a.ip() == addr.ip()))
-            });
+            // A socket the previous image handed over (already where `addr` says).
+            let handed = inherited(key, addr);
             async move {
                 let err = |source| PassthroughError::Bind { key, addr, source };
                 match handed {
-                    Some(l) => {
-                        l.set_nonblocking(true).map_err(err)?;
-                        TcpListener::from_std(l).map_err(err)
-                    }
+                    Some(l) => TcpListener::from_std(l).map_err(err),
                     None => TcpListener::bind(addr).await.map_err(err),
                 }
             }

@@ -21,7 +21,7 @@ use std::{
         unix::ffi::OsStringExt,
         unix::fs::{MetadataExt, PermissionsExt},
     },
-    path::{Path, PathBuf},
+    path::Path,
     time::Duration,
 };
 
@@ -185,6 +185,21 @@ impl Handover {
         // SAFETY: the old image passed this descriptor open (cleared close-on-exec) and named
         // it once; removed from the list, nothing else here takes it.
         Some(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// Take the listening socket named `key` (once) when it is bound where `configured` says
+    /// (port 0: any port on that address), non-blocking, for the new image to serve; None when
+    /// there is none or the config moved it (it is closed then, and the caller binds anew).
+    pub fn take_listener(
+        &mut self,
+        key: &str,
+        configured: std::net::SocketAddr,
+    ) -> Option<std::net::TcpListener> {
+        let l = std::net::TcpListener::from(self.take_socket(key)?);
+        let same = l.local_addr().is_ok_and(|a| {
+            a == configured || (configured.port() == 0 && a.ip() == configured.ip())
+        });
+        (same && l.set_nonblocking(true).is_ok()).then_some(l)
     }
 
     /// Close the sockets nobody took (a listener removed from the config meanwhile).
@@ -492,11 +507,6 @@ fn envp(memfd: RawFd, fallback: RawFd) -> Vec<CString> {
     env.extend(CString::new(format!("{HANDOVER_ENV}={memfd}")).ok());
     env.extend(CString::new(format!("{FALLBACK_ENV}={fallback}")).ok());
     env
-}
-
-/// Where a default upgrade execs: the path this tandem was first started from.
-pub fn default_binary(started_from: &str) -> PathBuf {
-    PathBuf::from(started_from)
 }
 
 #[cfg(test)]

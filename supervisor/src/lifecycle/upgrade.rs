@@ -187,7 +187,7 @@ impl Supervisor<'_> {
     ) -> Result<(), String> {
         let target = binary
             .map(PathBuf::from)
-            .unwrap_or_else(|| upgrade::default_binary(&self.core.upgrade.started_from));
+            .unwrap_or_else(|| PathBuf::from(&self.core.upgrade.started_from));
         let generation = self.core.upgrade.generation + 1;
         let answer = |ok: bool, error: Option<String>| {
             control::Reply::Upgrade(control::UpgradeAccepted {

@@ -379,8 +379,8 @@ impl Plan {
                     control,
                     handed: handover
                         .as_mut()
-                        .and_then(|h| h.take_socket("admin"))
-                        .map(std::net::TcpListener::from),
+                        .zip(admin.listen)
+                        .and_then(|(h, listen)| h.take_listener("admin", listen)),
                 },
             )
             .await?;
@@ -455,11 +455,10 @@ async fn start_passthrough(
     };
     let ctx = LogContext::from_process(cfg.service_name());
     let resource = crate::otlp::resource::of_process(&ctx.service, &ctx.resource);
-    let mut inherited = |key: &'static str| {
-        let fd = handover
+    let mut inherited = |key: &'static str, addr| {
+        handover
             .as_deref_mut()?
-            .take_socket(&format!("passthrough:{key}"))?;
-        Some(std::net::TcpListener::from(fd))
+            .take_listener(&format!("passthrough:{key}"), addr)
     };
     let p = Passthrough::start(
         &cfg.telemetry.passthrough,
@@ -499,14 +498,9 @@ async fn start_proxy(
     // A socket handed over by the previous image serves on when its listener still listens
     // on the same address.
     let mut inherited = |c: &tandem_proxy::ListenerConfig| {
-        let fd = handover
+        handover
             .as_deref_mut()?
-            .take_socket(&format!("proxy:{}", c.display_name()))?;
-        let l = std::net::TcpListener::from(fd);
-        let same = l
-            .local_addr()
-            .is_ok_and(|a| a == c.listen || (c.listen.port() == 0 && a.ip() == c.listen.ip()));
-        same.then_some(l)
+            .take_listener(&format!("proxy:{}", c.display_name()), c.listen)
     };
     let bound = match Inbound::bind_inherited(&listeners, &mut inherited).await {
         Ok(b) => b,
@@ -585,15 +579,7 @@ async fn start_admin(
     let Some(listen) = admin.listen else {
         return Ok(None);
     };
-    let handed = handed
-        .filter(|l| {
-            l.local_addr()
-                .is_ok_and(|a| a == listen || (listen.port() == 0 && a.ip() == listen.ip()))
-        })
-        .and_then(|l| {
-            l.set_nonblocking(true).ok()?;
-            tokio::net::TcpListener::from_std(l).ok()
-        });
+    let handed = handed.and_then(|l| tokio::net::TcpListener::from_std(l).ok());
     let bound = match handed {
         Some(l) => Ok(l),
         None => tokio::net::TcpListener::bind(listen).await,
