@@ -68,6 +68,12 @@ pub enum Cause {
     MethodNotAllowed,
     /// The listener is draining.
     Draining,
+    /// An outbound service has no endpoint to send to (none discovered yet, or the resolver
+    /// never answered).
+    NoEndpoints,
+    /// An outbound service's circuit breaker is open: its `breaker.max_requests` are in flight
+    /// and `breaker.max_pending` wait already; the request fails fast instead of queueing.
+    BreakerOpen,
     /// No credentials, or credentials that do not verify (expired, wrong issuer, bad
     /// signature, unknown key); the challenge says which scheme to use.
     Unauthorized(Challenge),
@@ -105,7 +111,11 @@ impl Cause {
             Cause::ProtocolError => StatusCode::BAD_REQUEST,
             Cause::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Cause::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Cause::NotReady | Cause::Shed | Cause::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            Cause::NotReady
+            | Cause::Shed
+            | Cause::Draining
+            | Cause::NoEndpoints
+            | Cause::BreakerOpen => StatusCode::SERVICE_UNAVAILABLE,
             Cause::ConnectFailed
             | Cause::UpstreamReset
             | Cause::UpstreamTls
@@ -144,6 +154,8 @@ impl Cause {
             Cause::BadHost(_) => "bad_host",
             Cause::MethodNotAllowed => "method_not_allowed",
             Cause::Draining => "draining",
+            Cause::NoEndpoints => "no_endpoints",
+            Cause::BreakerOpen => "breaker_open",
             Cause::Unauthorized(_) => "unauthorized",
             Cause::Forbidden => "forbidden",
             Cause::RateLimited { .. } => "rate_limited",
@@ -177,7 +189,10 @@ impl Cause {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
-        if matches!(self, Cause::NotReady | Cause::Shed | Cause::Draining) {
+        if matches!(
+            self,
+            Cause::NotReady | Cause::Shed | Cause::Draining | Cause::BreakerOpen
+        ) {
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if let Cause::RateLimited { retry_after_secs } = self {

@@ -32,23 +32,25 @@
 #![warn(missing_docs)]
 
 // The folders, lowest first; a folder imports only from those above it (see README.md):
-// leaves (cause, error) <- config <- obs <- edge <- http <- conn.
+// leaves (cause, error, grpc) <- config <- obs <- edge <- http <- conn <- outbound.
 mod cause;
 mod config;
 mod conn;
 mod edge;
 mod error;
+mod grpc;
 mod http;
 mod obs;
+mod outbound;
 
 pub use config::duration;
 
 pub use cause::{Cause, Challenge, HostError};
 pub use config::jwks_url::redact_url;
 pub use config::{
-    ApiKeyConfig, AuthConfig, BasicAuthConfig, ClientAuthConfig, JwtConfig, LimitsConfig,
-    ListenerConfig, Protocol, RateLimitConfig, RetryConfig, TimeoutConfig, TlsConfig,
-    UpstreamTlsConfig,
+    ApiKeyConfig, AuthConfig, Balance, BasicAuthConfig, BreakerConfig, ClientAuthConfig,
+    EjectionConfig, JwtConfig, LimitsConfig, ListenerConfig, OutboundConfig, OutboundTimeouts,
+    Protocol, RateLimitConfig, RetryConfig, TimeoutConfig, TlsConfig, UpstreamTlsConfig,
 };
 pub use conn::drain::{DrainReport, ListenerDrain};
 pub use conn::inbound::{serve, BoundListeners, Inbound, Reconfigured, Retired, Serving};
@@ -57,6 +59,9 @@ pub use http::app_exits::{AppExits, InFlight};
 pub use http::hygiene::REQUEST_ID;
 pub use obs::access_log::{AccessLogFn, AccessRecord};
 pub use obs::hooks::Hooks;
+pub use outbound::{
+    serve_outbound, BoundOutbound, Outbound, OutboundDrain, OutboundMetrics, OutboundServing,
+};
 
 /// Client connections closed since start, over all listeners (monotonic).
 pub fn closed_connections() -> u64 {

@@ -18,6 +18,7 @@ mod nomad;
 mod notify;
 mod otel;
 mod otel_tls;
+mod outbound;
 mod passthrough;
 mod proxy;
 mod reaping;

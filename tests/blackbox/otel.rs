@@ -169,7 +169,7 @@ impl Drop for Receiver {
 #[derive(Debug, Clone)]
 pub(crate) struct Item {
     resource: BTreeMap<String, String>,
-    attrs: BTreeMap<String, String>,
+    pub(crate) attrs: BTreeMap<String, String>,
     pub(crate) v: Value,
 }
 

@@ -14,9 +14,11 @@ use serde::{Deserialize, Serialize};
 mod check;
 pub mod duration;
 pub(crate) mod jwks_url;
+pub(crate) mod outbound;
 pub(crate) mod spec;
 pub(crate) mod upstream;
 
+pub use outbound::{Balance, BreakerConfig, EjectionConfig, OutboundConfig, OutboundTimeouts};
 pub(crate) use upstream::host_of;
 
 /// The protocol a listener speaks, declared in config and never sniffed: sniffing stalls on

@@ -81,6 +81,8 @@ pub(crate) struct RequestGuard {
     cause: Option<Cause>,
     bytes_out: u64,
     completed: bool,
+    /// The `grpc-status` of a gRPC answer (head or trailers).
+    grpc: Option<u32>,
     /// The SERVER span, ended with the guard (when the response body ends or is cut).
     span: Option<ServerSpan>,
 }
@@ -117,6 +119,7 @@ impl RequestGuard {
             cause: None,
             bytes_out: 0,
             completed: false,
+            grpc: None,
             span: None,
         }
     }
@@ -141,6 +144,7 @@ impl RequestGuard {
     /// Adds tandem's response headers and ties the guard to the response body.
     pub fn respond(mut self, mut resp: Response<ProxyBody>) -> Response<MeteredBody<ProxyBody>> {
         self.status = resp.status().as_u16();
+        self.grpc = crate::grpc::status(resp.headers());
         if let Some(span) = &mut self.span {
             span.respond(self.status, self.cause);
         }
@@ -175,13 +179,19 @@ impl Drop for RequestGuard {
         if let Some(c) = &self.conn {
             c.end();
         }
-        if let Some(span) = self.span.take() {
+        if let Some(mut span) = self.span.take() {
+            if let Some(g) = self.grpc {
+                span.grpc(g);
+            }
             span.end(self.completed);
         }
         let duration = self.ctx.start.elapsed();
         if let Some(m) = &l.route.metrics {
             m.in_flight.dec();
             m.request(self.method_label, self.status);
+            if let Some(g) = self.grpc {
+                m.grpc_status(g);
+            }
             m.duration.observe(duration.as_secs_f64());
         }
         if let Some(log) = &l.route.hooks.access_log {
@@ -252,6 +262,11 @@ impl<B: Body<Data = Bytes> + Unpin> Body for MeteredBody<B> {
         match &polled {
             Poll::Ready(Some(Ok(f))) => {
                 let n = f.data_ref().map_or(0, |d| d.len() as u64);
+                if let (Some(t), Some(g)) = (f.trailers_ref(), self.guard.as_mut()) {
+                    if let Some(code) = crate::grpc::status(t) {
+                        g.grpc = Some(code);
+                    }
+                }
                 // hyper stops polling once a body with a known length is complete: finish
                 // the request now, not when hyper gets round to dropping the body.
                 let ended = self.inner.is_end_stream();

@@ -144,10 +144,10 @@ async fn connect(
 }
 
 /// The client's stream, noting when a byte last moved either way (a stamp since `origin`).
-struct Touched<'a, C> {
-    inner: C,
-    origin: Instant,
-    last: &'a AtomicU64,
+pub(crate) struct Touched<'a, C> {
+    pub inner: C,
+    pub origin: Instant,
+    pub last: &'a AtomicU64,
 }
 
 impl<C> Touched<'_, C> {
@@ -196,7 +196,7 @@ impl<C: AsyncWrite + Unpin> AsyncWrite for Touched<'_, C> {
 
 /// Resolves once no byte moved for `idle` (see [`Touched`]); one timer, re-armed when it
 /// fires early.
-async fn idle_expired(last: &AtomicU64, origin: Instant, idle: Duration) {
+pub(crate) async fn idle_expired(last: &AtomicU64, origin: Instant, idle: Duration) {
     let timer = tokio::time::sleep(idle);
     tokio::pin!(timer);
     loop {

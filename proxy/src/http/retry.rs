@@ -18,6 +18,7 @@ use http_body::Body;
 
 use crate::cause::{Cause, ProxyBody};
 use crate::config::RetryConfig;
+use crate::grpc;
 use crate::http::app_exits::Registered;
 use crate::http::backoff::jittered;
 use crate::http::replay::{BoxError, Prepared};
@@ -97,6 +98,7 @@ where
     let cfg = &l.cfg.retry;
     let (parts, body) = req.into_parts();
     let safe = is_safe_to_repeat(&parts.method, &parts.headers, cfg);
+    let is_grpc = grpc::is_grpc(&parts.headers);
     l.budget.deposit();
     let mut prepared = Prepared::read(
         body,
@@ -146,6 +148,10 @@ where
             Ok(resp) => Outcome::Status(resp.status()),
             Err(cause) => Outcome::Failed(*cause),
         };
+        // gRPC's UNAVAILABLE in a trailers-only answer: the app did not process the call, so
+        // it is safe to repeat whatever the method (POST, always, for gRPC).
+        let grpc_unavailable = is_grpc
+            && matches!(&result, Ok(r) if grpc::status(r.headers()) == Some(grpc::UNAVAILABLE));
         let connect_failed = matches!(
             outcome,
             Outcome::Failed(Cause::ConnectFailed | Cause::ConnectTimeout)
@@ -159,6 +165,8 @@ where
         } || !prepared.is_replayable();
         let go = match if last {
             Verdict::Stop
+        } else if grpc_unavailable {
+            Verdict::Budgeted
         } else {
             verdict(outcome, safe)
         } {
@@ -178,6 +186,7 @@ where
             return result;
         }
         let reason = match outcome {
+            _ if grpc_unavailable => "grpc_unavailable",
             Outcome::Status(s) => match s.as_u16() {
                 502 => "status_502",
                 503 => "status_503",

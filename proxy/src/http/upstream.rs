@@ -45,7 +45,7 @@ pub(crate) async fn send(
 }
 
 /// Maps a client error to a cause.
-fn classify(e: &hyper_util::client::legacy::Error) -> Cause {
+pub(crate) fn classify(e: &hyper_util::client::legacy::Error) -> Cause {
     let mut timed_out = false;
     let mut cur: Option<&(dyn StdError + 'static)> = e.source();
     while let Some(err) = cur {

@@ -73,6 +73,8 @@ pub struct Metrics {
     pub timeouts: Family<KindLabels, Counter>,
     /// Requests answered by tandem instead of the app, by cause.
     pub errors: Family<KindLabels, Counter>,
+    /// gRPC calls by the `grpc-status` the app answered (`OK`, `UNAVAILABLE`, ...).
+    pub grpc_responses: Family<KindLabels, Counter>,
     /// TCP-mode connections accepted.
     pub tcp_connections: Family<ListenerLabels, Counter>,
     /// Client connections open (HTTP and TCP), under `limits.max_connections`.
@@ -109,6 +111,7 @@ impl Metrics {
             poison_requests: Family::default(),
             timeouts: Family::default(),
             errors: Family::default(),
+            grpc_responses: Family::default(),
             tcp_connections: Family::default(),
             connections_open: Family::default(),
             connections_overflow: Family::default(),
@@ -125,6 +128,11 @@ impl Metrics {
             "Request duration until the response body ended",
             Unit::Seconds,
             m.duration.clone(),
+        );
+        r.register(
+            "grpc_responses",
+            "gRPC calls by the grpc-status the app answered",
+            m.grpc_responses.clone(),
         );
         r.register(
             "requests_in_flight",
@@ -285,6 +293,12 @@ impl ListenerMetrics {
         if cause.is_timeout() {
             self.all.timeouts.get_or_create(&labels).inc();
         }
+    }
+
+    /// Counts a gRPC call's status (its name: a closed set).
+    pub fn grpc_status(&self, code: u32) {
+        let labels = self.kind(crate::grpc::code_name(code));
+        self.all.grpc_responses.get_or_create(&labels).inc();
     }
 
     /// Counts a refused client TLS handshake.

@@ -146,7 +146,7 @@ pub fn inject(sc: &SpanContext, headers: &mut HeaderMap) {
 
 /// Lowercase hex of `bytes` into `out` (twice as long).
 /// The span name for a request: its method, static for the standard ones (no allocation).
-fn method_name(m: &http::Method) -> std::borrow::Cow<'static, str> {
+pub(crate) fn method_name(m: &http::Method) -> std::borrow::Cow<'static, str> {
     match crate::obs::metrics::method_label(m) {
         "OTHER" => std::borrow::Cow::Owned(m.as_str().to_owned()),
         known => std::borrow::Cow::Borrowed(known),
@@ -219,6 +219,24 @@ impl ServerSpan {
                 }
                 self.failed = true;
             }
+        }
+    }
+
+    /// Record the `grpc-status` of a gRPC answer: `rpc.grpc.status_code`, and an error status
+    /// for the codes that are the server's failures.
+    pub fn grpc(&mut self, code: u32) {
+        if !self.recording {
+            return;
+        }
+        let span = self.cx.span();
+        span.set_attribute(KeyValue::new("rpc.grpc.status_code", i64::from(code)));
+        if crate::grpc::is_server_error(code) {
+            let name = crate::grpc::code_name(code);
+            if !self.failed {
+                span.set_attribute(KeyValue::new("error.type", name));
+            }
+            span.set_status(Status::error(name));
+            self.failed = true;
         }
     }
 

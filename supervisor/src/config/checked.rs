@@ -68,6 +68,7 @@ pub fn check(
     check_forward_signals(&config)?;
     let logs = config.logs.compile().map_err(logs_error)?;
     check_listeners(&config)?;
+    check_outbound(&config)?;
     let health = health(&config)?;
     config.telemetry.validate().map_err(bad_value)?;
     check_restart(&config)?;
@@ -178,6 +179,40 @@ fn check_forward_signals(config: &Config) -> Result<(), ConfigError> {
 
 fn logs_error(e: LogsConfigError) -> ConfigError {
     ConfigError::key(e.key, e.message)
+}
+
+/// Each outbound service's keys, distinct names, and listen addresses no listener uses.
+fn check_outbound(config: &Config) -> Result<(), ConfigError> {
+    let mut names = std::collections::HashSet::new();
+    for (i, o) in config.outbound.iter().enumerate() {
+        let at = format!("outbound[{i}]");
+        o.validate().map_err(|e| match e {
+            tandem_proxy::ConfigError::Invalid {
+                listener,
+                key,
+                reason,
+            } => ConfigError::key(format!("{at}.{key}"), format!("{listener}: {reason}")),
+            e => ConfigError::key(at.clone(), e.to_string()),
+        })?;
+        if !names.insert(o.name.as_str()) {
+            return Err(ConfigError::key(
+                format!("{at}.name"),
+                format!(
+                    "a second outbound service named {:?} (give each a distinct name)",
+                    o.name
+                ),
+            ));
+        }
+        if let Ok(addr) = o.listen_addr() {
+            if config.proxy.listeners.iter().any(|l| l.listen == addr) {
+                return Err(ConfigError::key(
+                    format!("{at}.listen"),
+                    format!("{addr} is also a proxy listener's address"),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Each listener's keys (the proxy's own check; its files are read when it binds), and

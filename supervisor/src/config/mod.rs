@@ -38,6 +38,9 @@ pub struct Config {
     pub logs: crate::logs::LogsConfig,
     /// The inbound proxy in front of the app's ports.
     pub proxy: ProxyConfig,
+    /// The services the app calls, each through a local listener (`[[outbound]]`; see
+    /// docs/outbound.md for every key).
+    pub outbound: Vec<tandem_proxy::OutboundConfig>,
     /// Probes of the app: readiness gates traffic and READY=1, liveness restarts a hung app.
     pub health: crate::health::HealthConfig,
     /// The order of the stop sequence.

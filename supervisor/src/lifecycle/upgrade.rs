@@ -256,6 +256,15 @@ impl Supervisor<'_> {
                     .map(|(name, l)| (format!("proxy:{name}"), OwnedFd::from(l))),
             );
         }
+        if let Some(o) = self.parts.outbound.take() {
+            let (handed, report) = o.hand_over().await;
+            wiring::log_outbound_drain(report);
+            sockets.extend(
+                handed
+                    .into_iter()
+                    .map(|(name, l)| (format!("outbound:{name}"), OwnedFd::from(l))),
+            );
+        }
         if let Some(admin) = self.parts.admin.take() {
             admin.stop.cancel();
             if let Ok(l) = admin.task.await {

@@ -14,7 +14,9 @@ use std::sync::Arc;
 
 use nix::sys::signal::Signal;
 use prometheus_client::registry::Registry;
-use tandem_proxy::{AccessRecord, CancellationToken, DrainReport, Hooks, Inbound, Serving};
+use tandem_proxy::{
+    AccessRecord, CancellationToken, DrainReport, Hooks, Inbound, OutboundServing, Serving,
+};
 use tokio::{
     sync::{mpsc, watch},
     time::Instant,
@@ -106,6 +108,8 @@ pub struct Parts {
     pub spec: Option<AppSpec>,
     pub logs: Pipeline,
     pub proxy: Proxy,
+    /// The outbound services; None: none configured, or drained.
+    pub outbound: Option<OutboundServing>,
     /// The OTLP pass-through for the app's own telemetry; None: off.
     pub(super) passthrough: Option<Passthrough>,
     /// The running OTLP export; None: no endpoint configured.
@@ -140,6 +144,7 @@ pub struct Failed {
 /// failed step.
 pub struct Teardown {
     proxy: Proxy,
+    outbound: Option<OutboundServing>,
     logs: Option<Pipeline>,
     passthrough: Option<Passthrough>,
     telemetry: Option<Telemetry>,
@@ -283,7 +288,21 @@ pub(super) fn app_spec(cfg: &Config, port: Option<u16>) -> Option<AppSpec> {
     if let Some(port) = port {
         super::rolling::give_port(&mut spec, &cfg.restart.port_env, port);
     }
+    // Each outbound service's address, unless the app's env names it already.
+    for o in &cfg.outbound {
+        spec.env
+            .entry(outbound_env(&o.name))
+            .or_insert_with(|| o.listen.clone());
+    }
     Some(spec)
+}
+
+/// `TANDEM_OUTBOUND_<NAME>`: the variable that gives the app an outbound service's address.
+pub fn outbound_env(name: &str) -> String {
+    format!(
+        "TANDEM_OUTBOUND_{}",
+        name.to_ascii_uppercase().replace('-', "_")
+    )
 }
 
 // === impl Parts ===
@@ -318,6 +337,7 @@ impl Plan {
         } = self;
         let mut started = Teardown {
             proxy: Proxy::Off,
+            outbound: None,
             logs: None,
             passthrough: None,
             telemetry: None,
@@ -367,6 +387,9 @@ impl Plan {
                 handover.as_mut(),
             )
             .await?;
+            // The outbound services serve before the app starts: it may call out at once.
+            let outbound =
+                start_outbound(cfg, &mut registry, telemetry.as_ref(), handover.as_mut()).await?;
             let admin = start_admin(
                 cfg,
                 &admin,
@@ -384,17 +407,18 @@ impl Plan {
                 },
             )
             .await?;
-            Ok((proxy, admin))
+            Ok((proxy, outbound, admin))
         };
         let rest = rest.await;
         if let Some(h) = &mut handover {
             h.close_unclaimed();
         }
         match rest {
-            Ok((proxy, admin)) => Ok(Parts {
+            Ok((proxy, outbound, admin)) => Ok(Parts {
                 spec,
                 logs,
                 proxy,
+                outbound,
                 passthrough,
                 telemetry,
                 admin,
@@ -403,6 +427,7 @@ impl Plan {
                 error,
                 Teardown {
                     proxy: Proxy::Off,
+                    outbound: None,
                     logs: Some(logs),
                     passthrough,
                     telemetry,
@@ -529,6 +554,50 @@ async fn start_proxy(
     Ok((Proxy::Serving(Box::new(serving)), access))
 }
 
+/// Bind the outbound services' listeners and serve them (they need no readiness: the app
+/// calls out whenever it likes).
+async fn start_outbound(
+    cfg: &Config,
+    registry: &mut Registry,
+    telemetry: Option<&Telemetry>,
+    mut handover: Option<&mut crate::upgrade::Handover>,
+) -> Result<Option<OutboundServing>, StartError> {
+    if cfg.outbound.is_empty() {
+        return Ok(None);
+    }
+    let mut inherited = |name: &str, listen: std::net::SocketAddr| {
+        handover
+            .as_deref_mut()?
+            .take_listener(&format!("outbound:{name}"), listen)
+    };
+    let bound = tandem_proxy::Outbound::bind_inherited(&cfg.outbound, &mut inherited)
+        .await
+        .map_err(StartError::ProxyBind)?;
+    let tracer = telemetry.and_then(|t| t.tracer());
+    Ok(Some(tandem_proxy::serve_outbound(
+        bound,
+        Some(registry),
+        tracer,
+    )))
+}
+
+/// One event for the outbound drain.
+pub fn log_outbound_drain(d: tandem_proxy::OutboundDrain) {
+    if d.finished {
+        tracing::info!(
+            event = "outbound_drained",
+            open = d.open,
+            "outbound services drained: every call finished"
+        );
+    } else {
+        tracing::warn!(
+            event = "outbound_drained",
+            open = d.open,
+            "outbound drain deadline passed: connections were cut"
+        );
+    }
+}
+
 /// The access log: one record per request into the log pipeline, `kind: access`, at warn for
 /// a 5xx or a request tandem cut.
 fn access_log(injector: Injector) -> impl Fn(&AccessRecord) + Send + Sync + 'static {
@@ -633,6 +702,7 @@ impl From<Parts> for Teardown {
     fn from(parts: Parts) -> Self {
         Teardown {
             proxy: parts.proxy,
+            outbound: parts.outbound,
             logs: Some(parts.logs),
             passthrough: parts.passthrough,
             telemetry: parts.telemetry,
@@ -689,6 +759,10 @@ impl Teardown {
     pub async fn finish(mut self, cfg: &Config) {
         if let Some(report) = self.proxy.drain().await {
             log_drain(&report);
+        }
+        // The app has exited: its calls out are done or never come.
+        if let Some(o) = self.outbound {
+            log_outbound_drain(o.drain().await);
         }
         if let Some(logs) = self.logs {
             finish_logs(logs, cfg).await;

@@ -1,0 +1,102 @@
+//! A raw TCP outbound service: each connection of the app goes to one endpoint chosen by the
+//! balancer; a failed connect is tried on another endpoint (up to `retry.max_attempts`).
+//!
+//! Invariant: a connection holds its breaker place and its endpoint's in-flight count until
+//! it closes; connect failures feed outlier ejection, an established connection counts as a
+//! success.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::config::OutboundConfig;
+use crate::conn::tcp::{idle_expired, Touched};
+use crate::outbound::balance::{self, Change, Endpoints};
+use crate::outbound::breaker::Breaker;
+use crate::outbound::metrics::ServiceMetrics;
+
+/// What the connections of one TCP service share.
+pub(crate) struct TcpService {
+    pub cfg: Arc<OutboundConfig>,
+    pub endpoints: Arc<Endpoints>,
+    pub breaker: Breaker,
+    pub metrics: Option<ServiceMetrics>,
+}
+
+/// Forwards one connection of the app until either side closes, it idles past
+/// `timeouts.tcp_idle`, or the drain deadline cuts it.
+pub(crate) async fn serve(svc: Arc<TcpService>, client: TcpStream, tokens: super::Tokens) {
+    let (_stop, cut) = tokens;
+    let cfg = &svc.cfg;
+    if let Some(m) = &svc.metrics {
+        m.tcp_connection();
+    }
+    let deadline = Instant::now() + cfg.timeouts.connect * cfg.retry.max_attempts.max(1);
+    let Ok(_permit) = svc.breaker.acquire(deadline).await else {
+        tracing::debug!(service = %cfg.name, "outbound tcp connection refused: breaker open");
+        return;
+    };
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let (ep, mut upstream) = loop {
+        let Some(ep) = svc.endpoints.pick(cfg.balance, &tried) else {
+            tracing::debug!(service = %cfg.name, "outbound tcp connection: no endpoints");
+            return;
+        };
+        tried.push(ep.addr);
+        let started = Instant::now();
+        let result = tokio::time::timeout(cfg.timeouts.connect, TcpStream::connect(ep.addr)).await;
+        let ok = matches!(result, Ok(Ok(_)));
+        if let Some(m) = &svc.metrics {
+            m.attempt(
+                &ep.label,
+                match &result {
+                    Ok(Ok(_)) => "connected",
+                    Ok(Err(_)) => "connect_failed",
+                    Err(_) => "connect_timeout",
+                },
+            );
+        }
+        let verdict = if ok {
+            balance::Verdict::Healthy
+        } else {
+            balance::Verdict::Failed
+        };
+        if let Change::Ejected(time) = svc.endpoints.record(&ep, verdict, &cfg.ejection) {
+            tracing::warn!(event = "outbound_endpoint_ejected", service = %cfg.name, endpoint = %ep.label, seconds = time.as_secs_f64(), "outbound endpoint ejected after consecutive failures");
+            if let Some(m) = &svc.metrics {
+                m.ejected(&ep.label, true);
+            }
+        }
+        if let Ok(Ok(s)) = result {
+            ep.observe(started.elapsed());
+            break (ep, s);
+        }
+        if tried.len() as u32 >= cfg.retry.max_attempts {
+            tracing::debug!(service = %cfg.name, "outbound tcp connection: every attempt to connect failed");
+            return;
+        }
+    };
+    let _ = upstream.set_nodelay(true);
+    let _in_flight = ep.begin();
+    let last = AtomicU64::new(0);
+    let mut client = Touched {
+        inner: client,
+        origin: Instant::now(),
+        last: &last,
+    };
+    let origin = client.origin;
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+            if let Err(e) = r {
+                tracing::debug!(service = %cfg.name, endpoint = %ep.label, error = %e, "outbound tcp connection broke");
+            }
+        }
+        () = cut.cancelled() => {}
+        () = idle_expired(&last, origin, cfg.timeouts.tcp_idle) => {
+            tracing::debug!(service = %cfg.name, endpoint = %ep.label, "outbound tcp connection idle; closing");
+        }
+    }
+}

@@ -1,0 +1,593 @@
+//! The outbound side: the app's calls to other services through tandem's local listeners.
+//! Real upstream servers on loopback (tests/outbound/upstream.py, each able to fail, stall or
+//! slow down), a real DNS server (Debian's dnsmasq) serving SRV records in Consul's naming,
+//! a real OTLP receiver, and an app (tests/outbound/caller.py) that calls out while it shuts
+//! down.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::support::{eventually, free_port, http, require_tool, Tandem};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// One upstream server; killed (by pid) when dropped.
+struct Upstream {
+    child: Child,
+    port: u16,
+    control: PathBuf,
+    /// Its stdout (the traceparents it got), when logging.
+    out: Option<PathBuf>,
+}
+
+impl Upstream {
+    fn start(dir: &Path, name: &str) -> Upstream {
+        Self::spawn(dir, name, false)
+    }
+
+    /// An upstream whose output (the traceparent of each request) the test reads.
+    fn start_logging(dir: &Path, name: &str) -> Upstream {
+        Self::spawn(dir, name, true)
+    }
+
+    fn spawn(dir: &Path, name: &str, logging: bool) -> Upstream {
+        let port = free_port();
+        let control = dir.join(format!("{name}.mode"));
+        let out = logging.then(|| dir.join(format!("{name}.out")));
+        let stdout = match &out {
+            Some(p) => Stdio::from(std::fs::File::create(p).unwrap()),
+            None => Stdio::null(),
+        };
+        let child = Command::new("python3")
+            .arg(repo().join("tests/outbound/upstream.py"))
+            .args([&port.to_string(), name, control.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .spawn()
+            .expect("start upstream.py");
+        let addr = format!("127.0.0.1:{port}");
+        eventually(&format!("upstream {name} listens"), || {
+            std::net::TcpStream::connect(&addr).is_ok()
+        });
+        Upstream {
+            child,
+            port,
+            control,
+            out,
+        }
+    }
+
+    /// The traceparent headers it got so far.
+    fn traceparents(&self) -> Vec<String> {
+        let out = self.out.as_ref().expect("a logging upstream");
+        std::fs::read_to_string(out)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.strip_prefix("traceparent "))
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `ok`, `fail`, `slow SECS` or `stall`.
+    fn set(&self, mode: &str) {
+        std::fs::write(&self.control, mode).unwrap();
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// tandem running `app`, with the `[[outbound]]` tables given; returns it and its admin address.
+fn start(dir: &Path, app: &[&str], extra: &str, env: &[(&str, &str)]) -> (Tandem, String) {
+    let cfg = dir.join("tandem.toml");
+    let command = app
+        .iter()
+        .map(|a| format!("{a:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[service]\nname = \"outbound-test\"\n[app]\ncommand = [{command}]\nstop_timeout = \"10s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{extra}"
+        ),
+    )
+    .unwrap();
+    let mut t = Tandem::spawn_cmd(
+        Command::new(crate::support::bin())
+            .args(["--config", cfg.to_str().unwrap()])
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .envs(env.iter().copied()),
+    );
+    t.collect_stdout();
+    let admin = t.admin_addr();
+    t.wait_event("outbound_listening");
+    (t, admin)
+}
+
+fn sleeper() -> Vec<&'static str> {
+    vec!["python3", "-c", "import time; time.sleep(3600)"]
+}
+
+/// GET through the outbound listener: (status, body).
+fn get(addr: &str) -> (u16, String) {
+    let (status, _, body) = http(addr, "GET", "/item", b"", &[]).unwrap();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The sum of a metric's series whose line contains every `needle`.
+fn metric(admin: &str, name: &str, needles: &[&str]) -> f64 {
+    let (_, _, body) = http(admin, "GET", "/metrics", b"", &[]).unwrap();
+    String::from_utf8_lossy(&body)
+        .lines()
+        .filter(|l| l.starts_with(name) && needles.iter().all(|n| l.contains(n)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn a_failing_endpoint_is_ejected_and_gets_traffic_back_and_no_call_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let ups: Vec<Upstream> = ["a", "b", "c"]
+        .iter()
+        .map(|n| Upstream::start(dir.path(), n))
+        .collect();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let endpoints = ups
+        .iter()
+        .map(|u| format!("{:?}", u.addr()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let (mut t, admin) = start(
+        dir.path(),
+        &sleeper(),
+        &format!(
+            "[[outbound]]\nname = \"items\"\nlisten = \"{listen}\"\nendpoints = [{endpoints}]\nbalance = \"least_requests\"\nejection.consecutive_failures = 3\nejection.base_time = \"2s\"\n"
+        ),
+        &[],
+    );
+    let mut seen = std::collections::BTreeMap::<String, usize>::new();
+    for _ in 0..60 {
+        let (status, body) = get(&listen);
+        assert_eq!(status, 200, "{body}");
+        *seen.entry(body).or_default() += 1;
+    }
+    assert_eq!(seen.len(), 3, "every endpoint served: {seen:?}");
+
+    // b fails: every call still succeeds (retried on another endpoint), and b is ejected.
+    ups[1].set("fail");
+    let failing_since = Instant::now();
+    for _ in 0..60 {
+        let (status, body) = get(&listen);
+        assert_eq!(status, 200, "a call failed while b was failing: {body}");
+        assert_ne!(body, "b");
+    }
+    let ejected = t.wait_event("outbound_endpoint_ejected");
+    assert_eq!(ejected["endpoint"], ups[1].addr().as_str());
+    assert_eq!(ejected["service"], "items");
+    let b = format!("endpoint=\"{}\"", ups[1].addr());
+    assert!(metric(&admin, "tandem_outbound_ejections_total", &[&b]) >= 1.0);
+    assert!(metric(&admin, "tandem_outbound_retries_total", &["status_503"]) >= 1.0);
+    // Ejected, b gets no attempt at all: its failed-attempt count stays put.
+    let failed_before = metric(&admin, "tandem_outbound_attempts_total", &[&b, "5xx"]);
+    for _ in 0..20 {
+        assert_eq!(get(&listen).0, 200);
+    }
+    if failing_since.elapsed() < Duration::from_millis(1500) {
+        assert_eq!(
+            metric(&admin, "tandem_outbound_attempts_total", &[&b, "5xx"]),
+            failed_before,
+            "an ejected endpoint got attempts"
+        );
+    }
+
+    // b recovers: after its ejection it gets traffic back.
+    ups[1].set("ok");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = get(&listen);
+        assert_eq!(status, 200, "{body}");
+        if body == "b" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "b never got traffic back");
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(metric(&admin, "tandem_outbound_requests_total", &["5xx"]) == 0.0);
+    t.signal(Signal::SIGTERM);
+    t.wait();
+}
+
+#[test]
+fn a_slow_endpoint_gets_clearly_less_traffic_under_peak_ewma() {
+    let dir = tempfile::tempdir().unwrap();
+    let ups: Vec<Upstream> = ["slow", "fast1", "fast2"]
+        .iter()
+        .map(|n| Upstream::start(dir.path(), n))
+        .collect();
+    ups[0].set("slow 0.2");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let endpoints = ups
+        .iter()
+        .map(|u| format!("{:?}", u.addr()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    // The default balancer: peak-EWMA.
+    let (mut t, _admin) = start(
+        dir.path(),
+        &sleeper(),
+        &format!(
+            "[[outbound]]\nname = \"items\"\nlisten = \"{listen}\"\nendpoints = [{endpoints}]\n"
+        ),
+        &[],
+    );
+    let mut seen = std::collections::BTreeMap::<String, usize>::new();
+    let workers: Vec<_> = (0..3)
+        .map(|_| {
+            let listen = listen.clone();
+            thread::spawn(move || {
+                (0..60)
+                    .map(|_| {
+                        let (status, body) = get(&listen);
+                        assert_eq!(status, 200, "{body}");
+                        body
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for w in workers {
+        for body in w.join().unwrap() {
+            *seen.entry(body).or_default() += 1;
+        }
+    }
+    let n = |k: &str| seen.get(k).copied().unwrap_or(0);
+    assert_eq!(n("slow") + n("fast1") + n("fast2"), 180, "{seen:?}");
+    assert!(
+        n("slow") * 4 < n("fast1") && n("slow") * 4 < n("fast2"),
+        "the slow endpoint got too much traffic: {seen:?}"
+    );
+    t.signal(Signal::SIGTERM);
+    t.wait();
+}
+
+#[test]
+fn the_breaker_caps_calls_to_a_stalled_service_and_fails_fast_past_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut up = Upstream::start(dir.path(), "stalled");
+    up.set("stall");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let (mut t, admin) = start(
+        dir.path(),
+        &sleeper(),
+        &format!(
+            "[[outbound]]\nname = \"stuck\"\nlisten = \"{listen}\"\nendpoints = [\"{}\"]\nbreaker.max_requests = 3\nbreaker.max_pending = 0\ntimeouts.per_try = \"60s\"\ntimeouts.request = \"60s\"\n",
+            up.addr()
+        ),
+        &[],
+    );
+    let hung: Vec<_> = (0..3)
+        .map(|_| {
+            let listen = listen.clone();
+            thread::spawn(move || http(&listen, "GET", "/", b"", &[]).map(|r| r.0))
+        })
+        .collect();
+    eventually("three calls in flight", || {
+        metric(&admin, "tandem_outbound_requests_in_flight", &["stuck"]) == 3.0
+    });
+    let started = Instant::now();
+    let (status, head, body) = http(&listen, "GET", "/", b"", &[]).unwrap();
+    let waited = started.elapsed();
+    assert_eq!(status, 503, "{head}");
+    assert!(String::from_utf8_lossy(&body).contains("breaker_open"));
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: 1"),
+        "{head}"
+    );
+    assert!(waited < Duration::from_secs(30), "it failed fast");
+    assert_eq!(
+        metric(
+            &admin,
+            "tandem_outbound_breaker_rejections_total",
+            &["stuck"]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(&admin, "tandem_outbound_breaker_open", &["stuck"]),
+        1.0
+    );
+    // The stalled endpoint saw only the three, never the fourth.
+    assert_eq!(
+        metric(&admin, "tandem_outbound_requests_in_flight", &["stuck"]),
+        3.0
+    );
+    // The upstream goes away: the hung calls end (502), and the breaker has places again.
+    up.stop();
+    for h in hung {
+        assert_eq!(h.join().unwrap().unwrap(), 502);
+    }
+    let (status, _, body) = http(&listen, "GET", "/", b"", &[]).unwrap();
+    assert_ne!(status, 503, "{}", String::from_utf8_lossy(&body));
+    t.signal(Signal::SIGTERM);
+    t.wait();
+}
+
+/// Debian's dnsmasq serving `payments.service.consul` SRV records (Consul's naming) that point
+/// at `ports`, on 127.0.0.1:`port`, TTL 1 s. Killed by pid when dropped.
+struct Dns(Child);
+
+impl Dns {
+    fn start(port: u16, ports: &[u16]) -> Dns {
+        let mut cmd = Command::new("dnsmasq");
+        cmd.args([
+            "--keep-in-foreground",
+            "--no-resolv",
+            "--no-hosts",
+            "--conf-file=/dev/null",
+            "--pid-file=",
+            "--bind-interfaces",
+            "--listen-address=127.0.0.1",
+            "--local-ttl=1",
+            &format!("--port={port}"),
+        ]);
+        for (i, p) in ports.iter().enumerate() {
+            let node = format!("node{i}.node.dc1.consul");
+            cmd.arg(format!("--srv-host=payments.service.consul,{node},{p}"));
+            cmd.arg(format!("--host-record={node},127.0.0.1"));
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start dnsmasq");
+        // Listening once it answers TCP.
+        eventually("dnsmasq listens", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Dns(child)
+    }
+}
+
+impl Drop for Dns {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn srv_endpoints_from_a_real_dns_server_follow_changes_and_survive_its_outage() {
+    if !require_tool("dnsmasq") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ups: Vec<Upstream> = ["a", "b", "c"]
+        .iter()
+        .map(|n| Upstream::start(dir.path(), n))
+        .collect();
+    let dns_port = free_port();
+    let first = Dns::start(dns_port, &[ups[0].port, ups[1].port]);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let (mut t, admin) = start(
+        dir.path(),
+        &sleeper(),
+        &format!(
+            "[[outbound]]\nname = \"payments\"\nlisten = \"{listen}\"\nsrv = \"payments.service.consul\"\nresolver = \"127.0.0.1:{dns_port}\"\ndns_min_refresh = \"200ms\"\ndns_max_refresh = \"2s\"\n"
+        ),
+        &[],
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    eventually("a and b both serve", || {
+        let (status, body) = get(&listen);
+        if status == 200 {
+            seen.insert(body);
+        }
+        seen.contains("a") && seen.contains("b")
+    });
+    assert!(!seen.contains("c"));
+
+    // The answer changes: only c. Traffic follows within the TTL (plus the refresh).
+    drop(first);
+    let second = Dns::start(dns_port, &[ups[2].port]);
+    let changed = Instant::now();
+    eventually("traffic moves to c", || get(&listen).1 == "c");
+    assert!(changed.elapsed() < Duration::from_secs(10));
+    for _ in 0..20 {
+        assert_eq!(get(&listen), (200, "c".to_string()));
+    }
+    assert!(
+        metric(
+            &admin,
+            "tandem_outbound_resolver_updates_total",
+            &["payments"]
+        ) >= 2.0
+    );
+
+    // The DNS server stops: resolution fails, the last good endpoints keep serving.
+    drop(second);
+    t.wait_event("outbound_resolve_failed");
+    for _ in 0..20 {
+        assert_eq!(get(&listen), (200, "c".to_string()));
+    }
+    assert!(
+        metric(
+            &admin,
+            "tandem_outbound_resolver_failures_total",
+            &["payments"]
+        ) >= 1.0
+    );
+    assert_eq!(
+        metric(&admin, "tandem_outbound_endpoints", &["payments"]),
+        1.0
+    );
+    t.signal(Signal::SIGTERM);
+    t.wait();
+}
+
+#[test]
+fn the_app_calls_out_while_it_shuts_down_and_those_calls_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::start(dir.path(), "backend");
+    // Slow enough that the calls span the app's whole shutdown.
+    up.set("slow 0.1");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let app_port = free_port().to_string();
+    let caller = repo().join("tests/outbound/caller.py");
+    let url = format!("http://{listen}/work");
+    let (mut t, _admin) = start(
+        dir.path(),
+        &["python3", caller.to_str().unwrap(), &app_port],
+        &format!(
+            "[app.env]\nOUTBOUND_URL = \"{url}\"\nCALLS_ON_TERM = \"10\"\n[[outbound]]\nname = \"backend\"\nlisten = \"{listen}\"\nendpoints = [\"{}\"]\n",
+            up.addr()
+        ),
+        &[],
+    );
+    eventually("the app is up", || {
+        t.records()
+            .iter()
+            .any(|r| r["msg"].as_str() == Some("caller listening"))
+    });
+    t.signal(Signal::SIGTERM);
+    assert_eq!(t.wait_code(), 0);
+    let lines: Vec<String> = t
+        .records()
+        .iter()
+        .filter_map(|r| r["msg"].as_str().map(str::to_string))
+        .filter(|m| m.starts_with("shutdown"))
+        .collect();
+    for i in 0..10 {
+        let want = format!("shutdown call {i} status 200");
+        assert!(lines.contains(&want), "{want} missing: {lines:?}");
+    }
+    assert!(lines.contains(&"shutdown done".to_string()), "{lines:?}");
+    // The order: the app exited, then the outbound side drained.
+    t.assert_order(&["exited", "outbound_drained"]);
+}
+
+#[test]
+fn the_app_learns_the_address_and_a_missing_nomad_upstream_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::start(dir.path(), "pay");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let out = dir.path().join("env.txt");
+    let script = format!(
+        "echo \"$TANDEM_OUTBOUND_PAY_API\" > {}; sleep 3600",
+        out.display()
+    );
+    let (mut t, _admin) = start(
+        dir.path(),
+        &["sh", "-c", &script],
+        &format!(
+            "[[outbound]]\nname = \"pay-api\"\nlisten = \"{listen}\"\nnomad_upstream = \"pay\"\n"
+        ),
+        &[("NOMAD_UPSTREAM_ADDR_pay", &up.addr())],
+    );
+    crate::support::wait_file(&out);
+    eventually("the app wrote the address", || {
+        std::fs::read_to_string(&out).unwrap_or_default().trim() == listen
+    });
+    assert_eq!(get(&listen), (200, "pay".to_string()));
+    t.signal(Signal::SIGTERM);
+    t.wait();
+
+    // Without the variable: tandem refuses to start and names it.
+    let cfg = dir.path().join("tandem.toml");
+    let (code, _, err) = crate::support::run(&["--config", cfg.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("NOMAD_UPSTREAM_ADDR_pay"), "{err}");
+}
+
+#[test]
+fn one_trace_runs_from_the_inbound_proxy_through_the_app_to_the_outbound_call() {
+    if !crate::otel::require_oteltest() {
+        return;
+    }
+    let otlp = free_port();
+    let rx = crate::otel::Receiver::start("grpc", otlp);
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::start_logging(dir.path(), "backend");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let app_port = free_port();
+    let caller = repo().join("tests/outbound/caller.py");
+    let url = format!("http://{listen}/work");
+    let (mut t, _admin) = start(
+        dir.path(),
+        &["python3", caller.to_str().unwrap(), &app_port.to_string()],
+        &format!(
+            "[app.env]\nOUTBOUND_URL = \"{url}\"\n[[proxy.listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nupstream = \"127.0.0.1:{app_port}\"\n[[outbound]]\nname = \"backend\"\nlisten = \"{listen}\"\nendpoints = [\"{}\"]\n[telemetry]\nendpoint = \"http://127.0.0.1:{otlp}\"\nprotocol = \"grpc\"\ntraces.batch_delay = \"100ms\"\nmetrics.enabled = false\n",
+            up.addr()
+        ),
+        &[],
+    );
+    let proxy = t.wait_event("proxy_listening")["addr"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    t.wait_event("ready");
+    let (status, head, body) = http(&proxy, "GET", "/call", b"", &[]).unwrap();
+    assert_eq!(status, 200, "{head}");
+    assert_eq!(body, b"backend");
+    let mut spans = Vec::new();
+    eventually("the server and the outbound client spans arrive", || {
+        spans = rx.spans();
+        spans.iter().any(|s| {
+            s.v["kind"] == "SPAN_KIND_CLIENT"
+                && s.attrs.get("tandem.outbound.service").map(String::as_str) == Some("backend")
+        })
+    });
+    let server = spans
+        .iter()
+        .find(|s| s.v["kind"] == "SPAN_KIND_SERVER")
+        .expect("the inbound server span");
+    let trace = server.id("traceId");
+    let call = spans
+        .iter()
+        .find(|s| s.attrs.get("tandem.outbound.service").map(String::as_str) == Some("backend"))
+        .unwrap();
+    assert_eq!(
+        call.id("traceId"),
+        trace,
+        "the outbound call continues the inbound trace"
+    );
+    assert_eq!(call.v["kind"], "SPAN_KIND_CLIENT");
+    // The call's parent is the inbound attempt's span (the traceparent the app was given).
+    let inbound_attempt = spans
+        .iter()
+        .find(|s| s.v["kind"] == "SPAN_KIND_CLIENT" && s.id("parentSpanId") == server.id("spanId"))
+        .expect("the inbound attempt span");
+    assert_eq!(call.id("parentSpanId"), inbound_attempt.id("spanId"));
+    // The outbound attempt span is the call's child, and its context reached the backend.
+    let attempt = spans
+        .iter()
+        .find(|s| s.id("parentSpanId") == call.id("spanId"))
+        .expect("the outbound attempt span");
+    assert_eq!(attempt.id("traceId"), trace);
+    let sent = up.traceparents();
+    assert!(
+        sent.iter()
+            .any(|tp| tp.contains(&trace) && tp.contains(&attempt.id("spanId"))),
+        "the backend got the attempt's traceparent: {sent:?} (trace {trace})"
+    );
+    t.signal(Signal::SIGTERM);
+    t.wait();
+}
