@@ -19,8 +19,6 @@ use crate::config::{Balance, EjectionConfig};
 
 /// Peak-EWMA's decay: how long a latency sample weighs (linkerd's default).
 const DECAY: Duration = Duration::from_secs(10);
-/// The latency an endpoint without samples is assumed to have (linkerd's default).
-const DEFAULT_RTT: Duration = Duration::from_millis(30);
 
 /// One endpoint of a service.
 #[derive(Debug)]
@@ -111,15 +109,12 @@ impl Endpoint {
 
     /// The load peak-EWMA compares: the latency estimate (decayed towards zero while no
     /// sample comes, so an endpoint that was slow is tried again) times the requests in flight
-    /// plus one.
+    /// plus one. An endpoint without a sample yet (new, or back from an ejection) costs
+    /// nothing: it is tried at once, and its first answer places it.
     fn ewma_load(&self, now: Instant) -> f64 {
         let e = self.ewma.lock().unwrap_or_else(PoisonError::into_inner);
-        let cost = if e.cost == 0.0 {
-            DEFAULT_RTT.as_nanos() as f64
-        } else {
-            let elapsed = now.saturating_duration_since(e.stamp).as_secs_f64();
-            e.cost * (-elapsed / DECAY.as_secs_f64()).exp()
-        };
+        let elapsed = now.saturating_duration_since(e.stamp).as_secs_f64();
+        let cost = e.cost * (-elapsed / DECAY.as_secs_f64()).exp();
         cost * (self.in_flight() + 1) as f64
     }
 
@@ -130,9 +125,23 @@ impl Endpoint {
         }
     }
 
+    /// Whether it is ejected now; an ejection that ran out ends here, and the endpoint's
+    /// latency estimate starts afresh (its old failures must not keep it out).
     fn ejected(&self, now: Instant) -> bool {
-        let h = self.health.lock().unwrap_or_else(PoisonError::into_inner);
-        h.ejected_until.is_some_and(|t| t > now)
+        let mut h = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        match h.ejected_until {
+            Some(t) if t > now => true,
+            Some(t) => {
+                h.ejected_until = None;
+                h.last_ejection_end = Some(t);
+                drop(h);
+                let mut e = self.ewma.lock().unwrap_or_else(PoisonError::into_inner);
+                e.cost = 0.0;
+                e.stamp = now;
+                false
+            }
+            None => false,
+        }
     }
 
     /// Records an outcome; ejects when the failures in a row reach the threshold and
@@ -144,13 +153,9 @@ impl Endpoint {
         may_eject: bool,
         now: Instant,
     ) -> Change {
+        // An ejection that ran out ends (and the estimate starts afresh).
+        self.ejected(now);
         let mut h = self.health.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(until) = h.ejected_until {
-            if until <= now {
-                h.ejected_until = None;
-                h.last_ejection_end = Some(until);
-            }
-        }
         match verdict {
             Verdict::Healthy => {
                 h.consecutive_failures = 0;
@@ -395,6 +400,12 @@ mod tests {
         // A retry avoids the endpoint tried already, even the faster one.
         let p = eps.pick(Balance::PeakEwma, &[addr(2)]).expect("endpoint");
         assert_eq!(p.addr, addr(1));
+        // A new endpoint (no sample yet) is tried at once, before a fast one.
+        let two = Endpoints::new(&[addr(2)]);
+        two.snapshot()[0].observe(Duration::from_millis(1));
+        two.update(&[addr(2), addr(3)]);
+        let p = two.pick(Balance::PeakEwma, &[]).expect("endpoint");
+        assert_eq!(p.addr, addr(3));
         // least_requests: in-flight counts decide.
         let _busy = list[1].begin();
         let p = eps.pick(Balance::LeastRequests, &[]).expect("endpoint");
