@@ -27,6 +27,10 @@ const CHECK_PATH: &str = "/grpc.health.v1.Health/Check";
 /// Bound on the answer's body: a `HealthCheckResponse` is a few bytes.
 const MAX_BODY: usize = 64 * 1024;
 
+/// Bound on the answer's headers and trailers, as HTTP/2 counts them (hyper's default is
+/// 16 MiB).
+const MAX_HEADERS: u32 = 64 * 1024;
+
 /// Bound on the `grpc-message` kept in a failure (it ends up on `/status` and in logs).
 const MAX_MESSAGE: usize = 256;
 
@@ -253,10 +257,11 @@ pub async fn check(
         .header(http::header::USER_AGENT, "tandem-probe")
         .body(Full::new(request_body(service)))
         .map_err(|e| exchange(format!("request: {e}")))?;
-    let (mut tx, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .map_err(|e| exchange(format!("HTTP/2 handshake: {e}")))?;
+    let (mut tx, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .max_header_list_size(MAX_HEADERS)
+        .handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| exchange(format!("HTTP/2 handshake: {e}")))?;
     let call = async {
         let resp = tx
             .send_request(req)

@@ -1112,6 +1112,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn grpc_probe_is_bounded_by_its_timeout_and_reports_refused_connections() {
+        // Accepts (via the backlog) but never answers, not even the HTTP/2 handshake.
+        let silent = StdListener::bind("127.0.0.1:0").expect("bind");
+        let port = silent.local_addr().expect("addr").port();
+        let mut c = config(ProbeKind::Grpc, &format!("127.0.0.1:{port}/svc"));
+        c.timeout = Duration::from_millis(200);
+        let result = c.validate().expect("valid").check(&WaitPid).await;
+        assert!(
+            matches!(result, Err(ProbeFailure::Timeout(_))),
+            "{result:?}"
+        );
+        drop(silent);
+        let closed = config(ProbeKind::Grpc, &format!("127.0.0.1:{}", closed_port()))
+            .validate()
+            .expect("valid");
+        assert!(matches!(
+            closed.check(&WaitPid).await,
+            Err(ProbeFailure::Connect { .. })
+        ));
+    }
+
+    #[tokio::test]
     async fn exec_probe_reports_exit_codes() {
         let ok = config(ProbeKind::Exec, "exit 0").validate().expect("valid");
         assert!(ok.check(&WaitPid).await.is_ok());
