@@ -13,6 +13,7 @@ mod config;
 mod connections;
 mod exit_codes;
 mod faults;
+mod grpc_probe;
 mod logs;
 mod nomad;
 mod notify;

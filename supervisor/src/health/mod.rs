@@ -9,6 +9,7 @@
 //! ones and [`HealthMonitor::app_stopped`] ends them, while the two watch channels live as long
 //! as the monitor, so the proxy and the watchdog subscribe once.
 
+pub mod grpc;
 pub mod notify;
 pub mod probe;
 

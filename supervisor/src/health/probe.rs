@@ -1,6 +1,7 @@
-//! Probes of the app: HTTP (GET a path, expect 2xx/3xx), TCP (connect) and exec (run a command,
-//! expect exit 0), each bounded by a timeout, and the task that runs one on its interval and
-//! publishes its thresholded state on a `watch` channel.
+//! Probes of the app: HTTP (GET a path, expect 2xx/3xx), TCP (connect), gRPC (the standard
+//! `grpc.health.v1` check, expect SERVING: [`super::grpc`]) and exec (run a command, expect exit
+//! 0), each bounded by a timeout, and the task that runs one on its interval and publishes its
+//! thresholded state on a `watch` channel.
 //!
 //! Invariants: a probe never outlives its timeout (an exec probe's whole process group is
 //! SIGKILLed when it overruns); the published [`ProbeState`] changes only after
@@ -26,6 +27,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time;
 
+use super::grpc::{self, GrpcFailure};
 use crate::http_get::{self, display_addr};
 
 /// How long to wait for an exec probe's process to be reaped after SIGKILL; SIGKILL cannot be
@@ -42,6 +44,9 @@ pub enum ProbeKind {
     Http,
     /// Open a TCP connection to the target `host:port`.
     Tcp,
+    /// Call `grpc.health.v1.Health/Check` on the target `host:port` (h2c) or
+    /// `host:port/service.Name`; SERVING passes.
+    Grpc,
     /// Run the target command; exit 0 passes.
     Exec,
 }
@@ -51,6 +56,7 @@ impl fmt::Display for ProbeKind {
         f.write_str(match self {
             ProbeKind::Http => "http",
             ProbeKind::Tcp => "tcp",
+            ProbeKind::Grpc => "grpc",
             ProbeKind::Exec => "exec",
         })
     }
@@ -60,7 +66,8 @@ impl fmt::Display for ProbeKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum TargetSpec {
-    /// `http://127.0.0.1:3000/health`, `127.0.0.1:3000`, or a shell command line for exec
+    /// `http://127.0.0.1:3000/health`, `127.0.0.1:3000`, `127.0.0.1:50051/my.Service` (grpc),
+    /// or a shell command line for exec
     /// (run with `/bin/sh -c`, like Docker's shell form).
     Line(String),
     /// An exec probe's argv, run without a shell (like Docker's exec form): the form to use in
@@ -162,6 +169,12 @@ pub enum Check {
     },
     /// Connect to `host:port`.
     Tcp { host: String, port: u16 },
+    /// Call the gRPC health service on `host:port` about `service` (empty: the whole server).
+    Grpc {
+        host: String,
+        port: u16,
+        service: String,
+    },
     /// Connect to each `host:port`; passes when every one accepts (the implicit readiness
     /// probe of the proxy's upstreams).
     TcpEach(Vec<(String, u16)>),
@@ -202,6 +215,27 @@ impl ProbeConfig {
             (ProbeKind::Tcp, TargetSpec::Line(t)) => {
                 let (host, port) = split_host_port(t, None).map_err(|r| bad(t, r))?;
                 Check::Tcp { host, port }
+            }
+            (ProbeKind::Grpc, TargetSpec::Line(t)) => {
+                if t.contains("://") {
+                    return Err(bad(
+                        t,
+                        "a grpc target is host:port or host:port/service, no URL",
+                    ));
+                }
+                let (authority, service) = t.split_once('/').unwrap_or((t.as_str(), ""));
+                if service.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    return Err(bad(
+                        t,
+                        "the service name must not contain spaces or control characters",
+                    ));
+                }
+                let (host, port) = split_host_port(authority, None).map_err(|r| bad(t, r))?;
+                Check::Grpc {
+                    host,
+                    port,
+                    service: service.to_string(),
+                }
             }
             (ProbeKind::Exec, TargetSpec::Line(t)) => {
                 if t.trim().is_empty() {
@@ -280,7 +314,7 @@ impl Probe {
         }
     }
 
-    /// The same probe aimed at port `to` wherever it checks port `from` (HTTP and TCP
+    /// The same probe aimed at port `to` wherever it checks port `from` (HTTP, TCP and gRPC
     /// targets; an exec probe is left as it is): a rolling restart's new app process.
     pub fn retarget(&self, from: u16, to: u16) -> Probe {
         let port = |p: u16| if p == from { to } else { p };
@@ -297,6 +331,15 @@ impl Probe {
             Check::Tcp { host, port: p } => Check::Tcp {
                 host: host.clone(),
                 port: port(*p),
+            },
+            Check::Grpc {
+                host,
+                port: p,
+                service,
+            } => Check::Grpc {
+                host: host.clone(),
+                port: port(*p),
+                service: service.clone(),
             },
             Check::TcpEach(targets) => {
                 let mut t: Vec<(String, u16)> =
@@ -331,6 +374,16 @@ impl fmt::Display for Probe {
                 write!(f, "http GET http://{}{path}", display_addr(host, *port))?
             }
             Check::Tcp { host, port } => write!(f, "tcp {}", display_addr(host, *port))?,
+            Check::Grpc {
+                host,
+                port,
+                service,
+            } => {
+                write!(f, "grpc {}", display_addr(host, *port))?;
+                if !service.is_empty() {
+                    write!(f, " service={service}")?;
+                }
+            }
             Check::TcpEach(targets) => {
                 let all: Vec<String> = targets.iter().map(|(h, p)| display_addr(h, *p)).collect();
                 write!(f, "tcp {}", all.join(" and "))?
@@ -406,6 +459,9 @@ pub enum ProbeFailure {
     /// The HTTP exchange broke, or the answer was not HTTP.
     #[error(transparent)]
     Http(http_get::GetError),
+    /// The gRPC health check did not say SERVING, or its exchange broke.
+    #[error(transparent)]
+    Grpc(#[from] GrpcFailure),
     /// An HTTP status outside 2xx/3xx.
     #[error("HTTP {status} from {addr}")]
     Status { addr: String, status: u16 },
@@ -462,6 +518,11 @@ impl Probe {
         match &self.check {
             Check::Http { host, port, path } => http_check(host, *port, path, self.timeout).await,
             Check::Tcp { host, port } => bounded(self.timeout, tcp_check(host, *port)).await,
+            Check::Grpc {
+                host,
+                port,
+                service,
+            } => bounded(self.timeout, grpc_check(host, *port, service)).await,
             Check::TcpEach(targets) => {
                 bounded(self.timeout, async {
                     for (host, port) in targets {
@@ -493,6 +554,16 @@ async fn tcp_check(host: &str, port: u16) -> Result<(), ProbeFailure> {
             addr: display_addr(host, port),
             source,
         })
+}
+
+async fn grpc_check(host: &str, port: u16, service: &str) -> Result<(), ProbeFailure> {
+    let tcp = TcpStream::connect((host, port))
+        .await
+        .map_err(|source| ProbeFailure::Connect {
+            addr: display_addr(host, port),
+            source,
+        })?;
+    Ok(grpc::check(tcp, host, port, service).await?)
 }
 
 async fn http_check(
@@ -886,6 +957,86 @@ mod tests {
     }
 
     #[test]
+    fn grpc_targets_are_host_port_with_an_optional_service() {
+        let check = |t: &str| config(ProbeKind::Grpc, t).validate().map(|p| p.check);
+        assert_eq!(
+            check("127.0.0.1:50051"),
+            Ok(Check::Grpc {
+                host: "127.0.0.1".into(),
+                port: 50051,
+                service: String::new()
+            })
+        );
+        assert_eq!(
+            check("[::1]:50051/svc"),
+            Ok(Check::Grpc {
+                host: "::1".into(),
+                port: 50051,
+                service: "svc".into()
+            })
+        );
+        assert_eq!(
+            check("localhost:9000/grpc.health.v1.Health"),
+            Ok(Check::Grpc {
+                host: "localhost".into(),
+                port: 9000,
+                service: "grpc.health.v1.Health".into()
+            })
+        );
+        for bad in [
+            "127.0.0.1",
+            "http://x:1",
+            "127.0.0.1/svc",
+            ":50051",
+            "127.0.0.1:0",
+            "::1:50051",
+            "127.0.0.1:50051/a b",
+        ] {
+            assert!(
+                matches!(
+                    check(bad),
+                    Err(ProbeConfigError::Target {
+                        kind: ProbeKind::Grpc,
+                        ..
+                    })
+                ),
+                "{bad:?} should be rejected: {:?}",
+                check(bad)
+            );
+        }
+        let argv = ProbeConfig {
+            target: TargetSpec::Argv(vec!["127.0.0.1:1".into()]),
+            ..config(ProbeKind::Grpc, "")
+        };
+        assert!(argv.validate().is_err(), "only exec probes take an array");
+        let c: ProbeConfig = toml::from_str("kind = \"grpc\"\ntarget = \"127.0.0.1:50051/foo\"")
+            .expect("grpc is a kind");
+        let p = c.validate().expect("valid");
+        assert!(
+            p.to_string()
+                .starts_with("grpc 127.0.0.1:50051 service=foo, every 2s"),
+            "{p}"
+        );
+        let moved = p.retarget(50051, 50052);
+        assert_eq!(
+            moved.check,
+            Check::Grpc {
+                host: "127.0.0.1".into(),
+                port: 50052,
+                service: "foo".into()
+            }
+        );
+        assert_eq!(moved.retarget(1, 2), moved, "other ports are left alone");
+        let whole = config(ProbeKind::Grpc, "[::1]:7")
+            .validate()
+            .expect("valid");
+        assert!(
+            whole.to_string().starts_with("grpc [::1]:7, every"),
+            "{whole}"
+        );
+    }
+
+    #[test]
     fn thresholds_gate_state_changes() {
         let mut s = ProbeStatus::default();
         let fail = || Err("boom".to_string());
@@ -952,6 +1103,28 @@ mod tests {
             .expect("valid");
         assert!(ok.check(&WaitPid).await.is_ok());
         let closed = config(ProbeKind::Tcp, &format!("127.0.0.1:{}", closed_port()))
+            .validate()
+            .expect("valid");
+        assert!(matches!(
+            closed.check(&WaitPid).await,
+            Err(ProbeFailure::Connect { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn grpc_probe_is_bounded_by_its_timeout_and_reports_refused_connections() {
+        // Accepts (via the backlog) but never answers, not even the HTTP/2 handshake.
+        let silent = StdListener::bind("127.0.0.1:0").expect("bind");
+        let port = silent.local_addr().expect("addr").port();
+        let mut c = config(ProbeKind::Grpc, &format!("127.0.0.1:{port}/svc"));
+        c.timeout = Duration::from_millis(200);
+        let result = c.validate().expect("valid").check(&WaitPid).await;
+        assert!(
+            matches!(result, Err(ProbeFailure::Timeout(_))),
+            "{result:?}"
+        );
+        drop(silent);
+        let closed = config(ProbeKind::Grpc, &format!("127.0.0.1:{}", closed_port()))
             .validate()
             .expect("valid");
         assert!(matches!(
