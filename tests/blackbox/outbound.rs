@@ -591,3 +591,120 @@ fn one_trace_runs_from_the_inbound_proxy_through_the_app_to_the_outbound_call() 
     t.signal(Signal::SIGTERM);
     t.wait();
 }
+
+/// PyPI's grpcio and grpcio-health-checking, installed by scripts/test in target/py.
+fn pydeps() -> PathBuf {
+    repo().join("target/py")
+}
+
+fn grpc_calls(addr: &str, n: usize) -> Vec<String> {
+    let out = Command::new("python3")
+        .arg(repo().join("tests/outbound/grpc_client.py"))
+        .args([addr, &n.to_string()])
+        .env("PYTHONPATH", pydeps())
+        .output()
+        .expect("run grpc_client.py");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn grpc_unavailable_is_retried_and_counted_inbound_and_outbound() {
+    if !crate::otel::require_oteltest() {
+        return;
+    }
+    let otlp = free_port();
+    let rx = crate::otel::Receiver::start("grpc", otlp);
+    let dir = tempfile::tempdir().unwrap();
+    // The app is a real gRPC server that answers UNAVAILABLE on every odd call; the inbound h2c
+    // listener fronts it, and the outbound h2c service points at it too.
+    let app_port = free_port();
+    let flaky = repo().join("tests/outbound/grpc_flaky.py");
+    let inbound = format!("127.0.0.1:{}", free_port());
+    let outbound = format!("127.0.0.1:{}", free_port());
+    let py = pydeps();
+    let (mut t, admin) = start(
+        dir.path(),
+        &["python3", flaky.to_str().unwrap(), &app_port.to_string()],
+        &format!(
+            "[[proxy.listeners]]\nname = \"grpc-in\"\nprotocol = \"h2c\"\nlisten = \"{inbound}\"\nupstream = \"127.0.0.1:{app_port}\"\n[[outbound]]\nname = \"flaky\"\nprotocol = \"h2c\"\nlisten = \"{outbound}\"\nendpoints = [\"127.0.0.1:{app_port}\"]\nejection.consecutive_failures = 0\n[telemetry]\nendpoint = \"http://127.0.0.1:{otlp}\"\nprotocol = \"grpc\"\ntraces.batch_delay = \"100ms\"\nmetrics.enabled = false\n"
+        ),
+        &[("PYTHONPATH", py.to_str().unwrap())],
+    );
+    t.wait_event("ready");
+
+    // Outbound: every call succeeds, each after one UNAVAILABLE answer retried.
+    let got = grpc_calls(&outbound, 6);
+    assert_eq!(got, vec!["ok SERVING"; 6], "outbound");
+    let m = |name: &str, needles: &[&str]| metric(&admin, name, needles);
+    assert_eq!(
+        m(
+            "tandem_outbound_retries_total",
+            &["flaky", "grpc_unavailable"]
+        ),
+        6.0
+    );
+    assert_eq!(
+        m("tandem_outbound_attempts_total", &["flaky", "UNAVAILABLE"]),
+        6.0
+    );
+    assert_eq!(
+        m(
+            "tandem_outbound_grpc_responses_total",
+            &["flaky", "kind=\"OK\""]
+        ),
+        6.0
+    );
+
+    // Inbound: the same, through the listener in front of the app.
+    let got = grpc_calls(&inbound, 6);
+    assert_eq!(got, vec!["ok SERVING"; 6], "inbound");
+    assert_eq!(
+        m(
+            "tandem_proxy_retries_total",
+            &["grpc-in", "grpc_unavailable"]
+        ),
+        6.0
+    );
+    assert_eq!(
+        m(
+            "tandem_proxy_grpc_responses_total",
+            &["grpc-in", "kind=\"OK\""]
+        ),
+        6.0
+    );
+
+    t.signal(Signal::SIGTERM);
+    t.wait();
+
+    // The spans: the failed attempts carry grpc status 14 and an error status.
+    let mut spans = Vec::new();
+    eventually("the outbound attempt spans arrive", || {
+        spans = rx.spans();
+        spans
+            .iter()
+            .filter(|s| s.attrs.get("rpc.grpc.status_code").map(String::as_str) == Some("14"))
+            .count()
+            >= 6
+    });
+    let failed = spans
+        .iter()
+        .find(|s| s.attrs.get("rpc.grpc.status_code").map(String::as_str) == Some("14"))
+        .unwrap();
+    assert_eq!(
+        failed.v["status"]["code"], "STATUS_CODE_ERROR",
+        "{:?}",
+        failed.v
+    );
+    assert_eq!(
+        failed.attrs.get("error.type").map(String::as_str),
+        Some("UNAVAILABLE")
+    );
+}

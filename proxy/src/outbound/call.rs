@@ -389,7 +389,13 @@ async fn send(
     let (label, ended) = match &result {
         Ok(r) => {
             let s = r.status().as_u16();
-            (status_class(s), Ended::Status(s, grpc::status(r.headers())))
+            let g = grpc::status(r.headers());
+            // A gRPC failure in the head (trailers-only) is the attempt's outcome.
+            let label = match g {
+                Some(code) if code != 0 => grpc::code_name(code),
+                _ => status_class(s),
+            };
+            (label, Ended::Status(s, g))
         }
         Err(c) => (c.as_str(), Ended::Failed(*c)),
     };
