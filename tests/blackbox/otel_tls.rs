@@ -25,16 +25,16 @@ use crate::otel::{
 use crate::support::{eventually, free_port, http};
 
 /// The PEM files of one test, as paths.
-struct Pki {
-    ca: String,
-    other_ca: String,
-    server_cert: String,
-    server_key: String,
-    client_cert: String,
-    client_key: String,
+pub(crate) struct Pki {
+    pub(crate) ca: String,
+    pub(crate) other_ca: String,
+    pub(crate) server_cert: String,
+    pub(crate) server_key: String,
+    pub(crate) client_cert: String,
+    pub(crate) client_key: String,
 }
 
-fn ca(name: &str) -> (rcgen::Certificate, KeyPair) {
+pub(crate) fn ca(name: &str) -> (rcgen::Certificate, KeyPair) {
     let key = KeyPair::generate().expect("key");
     let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -44,7 +44,7 @@ fn ca(name: &str) -> (rcgen::Certificate, KeyPair) {
 }
 
 /// Fresh certificates in `dir`.
-fn pki(dir: &Path) -> Pki {
+pub(crate) fn pki(dir: &Path) -> Pki {
     let write = |name: &str, pem: String| {
         let p = dir.join(name);
         std::fs::write(&p, pem).expect("write a PEM file");

@@ -36,7 +36,16 @@ impl Upstream {
         Self::spawn(dir, name, true)
     }
 
+    /// An HTTPS upstream that requires a client certificate from `client_ca`.
+    fn start_tls(dir: &Path, name: &str, cert: &str, key: &str, client_ca: &str) -> Upstream {
+        Self::spawn_with(dir, name, false, &[cert, key, client_ca])
+    }
+
     fn spawn(dir: &Path, name: &str, logging: bool) -> Upstream {
+        Self::spawn_with(dir, name, logging, &[])
+    }
+
+    fn spawn_with(dir: &Path, name: &str, logging: bool, tls: &[&str]) -> Upstream {
         let port = free_port();
         let control = dir.join(format!("{name}.mode"));
         let out = logging.then(|| dir.join(format!("{name}.out")));
@@ -47,11 +56,13 @@ impl Upstream {
         let child = Command::new("python3")
             .arg(repo().join("tests/outbound/upstream.py"))
             .args([&port.to_string(), name, control.to_str().unwrap()])
+            .args(tls)
             .stdin(Stdio::null())
             .stdout(stdout)
             .spawn()
             .expect("start upstream.py");
         let addr = format!("127.0.0.1:{port}");
+        // (A TLS upstream's accept handshakes: a plain connect that is dropped costs it nothing.)
         eventually(&format!("upstream {name} listens"), || {
             std::net::TcpStream::connect(&addr).is_ok()
         });
@@ -707,4 +718,65 @@ fn grpc_unavailable_is_retried_and_counted_inbound_and_outbound() {
         failed.attrs.get("error.type").map(String::as_str),
         Some("UNAVAILABLE")
     );
+}
+
+#[test]
+fn mtls_to_the_endpoints_and_a_renewed_client_certificate_is_picked_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = crate::otel_tls::pki(dir.path());
+    let up = Upstream::start_tls(
+        dir.path(),
+        "secure",
+        &pki.server_cert,
+        &pki.server_key,
+        &pki.ca,
+    );
+    // tandem starts with a client certificate the upstream does not trust (another CA's).
+    let (other, other_key) = crate::otel_tls::ca("not the upstream's CA");
+    let cert = dir.path().join("tandem-client.pem");
+    let key = dir.path().join("tandem-client.key");
+    std::fs::write(&cert, other.pem()).unwrap();
+    std::fs::write(&key, other_key.serialize_pem()).unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let (mut t, _admin) = start(
+        dir.path(),
+        &sleeper(),
+        &format!(
+            "[[outbound]]\nname = \"secure\"\nlisten = \"{listen}\"\nendpoints = [\"{}\"]\n[outbound.tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\nreload_interval = \"200ms\"\n",
+            up.addr(),
+            pki.ca,
+            cert.display(),
+            key.display()
+        ),
+        &[],
+    );
+    let (status, _) = get(&listen);
+    assert_eq!(status, 502, "a client certificate the endpoint refuses");
+    // The renewed certificate (from the CA the upstream trusts) is used without a restart.
+    std::fs::copy(&pki.client_key, &key).unwrap();
+    std::fs::copy(&pki.client_cert, &cert).unwrap();
+    t.wait_event("upstream_tls_reloaded");
+    eventually("calls succeed with the renewed certificate", || {
+        get(&listen) == (200, "secure".to_string())
+    });
+    t.signal(Signal::SIGTERM);
+    t.wait();
+
+    // A CA that did not sign the endpoint's certificate: refused, named.
+    let cfg = dir.path().join("tandem.toml");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(&pki.ca, &pki.other_ca);
+    std::fs::write(&cfg, text).unwrap();
+    let mut t = Tandem::spawn_cmd(
+        Command::new(crate::support::bin()).args(["--config", cfg.to_str().unwrap()]),
+    );
+    t.wait_event("outbound_listening");
+    let (status, body) = get(&listen);
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("upstream_tls"), "{body}");
+    let failed = t.wait_event("upstream_tls_failed");
+    assert_eq!(failed["reason"], "unknown_ca");
+    t.signal(Signal::SIGTERM);
+    t.wait();
 }

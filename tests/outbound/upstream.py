@@ -1,6 +1,9 @@
 """An upstream service for the outbound tests: answers every request with its own name.
 
-    upstream.py PORT NAME CONTROL_FILE
+    upstream.py PORT NAME CONTROL_FILE [CERT KEY CLIENT_CA]
+
+With CERT, KEY and CLIENT_CA it serves HTTPS and requires a client certificate that chains to
+CLIENT_CA (mTLS).
 
 Behaviour is read from CONTROL_FILE on every request (absent or empty: healthy):
   ok          200 with the name as body
@@ -9,6 +12,7 @@ Behaviour is read from CONTROL_FILE on every request (absent or empty: healthy):
   stall       never answers (sleeps an hour)
 Each request's traceparent (if any) is printed on stdout as `traceparent NAME VALUE`.
 """
+import ssl
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -64,4 +68,12 @@ class Server(ThreadingHTTPServer):
     request_queue_size = 256
 
 
-Server(("127.0.0.1", PORT), Handler).serve_forever()
+server = Server(("127.0.0.1", PORT), Handler)
+if len(sys.argv) > 4:
+    cert, key, client_ca = sys.argv[4:7]
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(client_ca)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+server.serve_forever()

@@ -136,6 +136,13 @@ pub struct UpstreamTlsConfig {
     /// PEM private key of `cert_file`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_file: Option<PathBuf>,
+    /// How often the files are checked for new contents (a renewed client certificate or CA
+    /// bundle is used for the next connections; a bad new file keeps the old ones).
+    #[serde(
+        with = "crate::config::duration",
+        default = "defaults::reload_interval"
+    )]
+    pub reload_interval: Duration,
 }
 
 /// mTLS: every client presents a certificate that chains to `ca`.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Protocol, RetryConfig};
+use crate::config::{Protocol, RetryConfig, UpstreamTlsConfig};
 use crate::error::ConfigError;
 
 /// One service the app calls.
@@ -60,6 +60,11 @@ pub struct OutboundConfig {
     /// endpoint's `ip:port`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authority: Option<String>,
+    /// TLS (and mTLS) to the endpoints: `ca_file` (required), `server_name` (default: the
+    /// `authority`'s host, else the `dns`/`srv` name, else the first endpoint's address),
+    /// `cert_file`/`key_file`, `reload_interval`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTlsConfig>,
     /// How an endpoint is chosen for each request or connection.
     #[serde(default)]
     pub balance: Balance,
@@ -365,6 +370,27 @@ impl OutboundConfig {
             };
         }
         Err(self.invalid("endpoints", "no source of endpoints"))
+    }
+
+    /// The name the endpoints' certificates are checked against when `tls.server_name` is
+    /// not set.
+    pub(crate) fn default_server_name(&self) -> String {
+        if let Some(a) = &self.authority {
+            return crate::config::host_of(a).to_string();
+        }
+        if let Some(d) = &self.dns {
+            return d
+                .rsplit_once(':')
+                .map_or(d.as_str(), |(n, _)| n)
+                .to_string();
+        }
+        if let Some(s) = &self.srv {
+            return s.clone();
+        }
+        self.endpoints
+            .first()
+            .map(|e| crate::config::host_of(e).to_string())
+            .unwrap_or_else(|| "localhost".to_string())
     }
 
     /// The endpoints' source as tandem starts: `NOMAD_UPSTREAM_ADDR_*` must be set.

@@ -80,6 +80,9 @@ impl Edge {
         if let Some(t) = &self.tls {
             tokio::spawn(t.clone().watch(stop.child_token()));
         }
+        if let Some(u) = &self.upstream_tls {
+            tokio::spawn(u.clone().watch(stop.child_token()));
+        }
         if let Some(Method::Jwt(j)) = self.auth.as_ref().map(|a| &a.method) {
             tokio::spawn(j.clone().watch(stop.child_token()));
         }
@@ -89,6 +92,9 @@ impl Edge {
     pub fn reload(&self) -> Vec<FileError> {
         let mut failed = Vec::new();
         if let Some(e) = self.tls.as_ref().and_then(|t| t.log_reload(true)) {
+            failed.push(e);
+        }
+        if let Some(e) = self.upstream_tls.as_ref().and_then(|u| u.log_reload(true)) {
             failed.push(e);
         }
         if let Some(Method::Jwt(j)) = self.auth.as_ref().map(|a| &a.method) {

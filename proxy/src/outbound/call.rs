@@ -27,6 +27,7 @@ use tokio::time::Instant;
 
 use crate::cause::{Cause, ProxyBody};
 use crate::config::{OutboundConfig, Protocol};
+use crate::edge::upstream_tls::{AppConnector, UpstreamTls};
 use crate::grpc;
 use crate::http::backoff::jittered;
 use crate::http::budget::RetryBudget;
@@ -46,15 +47,18 @@ pub(crate) struct Service {
     pub endpoints: Arc<Endpoints>,
     pub breaker: Breaker,
     pub budget: RetryBudget,
-    pub client: Client<HttpConnector, UpstreamBody>,
+    pub client: Client<AppConnector, UpstreamBody>,
     pub metrics: Option<ServiceMetrics>,
     pub tracer: Option<SharedTracer>,
     /// The `Host` sent on HTTP/1.1 when `authority` is configured.
     pub host: Option<HeaderValue>,
 }
 
-/// The client of one service: pooled keep-alive connections per endpoint.
-pub(crate) fn client(cfg: &OutboundConfig) -> Client<HttpConnector, UpstreamBody> {
+/// The client of one service: pooled keep-alive connections per endpoint, TLS when `tls`.
+pub(crate) fn client(
+    cfg: &OutboundConfig,
+    tls: Option<Arc<UpstreamTls>>,
+) -> Client<AppConnector, UpstreamBody> {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.set_connect_timeout(Some(cfg.timeouts.connect));
@@ -66,7 +70,7 @@ pub(crate) fn client(cfg: &OutboundConfig) -> Client<HttpConnector, UpstreamBody
     if cfg.protocol == Protocol::H2c {
         b.http2_only(true);
     }
-    b.build(http)
+    b.build(AppConnector::new(http, tls, None))
 }
 
 /// The body of a call's response: the endpoint's (or tandem's) body, finishing the call's

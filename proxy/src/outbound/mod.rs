@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::outbound::Source;
 use crate::config::{OutboundConfig, Protocol};
+use crate::edge::upstream_tls::UpstreamTls;
 use crate::error::{ConfigError, ProxyError};
 use crate::http::budget::RetryBudget;
 use crate::obs::trace::SharedTracer;
@@ -44,7 +45,14 @@ use metrics::ServiceMetrics;
 
 /// Outbound listeners bound, not yet serving.
 pub struct BoundOutbound {
-    services: Vec<(Arc<OutboundConfig>, Source, TcpListener)>,
+    services: Vec<Bound>,
+}
+
+struct Bound {
+    cfg: Arc<OutboundConfig>,
+    source: Source,
+    listener: TcpListener,
+    tls: Option<Arc<UpstreamTls>>,
 }
 
 /// The outbound services (a namespace for [`Outbound::bind`]).
@@ -109,7 +117,25 @@ impl Outbound {
                 Some(l) => TcpListener::from_std(l).map_err(bind_err)?,
                 None => bind(addr).map_err(bind_err)?,
             };
-            services.push((Arc::new(c.clone()), source, listener));
+            let tls = c
+                .tls
+                .as_ref()
+                .map(|u| {
+                    UpstreamTls::load_for(
+                        &format!("outbound {}", c.name),
+                        c.protocol,
+                        &c.default_server_name(),
+                        u,
+                    )
+                    .map(Arc::new)
+                })
+                .transpose()?;
+            services.push(Bound {
+                cfg: Arc::new(c.clone()),
+                source,
+                listener,
+                tls,
+            });
         }
         Ok(BoundOutbound { services })
     }
@@ -137,7 +163,16 @@ pub fn serve_outbound(
     let cut = CancellationToken::new();
     let tracker = TaskTracker::new();
     let mut services = Vec::new();
-    for (cfg, source, listener) in bound.services {
+    for Bound {
+        cfg,
+        source,
+        listener,
+        tls,
+    } in bound.services
+    {
+        if let Some(t) = &tls {
+            tokio::spawn(t.clone().watch(cut.clone()));
+        }
         let metrics = all.as_ref().map(|a| ServiceMetrics::new(a, &cfg.name));
         let endpoints = Arc::new(match &source {
             Source::Static(addrs) => Endpoints::new(addrs),
@@ -190,6 +225,7 @@ pub fn serve_outbound(
         };
         let accepting = if cfg.protocol == Protocol::Tcp {
             let svc = Arc::new(tcp::TcpService {
+                tls,
                 cfg: cfg.clone(),
                 endpoints: endpoints.clone(),
                 breaker,
@@ -202,7 +238,7 @@ pub fn serve_outbound(
         } else {
             let r = &cfg.retry;
             let svc = Arc::new(call::Service {
-                client: call::client(&cfg),
+                client: call::client(&cfg, tls),
                 host: cfg
                     .authority
                     .as_deref()

@@ -13,7 +13,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::config::OutboundConfig;
-use crate::conn::tcp::{idle_expired, Touched};
+use crate::conn::tcp::{idle_expired, Io, Touched};
+use crate::edge::upstream_tls::UpstreamTls;
 use crate::outbound::balance::{self, Change, Endpoints};
 use crate::outbound::breaker::Breaker;
 use crate::outbound::metrics::ServiceMetrics;
@@ -21,6 +22,7 @@ use crate::outbound::metrics::ServiceMetrics;
 /// What the connections of one TCP service share.
 pub(crate) struct TcpService {
     pub cfg: Arc<OutboundConfig>,
+    pub tls: Option<Arc<UpstreamTls>>,
     pub endpoints: Arc<Endpoints>,
     pub breaker: Breaker,
     pub metrics: Option<ServiceMetrics>,
@@ -40,7 +42,7 @@ pub(crate) async fn serve(svc: Arc<TcpService>, client: TcpStream, tokens: super
         return;
     };
     let mut tried: Vec<SocketAddr> = Vec::new();
-    let (ep, mut upstream) = loop {
+    let (ep, upstream) = loop {
         let Some(ep) = svc.endpoints.pick(cfg.balance, &tried) else {
             tracing::debug!(service = %cfg.name, "outbound tcp connection: no endpoints");
             return;
@@ -81,6 +83,14 @@ pub(crate) async fn serve(svc: Arc<TcpService>, client: TcpStream, tokens: super
     };
     let _ = upstream.set_nodelay(true);
     let _in_flight = ep.begin();
+    let mut upstream: Box<dyn Io> = match &svc.tls {
+        None => Box::new(upstream),
+        Some(tls) => match tls.connect(upstream, None).await {
+            Ok(s) => Box::new(s),
+            // Logged (upstream_tls_failed) by connect; a configuration problem, not retried.
+            Err(_) => return,
+        },
+    };
     let last = AtomicU64::new(0);
     let mut client = Touched {
         inner: client,
@@ -89,7 +99,7 @@ pub(crate) async fn serve(svc: Arc<TcpService>, client: TcpStream, tokens: super
     };
     let origin = client.origin;
     tokio::select! {
-        r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+        r = tokio::io::copy_bidirectional(&mut client, &mut *upstream) => {
             if let Err(e) = r {
                 tracing::debug!(service = %cfg.name, endpoint = %ep.label, error = %e, "outbound tcp connection broke");
             }
