@@ -49,8 +49,9 @@ pub use cause::{Cause, Challenge, HostError};
 pub use config::jwks_url::redact_url;
 pub use config::{
     ApiKeyConfig, AuthConfig, Balance, BasicAuthConfig, BreakerConfig, ClientAuthConfig,
-    EjectionConfig, JwtConfig, LimitsConfig, ListenerConfig, OutboundConfig, OutboundTimeouts,
-    Protocol, RateLimitConfig, RetryConfig, TimeoutConfig, TlsConfig, UpstreamTlsConfig,
+    EjectionConfig, ForwardProxyConfig, JwtConfig, LimitsConfig, ListenerConfig, OutboundConfig,
+    OutboundTimeouts, Protocol, RateLimitConfig, RetryConfig, TimeoutConfig, TlsConfig,
+    UpstreamTlsConfig,
 };
 pub use conn::drain::{DrainReport, ListenerDrain};
 pub use conn::inbound::{serve, BoundListeners, Inbound, Reconfigured, Retired, Serving};

@@ -780,3 +780,50 @@ fn mtls_to_the_endpoints_and_a_renewed_client_certificate_is_picked_up() {
     t.signal(Signal::SIGTERM);
     t.wait();
 }
+
+#[test]
+fn an_app_honouring_http_proxy_reaches_services_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let pay = Upstream::start(dir.path(), "pay");
+    let users = Upstream::start(dir.path(), "users");
+    let fwd = format!("127.0.0.1:{}", free_port());
+    let out = dir.path().join("answers.txt");
+    // A shell app using curl the way most HTTP clients use http_proxy (set from tandem's
+    // TANDEM_OUTBOUND_PROXY), asking for services by name.
+    let script = format!(
+        "export http_proxy=$TANDEM_OUTBOUND_PROXY; for s in payments users nowhere; do curl -s -o /dev/null -w \"$s %{{http_code}}\\n\" http://$s/x >> {out}; done; sleep 3600",
+        out = out.display()
+    );
+    let (mut t, _admin) = start(
+        dir.path(),
+        &["sh", "-c", &script],
+        &format!(
+            "[outbound_proxy]\nlisten = \"{fwd}\"\n[[outbound]]\nname = \"payments\"\nlisten = \"127.0.0.1:{}\"\nendpoints = [\"{}\"]\n[[outbound]]\nname = \"users\"\nlisten = \"127.0.0.1:{}\"\nendpoints = [\"{}\"]\n",
+            free_port(),
+            pay.addr(),
+            free_port(),
+            users.addr()
+        ),
+        &[],
+    );
+    eventually("the app asked for the three", || {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .lines()
+            .count()
+            == 3
+    });
+    let answers = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(answers, "payments 200\nusers 200\nnowhere 404\n");
+    // And a request in absolute form, as any proxy client sends it.
+    let mut s = std::net::TcpStream::connect(&fwd).unwrap();
+    use std::io::{Read, Write};
+    s.write_all(b"GET http://users/x HTTP/1.1\r\nHost: users\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.ends_with("users"), "{resp}");
+    t.signal(Signal::SIGTERM);
+    t.wait();
+}

@@ -18,7 +18,9 @@ pub(crate) mod outbound;
 pub(crate) mod spec;
 pub(crate) mod upstream;
 
-pub use outbound::{Balance, BreakerConfig, EjectionConfig, OutboundConfig, OutboundTimeouts};
+pub use outbound::{
+    Balance, BreakerConfig, EjectionConfig, ForwardProxyConfig, OutboundConfig, OutboundTimeouts,
+};
 pub(crate) use upstream::host_of;
 
 /// The protocol a listener speaks, declared in config and never sniffed: sniffing stalls on

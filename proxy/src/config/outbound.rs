@@ -90,6 +90,26 @@ pub struct OutboundConfig {
     pub drain_timeout: Duration,
 }
 
+/// A forward-proxy listener for apps that honour `HTTP_PROXY`: a request for
+/// `http://payments/...` goes to the outbound service named `payments`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardProxyConfig {
+    /// Where the app's HTTP client connects (`127.0.0.1:9000`).
+    pub listen: String,
+}
+
+impl ForwardProxyConfig {
+    /// The listen address.
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.listen.parse().map_err(|_| ConfigError::Invalid {
+            listener: "outbound_proxy".into(),
+            key: "listen",
+            reason: format!("{:?} is not ip:port (e.g. 127.0.0.1:9000)", self.listen),
+        })
+    }
+}
+
 /// Load balancing over a service's endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -120,6 +120,22 @@ impl Drop for Finish {
     }
 }
 
+impl CallBody {
+    /// An answer of tandem's own, outside any call's accounting.
+    pub fn answer(status: StatusCode, text: String) -> Response<CallBody> {
+        let mut resp = Response::new(CallBody {
+            inner: Either::Right(http_body_util::Full::new(Bytes::from(text))),
+            finish: None,
+        });
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        resp
+    }
+}
+
 impl Body for CallBody {
     type Data = Bytes;
     type Error = BoxError;

@@ -10,6 +10,7 @@
 //! Invariant: this folder imports from every other folder of the crate and none imports
 //! from it (it is the top of the one-way order).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::outbound::Source;
-use crate::config::{OutboundConfig, Protocol};
+use crate::config::{ForwardProxyConfig, OutboundConfig, Protocol};
 use crate::edge::upstream_tls::UpstreamTls;
 use crate::error::{ConfigError, ProxyError};
 use crate::http::budget::RetryBudget;
@@ -46,7 +47,12 @@ use metrics::ServiceMetrics;
 /// Outbound listeners bound, not yet serving.
 pub struct BoundOutbound {
     services: Vec<Bound>,
+    /// The forward-proxy listener, when configured.
+    forward: Option<TcpListener>,
 }
+
+/// The hand-over key of the forward-proxy listener (service names cannot contain `(`).
+const FORWARD_KEY: &str = "(forward-proxy)";
 
 struct Bound {
     cfg: Arc<OutboundConfig>,
@@ -61,6 +67,8 @@ pub struct Outbound;
 /// The outbound services while they serve.
 pub struct OutboundServing {
     services: Vec<Running>,
+    /// The forward-proxy listener's address and accept loop.
+    forward: Option<(SocketAddr, tokio::task::JoinHandle<TcpListener>)>,
     /// Stops accepting, and asks HTTP connections to close after their request in flight.
     stop: CancellationToken,
     /// Cuts what is still open after the drain timeout.
@@ -90,14 +98,18 @@ pub struct OutboundDrain {
 impl Outbound {
     /// Validates every service (names unique, one source each; `NOMAD_UPSTREAM_ADDR_*` read)
     /// and binds their listeners.
-    pub async fn bind(cfgs: &[OutboundConfig]) -> Result<BoundOutbound, ProxyError> {
-        Self::bind_inherited(cfgs, &mut |_, _| None).await
+    pub async fn bind(
+        cfgs: &[OutboundConfig],
+        forward: Option<&ForwardProxyConfig>,
+    ) -> Result<BoundOutbound, ProxyError> {
+        Self::bind_inherited(cfgs, forward, &mut |_, _| None).await
     }
 
     /// As [`Outbound::bind`], taking a listening socket the previous image handed over
     /// (`tandem upgrade`) where `inherited(name, listen)` gives one.
     pub async fn bind_inherited(
         cfgs: &[OutboundConfig],
+        forward: Option<&ForwardProxyConfig>,
         inherited: &mut dyn FnMut(&str, SocketAddr) -> Option<std::net::TcpListener>,
     ) -> Result<BoundOutbound, ProxyError> {
         let mut services = Vec::with_capacity(cfgs.len());
@@ -137,7 +149,22 @@ impl Outbound {
                 tls,
             });
         }
-        Ok(BoundOutbound { services })
+        let forward = match forward {
+            None => None,
+            Some(f) => {
+                let addr = f.listen_addr()?;
+                let bind_err = |source| ProxyError::Bind {
+                    listener: "outbound_proxy".into(),
+                    addr,
+                    source,
+                };
+                Some(match inherited(FORWARD_KEY, addr) {
+                    Some(l) => TcpListener::from_std(l).map_err(bind_err)?,
+                    None => bind(addr).map_err(bind_err)?,
+                })
+            }
+        };
+        Ok(BoundOutbound { services, forward })
     }
 }
 
@@ -163,6 +190,7 @@ pub fn serve_outbound(
     let cut = CancellationToken::new();
     let tracker = TaskTracker::new();
     let mut services = Vec::new();
+    let mut by_name: HashMap<String, Arc<call::Service>> = HashMap::new();
     for Bound {
         cfg,
         source,
@@ -251,6 +279,7 @@ pub fn serve_outbound(
                 tracer: tracer.clone(),
             });
             let protocol = cfg.protocol;
+            by_name.insert(cfg.name.clone(), svc.clone());
             tokio::spawn(accept.run(move |stream, (stop, cut)| {
                 let svc = svc.clone();
                 async move { serve_http(svc, protocol, stream, stop, cut).await }
@@ -263,11 +292,66 @@ pub fn serve_outbound(
             accepting,
         });
     }
+    let forward = bound.forward.map(|listener| {
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+        tracing::info!(event = "outbound_proxy_listening", %addr, services = ?by_name.keys().collect::<Vec<_>>(), "outbound forward proxy listening (HTTP_PROXY)");
+        let accept = Accept {
+            listener,
+            stop: stop.clone(),
+            cut: cut.clone(),
+            tracker: tracker.clone(),
+        };
+        let by_name = Arc::new(by_name);
+        (
+            addr,
+            tokio::spawn(accept.run(move |stream, (stop, cut)| {
+                let by_name = by_name.clone();
+                async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let by_name = by_name.clone();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(forward_call(&by_name, req).await)
+                        }
+                    });
+                    drive_http(Protocol::Http, stream, service, stop, cut).await;
+                }
+            })),
+        )
+    });
     OutboundServing {
         services,
+        forward,
         stop,
         cut,
         tracker,
+    }
+}
+
+/// A request to the forward proxy: its host (absolute-form target, else `Host`) names the
+/// service; an unknown name is a 404 that says so.
+async fn forward_call(
+    by_name: &HashMap<String, Arc<call::Service>>,
+    req: http::Request<hyper::body::Incoming>,
+) -> http::Response<call::CallBody> {
+    let host = req
+        .uri()
+        .host()
+        .map(str::to_string)
+        .or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(|h| crate::config::host_of(h).to_string())
+        })
+        .unwrap_or_default();
+    match by_name.get(&host) {
+        Some(svc) => call::handle(svc.clone(), req).await,
+        None => call::CallBody::answer(
+            http::StatusCode::NOT_FOUND,
+            format!("tandem: no outbound service named {host:?} (an [[outbound]] http or h2c service's name is the host to ask for)\n"),
+        ),
     }
 }
 
@@ -308,8 +392,7 @@ impl Accept {
     }
 }
 
-/// One HTTP connection of the app: served until it closes; on drain, closed after its
-/// request in flight; cut at the drain deadline.
+/// One HTTP connection of the app to a service.
 async fn serve_http(
     svc: Arc<call::Service>,
     protocol: Protocol,
@@ -317,11 +400,31 @@ async fn serve_http(
     stop: CancellationToken,
     cut: CancellationToken,
 ) {
-    let io = TokioIo::new(stream);
     let service = hyper::service::service_fn(move |req| {
         let svc = svc.clone();
         async move { Ok::<_, std::convert::Infallible>(call::handle(svc, req).await) }
     });
+    drive_http(protocol, stream, service, stop, cut).await;
+}
+
+/// Serves one HTTP connection until it closes; on drain (`stop`), closed after its request in
+/// flight; cut at the drain deadline.
+async fn drive_http<S>(
+    protocol: Protocol,
+    stream: TcpStream,
+    service: S,
+    stop: CancellationToken,
+    cut: CancellationToken,
+) where
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<call::CallBody>,
+            Error = std::convert::Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let io = TokioIo::new(stream);
     macro_rules! drive {
         ($conn:expr) => {{
             let conn = $conn;
@@ -361,6 +464,11 @@ impl OutboundServing {
             .collect()
     }
 
+    /// The forward-proxy listener's address, when configured.
+    pub fn forward_addr(&self) -> Option<SocketAddr> {
+        self.forward.as_ref().map(|(a, _)| *a)
+    }
+
     /// Each service's current endpoints (`ip:port`).
     pub fn endpoints(&self) -> Vec<(String, Vec<String>)> {
         self.services
@@ -397,6 +505,13 @@ impl OutboundServing {
         self.stop.cancel();
         self.tracker.close();
         let mut listeners = Vec::new();
+        if let Some((_, accepting)) = self.forward {
+            if let Ok(l) = accepting.await {
+                if let Ok(l) = l.into_std() {
+                    listeners.push((FORWARD_KEY.to_string(), l));
+                }
+            }
+        }
         for s in self.services {
             if let Ok(l) = s.accepting.await {
                 if let Ok(l) = l.into_std() {

@@ -212,6 +212,20 @@ fn check_outbound(config: &Config) -> Result<(), ConfigError> {
             }
         }
     }
+    if let Some(f) = &config.outbound_proxy {
+        f.listen_addr()
+            .map_err(|e| ConfigError::key("outbound_proxy.listen", e.to_string()))?;
+        if !config
+            .outbound
+            .iter()
+            .any(|o| o.protocol != tandem_proxy::Protocol::Tcp)
+        {
+            return Err(ConfigError::key(
+                "outbound_proxy",
+                "needs an [[outbound]] service with protocol http or h2c to forward to",
+            ));
+        }
+    }
     Ok(())
 }
 

@@ -41,6 +41,10 @@ pub struct Config {
     /// The services the app calls, each through a local listener (`[[outbound]]`; see
     /// docs/outbound.md for every key).
     pub outbound: Vec<tandem_proxy::OutboundConfig>,
+    /// A forward-proxy listener for apps that honour `HTTP_PROXY`: the host of each request
+    /// names the `[[outbound]]` service.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outbound_proxy: Option<tandem_proxy::ForwardProxyConfig>,
     /// Probes of the app: readiness gates traffic and READY=1, liveness restarts a hung app.
     pub health: crate::health::HealthConfig,
     /// The order of the stop sequence.

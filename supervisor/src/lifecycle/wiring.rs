@@ -294,6 +294,11 @@ pub(super) fn app_spec(cfg: &Config, port: Option<u16>) -> Option<AppSpec> {
             .entry(outbound_env(&o.name))
             .or_insert_with(|| o.listen.clone());
     }
+    if let Some(f) = &cfg.outbound_proxy {
+        spec.env
+            .entry("TANDEM_OUTBOUND_PROXY".to_string())
+            .or_insert_with(|| format!("http://{}", f.listen));
+    }
     Some(spec)
 }
 
@@ -570,9 +575,13 @@ async fn start_outbound(
             .as_deref_mut()?
             .take_listener(&format!("outbound:{name}"), listen)
     };
-    let bound = tandem_proxy::Outbound::bind_inherited(&cfg.outbound, &mut inherited)
-        .await
-        .map_err(StartError::ProxyBind)?;
+    let bound = tandem_proxy::Outbound::bind_inherited(
+        &cfg.outbound,
+        cfg.outbound_proxy.as_ref(),
+        &mut inherited,
+    )
+    .await
+    .map_err(StartError::ProxyBind)?;
     let tracer = telemetry.and_then(|t| t.tracer());
     Ok(Some(tandem_proxy::serve_outbound(
         bound,
