@@ -64,6 +64,7 @@ impl AppPki {
             server_name: Some(name.into()),
             cert_file,
             key_file,
+            reload_interval: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -255,6 +256,7 @@ async fn config_errors_name_the_key() {
         server_name: None,
         cert_file: None,
         key_file: None,
+        reload_interval: std::time::Duration::from_secs(10),
     });
     let e = c.validate().expect_err("no ca_file").to_string();
     assert!(e.contains("upstream_tls.ca_file"), "{e}");
