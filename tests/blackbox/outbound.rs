@@ -114,10 +114,16 @@ fn start(dir: &Path, app: &[&str], extra: &str, env: &[(&str, &str)]) -> (Tandem
         .map(|a| format!("{a:?}"))
         .collect::<Vec<_>>()
         .join(", ");
+    // An [admin] table in `extra` replaces the default one.
+    let admin = if extra.contains("[admin]") {
+        ""
+    } else {
+        "[admin]\nlisten = \"127.0.0.1:0\"\n"
+    };
     std::fs::write(
         &cfg,
         format!(
-            "[service]\nname = \"outbound-test\"\n[app]\ncommand = [{command}]\nstop_timeout = \"10s\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{extra}"
+            "[service]\nname = \"outbound-test\"\n[app]\ncommand = [{command}]\nstop_timeout = \"10s\"\n{admin}{extra}"
         ),
     )
     .unwrap();
@@ -826,4 +832,129 @@ fn an_app_honouring_http_proxy_reaches_services_by_name() {
     assert!(resp.ends_with("users"), "{resp}");
     t.signal(Signal::SIGTERM);
     t.wait();
+}
+
+#[test]
+fn an_upgrade_hands_the_outbound_listeners_over_and_no_call_fails() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::start(dir.path(), "kept");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let fwd = format!("127.0.0.1:{}", free_port());
+    let (mut t, _) = start(
+        dir.path(),
+        &sleeper(),
+        &format!(
+            "[admin]\nlisten = \"127.0.0.1:{}\"\n[outbound_proxy]\nlisten = \"{fwd}\"\n[[outbound]]\nname = \"kept\"\nlisten = \"{listen}\"\nendpoints = [\"{}\"]\n",
+            free_port(),
+            up.addr()
+        ),
+        &[],
+    );
+    let admin = t.admin_addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = crate::upgrade::load(&listen, 2, &stop);
+    eventually("calls flow", || load.ok.load(Ordering::Relaxed) > 20);
+    let next = crate::support::binary_copy(dir.path());
+    let (code, out, err) = crate::upgrade::tandem_upgrade(&admin, next.to_str().unwrap());
+    assert_eq!(code, 0, "{out}{err}");
+    let before = load.ok.load(Ordering::Relaxed);
+    eventually("calls flow after the upgrade", || {
+        load.ok.load(Ordering::Relaxed) > before + 20
+    });
+    stop.store(true, Ordering::Relaxed);
+    for th in load.threads {
+        th.join().unwrap();
+    }
+    assert!(
+        load.failed.lock().unwrap().is_empty(),
+        "calls failed across the upgrade: {:?}",
+        load.failed.lock().unwrap()
+    );
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{}/exe", t.pid())).unwrap(),
+        next,
+        "the new image runs"
+    );
+    // The forward proxy's socket came across too.
+    let mut s = std::net::TcpStream::connect(&fwd).unwrap();
+    use std::io::{Read, Write};
+    s.write_all(b"GET http://kept/x HTTP/1.1\r\nHost: kept\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    t.signal(Signal::SIGTERM);
+    t.wait();
+}
+
+#[test]
+fn tcp_calls_to_debians_redis_skip_a_dead_endpoint() {
+    if !require_tool("redis-server") || !require_tool("redis-cli") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut redis = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .args(["--dir", dir.path().to_str().unwrap()])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start redis-server");
+    eventually("redis listens", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    // One endpoint nobody listens on: each connection that picks it is tried on the other.
+    let dead = free_port();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let (mut t, admin) = start(
+        dir.path(),
+        &sleeper(),
+        &format!(
+            "[[outbound]]\nname = \"cache\"\nprotocol = \"tcp\"\nlisten = \"{listen}\"\nendpoints = [\"127.0.0.1:{dead}\", \"127.0.0.1:{port}\"]\nejection.consecutive_failures = 2\n"
+        ),
+        &[],
+    );
+    let (_, lport) = listen.rsplit_once(':').unwrap();
+    for i in 0..10 {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", lport, "SET", &format!("k{i}"), "v"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "OK",
+            "call {i}"
+        );
+    }
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", lport, "DBSIZE"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "10");
+    assert_eq!(
+        metric(&admin, "tandem_outbound_tcp_connections_total", &["cache"]),
+        11.0
+    );
+    let d = format!("endpoint=\"127.0.0.1:{dead}\"");
+    // The dead endpoint was tried at most until its ejection.
+    assert!(
+        metric(
+            &admin,
+            "tandem_outbound_attempts_total",
+            &[&d, "connect_failed"]
+        ) <= 2.0
+    );
+    t.signal(Signal::SIGTERM);
+    t.wait();
+    let _ = redis.kill();
+    let _ = redis.wait();
 }

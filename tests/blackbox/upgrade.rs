@@ -21,14 +21,14 @@ use crate::{
 
 /// Client threads sending `GET /who.txt?c=<thread>-<n>` until `stop`: the ids answered 200,
 /// and the failures' descriptions.
-struct Load {
-    answered: Arc<Mutex<Vec<String>>>,
-    failed: Arc<Mutex<Vec<String>>>,
-    ok: Arc<AtomicU64>,
-    threads: Vec<std::thread::JoinHandle<()>>,
+pub(crate) struct Load {
+    pub(crate) answered: Arc<Mutex<Vec<String>>>,
+    pub(crate) failed: Arc<Mutex<Vec<String>>>,
+    pub(crate) ok: Arc<AtomicU64>,
+    pub(crate) threads: Vec<std::thread::JoinHandle<()>>,
 }
 
-fn load(addr: &str, threads: usize, stop: &Arc<AtomicBool>) -> Load {
+pub(crate) fn load(addr: &str, threads: usize, stop: &Arc<AtomicBool>) -> Load {
     let answered: Arc<Mutex<Vec<String>>> = Arc::default();
     let failed: Arc<Mutex<Vec<String>>> = Arc::default();
     let ok = Arc::new(AtomicU64::new(0));
@@ -74,7 +74,7 @@ fn status(admin: &str) -> Value {
     serde_json::from_slice(&b).unwrap()
 }
 
-fn tandem_upgrade(admin: &str, binary: &str) -> (i32, String, String) {
+pub(crate) fn tandem_upgrade(admin: &str, binary: &str) -> (i32, String, String) {
     let out = Command::new(bin())
         .args([
             "upgrade",
