@@ -51,8 +51,9 @@ pub(crate) fn timeout(headers: &HeaderMap) -> Option<Duration> {
     })
 }
 
-/// The name of a status code (as in grpc's `StatusCode`), for spans and metrics.
-pub(crate) fn code_name(code: u32) -> &'static str {
+/// The name of a gRPC status code (the gRPC spec's `statuscodes.md`), for spans, metrics and
+/// messages; `OTHER` for a code the spec does not define.
+pub fn code_name(code: u32) -> &'static str {
     match code {
         0 => "OK",
         1 => "CANCELLED",

@@ -56,6 +56,7 @@ pub use config::{
 pub use conn::drain::{DrainReport, ListenerDrain};
 pub use conn::inbound::{serve, BoundListeners, Inbound, Reconfigured, Retired, Serving};
 pub use error::{ConfigError, FileError, ProxyError, SpecError};
+pub use grpc::code_name as grpc_code_name;
 pub use http::app_exits::{AppExits, InFlight};
 pub use http::hygiene::REQUEST_ID;
 pub use obs::access_log::{AccessLogFn, AccessRecord};

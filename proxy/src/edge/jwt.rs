@@ -395,15 +395,11 @@ impl JwtAuth {
                 }
             }
         }
-        let mut tick = tokio::time::interval(self.cfg.reload_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tick.tick() => { self.log_reload(false); }
-            }
-        }
+        let interval = self.cfg.reload_interval;
+        crate::edge::poll_every(interval, stop, || {
+            self.log_reload(false);
+        })
+        .await;
     }
 
     /// The header names claims are forwarded in (client copies are removed).

@@ -38,6 +38,24 @@ pub(crate) struct Edge {
     pub rate: Option<Arc<RateLimiter>>,
 }
 
+/// Calls `reload` every `interval` (the first after one interval) until `stop`: the file
+/// polls of the listener's TLS, JWKS and upstream TLS files.
+pub(crate) async fn poll_every(
+    interval: std::time::Duration,
+    stop: CancellationToken,
+    reload: impl Fn(),
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => reload(),
+        }
+    }
+}
+
 // === impl Edge ===
 
 impl Edge {

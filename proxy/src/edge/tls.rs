@@ -222,15 +222,11 @@ impl TlsState {
 
     /// Polls the files every `reload_interval` until `stop`.
     pub async fn watch(self: Arc<Self>, stop: CancellationToken) {
-        let mut tick = tokio::time::interval(self.loader.cfg.reload_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tick.tick() => { self.log_reload(false); }
-            }
-        }
+        let interval = self.loader.cfg.reload_interval;
+        crate::edge::poll_every(interval, stop, || {
+            self.log_reload(false);
+        })
+        .await;
     }
 
     /// Reloads and logs the outcome; returns the error, if any.

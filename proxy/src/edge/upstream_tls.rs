@@ -164,15 +164,11 @@ impl UpstreamTls {
 
     /// Polls the files every `reload_interval` until `stop`.
     pub async fn watch(self: Arc<Self>, stop: CancellationToken) {
-        let mut tick = tokio::time::interval(self.cfg.reload_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tick.tick() => { self.log_reload(false); }
-            }
-        }
+        let interval = self.cfg.reload_interval;
+        crate::edge::poll_every(interval, stop, || {
+            self.log_reload(false);
+        })
+        .await;
     }
 
     /// Handshakes over a connected socket; a failure is logged and counted.

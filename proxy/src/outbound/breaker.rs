@@ -6,7 +6,7 @@
 //! ends; the pending count goes down whether the wait ends with a place, a deadline or a
 //! dropped caller.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -20,6 +20,8 @@ pub(crate) struct Breaker {
     places: Arc<Semaphore>,
     max_pending: usize,
     pending: AtomicUsize,
+    /// Whether the last call was refused (the gauge is written only when this flips).
+    open: AtomicBool,
     metrics: Option<ServiceMetrics>,
 }
 
@@ -46,6 +48,7 @@ impl Breaker {
             places: Arc::new(Semaphore::new(max_requests)),
             max_pending,
             pending: AtomicUsize::new(0),
+            open: AtomicBool::new(false),
             metrics,
         }
     }
@@ -73,8 +76,10 @@ impl Breaker {
     }
 
     fn set_open(&self, open: bool) {
-        if let Some(m) = &self.metrics {
-            m.breaker_open(open);
+        if self.open.swap(open, Ordering::Relaxed) != open {
+            if let Some(m) = &self.metrics {
+                m.breaker_open(open);
+            }
         }
     }
 }

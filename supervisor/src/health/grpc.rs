@@ -20,6 +20,7 @@ use thiserror::Error;
 use tokio::net::TcpStream;
 
 use crate::http_get::display_addr;
+use tandem_proxy::grpc_code_name as code_name;
 
 /// The method the probe calls.
 const CHECK_PATH: &str = "/grpc.health.v1.Health/Check";
@@ -99,30 +100,6 @@ fn for_service(service: &str) -> String {
         String::new()
     } else {
         format!(" (service {service:?})")
-    }
-}
-
-/// The name of a gRPC status code (the gRPC spec's `statuscodes.md`).
-pub fn code_name(code: u32) -> &'static str {
-    match code {
-        0 => "OK",
-        1 => "CANCELLED",
-        2 => "UNKNOWN",
-        3 => "INVALID_ARGUMENT",
-        4 => "DEADLINE_EXCEEDED",
-        5 => "NOT_FOUND",
-        6 => "ALREADY_EXISTS",
-        7 => "PERMISSION_DENIED",
-        8 => "RESOURCE_EXHAUSTED",
-        9 => "FAILED_PRECONDITION",
-        10 => "ABORTED",
-        11 => "OUT_OF_RANGE",
-        12 => "UNIMPLEMENTED",
-        13 => "INTERNAL",
-        14 => "UNAVAILABLE",
-        15 => "DATA_LOSS",
-        16 => "UNAUTHENTICATED",
-        _ => "unknown code",
     }
 }
 
