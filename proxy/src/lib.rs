@@ -62,7 +62,8 @@ pub use http::hygiene::REQUEST_ID;
 pub use obs::access_log::{AccessLogFn, AccessRecord};
 pub use obs::hooks::Hooks;
 pub use outbound::{
-    serve_outbound, BoundOutbound, Outbound, OutboundDrain, OutboundMetrics, OutboundServing,
+    serve_outbound, BoundOutbound, EndpointStatus, Outbound, OutboundDrain, OutboundMetrics,
+    OutboundServing, OutboundStatus, OutboundView,
 };
 
 /// Client connections closed since start, over all listeners (monotonic).

@@ -44,6 +44,8 @@ pub struct AdminState {
     pub recent: Option<Arc<Recent>>,
     /// Where actions go; None: this port takes none.
     pub control: Option<control::Handle>,
+    /// The outbound services and their endpoints; None: none configured.
+    pub outbound: Option<tandem_proxy::OutboundView>,
 }
 
 /// How long an action may take before the admin port answers 504 (its result still lands on
@@ -346,6 +348,7 @@ fn status_json(state: &AdminState, s: &Status) -> serde_json::Value {
         "app_uptime_seconds": s.app_since.map(|t| t.elapsed().as_secs()),
         "upgrade": s.upgrade,
         "listeners": listeners,
+        "outbound": state.outbound.as_ref().map(|o| o.snapshot()).unwrap_or_default(),
         "stats_window_seconds": listener_stats::WINDOW.as_secs(),
         "recent_logs": logs,
         "reload": s.reload,

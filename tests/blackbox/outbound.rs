@@ -199,6 +199,19 @@ fn a_failing_endpoint_is_ejected_and_gets_traffic_back_and_no_call_fails() {
     let ejected = t.wait_event("outbound_endpoint_ejected");
     assert_eq!(ejected["endpoint"], ups[1].addr().as_str());
     assert_eq!(ejected["service"], "items");
+    // /status shows it out of the rotation (traffic keeps b ejected while it fails).
+    eventually("/status shows b ejected", || {
+        assert_eq!(get(&listen).0, 200);
+        let (_, _, body) = http(&admin, "GET", "/status", b"", &[]).unwrap();
+        let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let service = &status["outbound"][0];
+        service["name"] == "items"
+            && service["endpoints"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["addr"] == ups[1].addr().as_str() && e["ejected"] == true)
+    });
     let b = format!("endpoint=\"{}\"", ups[1].addr());
     assert!(metric(&admin, "tandem_outbound_ejections_total", &[&b]) >= 1.0);
     assert!(metric(&admin, "tandem_outbound_retries_total", &["status_503"]) >= 1.0);

@@ -80,6 +80,11 @@ impl Endpoint {
         }
     }
 
+    /// Whether it is ejected now (an ejection that ran out ends here).
+    pub fn is_ejected(&self) -> bool {
+        self.ejected(Instant::now())
+    }
+
     /// Requests (or connections) in flight to it.
     pub fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Relaxed)

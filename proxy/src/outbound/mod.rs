@@ -84,6 +84,57 @@ struct Running {
     accepting: tokio::task::JoinHandle<TcpListener>,
 }
 
+/// A read-only view of the outbound services for `/status`; cheap to clone.
+#[derive(Clone)]
+pub struct OutboundView(Arc<Vec<(Arc<OutboundConfig>, SocketAddr, Arc<Endpoints>)>>);
+
+/// One service as `/status` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OutboundStatus {
+    /// The `[[outbound]]` name.
+    pub name: String,
+    /// Where the app calls it.
+    pub listen: String,
+    /// `http`, `h2c` or `tcp`.
+    pub protocol: Protocol,
+    /// Its current endpoints.
+    pub endpoints: Vec<EndpointStatus>,
+}
+
+/// One endpoint as `/status` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EndpointStatus {
+    /// `ip:port`.
+    pub addr: String,
+    /// Out of the rotation after consecutive failures.
+    pub ejected: bool,
+    /// Calls (or TCP connections) in flight to it.
+    pub in_flight: u64,
+}
+
+impl OutboundView {
+    /// Every service and its endpoints now.
+    pub fn snapshot(&self) -> Vec<OutboundStatus> {
+        self.0
+            .iter()
+            .map(|(cfg, addr, endpoints)| OutboundStatus {
+                name: cfg.name.clone(),
+                listen: addr.to_string(),
+                protocol: cfg.protocol,
+                endpoints: endpoints
+                    .snapshot()
+                    .iter()
+                    .map(|e| EndpointStatus {
+                        addr: e.label.clone(),
+                        ejected: e.is_ejected(),
+                        in_flight: e.in_flight(),
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+}
+
 /// What a drain found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OutboundDrain {
@@ -456,34 +507,14 @@ async fn drive_http<S>(
 // === impl OutboundServing ===
 
 impl OutboundServing {
-    /// Each service's name and the address it listens on.
-    pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
-        self.services
-            .iter()
-            .map(|s| (s.cfg.name.clone(), s.addr))
-            .collect()
-    }
-
-    /// The forward-proxy listener's address, when configured.
-    pub fn forward_addr(&self) -> Option<SocketAddr> {
-        self.forward.as_ref().map(|(a, _)| *a)
-    }
-
-    /// Each service's current endpoints (`ip:port`).
-    pub fn endpoints(&self) -> Vec<(String, Vec<String>)> {
-        self.services
-            .iter()
-            .map(|s| {
-                (
-                    s.cfg.name.clone(),
-                    s.endpoints
-                        .snapshot()
-                        .iter()
-                        .map(|e| e.label.clone())
-                        .collect(),
-                )
-            })
-            .collect()
+    /// A view of the services and their endpoints for `/status`.
+    pub fn view(&self) -> OutboundView {
+        OutboundView(Arc::new(
+            self.services
+                .iter()
+                .map(|s| (s.cfg.clone(), s.addr, s.endpoints.clone()))
+                .collect(),
+        ))
     }
 
     /// Stops accepting, lets the calls in flight finish (up to the longest `drain_timeout`),

@@ -156,6 +156,8 @@ struct Lifecycle {
     control: control::Handle,
     /// The admin socket a previous image handed over (`tandem upgrade`).
     handed: Option<std::net::TcpListener>,
+    /// The outbound services, for `/status`.
+    outbound: Option<tandem_proxy::OutboundView>,
 }
 
 /// Exit statuses for exec probes come from the one reaper (see `child::reap`).
@@ -405,6 +407,7 @@ impl Plan {
                 Lifecycle {
                     status: machine.status(),
                     control,
+                    outbound: outbound.as_ref().map(OutboundServing::view),
                     handed: handover
                         .as_mut()
                         .zip(admin.listen)
@@ -643,6 +646,7 @@ async fn start_admin(
         status,
         control,
         handed,
+        outbound,
     } = lifecycle;
     registry.register_collector(Box::new(LogsCollector {
         counters: logs.counters(),
@@ -693,6 +697,7 @@ async fn start_admin(
         started: std::time::Instant::now(),
         recent: Some(logs.recent()),
         control: Some(control),
+        outbound,
     });
     // Off loopback the admin port requires a bearer token (read when the config was checked).
     let stop = CancellationToken::new();
