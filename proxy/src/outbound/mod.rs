@@ -86,7 +86,10 @@ struct Running {
 
 /// A read-only view of the outbound services for `/status`; cheap to clone.
 #[derive(Clone)]
-pub struct OutboundView(Arc<Vec<(Arc<OutboundConfig>, SocketAddr, Arc<Endpoints>)>>);
+pub struct OutboundView(Arc<Vec<Viewed>>);
+
+/// What the view keeps of one service.
+type Viewed = (Arc<OutboundConfig>, SocketAddr, Arc<Endpoints>);
 
 /// One service as `/status` shows it.
 #[derive(Debug, Clone, serde::Serialize)]
