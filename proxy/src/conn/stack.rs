@@ -149,10 +149,13 @@ impl Stack {
         }
         // request id, X-Forwarded-*, the app's Host, URI and version
         let req = hygiene::rewrite(&route.cfg, &route.upstream, &s.peer_ip, ctx, host, req)?;
-        // the whole request (holds, attempts, backoff): 504
-        let mut resp =
-            timeout::whole_request(route.cfg.timeouts.request, ctx, self.upgradable(req, ctx))
-                .await?;
+        // the whole request (holds, attempts, backoff): 504; a gRPC call's own deadline
+        // (`grpc-timeout`) when shorter
+        let limit = match crate::grpc::timeout(req.headers()) {
+            Some(t) => t.min(route.cfg.timeouts.request),
+            None => route.cfg.timeouts.request,
+        };
+        let mut resp = timeout::whole_request(limit, ctx, self.upgradable(req, ctx)).await?;
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             hygiene::strip_hop_by_hop(resp.headers_mut(), false);
         }

@@ -64,6 +64,27 @@ async fn request_timeout_is_504() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_timeout_shorter_than_the_request_timeout_wins() {
+    bounded(async {
+        let up = Upstream::start().await;
+        // The listener would wait 30 s; the caller's grpc-timeout says 200 ms.
+        let proxy = Proxy::start(up.addr, Protocol::Http, true, |c| {
+            c.timeouts.request = Duration::from_secs(30);
+        })
+        .await;
+        let req = Request::get(proxy.url("/slow?ms=5000"))
+            .header("grpc-timeout", "200m")
+            .body(full(""))
+            .expect("request");
+        // Without it the app's answer would come after 5 s: a 200, not this 504.
+        let (status, _, body) = send(&h1_client(), req).await.expect("GET");
+        assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(body, "tandem: request_timeout\n");
+    })
+    .await;
+}
+
 async fn read_until(s: &mut TcpStream, needle: &str) -> String {
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
