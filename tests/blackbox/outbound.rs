@@ -322,16 +322,15 @@ fn the_breaker_caps_calls_to_a_stalled_service_and_fails_fast_past_it() {
     eventually("three calls in flight", || {
         metric(&admin, "tandem_outbound_requests_in_flight", &["stuck"]) == 3.0
     });
-    let started = Instant::now();
+    // Failed at once: a call that waited for a place would end at the 60 s request timeout
+    // with a 504, not this 503.
     let (status, head, body) = http(&listen, "GET", "/", b"", &[]).unwrap();
-    let waited = started.elapsed();
     assert_eq!(status, 503, "{head}");
     assert!(String::from_utf8_lossy(&body).contains("breaker_open"));
     assert!(
         head.to_ascii_lowercase().contains("retry-after: 1"),
         "{head}"
     );
-    assert!(waited < Duration::from_secs(30), "it failed fast");
     assert_eq!(
         metric(
             &admin,
