@@ -139,6 +139,19 @@ fn start(dir: &Path, app: &[&str], extra: &str, env: &[(&str, &str)]) -> (Tandem
     (t, admin)
 }
 
+/// One upstream per name.
+fn upstreams(dir: &Path, names: &[&str]) -> Vec<Upstream> {
+    names.iter().map(|n| Upstream::start(dir, n)).collect()
+}
+
+/// The upstreams' addresses as a TOML array's items.
+fn endpoint_list(ups: &[Upstream]) -> String {
+    ups.iter()
+        .map(|u| format!("{:?}", u.addr()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn sleeper() -> Vec<&'static str> {
     vec!["python3", "-c", "import time; time.sleep(3600)"]
 }
@@ -162,16 +175,9 @@ fn metric(admin: &str, name: &str, needles: &[&str]) -> f64 {
 #[test]
 fn a_failing_endpoint_is_ejected_and_gets_traffic_back_and_no_call_fails() {
     let dir = tempfile::tempdir().unwrap();
-    let ups: Vec<Upstream> = ["a", "b", "c"]
-        .iter()
-        .map(|n| Upstream::start(dir.path(), n))
-        .collect();
+    let ups = upstreams(dir.path(), &["a", "b", "c"]);
     let listen = format!("127.0.0.1:{}", free_port());
-    let endpoints = ups
-        .iter()
-        .map(|u| format!("{:?}", u.addr()))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let endpoints = endpoint_list(&ups);
     let (mut t, admin) = start(
         dir.path(),
         &sleeper(),
@@ -248,17 +254,10 @@ fn a_failing_endpoint_is_ejected_and_gets_traffic_back_and_no_call_fails() {
 #[test]
 fn a_slow_endpoint_gets_clearly_less_traffic_under_peak_ewma() {
     let dir = tempfile::tempdir().unwrap();
-    let ups: Vec<Upstream> = ["slow", "fast1", "fast2"]
-        .iter()
-        .map(|n| Upstream::start(dir.path(), n))
-        .collect();
+    let ups = upstreams(dir.path(), &["slow", "fast1", "fast2"]);
     ups[0].set("slow 0.2");
     let listen = format!("127.0.0.1:{}", free_port());
-    let endpoints = ups
-        .iter()
-        .map(|u| format!("{:?}", u.addr()))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let endpoints = endpoint_list(&ups);
     // The default balancer: peak-EWMA.
     let (mut t, _admin) = start(
         dir.path(),
@@ -409,10 +408,7 @@ fn srv_endpoints_from_a_real_dns_server_follow_changes_and_survive_its_outage() 
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let ups: Vec<Upstream> = ["a", "b", "c"]
-        .iter()
-        .map(|n| Upstream::start(dir.path(), n))
-        .collect();
+    let ups = upstreams(dir.path(), &["a", "b", "c"]);
     let dns_port = free_port();
     let first = Dns::start(dns_port, &[ups[0].port, ups[1].port]);
     let listen = format!("127.0.0.1:{}", free_port());
