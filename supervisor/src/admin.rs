@@ -364,6 +364,11 @@ fn status_page(state: &AdminState, s: &Status) -> String {
     let opt = |v: Option<i32>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
     let stats = state.stats.report();
     let listeners = listener_rows(&s.listeners, &stats);
+    let outbound = state
+        .outbound
+        .as_ref()
+        .map(|o| outbound_rows(&o.snapshot()))
+        .unwrap_or_default();
     let logs = state
         .recent
         .as_ref()
@@ -382,7 +387,7 @@ fn status_page(state: &AdminState, s: &Status) -> String {
          <script>function restartApp(){{var a=document.getElementById('action');a.textContent='restarting...';\
          fetch(location.origin+'/admin/restart',{{method:'POST',credentials:'same-origin'}}).then(function(r){{return r.text().then(function(t){{\
          a.textContent=(r.ok?'restarted: ':'refused ('+r.status+'): ')+t;}})}}).catch(function(e){{a.textContent='failed: '+e}})}}</script>\
-         {listeners}<h2>Last log records</h2>{logs}\
+         {listeners}{outbound}<h2>Last log records</h2>{logs}\
          <p><a href=/metrics>/metrics</a> · <a href=/status>/status</a> · <a href=/readyz>/readyz</a></p></body></html>",
         service = esc(&state.service),
         phase = s.phase.as_str(),
@@ -462,6 +467,45 @@ fn esc(v: &str) -> String {
 }
 
 /// The listeners' table: totals since start, rate, error rate and latency over the window.
+/// The outbound services and their endpoints (ejected ones marked).
+fn outbound_rows(services: &[tandem_proxy::OutboundStatus]) -> String {
+    if services.is_empty() {
+        return String::new();
+    }
+    let mut rows = String::from(
+        "<h2>Outbound services</h2><table><tr><th>service</th><th>address</th><th>endpoints</th></tr>",
+    );
+    for svc in services {
+        let endpoints = if svc.endpoints.is_empty() {
+            "<span class=bad>none</span>".to_string()
+        } else {
+            svc.endpoints
+                .iter()
+                .map(|e| {
+                    let in_flight = if e.in_flight > 0 {
+                        format!(" ({} in flight)", e.in_flight)
+                    } else {
+                        String::new()
+                    };
+                    if e.ejected {
+                        format!("<span class=bad>{} ejected</span>{in_flight}", esc(&e.addr))
+                    } else {
+                        format!("{}{in_flight}", esc(&e.addr))
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        rows.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{endpoints}</td></tr>",
+            esc(&svc.name),
+            esc(&svc.listen)
+        ));
+    }
+    rows.push_str("</table>");
+    rows
+}
+
 fn listener_rows(listeners: &[(String, String)], stats: &BTreeMap<String, Stats>) -> String {
     if listeners.is_empty() {
         return String::new();

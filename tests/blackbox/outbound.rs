@@ -218,6 +218,12 @@ fn a_failing_endpoint_is_ejected_and_gets_traffic_back_and_no_call_fails() {
                 .iter()
                 .any(|e| e["addr"] == ups[1].addr().as_str() && e["ejected"] == true)
     });
+    // The status page shows it too.
+    eventually("the status page shows b ejected", || {
+        assert_eq!(get(&listen).0, 200);
+        let (_, _, page) = http(&admin, "GET", "/", b"", &[]).unwrap();
+        String::from_utf8_lossy(&page).contains(&format!("{} ejected", ups[1].addr()))
+    });
     let b = format!("endpoint=\"{}\"", ups[1].addr());
     assert!(metric(&admin, "tandem_outbound_ejections_total", &[&b]) >= 1.0);
     assert!(metric(&admin, "tandem_outbound_retries_total", &["status_503"]) >= 1.0);
