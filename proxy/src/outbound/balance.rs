@@ -19,6 +19,9 @@ use crate::config::{Balance, EjectionConfig};
 
 /// Peak-EWMA's decay: how long a latency sample weighs (linkerd's default).
 const DECAY: Duration = Duration::from_secs(10);
+/// What each request in flight to an endpoint without a sample weighs (linkerd's default
+/// round-trip time).
+const DEFAULT_RTT: Duration = Duration::from_millis(30);
 
 /// One endpoint of a service.
 #[derive(Debug)]
@@ -114,10 +117,15 @@ impl Endpoint {
 
     /// The load peak-EWMA compares: the latency estimate (decayed towards zero while no
     /// sample comes, so an endpoint that was slow is tried again) times the requests in flight
-    /// plus one. An endpoint without a sample yet (new, or back from an ejection) costs
-    /// nothing: it is tried at once, and its first answer places it.
+    /// plus one. An endpoint without a sample yet (new, or back from an ejection) is tried at
+    /// once while it has nothing in flight, and weighs [`DEFAULT_RTT`] per request in flight
+    /// until its first answer, so a new endpoint is neither starved by a known fast one nor
+    /// flooded before it has answered once.
     fn ewma_load(&self, now: Instant) -> f64 {
         let e = self.ewma.lock().unwrap_or_else(PoisonError::into_inner);
+        if e.cost == 0.0 {
+            return DEFAULT_RTT.as_nanos() as f64 * self.in_flight() as f64;
+        }
         let elapsed = now.saturating_duration_since(e.stamp).as_secs_f64();
         let cost = e.cost * (-elapsed / DECAY.as_secs_f64()).exp();
         cost * (self.in_flight() + 1) as f64
@@ -411,6 +419,10 @@ mod tests {
         two.update(&[addr(2), addr(3)]);
         let p = two.pick(Balance::PeakEwma, &[]).expect("endpoint");
         assert_eq!(p.addr, addr(3));
+        // ... but not flooded before its first answer: busy, it weighs a default latency.
+        let _first = p.begin();
+        let p = two.pick(Balance::PeakEwma, &[]).expect("endpoint");
+        assert_eq!(p.addr, addr(2));
         // least_requests: in-flight counts decide.
         let _busy = list[1].begin();
         let p = eps.pick(Balance::LeastRequests, &[]).expect("endpoint");
