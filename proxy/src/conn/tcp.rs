@@ -57,29 +57,27 @@ pub(crate) async fn serve<C: Io>(l: Arc<Listener>, client: C, peer: SocketAddr) 
     };
     match connect(&l, start, &mut record).await {
         Ok(mut app) => {
-            let last = AtomicU64::new(0);
-            let mut client = Touched {
-                inner: client,
-                origin: Instant::now(),
-                last: &last,
-            };
-            let origin = client.origin;
-            tokio::select! {
-                r = tokio::io::copy_bidirectional(&mut client, &mut app) => match r {
-                    Ok((to_app, to_client)) => {
-                        record.bytes_in = to_app;
-                        record.bytes_out = to_client;
-                        record.completed = true;
-                    }
-                    Err(e) => {
-                        tracing::debug!(listener = %l.route.name, %peer, error = %e, "tcp tunnel broke");
-                        record.cause = Some(Cause::UpstreamReset.as_str());
-                    }
-                },
-                _ = l.hard_stop.cancelled() => {
+            match copy_until_idle(
+                client,
+                &mut app,
+                l.route.cfg.timeouts.tcp_idle,
+                &l.hard_stop,
+            )
+            .await
+            {
+                Copied::Done(Ok((to_app, to_client))) => {
+                    record.bytes_in = to_app;
+                    record.bytes_out = to_client;
+                    record.completed = true;
+                }
+                Copied::Done(Err(e)) => {
+                    tracing::debug!(listener = %l.route.name, %peer, error = %e, "tcp tunnel broke");
+                    record.cause = Some(Cause::UpstreamReset.as_str());
+                }
+                Copied::Cut => {
                     record.cause = Some(Cause::Draining.as_str());
                 }
-                () = idle_expired(&last, origin, l.route.cfg.timeouts.tcp_idle) => {
+                Copied::Idle => {
                     tracing::debug!(listener = %l.route.name, %peer, "tcp connection idle; closing");
                     record.cause = Some(Cause::IdleTimeout.as_str());
                 }
@@ -143,11 +141,43 @@ async fn connect(
     }
 }
 
+/// How a byte-copying connection ended.
+pub(crate) enum Copied {
+    /// One side closed (bytes to the upstream, bytes to the client), or the copy broke.
+    Done(io::Result<(u64, u64)>),
+    /// `cut` was cancelled.
+    Cut,
+    /// No byte moved either way for the idle timeout.
+    Idle,
+}
+
+/// Copies both ways until a side closes, `cut` is cancelled, or no byte moves for `idle`: the
+/// body of a TCP listener's connection and of an outbound TCP service's.
+pub(crate) async fn copy_until_idle<C: Io, U: Io + ?Sized>(
+    client: C,
+    upstream: &mut U,
+    idle: Duration,
+    cut: &tokio_util::sync::CancellationToken,
+) -> Copied {
+    let last = AtomicU64::new(0);
+    let mut client = Touched {
+        inner: client,
+        origin: Instant::now(),
+        last: &last,
+    };
+    let origin = client.origin;
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut client, upstream) => Copied::Done(r),
+        _ = cut.cancelled() => Copied::Cut,
+        () = idle_expired(&last, origin, idle) => Copied::Idle,
+    }
+}
+
 /// The client's stream, noting when a byte last moved either way (a stamp since `origin`).
-pub(crate) struct Touched<'a, C> {
-    pub inner: C,
-    pub origin: Instant,
-    pub last: &'a AtomicU64,
+struct Touched<'a, C> {
+    inner: C,
+    origin: Instant,
+    last: &'a AtomicU64,
 }
 
 impl<C> Touched<'_, C> {
@@ -196,7 +226,7 @@ impl<C: AsyncWrite + Unpin> AsyncWrite for Touched<'_, C> {
 
 /// Resolves once no byte moved for `idle` (see [`Touched`]); one timer, re-armed when it
 /// fires early.
-pub(crate) async fn idle_expired(last: &AtomicU64, origin: Instant, idle: Duration) {
+async fn idle_expired(last: &AtomicU64, origin: Instant, idle: Duration) {
     let timer = tokio::time::sleep(idle);
     tokio::pin!(timer);
     loop {

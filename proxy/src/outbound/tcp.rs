@@ -6,14 +6,13 @@
 //! success.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::config::OutboundConfig;
-use crate::conn::tcp::{idle_expired, Io, Touched};
+use crate::conn::tcp::{copy_until_idle, Copied, Io};
 use crate::edge::upstream_tls::UpstreamTls;
 use crate::outbound::balance::{self, Change, Endpoints};
 use crate::outbound::breaker::Breaker;
@@ -91,22 +90,13 @@ pub(crate) async fn serve(svc: Arc<TcpService>, client: TcpStream, tokens: super
             Err(_) => return,
         },
     };
-    let last = AtomicU64::new(0);
-    let mut client = Touched {
-        inner: client,
-        origin: Instant::now(),
-        last: &last,
-    };
-    let origin = client.origin;
-    tokio::select! {
-        r = tokio::io::copy_bidirectional(&mut client, &mut *upstream) => {
-            if let Err(e) = r {
-                tracing::debug!(service = %cfg.name, endpoint = %ep.label, error = %e, "outbound tcp connection broke");
-            }
+    match copy_until_idle(client, &mut *upstream, cfg.timeouts.tcp_idle, &cut).await {
+        Copied::Done(Err(e)) => {
+            tracing::debug!(service = %cfg.name, endpoint = %ep.label, error = %e, "outbound tcp connection broke");
         }
-        () = cut.cancelled() => {}
-        () = idle_expired(&last, origin, cfg.timeouts.tcp_idle) => {
+        Copied::Idle => {
             tracing::debug!(service = %cfg.name, endpoint = %ep.label, "outbound tcp connection idle; closing");
         }
+        Copied::Done(Ok(_)) | Copied::Cut => {}
     }
 }
