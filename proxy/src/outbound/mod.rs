@@ -461,8 +461,14 @@ async fn serve_http(
     drive_http(protocol, stream, service, stop, cut).await;
 }
 
+/// How long a connection that has not sent its first request yet is given to send it once
+/// the drain (or a hand-over) begins: it was accepted, so its request must be answered, not
+/// met with a closed socket.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+
 /// Serves one HTTP connection until it closes; on drain (`stop`), closed after its request in
-/// flight; cut at the drain deadline.
+/// flight (a connection with no request yet first gets [`FIRST_REQUEST_GRACE`] to send one);
+/// cut at the drain deadline.
 async fn drive_http<S>(
     protocol: Protocol,
     stream: TcpStream,
@@ -479,16 +485,35 @@ async fn drive_http<S>(
     S::Future: Send + 'static,
 {
     let io = TokioIo::new(stream);
+    let asked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let service = {
+        let asked = asked.clone();
+        hyper::service::service_fn(move |req| {
+            asked.store(true, std::sync::atomic::Ordering::Relaxed);
+            hyper::service::Service::call(&service, req)
+        })
+    };
     macro_rules! drive {
         ($conn:expr) => {{
             let conn = $conn;
             tokio::pin!(conn);
-            let mut stopping = false;
+            let grace = tokio::time::sleep(Duration::MAX);
+            tokio::pin!(grace);
+            let (mut stopping, mut waiting) = (false, false);
             loop {
                 tokio::select! {
                     _ = conn.as_mut() => break,
                     () = stop.cancelled(), if !stopping => {
                         stopping = true;
+                        if asked.load(std::sync::atomic::Ordering::Relaxed) {
+                            conn.as_mut().graceful_shutdown();
+                        } else {
+                            waiting = true;
+                            grace.as_mut().reset(Instant::now() + FIRST_REQUEST_GRACE);
+                        }
+                    }
+                    () = grace.as_mut(), if waiting => {
+                        waiting = false;
                         conn.as_mut().graceful_shutdown();
                     }
                     () = cut.cancelled() => break,
