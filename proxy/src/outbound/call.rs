@@ -36,7 +36,7 @@ use crate::http::replay::{BoxError, Prepared, UpstreamBody};
 use crate::http::retry::{self, Outcome, Verdict};
 use crate::obs::metrics::status_class;
 use crate::obs::trace::SharedTracer;
-use crate::outbound::balance::{self, Change, Endpoint, Endpoints, InFlight};
+use crate::outbound::balance::{self, Endpoint, Endpoints, InFlight};
 use crate::outbound::breaker::{Breaker, Permit, Refused};
 use crate::outbound::metrics::ServiceMetrics;
 use crate::outbound::trace::{CallSpan, Ended};
@@ -305,24 +305,7 @@ async fn call(
         } else {
             balance::Verdict::Healthy
         };
-        if let Change::Ejected(time) = svc.endpoints.record(&ep, verdict, &cfg.ejection) {
-            tracing::warn!(
-                event = "outbound_endpoint_ejected",
-                service = %cfg.name,
-                endpoint = %ep.label,
-                seconds = time.as_secs_f64(),
-                "outbound endpoint ejected after consecutive failures"
-            );
-            if let Some(m) = &svc.metrics {
-                m.ejected(&ep.label, true);
-                let m = m.clone();
-                let label = ep.label.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(time).await;
-                    m.ejected(&label, false);
-                });
-            }
-        }
+        super::record_outcome(cfg, &svc.endpoints, svc.metrics.as_ref(), &ep, verdict);
         // gRPC: UNAVAILABLE in the head is safe to repeat (the server did not process it),
         // RESOURCE_EXHAUSTED only when configured; other statuses are the answer.
         let grpc_retry = is_grpc

@@ -222,6 +222,36 @@ impl Outbound {
     }
 }
 
+/// Feeds an attempt's outcome to `endpoint`'s ejection state; an ejection is logged, and the
+/// endpoint's `endpoint_ejected` gauge is 1 for as long as it lasts. Both protocols' calls
+/// report here.
+pub(crate) fn record_outcome(
+    cfg: &OutboundConfig,
+    endpoints: &Endpoints,
+    metrics: Option<&ServiceMetrics>,
+    endpoint: &balance::Endpoint,
+    verdict: balance::Verdict,
+) {
+    let balance::Change::Ejected(time) = endpoints.record(endpoint, verdict, &cfg.ejection) else {
+        return;
+    };
+    tracing::warn!(
+        event = "outbound_endpoint_ejected",
+        service = %cfg.name,
+        endpoint = %endpoint.label,
+        seconds = time.as_secs_f64(),
+        "outbound endpoint ejected after consecutive failures"
+    );
+    if let Some(m) = metrics {
+        m.ejected(&endpoint.label, true);
+        let (m, label) = (m.clone(), endpoint.label.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(time).await;
+            m.ejected(&label, false);
+        });
+    }
+}
+
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,

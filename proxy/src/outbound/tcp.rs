@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use crate::config::OutboundConfig;
 use crate::conn::tcp::{copy_until_idle, Copied, Io};
 use crate::edge::upstream_tls::UpstreamTls;
-use crate::outbound::balance::{self, Change, Endpoints};
+use crate::outbound::balance::{self, Endpoints};
 use crate::outbound::breaker::Breaker;
 use crate::outbound::metrics::ServiceMetrics;
 
@@ -65,12 +65,7 @@ pub(crate) async fn serve(svc: Arc<TcpService>, client: TcpStream, tokens: super
         } else {
             balance::Verdict::Failed
         };
-        if let Change::Ejected(time) = svc.endpoints.record(&ep, verdict, &cfg.ejection) {
-            tracing::warn!(event = "outbound_endpoint_ejected", service = %cfg.name, endpoint = %ep.label, seconds = time.as_secs_f64(), "outbound endpoint ejected after consecutive failures");
-            if let Some(m) = &svc.metrics {
-                m.ejected(&ep.label, true);
-            }
-        }
+        super::record_outcome(cfg, &svc.endpoints, svc.metrics.as_ref(), &ep, verdict);
         if let Ok(Ok(s)) = result {
             ep.observe(started.elapsed());
             break (ep, s);
