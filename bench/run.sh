@@ -477,6 +477,10 @@ for r in json.load(open(sys.argv[1]))["results"]:
 PY
 done
 
+# The binaries' sizes: what goes into an image, and what a host downloads.
+printf 'size\ttandem\tbytes\t%s\nsize\ttandem_static\tbytes\t%s\n' \
+  "$(stat -c %s "$TANDEM")" "$(stat -c %s "$TANDEM_STATIC")" >>"$RES"
+
 # ---------------------------------------------------------------- logs
 say "logs ($LOG_LINES lines)"
 BENCH_TSV=$RES bench/logs.sh "$LOG_LINES" >&2

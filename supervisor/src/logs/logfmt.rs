@@ -2,88 +2,205 @@
 //!
 //! Hand-written because no well-kept crate parses logfmt (the format is ~40 lines of rules).
 //! Invariant: it never fails on any input; `None` means "this is not logfmt", and the caller
-//! keeps the line as plain text.
+//! keeps the line as plain text. Keys and values borrow from the line; only a quoted value
+//! with an escape in it is copied.
+
+use std::borrow::Cow;
 
 /// One `key=value` pair; a bare `key` has no value.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pair {
+pub struct Pair<'a> {
     /// The key (never empty, no spaces, no `=` or `"`).
-    pub key: String,
+    pub key: &'a str,
     /// The value, unquoted and unescaped; None for a bare key.
-    pub value: Option<String>,
+    pub value: Option<Cow<'a, str>>,
 }
 
 /// Split a line into pairs, or None if it has a stray quote or `=` without a key.
-pub fn tokenize(line: &str) -> Option<Vec<Pair>> {
-    let mut pairs = Vec::new();
-    let mut chars = line.char_indices().peekable();
-    loop {
-        while chars.next_if(|(_, c)| c.is_whitespace()).is_some() {}
-        let Some(&(start, _)) = chars.peek() else {
-            return Some(pairs);
-        };
-        let mut end = start;
-        while let Some((i, c)) = chars.next_if(|(_, c)| !c.is_whitespace() && *c != '=') {
-            if c == '"' {
-                return None;
-            }
-            end = i + c.len_utf8();
-        }
-        let key = &line[start..end];
-        if key.is_empty() {
-            return None; // `=value` without a key
-        }
-        let value = if chars.next_if(|(_, c)| *c == '=').is_some() {
-            Some(value(&mut chars, line)?)
-        } else {
-            None
-        };
-        pairs.push(Pair {
-            key: key.to_string(),
-            value,
-        });
+pub fn tokenize(line: &str) -> Option<Vec<Pair<'_>>> {
+    let mut pairs = Vec::with_capacity(8);
+    let mut at = 0;
+    while let Some((pair, next)) = pair_at(line, skip_space(line, at))? {
+        pairs.push(pair);
+        at = next;
     }
+    Some(pairs)
 }
 
-fn value(chars: &mut std::iter::Peekable<std::str::CharIndices<'_>>, line: &str) -> Option<String> {
-    if chars.next_if(|(_, c)| *c == '"').is_some() {
-        let mut out = String::new();
+/// The pair that starts at `start` (after any space) and where it ends; `Some(None)` at the
+/// end of the line; `None` if the token there is not logfmt.
+pub(crate) fn pair_at(line: &str, start: usize) -> Option<Option<(Pair<'_>, usize)>> {
+    let bytes = line.as_bytes();
+    if start >= bytes.len() {
+        return Some(None);
+    }
+    let mut i = start;
+    while i < bytes.len() {
+        match CLASS[usize::from(bytes[i])] {
+            PLAIN => i += 1,
+            EQ | SPACE => break,
+            QUOTE => return None,
+            _ if space_len(line, i) > 0 => break,
+            _ => i += 1,
+        }
+    }
+    if i == start {
+        return None; // `=value` without a key
+    }
+    let key = &line[start..i];
+    if bytes.get(i) != Some(&b'=') {
+        return Some(Some((Pair { key, value: None }, i)));
+    }
+    let (value, end) = value_at(line, i + 1)?;
+    Some(Some((
+        Pair {
+            key,
+            value: Some(value),
+        },
+        end,
+    )))
+}
+
+/// The value that starts at `start` (just after `=`) and where it ends.
+fn value_at(line: &str, start: usize) -> Option<(Cow<'_, str>, usize)> {
+    let bytes = line.as_bytes();
+    if bytes.get(start) == Some(&b'"') {
+        let body = start + 1;
+        let mut i = body;
+        let mut escaped = false;
         loop {
-            match chars.next()? {
-                (_, '"') => break,
-                (_, '\\') => match chars.next()?.1 {
-                    'n' => out.push('\n'),
-                    't' => out.push('\t'),
-                    'r' => out.push('\r'),
-                    c => out.push(c),
-                },
-                (_, c) => out.push(c),
+            match *bytes.get(i)? {
+                b'"' => break,
+                b'\\' => {
+                    escaped = true;
+                    i += 2;
+                }
+                _ => i += 1,
             }
         }
         // A quoted value must end the token.
-        if chars.peek().is_some_and(|(_, c)| !c.is_whitespace()) {
+        if i + 1 < bytes.len() && space_len(line, i + 1) == 0 {
             return None;
         }
-        return Some(out);
+        let raw = &line[body..i];
+        let value = if escaped {
+            Cow::Owned(unescape(raw))
+        } else {
+            Cow::Borrowed(raw)
+        };
+        return Some((value, i + 1));
     }
-    let start = chars.peek().map_or(line.len(), |(i, _)| *i);
-    let mut end = start;
-    while let Some((i, c)) = chars.next_if(|(_, c)| !c.is_whitespace()) {
-        if c == '"' {
-            return None;
+    let mut i = start;
+    while i < bytes.len() {
+        match CLASS[usize::from(bytes[i])] {
+            PLAIN | EQ => i += 1,
+            SPACE => break,
+            QUOTE => return None,
+            _ if space_len(line, i) > 0 => break,
+            _ => i += 1,
         }
-        end = i + c.len_utf8();
     }
-    Some(line[start..end].to_string())
+    Some((Cow::Borrowed(&line[start..i]), i))
+}
+
+/// What a byte is to the tokenizer: most are [`PLAIN`]; [`HIGH`] (non-ASCII) bytes need a
+/// look at their character.
+const PLAIN: u8 = 0;
+const SPACE: u8 = 1;
+const EQ: u8 = 2;
+const QUOTE: u8 = 3;
+const HIGH: u8 = 4;
+static CLASS: [u8; 256] = {
+    let mut t = [PLAIN; 256];
+    let mut i = 0x80;
+    while i < 256 {
+        t[i] = HIGH;
+        i += 1;
+    }
+    t[b' ' as usize] = SPACE;
+    t[b'\t' as usize] = SPACE;
+    t[b'\n' as usize] = SPACE;
+    t[0x0b] = SPACE;
+    t[0x0c] = SPACE;
+    t[b'\r' as usize] = SPACE;
+    t[b'=' as usize] = EQ;
+    t[b'"' as usize] = QUOTE;
+    t
+};
+
+fn unescape(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('t') => out.push('\t'),
+            Some('r') => out.push('\r'),
+            Some(c) => out.push(c),
+            None => {}
+        }
+    }
+    out
+}
+
+/// The first index at or after `at` that is not whitespace.
+pub(crate) fn skip_space(line: &str, mut at: usize) -> usize {
+    let bytes = line.as_bytes();
+    while at < bytes.len() {
+        match CLASS[usize::from(bytes[at])] {
+            SPACE => at += 1,
+            HIGH => match space_len(line, at) {
+                0 => break,
+                n => at += n,
+            },
+            _ => break,
+        }
+    }
+    at
+}
+
+/// The end of the whitespace-free word that starts at `at`.
+pub(crate) fn word_end(line: &str, mut at: usize) -> usize {
+    let bytes = line.as_bytes();
+    while at < bytes.len() {
+        match CLASS[usize::from(bytes[at])] {
+            SPACE => break,
+            HIGH if space_len(line, at) > 0 => break,
+            _ => at += 1,
+        }
+    }
+    at
+}
+
+/// The length of the whitespace character at byte `i` (a char boundary or a continuation
+/// byte), or 0. ASCII is decided by the byte; anything else by `char::is_whitespace`, as
+/// before (U+00A0 and U+3000 separate tokens too).
+pub(crate) fn space_len(line: &str, i: usize) -> usize {
+    let b = line.as_bytes()[i];
+    if b < 0x80 {
+        return usize::from(CLASS[usize::from(b)] == SPACE);
+    }
+    if !line.is_char_boundary(i) {
+        return 0;
+    }
+    line[i..]
+        .chars()
+        .next()
+        .filter(|c| c.is_whitespace())
+        .map_or(0, char::len_utf8)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn p(k: &str, v: Option<&str>) -> Pair {
+    fn p<'a>(k: &'a str, v: Option<&'a str>) -> Pair<'a> {
         Pair {
-            key: k.into(),
+            key: k,
             value: v.map(Into::into),
         }
     }

@@ -24,7 +24,33 @@ const SPAN_KEYS: &[&str] = &["span_id", "spanId", "span.id"];
 
 /// Parse `record.msg` (the raw text) in place. Returns false on a parse failure.
 pub fn parse_into(format: ParseFormat, record: &mut Record) -> bool {
-    let text = std::mem::take(&mut record.msg);
+    let mut text = std::mem::take(&mut record.msg);
+    // `2026-11-24T10:00:00Z INFO request handled path=/x status=200`: a timestamp first is
+    // the prefix many loggers write before the message and its logfmt pairs.
+    if matches!(format, ParseFormat::Auto | ParseFormat::Logfmt) {
+        if let Some(Prefixed {
+            time,
+            level,
+            msg,
+            mut entries,
+        }) = prefixed(&text)
+        {
+            let head = Head {
+                time: Some(time),
+                level,
+                msg_given: !msg.is_empty(),
+            };
+            apply(&mut entries, head, record);
+            drop(entries);
+            if head.msg_given {
+                // Cut out of the line's own buffer: no copy.
+                text.truncate(msg.end);
+                text.drain(..msg.start);
+                record.msg = text;
+            }
+            return true;
+        }
+    }
     let entries = match format {
         ParseFormat::Plain => None,
         ParseFormat::Json => Some(json(&text)),
@@ -42,7 +68,7 @@ pub fn parse_into(format: ParseFormat, record: &mut Record) -> bool {
             true
         }
         Some(Some(mut e)) => {
-            apply(&mut e, record);
+            apply(&mut e, Head::default(), record);
             true
         }
         Some(None) => {
@@ -51,6 +77,207 @@ pub fn parse_into(format: ParseFormat, record: &mut Record) -> bool {
             false
         }
     }
+}
+
+/// What a line's prefix stated, ahead of its pairs: those win over the same keys in pairs.
+#[derive(Default, Clone, Copy)]
+struct Head {
+    time: Option<SystemTime>,
+    level: Option<Level>,
+    /// The caller sets the message (from the text before the pairs): `msg` pairs stay fields.
+    msg_given: bool,
+}
+
+/// A line that starts with a timestamp: its parts.
+struct Prefixed<'a> {
+    time: SystemTime,
+    level: Option<Level>,
+    /// The message: the text between the prefix and the trailing pairs.
+    msg: std::ops::Range<usize>,
+    /// The trailing run of `key=value` pairs.
+    entries: Vec<Entry<'a>>,
+}
+
+/// `TIMESTAMP [LEVEL] message [key=value ...]`: an RFC 3339 timestamp with its offset as the
+/// first token, then optionally a level word (`INFO`, `[info]`, `info:`; a lower-case bare word
+/// is prose), then the message, then a run of `key=value` pairs to the end of the line. Only
+/// the timestamp is required; None if the line does not start with one.
+fn prefixed(text: &str) -> Option<Prefixed<'_>> {
+    let bytes = text.as_bytes();
+    // Cheap refusal first: `YYYY-` starts every timestamp this reads.
+    if bytes.len() < 20 || !bytes[..4].iter().all(u8::is_ascii_digit) || bytes[4] != b'-' {
+        return None;
+    }
+    let end = logfmt::word_end(text, 0);
+    // RFC 3339 with its offset only: a time without a zone is a guess, and stays text.
+    let time = rfc3339(&text[..end])?;
+    let mut at = logfmt::skip_space(text, end);
+    let mut level = None;
+    if at < text.len() {
+        let word_to = logfmt::word_end(text, at);
+        if let Some(l) = level_word(&text[at..word_to]) {
+            level = Some(l);
+            at = logfmt::skip_space(text, word_to);
+        }
+    }
+    let (pairs, entries) = trailing_pairs(text, at);
+    let mut msg_end = pairs;
+    while msg_end > at && logfmt::space_len(text, msg_end - 1) > 0 {
+        msg_end -= 1;
+    }
+    // A multi-byte space before the pairs: back to a char boundary.
+    while !text.is_char_boundary(msg_end) {
+        msg_end += 1;
+    }
+    Some(Prefixed {
+        time,
+        level,
+        msg: at..msg_end.max(at),
+        entries,
+    })
+}
+
+/// A level as loggers write it before the message: `INFO`, `WARN`, `[info]`, `error:`.
+fn level_word(word: &str) -> Option<Level> {
+    let (inner, marked) = if let Some(w) = word.strip_prefix('[').and_then(|w| w.strip_suffix(']'))
+    {
+        (w, true)
+    } else if let Some(w) = word.strip_suffix(':') {
+        (w, true)
+    } else {
+        (word, false)
+    };
+    if inner.is_empty() || !(marked || inner.bytes().all(|b| b.is_ascii_uppercase())) {
+        return None;
+    }
+    Level::from_name(inner)
+}
+
+/// The run of valued logfmt pairs that ends the line, and where it starts (`text.len()` if
+/// the last word is not one). One pass: a word that is not a `key=value` pair resets the run.
+fn trailing_pairs(text: &str, from: usize) -> (usize, Vec<Entry<'_>>) {
+    let mut run = None;
+    let mut entries = Vec::new();
+    let mut at = logfmt::skip_space(text, from);
+    while at < text.len() {
+        match logfmt::pair_at(text, at) {
+            Some(Some((pair, end))) if pair.value.is_some() => {
+                run.get_or_insert(at);
+                entries.push(entry(pair));
+                at = end;
+            }
+            // A bare word: message text.
+            Some(Some((_, end))) => {
+                run = None;
+                entries.clear();
+                at = end;
+            }
+            // A word with a quote or a leading `=`: message text too.
+            _ => {
+                run = None;
+                entries.clear();
+                at = logfmt::word_end(text, at);
+            }
+        }
+        at = logfmt::skip_space(text, at);
+    }
+    (run.unwrap_or(text.len()), entries)
+}
+
+/// RFC 3339 with the offset (`2026-11-24T10:00:00Z`, `...00.123+02:00`), read by hand: the
+/// common case of a line's timestamp, without the general parser's cost. None sends the text
+/// to [`time_of`], which also reads the rarer forms.
+fn rfc3339(s: &str) -> Option<SystemTime> {
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        b.get(r)?.iter().try_fold(0i64, |n, &d| {
+            d.is_ascii_digit().then(|| n * 10 + i64::from(d - b'0'))
+        })
+    };
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, min, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let mut i = 19;
+    let mut nanos = 0i64;
+    if b[i] == b'.' {
+        i += 1;
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            if i - start < 9 {
+                nanos = nanos * 10 + i64::from(b[i] - b'0');
+            }
+            i += 1;
+        }
+        if i == start {
+            return None;
+        }
+        for _ in (i - start)..9 {
+            nanos *= 10;
+        }
+    }
+    let offset = match b.get(i..)? {
+        [b'Z' | b'z'] => 0,
+        [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
+            let (h, m) = (num(i + 1..i + 3)?, num(i + 4..i + 6)?);
+            if h > 23 || m > 59 {
+                return None;
+            }
+            let o = h * 3600 + m * 60;
+            if *sign == b'-' {
+                -o
+            } else {
+                o
+            }
+        }
+        _ => return None,
+    };
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let month_days = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    if !(1970..=9999).contains(&year)
+        || !(1..=12).contains(&month)
+        || day < 1
+        || day > month_days[(month - 1) as usize]
+        || hour > 23
+        || min > 59
+        || sec > 59
+    {
+        return None;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hour * 3600 + min * 60 + sec - offset;
+    // The sinks write 1970 to 9999 in UTC (see time_of).
+    if !(0..253_402_300_800).contains(&secs) {
+        return None;
+    }
+    Some(SystemTime::UNIX_EPOCH + Duration::new(secs as u64, nanos as u32))
 }
 
 /// One key of a structured line and its value as written.
@@ -121,34 +348,35 @@ fn logfmt_entries(text: &str, strict_guess: bool) -> Option<Vec<Entry<'_>>> {
         let all_valued = pairs.iter().all(|p| p.value.is_some());
         let known = pairs
             .iter()
-            .any(|p| LEVEL_KEYS.contains(&p.key.as_str()) || MSG_KEYS.contains(&p.key.as_str()));
+            .any(|p| LEVEL_KEYS.contains(&p.key) || MSG_KEYS.contains(&p.key));
         if !all_valued || (pairs.len() < 2 && !known) {
             return None;
         }
     }
-    Some(
-        pairs
-            .into_iter()
-            .map(|p| Entry {
-                key: Cow::Owned(p.key),
-                val: p.value.map_or(Val::Bare, |v| Val::Str(Cow::Owned(v))),
-                used: false,
-            })
-            .collect(),
-    )
+    Some(pairs.into_iter().map(entry).collect())
+}
+
+fn entry(p: logfmt::Pair<'_>) -> Entry<'_> {
+    Entry {
+        key: Cow::Borrowed(p.key),
+        val: p.value.map_or(Val::Bare, Val::Str),
+        used: false,
+    }
 }
 
 /// Move recognised keys into the record; the rest become `fields`.
-fn apply(entries: &mut [Entry<'_>], record: &mut Record) {
-    if let Some(level) = take(entries, LEVEL_KEYS, level_of) {
+fn apply(entries: &mut [Entry<'_>], head: Head, record: &mut Record) {
+    if let Some(level) = head.level.or_else(|| take(entries, LEVEL_KEYS, level_of)) {
         record.level = level;
     }
-    record.msg = take(entries, MSG_KEYS, |v| match v {
-        Scalar::Str(s) => Some(s.into_owned()),
-        _ => None,
-    })
-    .unwrap_or_default();
-    record.time = take(entries, TIME_KEYS, time_of);
+    if !head.msg_given {
+        record.msg = take(entries, MSG_KEYS, |v| match v {
+            Scalar::Str(s) => Some(s.into_owned()),
+            _ => None,
+        })
+        .unwrap_or_default();
+    }
+    record.time = head.time.or_else(|| take(entries, TIME_KEYS, time_of));
     if let Some((t, s)) = take(entries, &["traceparent"], |v| match v {
         Scalar::Str(s) => traceparent(&s),
         _ => None,
@@ -200,10 +428,13 @@ fn scalar<'a>(v: &Val<'a>) -> Scalar<'a> {
 
 /// The unused entries as one JSON object, values copied as written.
 fn fields(entries: &[Entry<'_>]) -> Option<Fields> {
-    let mut out = Vec::new();
+    if entries.iter().all(|e| e.used) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(64);
     for e in entries.iter().filter(|e| !e.used) {
         out.push(if out.is_empty() { b'{' } else { b',' });
-        serde_json::to_writer(&mut out, e.key.as_ref()).expect("writing JSON to a Vec cannot fail");
+        json_string(&mut out, e.key.as_ref());
         out.push(b':');
         match &e.val {
             // A raw newline in JSON is whitespace between tokens (inside a string it must be
@@ -216,8 +447,7 @@ fn fields(entries: &[Entry<'_>]) -> Option<Fields> {
                         .map(|b| if matches!(b, b'\n' | b'\r') { b' ' } else { b }),
                 )
             }
-            Val::Str(s) => serde_json::to_writer(&mut out, s.as_ref())
-                .expect("writing JSON to a Vec cannot fail"),
+            Val::Str(s) => json_string(&mut out, s.as_ref()),
             Val::Bare => out.extend_from_slice(b"true"),
         }
     }
@@ -227,6 +457,23 @@ fn fields(entries: &[Entry<'_>]) -> Option<Fields> {
     out.push(b'}');
     let text = String::from_utf8(out).expect("JSON keys and raw values are UTF-8");
     Some(Fields::from_json_object(text))
+}
+
+/// `s` as a JSON string: copied as it is when nothing needs escaping (the common case),
+/// else through serde_json's escaping.
+fn json_string(out: &mut Vec<u8>, s: &str) {
+    // No early exit: the whole test runs as a vector loop.
+    let plain = !s.bytes().fold(false, |esc, b| {
+        esc | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
+    if plain {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(&mut *out, s).expect("writing JSON to a Vec cannot fail");
+    }
 }
 
 fn level_of(v: Scalar<'_>) -> Option<Level> {
@@ -244,6 +491,9 @@ fn level_of(v: Scalar<'_>) -> Option<Level> {
 fn time_of(v: Scalar<'_>) -> Option<SystemTime> {
     match v {
         Scalar::Str(s) => {
+            if let Some(t) = rfc3339(&s) {
+                return Some(t);
+            }
             let t = time::OffsetDateTime::parse(&s, &time::format_description::well_known::Rfc3339)
                 .map(SystemTime::from)
                 .ok()
@@ -432,6 +682,111 @@ mod tests {
         let (_, r) = parsed(ParseFormat::Logfmt, "level=50 msg=hi debug");
         assert_eq!(r.level, Level::Error);
         assert_eq!(r.fields.expect("kept").as_json(), r#"{"debug":true}"#);
+    }
+
+    #[test]
+    fn a_timestamp_and_level_prefix_before_the_message_and_its_pairs() {
+        let line = "2026-11-24T10:00:00Z INFO request handled path=/api/v1/items/123 status=200";
+        for format in [ParseFormat::Auto, ParseFormat::Logfmt] {
+            let (ok, r) = parsed(format, line);
+            assert!(ok && !r.parse_error);
+            assert_eq!(r.level, Level::Info);
+            assert_eq!(r.msg, "request handled");
+            let secs = |t: SystemTime| {
+                t.duration_since(SystemTime::UNIX_EPOCH)
+                    .expect("after")
+                    .as_secs_f64()
+            };
+            assert_eq!(r.time.map(secs), Some(1_795_514_400.0));
+            assert_eq!(
+                r.fields.expect("pairs kept").as_json(),
+                r#"{"path":"/api/v1/items/123","status":"200"}"#
+            );
+        }
+        // tracing-subscriber's format: padded level, the target stays in the message.
+        let (_, r) = parsed(
+            ParseFormat::Auto,
+            "2026-11-24T10:00:00.250+02:00  WARN app::db: slow query took=3s trace_id=4BF92F3577B34DA6A3CE929D0E0E4736",
+        );
+        assert_eq!(
+            (r.level, r.msg.as_str()),
+            (Level::Warn, "app::db: slow query")
+        );
+        assert_eq!(
+            r.time.map(|t| t
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .expect("after")
+                .as_millis()),
+            Some(1_795_507_200_250)
+        );
+        assert_eq!(
+            r.trace_id.as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(r.fields.expect("kept").as_json(), r#"{"took":"3s"}"#);
+        // No pairs: time and level, the rest is the message.
+        let (_, r) = parsed(ParseFormat::Auto, "2026-11-24T10:00:00Z [error] db down");
+        assert_eq!((r.level, r.msg.as_str()), (Level::Error, "db down"));
+        assert!(r.time.is_some() && r.fields.is_none());
+        // A lower-case bare word is prose, and a message may hold quotes and `=`; only the
+        // run of pairs that ends the line becomes fields.
+        let (_, r) = parsed(
+            ParseFormat::Auto,
+            r#"2026-11-24T10:00:00Z error budget: said "x=1" a=1 to bob user=7 note="a b""#,
+        );
+        assert_eq!(r.level, Level::Info);
+        assert_eq!(r.msg, r#"error budget: said "x=1" a=1 to bob"#);
+        assert_eq!(
+            r.fields.expect("kept").as_json(),
+            r#"{"user":"7","note":"a b"}"#
+        );
+        // The prefix wins over the pairs; the pairs' own copies are kept as fields, and a
+        // `msg` pair is the message when no text comes before the pairs.
+        let (_, r) = parsed(
+            ParseFormat::Auto,
+            "2026-11-24T10:00:00Z ERROR: msg=\"db down\" level=debug",
+        );
+        assert_eq!((r.level, r.msg.as_str()), (Level::Error, "db down"));
+        assert_eq!(r.fields.expect("kept").as_json(), r#"{"level":"debug"}"#);
+        // Not a timestamp, or plain: the line as it was.
+        for (format, line) in [
+            (ParseFormat::Auto, "2026-13-01T00:00:00Z INFO x"),
+            (ParseFormat::Auto, "2024-05-01 12:00:00.123 GET /api 200"),
+            (ParseFormat::Plain, "2026-11-24T10:00:00Z INFO x a=1"),
+        ] {
+            let (ok, r) = parsed(format, line);
+            assert!(ok && r.time.is_none() && r.fields.is_none(), "{line}");
+            assert_eq!(r.msg, line);
+        }
+    }
+
+    #[test]
+    fn the_hand_read_rfc3339_agrees_with_the_time_crate() {
+        let rfc = &time::format_description::well_known::Rfc3339;
+        for s in [
+            "1970-01-01T00:00:00Z",
+            "2000-02-29T23:59:59.999999999Z",
+            "2024-05-01T12:00:00.5+02:00",
+            "2026-11-24t10:00:00.123-07:30",
+            "1999-12-31T23:59:59.1234567891Z",
+            "9999-12-31T23:59:59Z",
+        ] {
+            let want = time::OffsetDateTime::parse(s, rfc)
+                .map(SystemTime::from)
+                .ok();
+            assert_eq!(rfc3339(s), want, "{s}");
+        }
+        for s in [
+            "2023-02-29T00:00:00Z",
+            "2024-05-01T24:00:00Z",
+            "2024-05-01T12:00:00",
+            "2024-05-01T12:00:00.Z",
+            "2024-05-01T12:00:00+2:00",
+            "1970-01-01T00:00:00+01:00",
+            "2024-05-01 12:00:00Z",
+        ] {
+            assert_eq!(rfc3339(s), None, "{s}");
+        }
     }
 
     #[test]

@@ -167,17 +167,18 @@ impl Level {
     /// Recognise a level name as log libraries write it (case-insensitive).
     pub fn from_name(s: &str) -> Option<Level> {
         let s = s.trim();
-        if s.len() > 16 {
-            return None;
-        }
-        Some(match s.to_ascii_lowercase().as_str() {
-            "trace" | "finest" | "finer" | "verbose" => Level::Trace,
-            "debug" | "dbug" | "fine" | "config" => Level::Debug,
-            "info" | "information" | "informational" | "notice" | "inf" => Level::Info,
-            "warn" | "warning" | "wrn" => Level::Warn,
-            "error" | "err" | "eror" | "severe" => Level::Error,
-            "fatal" | "critical" | "crit" | "panic" | "emerg" | "emergency" | "alert"
-            | "dpanic" => Level::Fatal,
+        let mut buf = [0u8; 16];
+        let lower = buf.get_mut(..s.len())?;
+        lower.copy_from_slice(s.as_bytes());
+        lower.make_ascii_lowercase();
+        Some(match &*lower {
+            b"trace" | b"finest" | b"finer" | b"verbose" => Level::Trace,
+            b"debug" | b"dbug" | b"fine" | b"config" => Level::Debug,
+            b"info" | b"information" | b"informational" | b"notice" | b"inf" => Level::Info,
+            b"warn" | b"warning" | b"wrn" => Level::Warn,
+            b"error" | b"err" | b"eror" | b"severe" => Level::Error,
+            b"fatal" | b"critical" | b"crit" | b"panic" | b"emerg" | b"emergency" | b"alert"
+            | b"dpanic" => Level::Fatal,
             _ => return None,
         })
     }

@@ -8,10 +8,12 @@ use std::time::SystemTime;
 
 use super::super::record::Record;
 
-/// Renders records as JSON lines; caches the last timestamp's text (a batch mostly shares one).
+/// Renders records as JSON lines; caches the text of the last observed time (a batch mostly
+/// shares one) and of the last record's own time (lines of one second often share it).
 #[derive(Debug, Default)]
 pub struct JsonRenderer {
     last: Option<(SystemTime, String)>,
+    last_own: Option<(SystemTime, String)>,
 }
 
 // === impl JsonRenderer ===
@@ -21,13 +23,11 @@ impl JsonRenderer {
     pub fn render(&mut self, r: &Record, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"time\":\"");
         match r.time {
-            // Formatted straight into the line: a record's own times rarely repeat.
-            Some(t) => write!(out, "{}", humantime::format_rfc3339_micros(t))
-                .expect("writing to a Vec cannot fail"),
-            None => out.extend_from_slice(self.time(r.observed).as_bytes()),
+            Some(t) => out.extend_from_slice(cached(&mut self.last_own, t).as_bytes()),
+            None => out.extend_from_slice(cached(&mut self.last, r.observed).as_bytes()),
         }
         out.extend_from_slice(b"\",\"observed_time\":\"");
-        out.extend_from_slice(self.time(r.observed).as_bytes());
+        out.extend_from_slice(cached(&mut self.last, r.observed).as_bytes());
         out.extend_from_slice(b"\",\"level\":\"");
         out.extend_from_slice(r.level.as_str().as_bytes());
         out.extend_from_slice(b"\",\"stream\":\"");
@@ -36,9 +36,9 @@ impl JsonRenderer {
         string(out, &r.origin.service);
         if let Some(pid) = r.origin.pid {
             out.extend_from_slice(b",\"pid\":");
-            out.extend_from_slice(itoa(pid as u64).as_bytes());
+            number(out, u64::from(pid));
             out.extend_from_slice(b",\"restart\":");
-            out.extend_from_slice(itoa(u64::from(r.origin.restart_count)).as_bytes());
+            number(out, u64::from(r.origin.restart_count));
         }
         out.extend_from_slice(b",\"msg\":");
         string(out, &r.msg);
@@ -52,7 +52,7 @@ impl JsonRenderer {
         }
         if let Some(p) = r.partial {
             out.extend_from_slice(b",\"partial\":{\"index\":");
-            out.extend_from_slice(itoa(u64::from(p.index)).as_bytes());
+            number(out, u64::from(p.index));
             out.extend_from_slice(if p.last {
                 b",\"last\":true}"
             } else {
@@ -64,7 +64,7 @@ impl JsonRenderer {
         }
         if r.lines > 1 {
             out.extend_from_slice(b",\"lines\":");
-            out.extend_from_slice(itoa(u64::from(r.lines)).as_bytes());
+            number(out, u64::from(r.lines));
         }
         if r.parse_error {
             out.extend_from_slice(b",\"parse_error\":true");
@@ -77,26 +77,88 @@ impl JsonRenderer {
         out.extend_from_slice(r.origin.resource_json.as_bytes());
         out.extend_from_slice(b"}\n");
     }
+}
 
-    fn time(&mut self, t: SystemTime) -> &str {
-        if self.last.as_ref().is_none_or(|(at, _)| *at != t) {
-            self.last = Some((t, format_time(t)));
-        }
-        self.last.as_ref().map_or("", |(_, s)| s.as_str())
+/// The text of `t`, formatted again only when it differs from the cached one.
+fn cached(slot: &mut Option<(SystemTime, String)>, t: SystemTime) -> &str {
+    if slot.as_ref().is_none_or(|(at, _)| *at != t) {
+        // The buffer is reused.
+        let mut bytes = slot.take().map(|(_, s)| s.into_bytes()).unwrap_or_default();
+        bytes.clear();
+        write_time(t, &mut bytes);
+        *slot = Some((
+            t,
+            String::from_utf8(bytes).expect("a formatted time is ASCII"),
+        ));
     }
+    slot.as_ref().map_or("", |(_, s)| s.as_str())
 }
 
 /// RFC 3339 in UTC with microseconds: `2024-05-01T12:00:00.500000Z`.
 pub fn format_time(t: SystemTime) -> String {
-    humantime::format_rfc3339_micros(t).to_string()
+    let mut out = Vec::with_capacity(27);
+    write_time(t, &mut out);
+    String::from_utf8(out).expect("a formatted time is ASCII")
+}
+
+/// [`format_time`] appended to `out`, without a formatter: the civil date from the day
+/// number (Howard Hinnant's algorithm), digits written into a fixed buffer.
+pub fn write_time(t: SystemTime, out: &mut Vec<u8>) {
+    let Some(d) = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .ok()
+        .filter(|d| d.as_secs() < 253_402_300_800)
+    else {
+        // Outside 1970..=9999 (the parser never makes one): humantime's own rules.
+        write!(out, "{}", humantime::format_rfc3339_micros(t))
+            .expect("writing to a Vec cannot fail");
+        return;
+    };
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let mut buf = *b"0000-00-00T00:00:00.000000Z";
+    let mut put = |at: usize, width: usize, mut n: u64| {
+        for i in (at..at + width).rev() {
+            buf[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+    };
+    put(0, 4, year as u64);
+    put(5, 2, month as u64);
+    put(8, 2, day as u64);
+    put(11, 2, rem / 3600);
+    put(14, 2, rem % 3600 / 60);
+    put(17, 2, rem % 60);
+    put(20, 6, u64::from(d.subsec_micros()));
+    out.extend_from_slice(&buf);
+}
+
+fn number(out: &mut Vec<u8>, n: u64) {
+    let mut buf = [0u8; 20];
+    let mut at = buf.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[at..]);
 }
 
 fn string(out: &mut Vec<u8>, s: &str) {
     serde_json::to_writer(&mut *out, s).expect("writing JSON to a Vec cannot fail");
-}
-
-fn itoa(n: u64) -> String {
-    n.to_string()
 }
 
 #[cfg(test)]
@@ -106,6 +168,35 @@ mod tests {
 
     use super::*;
     use crate::logs::record::{Level, Origin, Partial, Stream};
+
+    #[test]
+    fn times_and_numbers_written_by_hand_match_the_libraries() {
+        // Leap days, century and 400-year rules, month ends, the edges of the range, and a
+        // pseudo-random walk through it.
+        let mut secs: Vec<u64> = vec![0, 59, 86_399, 951_782_400, 951_868_799, 4_107_542_399];
+        secs.extend([1_709_164_800, 1_709_251_199, 253_402_300_799, 946_684_799]);
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            secs.push(x % 253_402_300_800);
+        }
+        for (i, s) in secs.into_iter().enumerate() {
+            let t = SystemTime::UNIX_EPOCH
+                + Duration::new(s, (i as u32).wrapping_mul(7_919_113) % 1_000_000_000);
+            assert_eq!(
+                format_time(t),
+                humantime::format_rfc3339_micros(t).to_string(),
+                "{s}"
+            );
+        }
+        for n in [0, 7, 10, 99, 1_000_000, u64::MAX] {
+            let mut out = Vec::new();
+            number(&mut out, n);
+            assert_eq!(out, n.to_string().into_bytes());
+        }
+    }
 
     #[test]
     fn one_line_with_all_fields() {
