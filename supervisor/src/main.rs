@@ -153,6 +153,14 @@ fn run(args: &RunArgs, handover: Option<Result<upgrade::Received, upgrade::Unrea
     // on this thread once its handlers are in place (see signals::block_in_this_thread).
     tandem::signals::block_in_this_thread();
     let workers = match checked.config.runtime.worker_threads {
+        // Without a proxy, the runtime only carries the admin port, probes and timers: one
+        // worker starts faster and is plenty (the log pipeline has its own threads).
+        0 if checked.config.proxy.listeners.is_empty()
+            && checked.config.outbound.is_empty()
+            && checked.config.outbound_proxy.is_none() =>
+        {
+            1
+        }
         0 => std::thread::available_parallelism().map_or(2, |n| n.get().min(4)),
         n => n,
     };

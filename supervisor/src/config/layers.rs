@@ -60,7 +60,6 @@ pub struct Loaded {
     pub checked: Checked,
     /// Things worth saying that are not errors (unknown `TANDEM_*` variables).
     pub warnings: Vec<String>,
-    merged: Table,
     sources: Origins,
 }
 
@@ -127,7 +126,10 @@ pub fn load(
     overrides: &Overrides,
 ) -> Result<Loaded, ConfigError> {
     let defaults = Table::try_from(Config::default()).expect("the default config serializes");
-    let schema = schema();
+    // The schema (the defaults again, with every optional part filled in) is only needed to
+    // type `TANDEM_*` variables and flags and to explain an error: not on a plain start.
+    let schema_once = std::cell::OnceCell::new();
+    let schema = || schema_once.get_or_init(schema);
     let mut sources = BTreeMap::new();
     record_sources(&defaults, "", &Source::Default, &mut sources);
     let mut merged = defaults.clone();
@@ -141,7 +143,8 @@ pub fn load(
         merge(&mut merged, table, "", &source, &mut sources);
     }
 
-    let known = known_keys(&schema);
+    let known_once = std::cell::OnceCell::new();
+    let known = || known_once.get_or_init(|| known_keys(schema()));
     let mut warnings = Vec::new();
     let env: BTreeMap<String, String> = env.into_iter().collect();
     for (var, raw) in env.range("TANDEM_".to_string()..) {
@@ -151,7 +154,7 @@ pub fn load(
         if RESERVED_ENV.contains(&var.as_str()) {
             continue;
         }
-        let Some(key) = known.get(var) else {
+        let Some(key) = known().get(var) else {
             // A warning, not an error: other tools (and CI systems) set TANDEM_* variables
             // too, and the app must still start. Files, where typos live, stay strict.
             warnings.push(format!(
@@ -159,7 +162,8 @@ pub fn load(
             ));
             continue;
         };
-        let layer = single_value(&schema, key, raw).map_err(|e| ConfigError::via(var, key, e.0))?;
+        let layer =
+            single_value(schema(), key, raw).map_err(|e| ConfigError::via(var, key, e.0))?;
         merge(
             &mut merged,
             layer,
@@ -170,11 +174,11 @@ pub fn load(
     }
 
     for (key, raw, flag) in &overrides.values {
-        if !known.values().any(|k| k == key) && !in_free_form_table(&schema, key) {
+        if !known().values().any(|k| k == key) && !in_free_form_table(schema(), key) {
             return Err(ConfigError::via(flag, key, "unknown config key"));
         }
         let layer =
-            single_value(&schema, key, raw).map_err(|e| ConfigError::via(flag, key, e.0))?;
+            single_value(schema(), key, raw).map_err(|e| ConfigError::via(flag, key, e.0))?;
         merge(
             &mut merged,
             layer,
@@ -227,7 +231,7 @@ pub fn load(
     let origins = Origins { sources, lines };
     let config: Config =
         merged.clone().try_into().map_err(|e: toml::de::Error| {
-            match incomplete(&defaults, &schema, &merged, &origins.sources) {
+            match incomplete(&defaults, schema(), &merged, &origins.sources) {
                 Some((key, message)) => origins.locate(ConfigError::key(key, message)),
                 None => ConfigError::keyed(e.message().trim()),
             }
@@ -239,12 +243,9 @@ pub fn load(
         origins.source("admin.listen") != Some(&Source::Default),
     )
     .map_err(|e| origins.locate(e))?;
-    // Render the typed config, not the raw layers: one canonical spelling per value.
-    let merged = Table::try_from(&checked.config).expect("a loaded config serializes");
     Ok(Loaded {
         checked,
         warnings,
-        merged,
         sources: origins,
     })
 }
@@ -383,16 +384,12 @@ impl Loaded {
 
     /// The effective config as TOML, each value followed by a comment naming its source.
     pub fn render(&self) -> String {
+        // The typed config, not the raw layers: one canonical spelling per value.
+        let merged = Table::try_from(&self.checked.config).expect("a loaded config serializes");
         let mut out = String::new();
-        render_table(
-            &self.merged,
-            "",
-            &self.sources.sources,
-            &redactor(),
-            &mut out,
-        );
+        render_table(&merged, "", &self.sources.sources, &redactor(), &mut out);
         render_implicit(&self.checked.config, &mut out);
-        render_absent(&schema(), &self.merged, &mut out);
+        render_absent(&schema(), &merged, &mut out);
         out
     }
 }

@@ -89,7 +89,8 @@ pub struct ShutdownConfig {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
-    /// Worker threads for the proxy and pipeline; 0 = the number of CPUs, at most 4.
+    /// Worker threads of the async runtime; 0 = the number of CPUs (at most 4) when the
+    /// config has proxy listeners or outbound services at start, else 1.
     pub worker_threads: usize,
 }
 
