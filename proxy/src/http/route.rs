@@ -20,6 +20,9 @@ use crate::http::replay::UpstreamBody;
 use crate::obs::hooks::Hooks;
 use crate::obs::metrics::ListenerMetrics;
 
+/// The most one upstream HTTP/1 connection buffers of the app's answer (head and body).
+const APP_READ_BUF_MAX: usize = 64 * 1024;
+
 /// See the module doc.
 pub(crate) struct Route {
     pub name: String,
@@ -65,6 +68,10 @@ impl Route {
             .pool_idle_timeout(t.pool_idle)
             .pool_max_idle_per_host(64)
             .http1_preserve_header_case(cfg.preserve_header_case)
+            // hyper's read buffer grows to ~400 KiB on a large response body and glibc keeps
+            // what it grew to: 64 KiB bounds it (and an app's response head, as Envoy's 60 KiB
+            // default does) at a few more reads per MiB.
+            .http1_max_buf_size(APP_READ_BUF_MAX)
             .http2_only(cfg.protocol == Protocol::H2c)
             // Reused pooled connections found dead before the request was written are
             // retried by the pool itself: that is the "safe even for POST" case.
