@@ -398,10 +398,11 @@ echo 'time=2024-05-01T10:00:00Z level=debug msg="cache miss" key=user:7 took=3ms
 echo '{"level":"info", broken'
 echo 'plain on stdout'
 echo 'plain on stderr' >&2
+echo '2026-11-24T10:00:00Z ERROR request failed path=/api/v1/items/123 status=503' >&2
 "#;
     let (code, r) = run_logs(&cfg, &["sh", "-c", script]);
     assert_eq!(code, 0);
-    assert_eq!(r.len(), 5);
+    assert_eq!(r.len(), 6);
     let json = r.iter().find(|r| r["msg"] == "db down").unwrap();
     assert_eq!(json["level"], "ERROR");
     assert_eq!(json["time"], "2024-05-01T10:00:00.500000Z");
@@ -419,6 +420,13 @@ echo 'plain on stderr' >&2
     assert_eq!(logfmt["time"], "2024-05-01T10:00:00.000000Z");
     assert_eq!(logfmt["fields"]["key"], "user:7");
     assert_eq!(logfmt["fields"]["took"], "3ms");
+
+    // A timestamp and a level before the message, its pairs after (the default `auto`).
+    let prefixed = r.iter().find(|r| r["msg"] == "request failed").unwrap();
+    assert_eq!(prefixed["level"], "ERROR");
+    assert_eq!(prefixed["time"], "2026-11-24T10:00:00.000000Z");
+    assert_eq!(prefixed["fields"]["path"], "/api/v1/items/123");
+    assert_eq!(prefixed["fields"]["status"], "503");
 
     let broken = r.iter().find(|r| r["parse_error"] == true).unwrap();
     assert_eq!(broken["msg"], "{\"level\":\"info\", broken");
