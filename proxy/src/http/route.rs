@@ -68,9 +68,9 @@ impl Route {
             .pool_idle_timeout(t.pool_idle)
             .pool_max_idle_per_host(64)
             .http1_preserve_header_case(cfg.preserve_header_case)
-            // hyper's read buffer grows to ~400 KiB on a large response body and glibc keeps
-            // what it grew to: 64 KiB bounds it (and an app's response head, as Envoy's 60 KiB
-            // default does) at a few more reads per MiB.
+            // hyper's read buffer grows to ~400 KiB per connection on a large response body
+            // (64 idle pooled connections could keep 25 MiB): 64 KiB bounds it, and an app's
+            // response head, as Envoy's 60 KiB default does, at a few more reads per MiB.
             .http1_max_buf_size(APP_READ_BUF_MAX)
             .http2_only(cfg.protocol == Protocol::H2c)
             // Reused pooled connections found dead before the request was written are
