@@ -185,8 +185,9 @@ fn trailing_pairs(text: &str, from: usize) -> (usize, Vec<Entry<'_>>) {
 }
 
 /// RFC 3339 with the offset (`2026-11-24T10:00:00Z`, `...00.123+02:00`), read by hand: the
-/// common case of a line's timestamp, without the general parser's cost. None sends the text
-/// to [`time_of`], which also reads the rarer forms.
+/// common case of a line's timestamp, without the general parser's cost. For a line's prefix
+/// it is the only form read; for a `time`/`ts` value, None sends the text on to the general
+/// parsers in [`time_of`], which also read the rarer forms.
 fn rfc3339(s: &str) -> Option<SystemTime> {
     let b = s.as_bytes();
     let num = |r: std::ops::Range<usize>| -> Option<i64> {

@@ -85,9 +85,20 @@ pub fn built_in_may_match(text: &str) -> bool {
 /// words (`akia`, `asia`, `aws`, `apik`ey, `api_`key, `bear`er, `eyj`, `pass`word, `pwd`,
 /// `secr`et, `toke`n) in any ASCII case. The `RegexSet`'s own prefilter is looser (`api` of
 /// `/api/v1/...` sends most request lines to the full automaton) and slower (its
-/// case-insensitive literals are past its SIMD searcher's limit); this looks up each pair of
-/// bytes in a table of the words' first two letters and compares four bytes only there.
+/// case-insensitive literals are past its SIMD searcher's limit). This looks up the pair of
+/// bytes at every even offset in a table of the words' first and second letter pairs (a word
+/// at an odd offset has its second pair at an even one), and compares four bytes only there.
 fn built_in_gate(text: &str) -> bool {
+    let b = text.as_bytes();
+    (0..b.len().saturating_sub(1)).step_by(2).any(|i| {
+        let pair = usize::from(b[i]) << 8 | usize::from(b[i + 1]);
+        GATE_PAIRS[pair >> 6] >> (pair & 63) & 1 != 0
+            && (gate_word_at(b, i) || (i > 0 && gate_word_at(b, i - 1)))
+    })
+}
+
+/// Whether one of the gate's words starts at `b[i]`.
+fn gate_word_at(b: &[u8], i: usize) -> bool {
     const fn word(w: &[u8]) -> u32 {
         let mut x = 0u32;
         let mut i = w.len();
@@ -98,48 +109,37 @@ fn built_in_gate(text: &str) -> bool {
         x
     }
     const THREE: u32 = 0x00ff_ffff;
-    let b = text.as_bytes();
-    let mut i = 0;
-    while i + 3 <= b.len() {
-        let pair = usize::from(b[i]) << 8 | usize::from(b[i + 1]);
-        if GATE_PAIRS[pair >> 6] >> (pair & 63) & 1 != 0 {
-            // Lower-case letters (a non-letter never becomes one; `_` becomes 0x7f).
-            let x = match b.get(i..i + 4) {
-                Some(s) => u32::from_le_bytes([s[0], s[1], s[2], s[3]]),
-                None => u32::from_le_bytes([b[i], b[i + 1], b[i + 2], 0]),
-            } | 0x2020_2020;
-            if x == word(b"akia")
-                || x == word(b"asia")
-                || x == word(b"apik")
-                || x == word(b"api\x7f")
-                || x & THREE == word(b"aws")
-                || x == word(b"bear")
-                || x & THREE == word(b"eyj")
-                || x == word(b"pass")
-                || x & THREE == word(b"pwd")
-                || x == word(b"secr")
-                || x == word(b"toke")
-            {
-                return true;
-            }
-        }
-        i += 1;
-    }
-    false
+    let at = |k: usize| b.get(i + k).copied().unwrap_or(0);
+    // Lower-case letters (a non-letter never becomes one; `_` becomes 0x7f; a missing byte
+    // becomes a space).
+    let x = u32::from_le_bytes([at(0), at(1), at(2), at(3)]) | 0x2020_2020;
+    x == word(b"akia")
+        || x == word(b"asia")
+        || x == word(b"apik")
+        || x == word(b"api\x7f")
+        || x & THREE == word(b"aws")
+        || x == word(b"bear")
+        || x & THREE == word(b"eyj")
+        || x == word(b"pass")
+        || x & THREE == word(b"pwd")
+        || x == word(b"secr")
+        || x == word(b"toke")
 }
 
-/// A bit per pair of bytes: set for the first two letters of a gate word, in every case.
+/// A bit per pair of bytes: set for the first and for the second two letters of a gate word,
+/// in every case.
 static GATE_PAIRS: [u64; 1024] = {
-    let firsts: [&[u8; 2]; 10] = [
-        b"ak", b"as", b"ap", b"aw", b"be", b"ey", b"pa", b"pw", b"se", b"to",
+    let pairs: [&[u8; 2]; 20] = [
+        b"ak", b"ki", b"as", b"si", b"ap", b"pi", b"aw", b"ws", b"be", b"ea", b"ey", b"yj", b"pa",
+        b"as", b"pw", b"wd", b"se", b"ec", b"to", b"ok",
     ];
     let mut t = [0u64; 1024];
     let mut w = 0;
-    while w < firsts.len() {
+    while w < pairs.len() {
         let mut case = 0;
         while case < 4 {
-            let a = firsts[w][0] & !(if case & 1 != 0 { 0x20 } else { 0 });
-            let b = firsts[w][1] & !(if case & 2 != 0 { 0x20 } else { 0 });
+            let a = pairs[w][0] & !(if case & 1 != 0 { 0x20 } else { 0 });
+            let b = pairs[w][1] & !(if case & 2 != 0 { 0x20 } else { 0 });
             let pair = (a as usize) << 8 | b as usize;
             t[pair >> 6] |= 1 << (pair & 63);
             case += 1;
@@ -264,6 +264,56 @@ mod tests {
     }
 
     #[test]
+    fn the_gate_lets_through_everything_the_built_in_patterns_match() {
+        // Random texts built from pieces of the patterns' words, in mixed case, at every
+        // offset: whatever a pattern matches, the gate must not have skipped.
+        let pieces = [
+            "Bearer ",
+            "bearer\t",
+            "eyJ",
+            "eyJhbGciOi.",
+            "eyJzdWIi.",
+            "AKIA",
+            "ASIA",
+            "0123456789ABCDEF",
+            "aws_secret_access_key=",
+            "AWSSecretAccessKey: ",
+            "password=",
+            "PASSWD:",
+            "pwd=",
+            "Secret: ",
+            "api_key=",
+            "ApiKey=",
+            "access_token=",
+            "TOKEN:",
+            "x",
+            " ",
+            "_",
+            "\"",
+            "=",
+            "/api/v1/",
+            "abc",
+        ];
+        let all = Compiled::built_in();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut matched = 0;
+        for _ in 0..20_000 {
+            let mut text = String::new();
+            for _ in 0..(x % 7 + 1) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                text.push_str(pieces[(x % pieces.len() as u64) as usize]);
+            }
+            if all.any.is_match(&text) {
+                matched += 1;
+                assert!(built_in_gate(&text), "{text:?}");
+            }
+        }
+        assert!(matched > 1_000, "only {matched} texts matched a pattern");
+    }
+
+    #[test]
     fn each_default_pattern() {
         let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl";
         for (line, secret, kept) in [
@@ -304,7 +354,17 @@ mod tests {
         assert!(matches!(r().text("nothing secret here"), Cow::Borrowed(_)));
         // No word of the gate: not even looked at by the patterns.
         assert!(!built_in_gate("GET /api/v1/items/123 status=200"));
-        for hit in ["x-API_KEY", "BeArEr", "EYJ", "aws", "PwD", "tokens"] {
+        for hit in [
+            "x-API_KEY",
+            "BeArEr",
+            "EYJ",
+            "aws",
+            "PwD",
+            "tokens",
+            "xaws",
+            "x_eyj",
+            "yAKIA",
+        ] {
             assert!(built_in_gate(hit), "{hit}");
         }
         for miss in ["", "ey", "api-key", "pw", "/api/v1"] {
