@@ -83,11 +83,17 @@ impl Outlet {
     /// Hand `records` to every sink in batches of at most `batch` records.
     pub async fn send_all(&mut self, mut records: Vec<Record>, batch: usize) {
         let batch = batch.max(1);
+        // Cut from the end, so each record is moved once (cutting from the front moved the
+        // whole rest again for every batch).
+        let mut tails = Vec::new();
         while records.len() > batch {
-            let rest = records.split_off(batch);
-            self.send(std::mem::replace(&mut records, rest)).await;
+            let at = (records.len() - 1) / batch * batch;
+            tails.push(records.split_off(at));
         }
         self.send(records).await;
+        for tail in tails.into_iter().rev() {
+            self.send(tail).await;
+        }
     }
 
     /// Hand `records` to every sink, waiting or dropping as each sink's mode says.

@@ -463,11 +463,7 @@ fn fields(entries: &[Entry<'_>]) -> Option<Fields> {
 /// `s` as a JSON string: copied as it is when nothing needs escaping (the common case),
 /// else through serde_json's escaping.
 fn json_string(out: &mut Vec<u8>, s: &str) {
-    // No early exit: the whole test runs as a vector loop.
-    let plain = !s.bytes().fold(false, |esc, b| {
-        esc | (b < 0x20) | (b == b'"') | (b == b'\\')
-    });
-    if plain {
+    if !s.bytes().any(|b| ESCAPED[usize::from(b)]) {
         out.reserve(s.len() + 2);
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
@@ -476,6 +472,19 @@ fn json_string(out: &mut Vec<u8>, s: &str) {
         serde_json::to_writer(&mut *out, s).expect("writing JSON to a Vec cannot fail");
     }
 }
+
+/// The bytes JSON strings escape: controls, `"` and `\\`.
+static ESCAPED: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = true;
+        b += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
 
 fn level_of(v: Scalar<'_>) -> Option<Level> {
     match v {
