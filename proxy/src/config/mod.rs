@@ -297,8 +297,9 @@ pub struct TimeoutConfig {
     /// HTTP only (TCP mode: `tcp_idle`).
     #[serde(with = "crate::config::duration")]
     pub idle: Duration,
-    /// Pooled connections to the app are dropped after this long unused. Keep it below the
-    /// app's own keep-alive timeout, or reused connections die mid-request (istio#55138).
+    /// Connections to the app (pooled, or bound to an HTTP/1.1 client connection) are not
+    /// used again after this long unused. Keep it below the app's own keep-alive timeout, or
+    /// reused connections die mid-request (istio#55138).
     #[serde(with = "crate::config::duration")]
     pub pool_idle: Duration,
     /// A write to the client that makes no progress for this long (the client stopped

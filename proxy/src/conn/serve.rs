@@ -191,7 +191,7 @@ pub(crate) async fn serve<IO>(
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(ConnActivity::new());
-    let svc = Stack::new(l.clone(), peer, activity.clone(), tls);
+    let svc = Stack::new(l.clone(), peer, activity.clone(), tls, h2);
     let io = TokioIo::new(Watched {
         inner: stream,
         activity: activity.clone(),

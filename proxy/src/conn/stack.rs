@@ -27,12 +27,14 @@ use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::cause::{Cause, ProxyBody};
+use crate::config::Protocol;
 use crate::conn::activity::ConnActivity;
 use crate::conn::listener::Listener;
 use crate::conn::metered::{CountingBody, MeteredBody, RequestGuard};
 use crate::conn::upgrade;
 use crate::edge::tls::TlsInfo;
 use crate::edge::{mtls, ratelimit};
+use crate::http::bound::Bound;
 use crate::http::{host, hygiene, limits, ready, retry, shed, timeout};
 use crate::obs::context::Ctx;
 use crate::obs::trace::ServerSpan;
@@ -55,19 +57,25 @@ struct Shared {
     identity_header: HeaderName,
     /// The client's address as an `X-Forwarded-For` element.
     peer_ip: HeaderValue,
+    /// The app connection bound to this one: an HTTP/1.1 client of an HTTP/1.1 app.
+    bound: Option<Bound>,
 }
 
 // === impl Stack ===
 
 impl Stack {
-    /// The stack for one connection from `peer` (`tls`: the handshake's facts, if any).
+    /// The stack for one connection from `peer` (`tls`: the handshake's facts, if any;
+    /// `h2`: the client speaks HTTP/2).
     pub fn new(
         l: Arc<Listener>,
         peer: SocketAddr,
         conn: Arc<ConnActivity>,
         tls: Option<TlsInfo>,
+        h2: bool,
     ) -> Self {
+        let bound = (!h2 && l.route.cfg.protocol == Protocol::Http).then(Bound::default);
         Self(Arc::new(Shared {
+            bound,
             identity_header: mtls::identity_header(&l.route.cfg),
             peer_ip: hygiene::ip_value(peer.ip()),
             l,
@@ -176,7 +184,9 @@ impl Stack {
         ready::gate(&route.readiness, ctx.start + route.cfg.hold_timeout).await?;
         // replay buffer, retry policy, budget, jittered backoff; each attempt waits for
         // readiness again and runs within per_try through the pooled client: 502/504
-        let mut resp = retry::attempts(route, ctx, req).await?;
+        // an upgrade takes its app connection for the tunnel: it comes from the pool
+        let bound = self.0.bound.as_ref().filter(|_| client_side.is_none());
+        let mut resp = retry::attempts(route, ctx, bound, req).await?;
         if let Some(client_side) = client_side {
             upgrade::finish(l, &self.0.conn, client_side, connect, &mut resp);
         }

@@ -4,6 +4,7 @@
 
 pub(crate) mod app_exits;
 pub(crate) mod backoff;
+pub(crate) mod bound;
 pub(crate) mod budget;
 pub(crate) mod host;
 pub(crate) mod hygiene;

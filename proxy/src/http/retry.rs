@@ -21,6 +21,7 @@ use crate::config::RetryConfig;
 use crate::grpc;
 use crate::http::app_exits::Registered;
 use crate::http::backoff::jittered;
+use crate::http::bound::Bound;
 use crate::http::replay::{BoxError, Prepared};
 use crate::http::route::Route;
 use crate::http::{ready, upstream};
@@ -85,10 +86,12 @@ pub fn verdict(outcome: Outcome, safe_to_repeat: bool) -> Verdict {
 
 /// Attempts until a response worth returning, a failure not worth retrying, the attempt
 /// limit, or an exhausted budget. Each attempt passes the readiness gate again (the app may be
-/// restarting) and then goes to [`upstream::send`].
+/// restarting) and then goes to [`upstream::send`] (`bound`: the client connection's app
+/// connection, when the request may use it).
 pub(crate) async fn attempts<B>(
     l: &Route,
     ctx: &Ctx,
+    bound: Option<&Bound>,
     req: Request<B>,
 ) -> Result<Response<ProxyBody>, Cause>
 where
@@ -136,7 +139,7 @@ where
                 let registered =
                     l.app_exits
                         .register(&parts.method, &parts.uri, ctx.request_id_value());
-                let result = upstream::send(l, ctx, req).await;
+                let result = upstream::send(l, ctx, bound, req).await;
                 if !matches!(result, Err(Cause::ConnectFailed | Cause::ConnectTimeout)) {
                     reached = Some(registered);
                 }

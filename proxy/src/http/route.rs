@@ -7,7 +7,8 @@
 
 use std::sync::Arc;
 
-use http::uri::Authority;
+use http::uri::{Authority, Scheme};
+use http::Uri;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::{watch, Semaphore};
@@ -31,6 +32,13 @@ pub(crate) struct Route {
     pub metrics: Option<ListenerMetrics>,
     pub hooks: Hooks,
     pub upstream: Authority,
+    /// `http://` and `upstream`: what the connector is asked for.
+    pub upstream_uri: Uri,
+    /// TCP (then TLS) to the app, for connections bound to a client connection.
+    pub connector: AppConnector,
+    /// HTTP/1 towards the app, for connections bound to a client connection (the pooled
+    /// client's settings).
+    pub h1: hyper::client::conn::http1::Builder,
     pub client: Client<AppConnector, UpstreamBody>,
     pub budget: RetryBudget,
     /// One permit per request in flight (`limits.max_concurrent`).
@@ -62,6 +70,16 @@ impl Route {
         let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
         connector.set_connect_timeout(Some(t.connect));
         connector.set_nodelay(true);
+        let connector = AppConnector::new(connector, upstream_tls, metrics.clone());
+        let mut h1 = hyper::client::conn::http1::Builder::new();
+        h1.preserve_header_case(cfg.preserve_header_case)
+            .max_buf_size(APP_READ_BUF_MAX);
+        let upstream_uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(upstream.clone())
+            .path_and_query("/")
+            .build()
+            .unwrap_or_default();
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
@@ -77,7 +95,7 @@ impl Route {
             // retried by the pool itself: that is the "safe even for POST" case.
             .retry_canceled_requests(true)
             .set_host(true)
-            .build(AppConnector::new(connector, upstream_tls, metrics.clone()));
+            .build(connector.clone());
         let r = &cfg.retry;
         Self {
             budget: RetryBudget::new(r.budget_ratio, r.budget_min_per_second, r.budget_ttl),
@@ -86,6 +104,9 @@ impl Route {
             metrics,
             hooks,
             upstream,
+            upstream_uri,
+            connector,
+            h1,
             client,
             readiness,
             app_exits,

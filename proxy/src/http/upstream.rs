@@ -1,10 +1,12 @@
-//! The innermost step: one attempt to the app through the pooled keep-alive client,
-//! within `timeouts.per_try`.
+//! The innermost step: one attempt to the app, within `timeouts.per_try`: over the app
+//! connection bound to the client connection (HTTP/1.1, see `bound`), else through the pooled
+//! keep-alive client.
 //!
 //! Invariant: errors are classified by whether the request can have reached the app: a
 //! failed connect cannot (`connect_failed`/`connect_timeout`, always safe to retry); anything
-//! after the request may have been written is `upstream_reset`. A pooled connection found
-//! dead before any byte was written is retried inside the pool and never surfaces here.
+//! after the request may have been written is `upstream_reset`. A reused connection found
+//! dead before any byte was written is sent again on a fresh one (by the pool, or by `bound`)
+//! and never surfaces here.
 
 use std::error::Error as StdError;
 
@@ -13,15 +15,18 @@ use http_body_util::Either;
 use tokio::time::Instant;
 
 use crate::cause::{Cause, ProxyBody};
+use crate::http::bound::{Bound, Failed};
 use crate::http::replay::{body_error_cause, UpstreamBody};
 use crate::http::route::Route;
 use crate::obs::context::Ctx;
 use crate::obs::trace::AttemptSpan;
 
-/// Sends one attempt to the app, within `timeouts.per_try`.
+/// Sends one attempt to the app, within `timeouts.per_try` (`bound`: the client connection's
+/// app connection, for requests that may use it).
 pub(crate) async fn send(
     l: &Route,
     ctx: &Ctx,
+    bound: Option<&Bound>,
     mut req: Request<UpstreamBody>,
 ) -> Result<Response<ProxyBody>, Cause> {
     let attempt = ctx.add_attempt();
@@ -31,11 +36,20 @@ pub(crate) async fn send(
         m.attempts.inc();
     }
     let sent = Instant::now();
-    let result = tokio::time::timeout(l.cfg.timeouts.per_try, l.client.request(req)).await;
+    let attempt = async {
+        match bound {
+            Some(b) => b.send(l, req).await.map_err(|f| match f {
+                Failed::Connect(e) => cause_of(&*e, true),
+                Failed::Send(e) => cause_of(&e, false),
+            }),
+            None => l.client.request(req).await.map_err(|e| classify(&e)),
+        }
+    };
+    let result = tokio::time::timeout(l.cfg.timeouts.per_try, attempt).await;
     ctx.set_upstream_time(sent.elapsed());
     let result = match result {
         Err(_) => Err(Cause::PerTryTimeout),
-        Ok(Err(e)) => Err(classify(&e)),
+        Ok(Err(cause)) => Err(cause),
         Ok(Ok(resp)) => Ok(resp.map(Either::Left)),
     };
     if let Some(span) = span {
@@ -44,14 +58,20 @@ pub(crate) async fn send(
     result
 }
 
-/// Maps a client error to a cause.
+/// Maps a pooled client's error to a cause.
 pub(crate) fn classify(e: &hyper_util::client::legacy::Error) -> Cause {
-    let mut timed_out = false;
-    let mut cur: Option<&(dyn StdError + 'static)> = e.source();
+    match e.source() {
+        Some(source) => cause_of(source, e.is_connect()),
+        None if e.is_connect() => Cause::ConnectFailed,
+        None => Cause::UpstreamReset,
+    }
+}
+
+/// Maps an error on the way to the app to a cause (`connecting`: it came before the request
+/// could be written: the connect or the TLS handshake).
+pub(crate) fn cause_of(e: &(dyn StdError + 'static), connecting: bool) -> Cause {
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(e);
     while let Some(err) = cur {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            timed_out |= io.kind() == std::io::ErrorKind::TimedOut;
-        }
         if let Some(h) = err.downcast_ref::<hyper::Error>() {
             // A user error is our request body failing: the client's upload, not the app.
             if h.is_user() {
@@ -69,8 +89,8 @@ pub(crate) fn classify(e: &hyper_util::client::legacy::Error) -> Cause {
         }
         cur = err.source();
     }
-    if e.is_connect() {
-        if timed_out {
+    if connecting {
+        if timed_out(e) {
             Cause::ConnectTimeout
         } else {
             Cause::ConnectFailed
@@ -78,4 +98,19 @@ pub(crate) fn classify(e: &hyper_util::client::legacy::Error) -> Cause {
     } else {
         Cause::UpstreamReset
     }
+}
+
+/// Whether an error chain holds an I/O timeout.
+fn timed_out(e: &(dyn StdError + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }

@@ -127,7 +127,21 @@ async fn short_keepalive_app(
     std::net::SocketAddr,
     std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 ) {
+    let (addr, bodies, _) = counting_short_keepalive_app(idle).await;
+    (addr, bodies)
+}
+
+/// As [`short_keepalive_app`], also counting the connections it accepted.
+async fn counting_short_keepalive_app(
+    idle: Duration,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -136,6 +150,7 @@ async fn short_keepalive_app(
     let seen = bodies.clone();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let seen = seen.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
@@ -175,7 +190,7 @@ async fn short_keepalive_app(
             });
         }
     });
-    (addr, bodies)
+    (addr, bodies, accepted)
 }
 
 /// Gaps between requests on both sides of the app's idle close.
@@ -222,6 +237,73 @@ async fn pool_idle_above_the_apps_is_survived_by_idempotent_requests() {
             assert_eq!(status, StatusCode::OK, "request {i}: {body:?}");
             tokio::time::sleep(Duration::from_millis(20 + (i * 7) % 25)).await;
         }
+    })
+    .await;
+}
+
+/// One request after another on one keep-alive client connection: all of them over one app
+/// connection (bound to the client's), a second client connection gets its own, and a bound
+/// connection idle past `pool_idle` is not used again (the app may be closing it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_connection_keeps_one_app_connection_within_pool_idle() {
+    use std::sync::atomic::Ordering::SeqCst;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    bounded(async {
+        let (app, bodies, accepted) = counting_short_keepalive_app(Duration::from_secs(30)).await;
+        let proxy = Proxy::start(app, Protocol::Http, true, |c| {
+            c.timeouts.pool_idle = Duration::from_millis(300);
+        })
+        .await;
+        let addr = proxy.addr;
+        async fn post(s: &mut tokio::net::TcpStream, body: &str) -> String {
+            let req = format!(
+                "POST /pay HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            s.write_all(req.as_bytes()).await.expect("write");
+            let mut got = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // tandem's answer ends with the app's 2-byte body "ok"
+            while !got.ends_with(b"\r\n\r\nok") {
+                let n = s.read(&mut chunk).await.expect("read");
+                assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+                got.extend_from_slice(&chunk[..n]);
+            }
+            String::from_utf8_lossy(&got).into_owned()
+        }
+        let mut a = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        for i in 0..20 {
+            let resp = post(&mut a, &format!("a{i}")).await;
+            assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+        }
+        assert_eq!(
+            accepted.load(SeqCst),
+            1,
+            "one client connection, one app connection"
+        );
+        let mut b = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        post(&mut b, "b0").await;
+        post(&mut a, "a20").await;
+        assert_eq!(
+            accepted.load(SeqCst),
+            2,
+            "a second client connection, its own"
+        );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        post(&mut a, "a21").await;
+        assert_eq!(
+            accepted.load(SeqCst),
+            3,
+            "idle past pool_idle: a fresh app connection"
+        );
+        let bodies = bodies.lock().expect("lock").clone();
+        let mut want: Vec<String> = (0..20).map(|i| format!("a{i}")).collect();
+        want.extend(["b0", "a20", "a21"].map(String::from));
+        assert_eq!(bodies, want, "each POST once, in order");
     })
     .await;
 }
