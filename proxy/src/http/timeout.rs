@@ -6,6 +6,8 @@
 //! this step began, so a slow outer step cannot stretch it.
 
 use std::future::Future;
+
+use futures_util::FutureExt;
 use std::time::Duration;
 
 use crate::cause::Cause;
@@ -13,15 +15,19 @@ use crate::obs::context::Ctx;
 
 /// Runs `fut` (holds, attempts and backoff) within `limit` (`timeouts.request`), counted
 /// from the request's arrival.
-pub(crate) async fn whole_request<T>(
+///
+/// Not an `async fn`: one would hold `fut` twice (its argument and the timeout around it),
+/// and this future is most of a request's state, copied whole when the request starts.
+pub(crate) fn whole_request<T, F>(
     limit: Duration,
     ctx: &Ctx,
-    fut: impl Future<Output = Result<T, Cause>>,
-) -> Result<T, Cause> {
+    fut: F,
+) -> impl Future<Output = Result<T, Cause>>
+where
+    F: Future<Output = Result<T, Cause>>,
+{
     let deadline = ctx.start + limit;
-    tokio::time::timeout_at(deadline, fut)
-        .await
-        .unwrap_or(Err(Cause::RequestTimeout))
+    tokio::time::timeout_at(deadline, fut).map(|r| r.unwrap_or(Err(Cause::RequestTimeout)))
 }
 
 #[cfg(test)]
