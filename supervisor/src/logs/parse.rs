@@ -121,13 +121,12 @@ fn prefixed(text: &str) -> Option<Prefixed<'_>> {
         }
     }
     let (pairs, entries) = trailing_pairs(text, at);
+    // Spaces before the pairs are trimmed one byte at a time: ASCII ones only (the last byte
+    // of a multi-byte space is no char boundary, so `space_len` says 0 and it stays), so
+    // `msg_end` stays on a char boundary.
     let mut msg_end = pairs;
     while msg_end > at && logfmt::space_len(text, msg_end - 1) > 0 {
         msg_end -= 1;
-    }
-    // A multi-byte space before the pairs: back to a char boundary.
-    while !text.is_char_boundary(msg_end) {
-        msg_end += 1;
     }
     Some(Prefixed {
         time,
@@ -461,8 +460,8 @@ fn fields(entries: &[Entry<'_>]) -> Option<Fields> {
 }
 
 /// `s` as a JSON string: copied as it is when nothing needs escaping (the common case),
-/// else through serde_json's escaping.
-fn json_string(out: &mut Vec<u8>, s: &str) {
+/// else through serde_json's escaping. The JSON sink writes its strings with it too.
+pub(crate) fn json_string(out: &mut Vec<u8>, s: &str) {
     if !s.bytes().any(|b| ESCAPED[usize::from(b)]) {
         out.reserve(s.len() + 2);
         out.push(b'"');
@@ -738,6 +737,13 @@ mod tests {
         let (_, r) = parsed(ParseFormat::Auto, "2026-11-24T10:00:00Z [error] db down");
         assert_eq!((r.level, r.msg.as_str()), (Level::Error, "db down"));
         assert!(r.time.is_some() && r.fields.is_none());
+        // A multi-byte space before the pairs stays in the message (cut on a char boundary).
+        let (_, r) = parsed(
+            ParseFormat::Auto,
+            "2026-11-24T10:00:00Z INFO done \u{3000}status=200",
+        );
+        assert_eq!(r.msg, "done \u{3000}");
+        assert_eq!(r.fields.expect("kept").as_json(), r#"{"status":"200"}"#);
         // A lower-case bare word is prose, and a message may hold quotes and `=`; only the
         // run of pairs that ends the line becomes fields.
         let (_, r) = parsed(

@@ -6,6 +6,7 @@
 use std::io::Write;
 use std::time::SystemTime;
 
+use super::super::parse::json_string as string;
 use super::super::record::Record;
 
 /// Renders records as JSON lines; caches the text of the last observed time (a batch mostly
@@ -155,10 +156,6 @@ fn number(out: &mut Vec<u8>, n: u64) {
         }
     }
     out.extend_from_slice(&buf[at..]);
-}
-
-fn string(out: &mut Vec<u8>, s: &str) {
-    serde_json::to_writer(&mut *out, s).expect("writing JSON to a Vec cannot fail");
 }
 
 #[cfg(test)]
