@@ -70,12 +70,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     {
         return;
     }
-    let named: Vec<HeaderName> = headers
+    // The headers `Connection` names, as written; `keep-alive` and `close` (almost always
+    // the only ones) are hop-by-hop or no header at all, so they are not kept: most heads
+    // need no list.
+    let named: Vec<&str> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|t| {
+            !t.is_empty()
+                && !t.eq_ignore_ascii_case("keep-alive")
+                && !t.eq_ignore_ascii_case("close")
+        })
         .collect();
     // "TE: trailers" is the one TE value that means something end to end (gRPC needs it).
     let te_trailers = headers
@@ -93,7 +101,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
             if *n == header::UPGRADE {
                 return !upgrade;
             }
-            is_hop_by_hop(n) || named.contains(n)
+            is_hop_by_hop(n) || named.iter().any(|t| t.eq_ignore_ascii_case(n.as_str()))
         })
         .cloned()
         .collect();
@@ -280,8 +288,10 @@ mod tests {
     fn strips_listed_and_named_headers() {
         let mut h = map(&[
             ("connection", "keep-alive, x-secret"),
+            ("connection", " X-Other ,close"),
             ("keep-alive", "timeout=5"),
             ("x-secret", "1"),
+            ("x-other", "1"),
             ("transfer-encoding", "chunked"),
             ("te", "trailers, deflate"),
             ("upgrade", "websocket"),
