@@ -29,6 +29,7 @@ use crate::conn::activity::{write_stalled, ConnActivity, FIRST_OK, FIRST_PENDING
 use crate::conn::listener::Listener;
 use crate::conn::stack::Stack;
 use crate::edge::tls::TlsInfo;
+use crate::http::bound::Bound;
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -197,24 +198,34 @@ pub(crate) async fn serve<IO>(
         activity: activity.clone(),
         first: Some(Box::new(FirstBytes::new(h2))),
     });
+    let stack = svc.clone();
+    let bound = stack.bound();
     if h2 {
         let conn = l.h2.serve_connection(io, svc);
         tokio::pin!(conn);
-        drive(&l, peer, &activity, true, conn, |c| c.graceful_shutdown()).await;
+        drive(&l, peer, &activity, true, None, conn, |c| {
+            c.graceful_shutdown()
+        })
+        .await;
     } else {
         let conn = l.h1.serve_connection(io, svc).with_upgrades();
         tokio::pin!(conn);
-        drive(&l, peer, &activity, false, conn, |c| c.graceful_shutdown()).await;
+        drive(&l, peer, &activity, false, bound, conn, |c| {
+            c.graceful_shutdown()
+        })
+        .await;
     }
 }
 
 /// Runs hyper's connection future `conn` against the connection's clocks and the listener's
-/// drain tokens.
+/// drain tokens (`bound`: the app connection an HTTP/1.1 client connection keeps, closed
+/// after `pool_idle` unused).
 async fn drive<F>(
     l: &Listener,
     peer: SocketAddr,
     activity: &ConnActivity,
     h2: bool,
+    bound: Option<&Bound>,
     mut conn: Pin<&mut F>,
     graceful: fn(Pin<&mut F>),
 ) where
@@ -233,9 +244,10 @@ async fn drive<F>(
             .unwrap_or_else(|| Instant::now() + t.header_read),
     );
     let stalled = write_stalled(activity, t.write);
+    let app_idle = tokio::time::sleep(t.pool_idle);
     let shutdown = l.shutdown.cancelled();
     let hard_stop = l.hard_stop.cancelled();
-    tokio::pin!(idle, header, stalled, shutdown, hard_stop);
+    tokio::pin!(idle, header, stalled, shutdown, hard_stop, app_idle);
     let mut closing = false;
     // HTTP/2 has no request head to dribble (and pings move bytes while idle): its clock
     // runs until the preface and the first frame are in.
@@ -273,6 +285,10 @@ async fn drive<F>(
                 } else {
                     idle.as_mut().reset(at);
                 }
+            }
+            () = app_idle.as_mut(), if bound.is_some() => {
+                let next = bound.and_then(|b| b.expire(t.pool_idle));
+                app_idle.as_mut().reset(next.unwrap_or_else(|| Instant::now() + t.pool_idle));
             }
             () = stalled.as_mut() => {
                 tracing::debug!(listener = %l.route.name, %peer, "client stopped reading; closing");

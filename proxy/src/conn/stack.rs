@@ -85,6 +85,11 @@ impl Stack {
         }))
     }
 
+    /// The app connection bound to this client connection, if it has one.
+    pub fn bound(&self) -> Option<&Bound> {
+        self.0.bound.as_ref()
+    }
+
     /// One request, arrival to response head. Accounting (access log, RED metrics, in-flight
     /// and drain counters, tandem's response headers) lasts until the response body ends.
     async fn handle(self, req: Request<Incoming>) -> Response<MeteredBody<ProxyBody>> {

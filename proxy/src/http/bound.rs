@@ -7,11 +7,14 @@
 //! Invariant: a bound connection is used only when it is idle (its last response ended) and
 //! was used less than `timeouts.pool_idle` ago, the same bound the pooled client keeps: an
 //! app closing keep-alive connections after a few seconds (Node's 5 s) never gets a request
-//! on a connection it is closing. A request the connection closed before writing is sent
+//! on a connection it is closing, and the client connection's clocks close it once it has been
+//! idle that long (the pool's idle eviction), so an idle client does not hold one of the app's
+//! connections (or threads) open. A request the connection closed before writing is sent
 //! again on a fresh one (it never reached the app); a failure after that is the caller's to
 //! classify and retry. HTTP/2 clients, `h2c` apps and upgrades keep the pooled client.
 
 use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
 
 use http::header::HOST;
 use http::{Method, Request, Response, Uri};
@@ -79,6 +82,19 @@ impl Bound {
         // Not ready: its last response is still streaming, or it closed. Dropping it lets
         // hyper finish that exchange and close it.
         (tx.is_ready() && used.elapsed() < l.cfg.timeouts.pool_idle).then_some(tx)
+    }
+
+    /// Closes the connection if it has been idle for `after` (the client connection is
+    /// idle too: a busy connection is out of the slot); else says when to look again.
+    pub fn expire(&self, after: Duration) -> Option<Instant> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let due = idle.as_ref().map(|(_, used)| *used + after)?;
+        if due > Instant::now() {
+            return Some(due);
+        }
+        // Dropping the sender ends hyper's connection task, which closes the socket.
+        *idle = None;
+        None
     }
 
     fn put(&self, tx: SendRequest<UpstreamBody>) {

@@ -127,21 +127,25 @@ async fn short_keepalive_app(
     std::net::SocketAddr,
     std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 ) {
-    let (addr, bodies, _) = counting_short_keepalive_app(idle).await;
+    let (addr, bodies, _, _) = counting_short_keepalive_app(idle).await;
     (addr, bodies)
 }
 
-/// As [`short_keepalive_app`], also counting the connections it accepted.
+/// As [`short_keepalive_app`], also counting the connections it accepted and those the peer
+/// closed.
 async fn counting_short_keepalive_app(
     idle: Duration,
 ) -> (
     std::net::SocketAddr,
     std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = accepted.clone();
+    let closed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let closes = closed.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -152,6 +156,7 @@ async fn counting_short_keepalive_app(
         while let Ok((mut s, _)) = listener.accept().await {
             counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let seen = seen.clone();
+            let closes = closes.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
@@ -164,6 +169,10 @@ async fn counting_short_keepalive_app(
                     };
                     let n = match tokio::time::timeout(wait, s.read(&mut chunk)).await {
                         Ok(Ok(n)) if n > 0 => n,
+                        Ok(Ok(_)) => {
+                            closes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            return;
+                        }
                         _ => return,
                     };
                     buf.extend_from_slice(&chunk[..n]);
@@ -190,7 +199,7 @@ async fn counting_short_keepalive_app(
             });
         }
     });
-    (addr, bodies, accepted)
+    (addr, bodies, accepted, closed)
 }
 
 /// Gaps between requests on both sides of the app's idle close.
@@ -243,13 +252,14 @@ async fn pool_idle_above_the_apps_is_survived_by_idempotent_requests() {
 
 /// One request after another on one keep-alive client connection: all of them over one app
 /// connection (bound to the client's), a second client connection gets its own, and a bound
-/// connection idle past `pool_idle` is not used again (the app may be closing it).
+/// connection idle past `pool_idle` is closed and not used again (the app may be closing it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_connection_keeps_one_app_connection_within_pool_idle() {
     use std::sync::atomic::Ordering::SeqCst;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     bounded(async {
-        let (app, bodies, accepted) = counting_short_keepalive_app(Duration::from_secs(30)).await;
+        let (app, bodies, accepted, closed) =
+            counting_short_keepalive_app(Duration::from_secs(30)).await;
         let proxy = Proxy::start(app, Protocol::Http, true, |c| {
             c.timeouts.pool_idle = Duration::from_millis(300);
         })
@@ -293,7 +303,12 @@ async fn a_client_connection_keeps_one_app_connection_within_pool_idle() {
             2,
             "a second client connection, its own"
         );
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        // Both client connections idle past pool_idle: tandem closes their app connections
+        // (the pool's idle eviction); the client connections stay open.
+        eventually("the idle app connections closed", || {
+            closed.load(SeqCst) == 2
+        })
+        .await;
         post(&mut a, "a21").await;
         assert_eq!(
             accepted.load(SeqCst),
