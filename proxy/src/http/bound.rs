@@ -38,7 +38,7 @@ pub(crate) enum Failed {
 /// See the module doc.
 #[derive(Default)]
 pub(crate) struct Bound {
-    /// The connection between requests, and when its last request was sent.
+    /// The connection between requests, and when its last answer's head came (the last use).
     idle: Mutex<Option<(SendRequest<UpstreamBody>, Instant)>>,
 }
 
