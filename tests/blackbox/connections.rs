@@ -5,7 +5,7 @@
 //!
 //! The app is Python's own `http.server`; tandem runs under `prlimit --nofile=256:256`.
 use std::{
-    io::{ErrorKind, Read},
+    io::{BufRead, BufReader, ErrorKind, Read, Write},
     net::TcpStream,
     path::Path,
 };
@@ -287,6 +287,70 @@ limits = {{ max_connections = 10500 }}
     );
     let (status, _, _) = http(&web, "GET", "/", b"", &[]).unwrap();
     assert_eq!(status, 200);
+    t.signal(Signal::SIGTERM);
+    t.wait();
+}
+
+/// One GET on `s` (kept open): the status line and the body (read by Content-Length).
+fn get_on(s: &mut BufReader<TcpStream>, path: &str) -> (String, String) {
+    write!(
+        s.get_mut(),
+        "GET {path} HTTP/1.1\r\nHost: shop.test\r\n\r\n"
+    )
+    .unwrap();
+    let mut status = String::new();
+    s.read_line(&mut status).unwrap();
+    let mut len = 0;
+    loop {
+        let mut line = String::new();
+        assert!(s.read_line(&mut line).unwrap() > 0, "closed in the head");
+        if line == "\r\n" {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+    }
+    let mut body = vec![0; len];
+    s.read_exact(&mut body).unwrap();
+    (
+        status.trim_end().to_string(),
+        String::from_utf8(body).unwrap(),
+    )
+}
+
+/// Python's http.server answers in HTTP/1.0 and closes each connection: an HTTP/1.1 client
+/// of tandem still gets HTTP/1.1 answers on one connection that stays open (it got 1.0 and a
+/// closed connection after every response).
+#[test]
+fn an_http_1_0_app_is_answered_in_1_1_on_a_kept_client_connection() {
+    if !require_tool("python3") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hello.txt"), "hello\n").unwrap();
+    let (web, app) = (free_port(), free_port());
+    let listeners = format!(
+        r#"
+[[proxy.listeners]]
+name = "web"
+listen = "127.0.0.1:{web}"
+upstream = "127.0.0.1:{app}"
+"#
+    );
+    let (mut t, _admin) = start(dir.path(), app, &listeners, None);
+    let stream = TcpStream::connect(format!("127.0.0.1:{web}")).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut s = BufReader::new(stream);
+    for _ in 0..3 {
+        let (status, body) = get_on(&mut s, "/hello.txt");
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert_eq!(body, "hello\n");
+    }
+    let (status, _) = get_on(&mut s, "/missing");
+    assert_eq!(status, "HTTP/1.1 404 File not found");
     t.signal(Signal::SIGTERM);
     t.wait();
 }

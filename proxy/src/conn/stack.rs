@@ -160,6 +160,7 @@ impl Stack {
         if let Some(limiter) = &l.edge.rate {
             ratelimit::check(limiter, &req, s.peer)?;
         }
+        let client_version = req.version();
         // request id, X-Forwarded-*, the app's Host, URI and version
         let req = hygiene::rewrite(&route.cfg, &route.upstream, &s.peer_ip, ctx, host, req)?;
         // the whole request (holds, attempts, backoff): 504; a gRPC call's own deadline
@@ -171,6 +172,17 @@ impl Stack {
         let mut resp = timeout::whole_request(limit, ctx, self.upgradable(req, ctx)).await?;
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             hygiene::strip_hop_by_hop(resp.headers_mut(), false);
+        }
+        // An HTTP/1.0 app's answer (Python's http.server) goes to an HTTP/1.1 client as
+        // HTTP/1.1: tandem speaks 1.1 (RFC 9110 §6.2), and hyper would otherwise answer in
+        // 1.0 and close the client's connection after every response.
+        if client_version == http::Version::HTTP_11
+            && matches!(
+                resp.version(),
+                http::Version::HTTP_10 | http::Version::HTTP_09
+            )
+        {
+            *resp.version_mut() = http::Version::HTTP_11;
         }
         Ok(resp)
     }
