@@ -6,16 +6,11 @@
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
-use http_body_util::{Either, Full};
-use hyper::body::Incoming;
+use http_body_util::Full;
 
 /// The `Allow` header of a 405: the methods a listener forwards (every standard one but
 /// CONNECT, which tunnels rather than asks for a resource).
 const ALLOW: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH";
-
-/// The body of every response of the proxy: the app's, as hyper's client read it, or one
-/// tandem made. Not boxed: a box per response was a measurable share of the proxy's CPU.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 
 /// A failure tandem answers for the app.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -176,13 +171,13 @@ impl Cause {
 
     /// The response tandem sends: status, a one-line body naming the cause, and Retry-After
     /// where waiting helps.
-    pub fn response(self) -> Response<ProxyBody> {
+    pub fn response(self) -> Response<Full<Bytes>> {
         let body = match self {
             Cause::PoisonRequest => "tandem: poison_request: the app exited while handling this request, and again after it was replayed; it is not sent again\n".to_string(),
             Cause::BadHost(why) => format!("tandem: {}: {}\n", self.as_str(), why.reason()),
             _ => format!("tandem: {}\n", self.as_str()),
         };
-        let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
+        let mut resp = Response::new(Full::new(Bytes::from(body)));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
         h.insert(

@@ -16,9 +16,10 @@ use http::header::{HeaderName, HeaderValue};
 use http::Response;
 use http_body::{Body, Frame, SizeHint};
 
-use crate::cause::{Cause, ProxyBody};
+use crate::cause::Cause;
 use crate::conn::activity::ConnActivity;
 use crate::conn::listener::Listener;
+use crate::http::body::ProxyBody;
 use crate::http::hygiene::REQUEST_ID;
 use crate::obs::access_log::AccessRecord;
 use crate::obs::context::Ctx;

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::cause::{Cause, ProxyBody};
+use crate::cause::Cause;
 use crate::config::Protocol;
 use crate::conn::activity::ConnActivity;
 use crate::conn::listener::Listener;
@@ -34,6 +34,7 @@ use crate::conn::metered::{CountingBody, MeteredBody, RequestGuard};
 use crate::conn::upgrade;
 use crate::edge::tls::TlsInfo;
 use crate::edge::{mtls, ratelimit};
+use crate::http::body::ProxyBody;
 use crate::http::bound::Bound;
 use crate::http::{host, hygiene, limits, ready, retry, shed, timeout};
 use crate::obs::context::Ctx;
@@ -116,7 +117,7 @@ impl Stack {
             Ok(resp) => resp,
             Err(cause) => {
                 guard.set_cause(cause);
-                cause.response()
+                cause.response().map(ProxyBody::Tandem)
             }
         };
         guard.respond(resp)

@@ -13,10 +13,11 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use crate::cause::{Cause, ProxyBody};
+use crate::cause::Cause;
 use crate::config::{ListenerConfig, Protocol};
 use crate::conn::activity::{write_stalled, ConnActivity};
 use crate::conn::listener::Listener;
+use crate::http::body::ProxyBody;
 use crate::http::hygiene::wants_upgrade;
 
 /// Takes the client's upgrade handle out of the request (always, so no copy of the request

@@ -12,17 +12,24 @@
 //! connections (or threads) open. A request the connection closed before writing is sent
 //! again on a fresh one (it never reached the app); a failure after that is the caller's to
 //! classify and retry. HTTP/2 clients, `h2c` apps and upgrades keep the pooled client.
+//!
+//! Who drives the connection: tandem's own HTTP/1 exchange (`h1`) for the common request to
+//! a plain-TCP app, else hyper's HTTP/1 client (TLS to the app, kept header case, or a
+//! request `h1` does not take, which hands the connection to hyper for the rest of its life).
 
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use http::header::HOST;
 use http::{Method, Request, Response, Uri};
-use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 use tower::Service;
 
+use crate::edge::upstream_tls::AppIo;
+use crate::http::body::ProxyBody;
+use crate::http::h1::{self, Park};
 use crate::http::replay::{BoxError, UpstreamBody};
 use crate::http::route::Route;
 
@@ -31,15 +38,27 @@ use crate::http::route::Route;
 pub(crate) enum Failed {
     /// Connecting (TCP, TLS, the HTTP/1 handshake): the request was not written.
     Connect(BoxError),
-    /// Sending the request or reading the answer's head.
+    /// Sending the request or reading the answer's head (hyper's client).
     Send(hyper::Error),
+    /// The same, in tandem's own exchange.
+    Exchange(h1::Error),
 }
 
 /// See the module doc.
 #[derive(Default)]
 pub(crate) struct Bound {
-    /// The connection between requests, and when its last answer's head came (the last use).
+    /// The connection between requests when tandem's own exchange drives it (a plain-TCP
+    /// app whose header case is not kept), and when its last answer's head came.
+    park: Park,
+    /// The connection between requests when hyper's client drives it: TLS to the app, kept
+    /// header case, or since a request the own exchange does not take (a streamed upload).
     idle: Mutex<Option<(SendRequest<UpstreamBody>, Instant)>>,
+}
+
+/// An idle connection taken for a request.
+enum Taken {
+    Own(h1::Conn),
+    Hyper(SendRequest<UpstreamBody>),
 }
 
 // === impl Bound ===
@@ -51,17 +70,29 @@ impl Bound {
         &self,
         l: &Route,
         mut req: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, Failed> {
+    ) -> Result<Response<ProxyBody>, Failed> {
         to_origin_form(&mut req, &l.upstream_uri);
+        let own = l.own_h1 && h1::eligible(&req);
         loop {
             let (mut tx, reused) = match self.take(l) {
-                Some(tx) => (tx, true),
-                None => (connect(l).await?, false),
+                Some(Taken::Own(conn)) if own => return self.exchange(conn, req).await,
+                // hyper's client takes the connection over for good
+                Some(Taken::Own(conn)) => (
+                    handshake(l, AppIo::Plain(TokioIo::new(conn.into_io()))).await?,
+                    true,
+                ),
+                Some(Taken::Hyper(tx)) => (tx, true),
+                None => match connect(l).await? {
+                    AppIo::Plain(tcp) if own => {
+                        return self.exchange(h1::Conn::new(tcp.into_inner()), req).await
+                    }
+                    io => (handshake(l, io).await?, false),
+                },
             };
             match tx.try_send_request(req).await {
                 Ok(resp) => {
                     self.put(tx);
-                    return Ok(resp);
+                    return Ok(resp.map(ProxyBody::Pooled));
                 }
                 Err(mut e) => match e.take_message() {
                     // Closed before a byte of it was written: safe for any method.
@@ -72,44 +103,71 @@ impl Bound {
         }
     }
 
+    async fn exchange(
+        &self,
+        conn: h1::Conn,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<ProxyBody>, Failed> {
+        match conn.exchange(req, &self.park).await {
+            Ok(resp) => Ok(resp.map(ProxyBody::Bound)),
+            Err(e) => Err(Failed::Exchange(e)),
+        }
+    }
+
     /// The bound connection, if it can take a request now.
-    fn take(&self, l: &Route) -> Option<SendRequest<UpstreamBody>> {
-        let (tx, used) = self
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()?;
+    fn take(&self, l: &Route) -> Option<Taken> {
+        let fresh = |used: Instant| used.elapsed() < l.cfg.timeouts.pool_idle;
+        if let Some((conn, used)) = lock(&self.park).take() {
+            // Closed by the app, or it sent something unasked: dropped.
+            return (fresh(used) && conn.is_reusable()).then_some(Taken::Own(conn));
+        }
+        let (tx, used) = lock(&self.idle).take()?;
         // Not ready: its last response is still streaming, or it closed. Dropping it lets
         // hyper finish that exchange and close it.
-        (tx.is_ready() && used.elapsed() < l.cfg.timeouts.pool_idle).then_some(tx)
+        (tx.is_ready() && fresh(used)).then_some(Taken::Hyper(tx))
     }
 
     /// Closes the connection if it has been idle for `after` (the client connection is
     /// idle too: a busy connection is out of the slot); else says when to look again.
     pub fn expire(&self, after: Duration) -> Option<Instant> {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        let due = idle.as_ref().map(|(_, used)| *used + after)?;
-        if due > Instant::now() {
-            return Some(due);
+        // Dropping hyper's sender ends its connection task, which closes the socket.
+        match (expire(&self.park, after), expire(&self.idle, after)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
-        // Dropping the sender ends hyper's connection task, which closes the socket.
-        *idle = None;
-        None
     }
 
     fn put(&self, tx: SendRequest<UpstreamBody>) {
-        *self.idle.lock().unwrap_or_else(PoisonError::into_inner) = Some((tx, Instant::now()));
+        *lock(&self.idle) = Some((tx, Instant::now()));
     }
 }
 
-/// Opens a connection to the app (TCP, then TLS if configured) and spawns its driver.
-async fn connect(l: &Route) -> Result<SendRequest<UpstreamBody>, Failed> {
-    let io = l
-        .connector
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Empties `slot` if what it holds has been idle for `after`; else when to look again.
+fn expire<T>(slot: &Mutex<Option<(T, Instant)>>, after: Duration) -> Option<Instant> {
+    let mut idle = lock(slot);
+    let due = idle.as_ref().map(|(_, used)| *used + after)?;
+    if due > Instant::now() {
+        return Some(due);
+    }
+    *idle = None;
+    None
+}
+
+/// Opens a connection to the app (TCP, then TLS if configured).
+async fn connect(l: &Route) -> Result<AppIo, Failed> {
+    l.connector
         .clone()
         .call(l.upstream_uri.clone())
         .await
-        .map_err(Failed::Connect)?;
+        .map_err(Failed::Connect)
+}
+
+/// hyper's HTTP/1 client on `io`, its driver spawned.
+async fn handshake(l: &Route, io: AppIo) -> Result<SendRequest<UpstreamBody>, Failed> {
     let (tx, conn) =
         l.h1.handshake(io)
             .await

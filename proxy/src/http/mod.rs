@@ -4,8 +4,10 @@
 
 pub(crate) mod app_exits;
 pub(crate) mod backoff;
+pub(crate) mod body;
 pub(crate) mod bound;
 pub(crate) mod budget;
+pub(crate) mod h1;
 pub(crate) mod host;
 pub(crate) mod hygiene;
 pub(crate) mod limits;

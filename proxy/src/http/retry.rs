@@ -16,11 +16,12 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body::Body;
 
-use crate::cause::{Cause, ProxyBody};
+use crate::cause::Cause;
 use crate::config::RetryConfig;
 use crate::grpc;
 use crate::http::app_exits::Registered;
 use crate::http::backoff::jittered;
+use crate::http::body::ProxyBody;
 use crate::http::bound::Bound;
 use crate::http::replay::{BoxError, Prepared};
 use crate::http::route::Route;

@@ -39,6 +39,9 @@ pub(crate) struct Route {
     /// HTTP/1 towards the app, for connections bound to a client connection (the pooled
     /// client's settings).
     pub h1: hyper::client::conn::http1::Builder,
+    /// Bound connections use tandem's own HTTP/1 exchange (`http::h1`): plain TCP to the
+    /// app and header case not kept (hyper's client does both).
+    pub own_h1: bool,
     pub client: Client<AppConnector, UpstreamBody>,
     pub budget: RetryBudget,
     /// One permit per request in flight (`limits.max_concurrent`).
@@ -70,6 +73,7 @@ impl Route {
         let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
         connector.set_connect_timeout(Some(t.connect));
         connector.set_nodelay(true);
+        let own_h1 = upstream_tls.is_none() && !cfg.preserve_header_case;
         let connector = AppConnector::new(connector, upstream_tls, metrics.clone());
         let mut h1 = hyper::client::conn::http1::Builder::new();
         h1.preserve_header_case(cfg.preserve_header_case)
@@ -107,6 +111,7 @@ impl Route {
             upstream_uri,
             connector,
             h1,
+            own_h1,
             client,
             readiness,
             app_exits,

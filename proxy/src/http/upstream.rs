@@ -11,11 +11,12 @@
 use std::error::Error as StdError;
 
 use http::{Request, Response};
-use http_body_util::Either;
 use tokio::time::Instant;
 
-use crate::cause::{Cause, ProxyBody};
+use crate::cause::Cause;
+use crate::http::body::ProxyBody;
 use crate::http::bound::{Bound, Failed};
+use crate::http::h1;
 use crate::http::replay::{body_error_cause, UpstreamBody};
 use crate::http::route::Route;
 use crate::obs::context::Ctx;
@@ -41,8 +42,16 @@ pub(crate) async fn send(
             Some(b) => b.send(l, req).await.map_err(|f| match f {
                 Failed::Connect(e) => cause_of(&*e, true),
                 Failed::Send(e) => cause_of(&e, false),
+                // the client's upload failed (or went over the body limit): not the app
+                Failed::Exchange(h1::Error::Body(e)) => body_error_cause(&*e),
+                Failed::Exchange(_) => Cause::UpstreamReset,
             }),
-            None => l.client.request(req).await.map_err(|e| classify(&e)),
+            None => l
+                .client
+                .request(req)
+                .await
+                .map(|r| r.map(ProxyBody::Pooled))
+                .map_err(|e| classify(&e)),
         }
     };
     let result = tokio::time::timeout(l.cfg.timeouts.per_try, attempt).await;
@@ -50,7 +59,7 @@ pub(crate) async fn send(
     let result = match result {
         Err(_) => Err(Cause::PerTryTimeout),
         Ok(Err(cause)) => Err(cause),
-        Ok(Ok(resp)) => Ok(resp.map(Either::Left)),
+        Ok(Ok(resp)) => Ok(resp),
     };
     if let Some(span) = span {
         span.finish(result.as_ref().map(|r| r.status().as_u16()).map_err(|c| *c));

@@ -18,18 +18,18 @@ use bytes::Bytes;
 use http::header::{HeaderValue, HOST};
 use http::{Request, Response, StatusCode, Uri};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::Instant;
 
-use crate::cause::{Cause, ProxyBody};
+use crate::cause::Cause;
 use crate::config::{OutboundConfig, Protocol};
 use crate::edge::upstream_tls::{AppConnector, UpstreamTls};
 use crate::grpc;
 use crate::http::backoff::jittered;
+use crate::http::body::ProxyBody;
 use crate::http::budget::RetryBudget;
 use crate::http::hygiene;
 use crate::http::replay::{BoxError, Prepared, UpstreamBody};
@@ -124,7 +124,7 @@ impl CallBody {
     /// An answer of tandem's own, outside any call's accounting.
     pub fn answer(status: StatusCode, text: String) -> Response<CallBody> {
         let mut resp = Response::new(CallBody {
-            inner: Either::Right(http_body_util::Full::new(Bytes::from(text))),
+            inner: ProxyBody::Tandem(http_body_util::Full::new(Bytes::from(text))),
             finish: None,
         });
         *resp.status_mut() = status;
@@ -216,7 +216,7 @@ pub(crate) async fn handle(svc: Arc<Service>, req: Request<Incoming>) -> Respons
         Err(cause) => {
             fin.cause = Some(cause);
             tracing::debug!(service = %svc.cfg.name, %cause, "outbound call answered by tandem");
-            cause.response()
+            cause.response().map(ProxyBody::Tandem)
         }
     };
     fin.status = resp.status().as_u16();
@@ -381,7 +381,7 @@ async fn send(
     let result = match result {
         Err(_) => Err(Cause::PerTryTimeout),
         Ok(Err(e)) => Err(crate::http::upstream::classify(&e)),
-        Ok(Ok(resp)) => Ok(resp.map(Either::Left)),
+        Ok(Ok(resp)) => Ok(resp.map(ProxyBody::Pooled)),
     };
     // A failure weighs as a slow answer: a refused connect is fast, and must not make the
     // endpoint look like the best one.
