@@ -238,6 +238,42 @@ fn sigterm_drains_the_in_flight_request_before_the_app_is_stopped() {
 }
 
 #[test]
+fn a_connection_opened_before_the_drain_gets_its_first_request_answered() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let (mut t, proxy, _admin) = start(dir.path(), "", "");
+    t.wait_event("ready");
+    // a request in flight keeps the drain going
+    let slow = {
+        let proxy = proxy.clone();
+        thread::spawn(move || http(&proxy, "GET", "/slow?ms=2000", b"", &[]))
+    };
+    crate::support::eventually("slow request in flight", || {
+        t.records().iter().any(|r| {
+            r["msg"]
+                .as_str()
+                .is_some_and(|m| m.contains("slow request: sleeping"))
+        })
+    });
+    // connected before the drain, its request sent just after the drain began: hyper's
+    // graceful shutdown alone closed such a connection unread, the client getting no answer
+    let mut s = std::net::TcpStream::connect(&proxy).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    t.signal(Signal::SIGTERM);
+    t.wait_event("stopping");
+    thread::sleep(Duration::from_millis(100));
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    // answered, then closed (read to its end, not to the 10 s timeout)
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    let (status, _, _) = slow.join().unwrap().unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(t.wait_code(), 0);
+}
+
+#[test]
 fn slowloris_is_cut_and_oversized_headers_get_431() {
     use std::io::{Read, Write};
     let dir = tempfile::tempdir().unwrap();

@@ -19,6 +19,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -31,6 +32,9 @@ use crate::conn::stack::Stack;
 use crate::edge::tls::TlsInfo;
 use crate::http::bound::Bound;
 
+/// How long a connection accepted before a drain, with nothing read yet, is given for its
+/// first request to arrive: a client that connected just before the drain is answered.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(500);
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// What an HTTP/2 preface looks like to an HTTP/1 parser: its request line.
@@ -247,8 +251,10 @@ async fn drive<F>(
     let app_idle = tokio::time::sleep(t.pool_idle);
     let shutdown = l.shutdown.cancelled();
     let hard_stop = l.hard_stop.cancelled();
-    tokio::pin!(idle, header, stalled, shutdown, hard_stop, app_idle);
+    let grace = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(idle, header, stalled, shutdown, hard_stop, app_idle, grace);
     let mut closing = false;
+    let mut first_grace = false;
     // HTTP/2 has no request head to dribble (and pings move bytes while idle): its clock
     // runs until the preface and the first frame are in.
     let mut header_clock = true;
@@ -271,6 +277,19 @@ async fn drive<F>(
             }
             () = shutdown.as_mut(), if !closing => {
                 closing = true;
+                if activity.first_bytes() == FIRST_PENDING {
+                    // Accepted before the drain, nothing read yet: its first request may be
+                    // in flight (hyper's graceful shutdown would close the connection unread,
+                    // the client getting no answer). It gets a moment to arrive, is served,
+                    // and the connection then closes.
+                    first_grace = true;
+                    grace.as_mut().reset(Instant::now() + FIRST_REQUEST_GRACE);
+                } else {
+                    graceful(conn.as_mut());
+                }
+            }
+            () = grace.as_mut(), if first_grace => {
+                first_grace = false;
                 graceful(conn.as_mut());
             }
             () = hard_stop.as_mut() => {
