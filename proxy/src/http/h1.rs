@@ -176,26 +176,14 @@ impl Conn {
 
     /// The answer's head (1xx skipped), its body's framing, and whether the connection can
     /// be used again after it.
-    async fn read_head(
-        &mut self,
-        head_request: bool,
-    ) -> Result<(Response<()>, Framing, bool), Error> {
-        let len = loop {
-            if !self.buf.is_empty() {
-                let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let mut r = httparse::Response::new(&mut fields);
-                match r.parse(&self.buf) {
-                    Ok(httparse::Status::Complete(n)) => match r.code {
-                        // 100 Continue, 103 Early Hints: not the answer (a 101 is refused
-                        // below: no upgrade was asked on this path)
-                        Some(c) if (100..200).contains(&c) && c != 101 => {
-                            self.buf.advance(n);
-                            continue;
-                        }
-                        _ => break n,
-                    },
-                    Ok(httparse::Status::Partial) => {}
-                    Err(e) => return Err(Error::Malformed(parse_error(e))),
+    async fn read_head(&mut self, head_request: bool) -> Result<Answer, Error> {
+        loop {
+            if let Some(n) = head_end(&self.buf) {
+                // parsed once, in place: the fields' values are slices of it
+                match parse_head(self.buf.split_to(n).freeze(), head_request)? {
+                    // 100 Continue, 103 Early Hints: not the answer
+                    None => continue,
+                    Some(answer) => return Ok(answer),
                 }
             }
             if self.buf.len() >= READ_MAX {
@@ -205,47 +193,66 @@ impl Conn {
             if self.io.read_buf(&mut self.buf).await? == 0 {
                 return Err(Error::Closed);
             }
-        };
-        let head = self.buf.split_to(len).freeze();
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut r = httparse::Response::new(&mut fields);
-        if !matches!(r.parse(&head), Ok(httparse::Status::Complete(_))) {
-            return Err(Error::Malformed("head"));
         }
-        let status = r
-            .code
-            .and_then(|c| StatusCode::from_u16(c).ok())
-            .filter(|s| *s != StatusCode::SWITCHING_PROTOCOLS)
-            .ok_or(Error::Malformed("status"))?;
-        let version = if r.version == Some(0) {
-            Version::HTTP_10
-        } else {
-            Version::HTTP_11
-        };
-        let mut headers = HeaderMap::with_capacity(r.headers.len());
-        for f in r.headers.iter() {
-            let name =
-                HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| Error::Malformed("name"))?;
-            let value = HeaderValue::from_maybe_shared(head.slice_ref(f.value))
-                .map_err(|_| Error::Malformed("value"))?;
-            headers.append(name, value);
+    }
+}
+
+/// Where the head in `buf` ends (after its empty line), if it is all there.
+fn head_end(buf: &[u8]) -> Option<usize> {
+    memchr::memchr_iter(b'\n', buf).find_map(|i| match buf.get(i + 1..) {
+        Some([b'\n', ..]) => Some(i + 2),
+        Some([b'\r', b'\n', ..]) => Some(i + 3),
+        _ => None,
+    })
+}
+
+/// An answer's head, its body's framing, and whether the connection can be used again after it.
+type Answer = (Response<()>, Framing, bool);
+
+/// The answer in `head` (a whole head); None for an informational (1xx) answer.
+fn parse_head(head: Bytes, head_request: bool) -> Result<Option<Answer>, Error> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut r = httparse::Response::new(&mut fields);
+    match r.parse(&head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Err(Error::Malformed("head")),
+        Err(e) => return Err(Error::Malformed(parse_error(e))),
+    }
+    let status = r
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        // a 101 is refused: no upgrade is asked on this path
+        .filter(|s| *s != StatusCode::SWITCHING_PROTOCOLS)
+        .ok_or(Error::Malformed("status"))?;
+    if status.is_informational() {
+        return Ok(None);
+    }
+    let version = if r.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let mut headers = HeaderMap::with_capacity(r.headers.len());
+    for f in r.headers.iter() {
+        let name =
+            HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| Error::Malformed("name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice_ref(f.value))
+            .map_err(|_| Error::Malformed("value"))?;
+        headers.append(name, value);
+    }
+    let mut resp = Response::new(());
+    *resp.status_mut() = status;
+    *resp.version_mut() = version;
+    // hyper's client keeps a reason phrase that is not the status's usual one
+    if let Some(reason) = r.reason.filter(|r| Some(*r) != status.canonical_reason()) {
+        if let Ok(p) = hyper::ext::ReasonPhrase::try_from(head.slice_ref(reason.as_bytes())) {
+            resp.extensions_mut().insert(p);
         }
-        let mut resp = Response::new(());
-        *resp.status_mut() = status;
-        *resp.version_mut() = version;
-        // hyper's client keeps a reason phrase that is not the status's usual one
-        if let Some(reason) = r.reason.filter(|r| Some(*r) != status.canonical_reason()) {
-            if let Ok(p) = hyper::ext::ReasonPhrase::try_from(head.slice_ref(reason.as_bytes())) {
-                resp.extensions_mut().insert(p);
-            }
-        }
-        let chunked = last_token_is(&headers, TRANSFER_ENCODING, "chunked");
-        let has_te = headers.contains_key(TRANSFER_ENCODING);
-        let framing = if head_request
-            || status.is_informational()
-            || status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED
-        {
+    }
+    let chunked = last_token_is(&headers, TRANSFER_ENCODING, "chunked");
+    let has_te = headers.contains_key(TRANSFER_ENCODING);
+    let framing =
+        if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
             Framing::Length(0)
         } else if has_te {
             if chunked {
@@ -259,14 +266,13 @@ impl Conn {
                 None => Framing::Close,
             }
         };
-        let keep_alive = match version {
-            Version::HTTP_11 => !has_token(&headers, "close"),
-            _ => has_token(&headers, "keep-alive"),
-        } && !matches!(framing, Framing::Close)
-            && !(has_te && headers.contains_key(CONTENT_LENGTH));
-        *resp.headers_mut() = headers;
-        Ok((resp, framing, keep_alive))
-    }
+    let keep_alive = match version {
+        Version::HTTP_11 => !has_token(&headers, "close"),
+        _ => has_token(&headers, "keep-alive"),
+    } && !matches!(framing, Framing::Close)
+        && !(has_te && headers.contains_key(CONTENT_LENGTH));
+    *resp.headers_mut() = headers;
+    Ok(Some((resp, framing, keep_alive)))
 }
 
 /// The app's answer body, read from the connection that carried it; the connection is parked
@@ -692,6 +698,18 @@ mod tests {
         let got = body.collect().await.expect("body").to_bytes();
         assert_eq!(got, "all of it");
         assert!(park.lock().expect("lock").is_none());
+    }
+
+    #[tokio::test]
+    async fn bare_line_feeds_end_lines_too() {
+        let (addr, _app) = app(vec![b"HTTP/1.1 200 OK\ncontent-length: 2\n\nok"]).await;
+        let park = Park::default();
+        let resp = conn(addr)
+            .await
+            .exchange(get(Method::GET, ""), &park)
+            .await
+            .expect("answer");
+        assert_eq!(collect(resp).await.expect("body").0, "ok");
     }
 
     #[tokio::test]
