@@ -57,7 +57,7 @@ pub(crate) struct Bound {
 
 /// An idle connection taken for a request.
 enum Taken {
-    Own(h1::Conn),
+    Own(Box<h1::Conn>),
     Hyper(SendRequest<UpstreamBody>),
 }
 
@@ -78,7 +78,7 @@ impl Bound {
                 Some(Taken::Own(conn)) if own => return self.exchange(conn, req).await,
                 // hyper's client takes the connection over for good
                 Some(Taken::Own(conn)) => (
-                    handshake(l, AppIo::Plain(TokioIo::new(conn.into_io()))).await?,
+                    handshake(l, AppIo::Plain(TokioIo::new((*conn).into_io()))).await?,
                     true,
                 ),
                 Some(Taken::Hyper(tx)) => (tx, true),
@@ -105,7 +105,7 @@ impl Bound {
 
     async fn exchange(
         &self,
-        conn: h1::Conn,
+        conn: Box<h1::Conn>,
         req: Request<UpstreamBody>,
     ) -> Result<Response<ProxyBody>, Failed> {
         match conn.exchange(req, &self.park).await {
@@ -117,9 +117,9 @@ impl Bound {
     /// The bound connection, if it can take a request now.
     fn take(&self, l: &Route) -> Option<Taken> {
         let fresh = |used: Instant| used.elapsed() < l.cfg.timeouts.pool_idle;
-        if let Some((conn, used)) = lock(&self.park).take() {
+        if let Some(conn) = lock(&self.park).take() {
             // Closed by the app, or it sent something unasked: dropped.
-            return (fresh(used) && conn.is_reusable()).then_some(Taken::Own(conn));
+            return (fresh(conn.used()) && conn.is_reusable()).then_some(Taken::Own(conn));
         }
         let (tx, used) = lock(&self.idle).take()?;
         // Not ready: its last response is still streaming, or it closed. Dropping it lets
@@ -146,10 +146,27 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// An idle connection: when it was last used.
+trait Idle {
+    fn used(&self) -> Instant;
+}
+
+impl Idle for Box<h1::Conn> {
+    fn used(&self) -> Instant {
+        h1::Conn::used(self)
+    }
+}
+
+impl Idle for (SendRequest<UpstreamBody>, Instant) {
+    fn used(&self) -> Instant {
+        self.1
+    }
+}
+
 /// Empties `slot` if what it holds has been idle for `after`; else when to look again.
-fn expire<T>(slot: &Mutex<Option<(T, Instant)>>, after: Duration) -> Option<Instant> {
+fn expire<T: Idle>(slot: &Mutex<Option<T>>, after: Duration) -> Option<Instant> {
     let mut idle = lock(slot);
-    let due = idle.as_ref().map(|(_, used)| *used + after)?;
+    let due = idle.as_ref().map(|i| i.used() + after)?;
     if due > Instant::now() {
         return Some(due);
     }

@@ -41,9 +41,8 @@ const MAX_CHUNK_LINE: usize = 4 * 1024;
 /// What a read asks the socket for at least.
 const READ_CHUNK: usize = 8 * 1024;
 
-/// Where an idle connection waits for the next request of its client connection, and when
-/// its last answer's head came.
-pub(crate) type Park = Arc<Mutex<Option<(Conn, Instant)>>>;
+/// Where an idle connection waits for the next request of its client connection.
+pub(crate) type Park = Arc<Mutex<Option<Box<Conn>>>>;
 
 /// Why an exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -60,9 +59,12 @@ pub(crate) enum Error {
     Body(BoxError),
 }
 
-/// One connection to the app, plain TCP.
+/// One connection to the app, plain TCP. Boxed once for its life: a response body holding it
+/// stays small, and a response is moved through every step of the stack.
 pub(crate) struct Conn {
     io: TcpStream,
+    /// When its last answer's head came (its last use).
+    used: Instant,
     /// The app's bytes not yet handed on.
     buf: BytesMut,
     /// The request being written (head and body), kept for the next.
@@ -71,26 +73,40 @@ pub(crate) struct Conn {
 
 /// Whether `req` can take this path (else hyper's client takes it).
 pub(crate) fn eligible(req: &Request<UpstreamBody>) -> bool {
-    let h = req.headers();
     let Some(len) = req.body().size_hint().exact().filter(|n| *n <= MAX_BODY) else {
         return false;
     };
-    req.version() == Version::HTTP_11
-        && req.method() != Method::CONNECT
-        && !h.contains_key(TRANSFER_ENCODING)
-        && !h.contains_key(EXPECT)
-        && (!h.contains_key(CONTENT_LENGTH) || matches!(content_length(h), Ok(Some(n)) if n == len))
+    if req.version() != Version::HTTP_11 || req.method() == Method::CONNECT {
+        return false;
+    }
+    // one pass over the fields, no lookup per name
+    let mut length = None;
+    for (name, value) in req.headers() {
+        if name == TRANSFER_ENCODING
+            || name == EXPECT
+            || (name == CONTENT_LENGTH && add_length(value.as_bytes(), &mut length).is_err())
+        {
+            return false;
+        }
+    }
+    length.is_none_or(|n| n == len)
 }
 
 // === impl Conn ===
 
 impl Conn {
-    pub fn new(io: TcpStream) -> Self {
-        Self {
+    pub fn new(io: TcpStream) -> Box<Self> {
+        Box::new(Self {
             io,
+            used: Instant::now(),
             buf: BytesMut::new(),
             wbuf: Vec::new(),
-        }
+        })
+    }
+
+    /// When its last answer's head came.
+    pub fn used(&self) -> Instant {
+        self.used
     }
 
     /// Whether an idle connection can take a request: the app did not close it and sent
@@ -109,19 +125,19 @@ impl Conn {
     /// Writes `req` (origin form, Host set) and reads the answer's head. The body reads on
     /// from this connection, which [`AppBody`] owns until it ends.
     pub async fn exchange(
-        mut self,
+        mut self: Box<Self>,
         req: Request<UpstreamBody>,
         park: &Park,
     ) -> Result<Response<AppBody>, Error> {
         let head_request = req.method() == Method::HEAD;
         self.write(req).await?;
         let (resp, framing, keep_alive) = self.read_head(head_request).await?;
+        self.used = Instant::now();
         let body = AppBody {
             conn: Some(self),
             framing,
             keep_alive,
             park: park.clone(),
-            used: Instant::now(),
         };
         let mut resp = resp.map(|()| body);
         if resp.body().framing.is_done() {
@@ -232,10 +248,23 @@ fn parse_head(head: Bytes, head_request: bool) -> Result<Option<Answer>, Error> 
     } else {
         Version::HTTP_11
     };
+    // the fields that frame the body, noted on the one pass that builds the map
+    let (mut te, mut length) = (None::<&[u8]>, None);
+    let (mut close, mut keep_alive_token) = (false, false);
     let mut headers = HeaderMap::with_capacity(r.headers.len());
     for f in r.headers.iter() {
         let name =
             HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| Error::Malformed("name"))?;
+        if name == TRANSFER_ENCODING {
+            te = Some(f.value);
+        } else if name == CONTENT_LENGTH {
+            add_length(f.value, &mut length)?;
+        } else if name == CONNECTION {
+            for t in f.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                close |= t.eq_ignore_ascii_case(b"close");
+                keep_alive_token |= t.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
         let value = HeaderValue::from_maybe_shared(head.slice_ref(f.value))
             .map_err(|_| Error::Malformed("value"))?;
         headers.append(name, value);
@@ -249,28 +278,30 @@ fn parse_head(head: Bytes, head_request: bool) -> Result<Option<Answer>, Error> 
             resp.extensions_mut().insert(p);
         }
     }
-    let chunked = last_token_is(&headers, TRANSFER_ENCODING, "chunked");
-    let has_te = headers.contains_key(TRANSFER_ENCODING);
+    // the last coding of the last Transfer-Encoding field
+    let chunked = te
+        .and_then(|v| v.rsplit(|b| *b == b',').next())
+        .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
     let framing =
         if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
             Framing::Length(0)
-        } else if has_te {
+        } else if te.is_some() {
             if chunked {
                 Framing::Chunked(Chunk::Size)
             } else {
                 Framing::Close
             }
         } else {
-            match content_length(&headers)? {
+            match length {
                 Some(n) => Framing::Length(n),
                 None => Framing::Close,
             }
         };
     let keep_alive = match version {
-        Version::HTTP_11 => !has_token(&headers, "close"),
-        _ => has_token(&headers, "keep-alive"),
+        Version::HTTP_11 => !close,
+        _ => keep_alive_token,
     } && !matches!(framing, Framing::Close)
-        && !(has_te && headers.contains_key(CONTENT_LENGTH));
+        && !(te.is_some() && length.is_some());
     *resp.headers_mut() = headers;
     Ok(Some((resp, framing, keep_alive)))
 }
@@ -279,12 +310,10 @@ fn parse_head(head: Bytes, head_request: bool) -> Result<Option<Answer>, Error> 
 /// for the next request when the body ends cleanly.
 pub(crate) struct AppBody {
     /// None once the body ended (the connection parked or closed).
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
     framing: Framing,
     keep_alive: bool,
     park: Park,
-    /// When the head came (the bound connection's last use).
-    used: Instant,
 }
 
 enum Framing {
@@ -412,7 +441,7 @@ impl AppBody {
         self.framing = Framing::Done;
         if let Some(conn) = self.conn.take() {
             if self.keep_alive && conn.buf.is_empty() {
-                *self.park.lock().unwrap_or_else(PoisonError::into_inner) = Some((conn, self.used));
+                *self.park.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn);
             }
         }
     }
@@ -493,19 +522,17 @@ impl Body for AppBody {
     }
 }
 
-/// The body's length from its `Content-Length` fields (all equal), or None.
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Error> {
-    let mut found = None;
-    for v in headers.get_all(CONTENT_LENGTH) {
-        for part in v.as_bytes().split(|b| *b == b',') {
-            let n = parse_length(part).ok_or(Error::Malformed("content-length"))?;
-            if found.is_some_and(|f| f != n) {
-                return Err(Error::Malformed("content-length"));
-            }
-            found = Some(n);
+/// Adds a `Content-Length` field's value (a list of equal lengths) to `found`: every length
+/// met must be the same.
+fn add_length(value: &[u8], found: &mut Option<u64>) -> Result<(), Error> {
+    for part in value.split(|b| *b == b',') {
+        let n = parse_length(part).ok_or(Error::Malformed("content-length"))?;
+        if found.is_some_and(|f| f != n) {
+            return Err(Error::Malformed("content-length"));
         }
+        *found = Some(n);
     }
-    Ok(found)
+    Ok(())
 }
 
 /// Decimal digits (spaces around allowed), no sign, no overflow.
@@ -515,25 +542,6 @@ fn parse_length(v: &[u8]) -> Option<u64> {
         return None;
     }
     std::str::from_utf8(v).ok()?.parse().ok()
-}
-
-/// Whether the last comma-separated token of `name`'s fields is `token`.
-fn last_token_is(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .next_back()
-        .and_then(|v| v.as_bytes().rsplit(|b| *b == b',').next())
-        .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-}
-
-/// Whether a `Connection` field names `token`.
-fn has_token(headers: &HeaderMap, token: &str) -> bool {
-    headers.get_all(CONNECTION).iter().any(|v| {
-        v.as_bytes()
-            .split(|b| *b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-    })
 }
 
 fn parse_error(e: httparse::Error) -> &'static str {
@@ -605,7 +613,7 @@ mod tests {
 
     use http::Uri;
 
-    async fn conn(addr: std::net::SocketAddr) -> Conn {
+    async fn conn(addr: std::net::SocketAddr) -> Box<Conn> {
         Conn::new(TcpStream::connect(addr).await.expect("connect"))
     }
 
@@ -636,7 +644,7 @@ mod tests {
             "parked before its body ended"
         );
         assert_eq!(collect(resp).await.expect("body").0, "hello");
-        let (c, _) = park.lock().expect("lock").take().expect("parked");
+        let c = park.lock().expect("lock").take().expect("parked");
         assert!(c.is_reusable());
         let resp = c
             .exchange(get(Method::GET, ""), &park)
@@ -786,7 +794,7 @@ mod tests {
             .await
             .expect("head");
         drop(app.await);
-        let (c, _) = park.lock().expect("lock").take().expect("parked");
+        let c = park.lock().expect("lock").take().expect("parked");
         // the app's FIN arrives in its own time
         let mut reusable = true;
         for _ in 0..100 {
