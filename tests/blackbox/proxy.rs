@@ -209,16 +209,16 @@ fn a_post_that_reached_a_dying_app_is_not_sent_again() {
     t.wait();
 }
 
-#[test]
-fn sigterm_drains_the_in_flight_request_before_the_app_is_stopped() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut t, proxy, _admin) = start(dir.path(), "", "");
-    t.wait_event("ready");
+/// A 2 s request to the app, once the app has logged it (it logs before it sleeps: then it
+/// is in flight).
+fn slow_request_in_flight(
+    t: &Tandem,
+    proxy: &str,
+) -> thread::JoinHandle<std::io::Result<(u16, String, Vec<u8>)>> {
     let slow = {
-        let proxy = proxy.clone();
+        let proxy = proxy.to_string();
         thread::spawn(move || http(&proxy, "GET", "/slow?ms=2000", b"", &[]))
     };
-    // The app logs the slow request before it sleeps: then it is in flight.
     crate::support::eventually("slow request in flight", || {
         t.records().iter().any(|r| {
             r["msg"]
@@ -226,6 +226,15 @@ fn sigterm_drains_the_in_flight_request_before_the_app_is_stopped() {
                 .is_some_and(|m| m.contains("slow request: sleeping"))
         })
     });
+    slow
+}
+
+#[test]
+fn sigterm_drains_the_in_flight_request_before_the_app_is_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut t, proxy, _admin) = start(dir.path(), "", "");
+    t.wait_event("ready");
+    let slow = slow_request_in_flight(&t, &proxy);
     t.signal(Signal::SIGTERM);
     let (status, _, body) = slow.join().unwrap().unwrap();
     assert_eq!(status, 200);
@@ -244,17 +253,7 @@ fn a_connection_opened_before_the_drain_gets_its_first_request_answered() {
     let (mut t, proxy, _admin) = start(dir.path(), "", "");
     t.wait_event("ready");
     // a request in flight keeps the drain going
-    let slow = {
-        let proxy = proxy.clone();
-        thread::spawn(move || http(&proxy, "GET", "/slow?ms=2000", b"", &[]))
-    };
-    crate::support::eventually("slow request in flight", || {
-        t.records().iter().any(|r| {
-            r["msg"]
-                .as_str()
-                .is_some_and(|m| m.contains("slow request: sleeping"))
-        })
-    });
+    let slow = slow_request_in_flight(&t, &proxy);
     // connected before the drain, its request sent just after the drain began: hyper's
     // graceful shutdown alone closed such a connection unread, the client getting no answer
     let mut s = std::net::TcpStream::connect(&proxy).unwrap();

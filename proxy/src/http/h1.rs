@@ -617,6 +617,15 @@ mod tests {
         Conn::new(TcpStream::connect(addr).await.expect("connect"))
     }
 
+    /// `method` sent on a fresh connection to `addr`, parked in `park` afterwards.
+    async fn ask(
+        addr: std::net::SocketAddr,
+        method: Method,
+        park: &Park,
+    ) -> Result<Response<AppBody>, Error> {
+        conn(addr).await.exchange(get(method, ""), park).await
+    }
+
     async fn collect(resp: Response<AppBody>) -> Result<(Bytes, Option<HeaderMap>), BoxError> {
         let c = resp.into_body().collect().await?;
         let trailers = c.trailers().cloned();
@@ -678,11 +687,7 @@ mod tests {
         ])
         .await;
         let park = Park::default();
-        let resp = conn(addr)
-            .await
-            .exchange(get(Method::GET, ""), &park)
-            .await
-            .expect("answer");
+        let resp = ask(addr, Method::GET, &park).await.expect("answer");
         assert_eq!(resp.status(), 200);
         let (body, trailers) = collect(resp).await.expect("body");
         assert_eq!(body, "hello world");
@@ -694,11 +699,7 @@ mod tests {
     async fn a_close_delimited_body_reads_to_the_end_and_is_not_parked() {
         let (addr, app) = app(vec![b"HTTP/1.0 200 OK\r\nserver: x\r\n\r\nall of it"]).await;
         let park = Park::default();
-        let resp = conn(addr)
-            .await
-            .exchange(get(Method::GET, ""), &park)
-            .await
-            .expect("answer");
+        let resp = ask(addr, Method::GET, &park).await.expect("answer");
         assert_eq!(resp.version(), Version::HTTP_10);
         let body = resp.into_body();
         // the app closes once it has answered
@@ -712,11 +713,7 @@ mod tests {
     async fn bare_line_feeds_end_lines_too() {
         let (addr, _app) = app(vec![b"HTTP/1.1 200 OK\ncontent-length: 2\n\nok"]).await;
         let park = Park::default();
-        let resp = conn(addr)
-            .await
-            .exchange(get(Method::GET, ""), &park)
-            .await
-            .expect("answer");
+        let resp = ask(addr, Method::GET, &park).await.expect("answer");
         assert_eq!(collect(resp).await.expect("body").0, "ok");
     }
 
@@ -724,11 +721,7 @@ mod tests {
     async fn head_answers_have_no_body_whatever_their_length() {
         let (addr, _app) = app(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n"]).await;
         let park = Park::default();
-        let resp = conn(addr)
-            .await
-            .exchange(get(Method::HEAD, ""), &park)
-            .await
-            .expect("answer");
+        let resp = ask(addr, Method::HEAD, &park).await.expect("answer");
         assert!(resp.body().is_end_stream());
         assert_eq!(resp.headers()["content-length"], "1000");
         assert!(park.lock().expect("lock").is_some());
@@ -744,10 +737,7 @@ mod tests {
             b"NOT HTTP\r\n\r\n",
         ] {
             let (addr, _app) = app(vec![bad]).await;
-            let got = conn(addr)
-                .await
-                .exchange(get(Method::GET, ""), &Park::default())
-                .await;
+            let got = ask(addr, Method::GET, &Park::default()).await;
             assert!(
                 matches!(got, Err(Error::Malformed(_))),
                 "{}: {:?}",
@@ -759,9 +749,7 @@ mod tests {
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
         ])
         .await;
-        let resp = conn(addr)
-            .await
-            .exchange(get(Method::GET, ""), &Park::default())
+        let resp = ask(addr, Method::GET, &Park::default())
             .await
             .expect("head");
         assert!(
@@ -774,11 +762,7 @@ mod tests {
     async fn an_app_that_closes_mid_body_is_an_error_and_not_parked() {
         let (addr, app) = app(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf"]).await;
         let park = Park::default();
-        let resp = conn(addr)
-            .await
-            .exchange(get(Method::GET, ""), &park)
-            .await
-            .expect("head");
+        let resp = ask(addr, Method::GET, &park).await.expect("head");
         drop(app.await);
         assert!(collect(resp).await.is_err());
         assert!(park.lock().expect("lock").is_none());
@@ -788,11 +772,7 @@ mod tests {
     async fn a_closed_idle_connection_is_not_reusable() {
         let (addr, app) = app(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"]).await;
         let park = Park::default();
-        conn(addr)
-            .await
-            .exchange(get(Method::GET, ""), &park)
-            .await
-            .expect("head");
+        ask(addr, Method::GET, &park).await.expect("head");
         drop(app.await);
         let c = park.lock().expect("lock").take().expect("parked");
         // the app's FIN arrives in its own time
