@@ -140,7 +140,9 @@ where
                 let registered =
                     l.app_exits
                         .register(&parts.method, &parts.uri, ctx.request_id_value());
-                let result = upstream::send(l, ctx, bound, req).await;
+                // Boxed: the attempt's future (~2.9 KB) is not part of this one, nor of the
+                // five futures around it, each of which is moved whole when it starts.
+                let result = Box::pin(upstream::send(l, ctx, bound, req)).await;
                 if !matches!(result, Err(Cause::ConnectFailed | Cause::ConnectTimeout)) {
                     reached = Some(registered);
                 }
