@@ -4,6 +4,7 @@
 # depend on the load; wall-clock figures do).
 #
 #   bench/proxy-instructions.sh [TANDEM_BINARY...]    (default: target/release/tandem)
+#   KEEP_PROFILE=DIR keeps each binary's profile of the longer run as DIR/NAME.callgrind.
 #
 # For each binary: nginx (1 worker, "ok\n") as the app, tandem under valgrind with one worker
 # and the access log off, and Python's http.client sending GETs over 4 keep-alive connections:
@@ -71,5 +72,10 @@ printf '| binary | instructions per request |\n|---|---:|\n'
 for bin in "$@"; do
   small=$(total "$bin" 400)
   large=$(total "$bin" 2400)
+  # KEEP_PROFILE=DIR: the 2,400-request run's profile, for callgrind_annotate
+  if [ -n "${KEEP_PROFILE:-}" ]; then
+    mkdir -p "$KEEP_PROFILE"
+    cp "$(ls -S "$W"/cg.* | head -1)" "$KEEP_PROFILE/$(basename "$bin").callgrind"
+  fi
   printf '| %s | %s |\n' "$bin" "$(( (large - small) / 2000 ))"
 done
