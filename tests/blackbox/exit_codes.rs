@@ -34,6 +34,73 @@ fn not_executable_is_126() {
 }
 
 #[test]
+fn a_script_without_a_shebang_runs_through_sh_as_execvp_runs_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("no-shebang");
+    let out = dir.path().join("out");
+    std::fs::write(&script, format!("echo \"ran $1\" > {}\n", out.display())).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (got, _, err) = run(&["--", script.to_str().unwrap(), "arg1"]);
+    assert_eq!(got, 0, "{err}");
+    assert_eq!(std::fs::read_to_string(out).unwrap().trim(), "ran arg1");
+}
+
+#[test]
+fn the_app_is_looked_up_in_its_own_path() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let out = dir.path().join("out");
+    let app = bin.join("tandem-test-only-here");
+    std::fs::write(&app, format!("#!/bin/sh\necho found > {}\n", out.display())).unwrap();
+    std::fs::set_permissions(&app, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // not in tandem's PATH: only the one app.env gives the app
+    let path = format!("PATH=/nonexistent::{}:/usr/bin:/bin", bin.display());
+    let (got, _, err) = run(&["-e", &path, "--", "tandem-test-only-here"]);
+    assert_eq!(got, 0, "{err}");
+    assert_eq!(std::fs::read_to_string(out).unwrap().trim(), "found");
+    let (got, _, err) = run(&["--", "tandem-test-only-here"]);
+    assert_eq!(got, 127, "{err}");
+}
+
+#[test]
+fn the_app_starts_in_its_own_group_with_no_signal_blocked_and_sigpipe_at_its_default() {
+    // tandem blocks signals in its threads and ignores SIGPIPE; the app inherits neither
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let script = format!(
+        "cat /proc/$$/stat /proc/$$/status > {}.tmp; mv {0}.tmp {0}",
+        out.display()
+    );
+    let (got, _, err) = run(&["--", "sh", "-c", &script]);
+    assert_eq!(got, 0, "{err}");
+    let text = std::fs::read_to_string(out).unwrap();
+    let stat = text.lines().next().unwrap();
+    let pid: i32 = stat.split_whitespace().next().unwrap().parse().unwrap();
+    // after "(comm)": state, ppid, pgrp
+    let pgrp: i32 = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(pgrp, pid, "{stat}");
+    let mask = |field: &str| {
+        let line = text.lines().find(|l| l.starts_with(field)).unwrap();
+        u64::from_str_radix(line.trim_start_matches(field).trim(), 16).unwrap()
+    };
+    assert_eq!(mask("SigBlk:"), 0, "{text}");
+    // SIGPIPE (13) at its default; what tandem's own parent ignored stays ignored, as across
+    // fork and exec
+    assert_eq!(mask("SigIgn:") & (1 << (13 - 1)), 0, "{text}");
+}
+
+#[test]
 fn workdir_and_env_reach_the_app() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
