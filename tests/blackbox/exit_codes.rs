@@ -70,8 +70,10 @@ fn the_app_starts_in_its_own_group_with_no_signal_blocked_and_sigpipe_at_its_def
     // tandem blocks signals in its threads and ignores SIGPIPE; the app inherits neither
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
+    // `exec`: cat reads its own state as the app started (no fork of sh in between, which
+    // blocks every signal for a moment)
     let script = format!(
-        "cat /proc/$$/stat /proc/$$/status > {}.tmp; mv {0}.tmp {0}",
+        "exec cat /proc/self/stat /proc/self/status > {}",
         out.display()
     );
     let (got, _, err) = run(&["--", "sh", "-c", &script]);

@@ -147,8 +147,8 @@ pub fn spawn(spec: &AppSpec, stdio: StdioMode) -> Result<Spawned, SpawnError> {
     // stdout and stderr: pipes tandem reads, their write ends the app's fds 1 and 2
     let pipes = match stdio {
         StdioMode::Pipe => Some((
-            pipe().map_err(|e| other(spec, e))?,
-            pipe().map_err(|e| other(spec, e))?,
+            pipe().map_err(|e| classify(spec, e))?,
+            pipe().map_err(|e| classify(spec, e))?,
         )),
         StdioMode::Inherit => None,
     };
