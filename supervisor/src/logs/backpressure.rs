@@ -80,19 +80,10 @@ impl Outlet {
         self
     }
 
-    /// Hand `records` to every sink in batches of at most `batch` records.
-    pub async fn send_all(&mut self, mut records: Vec<Record>, batch: usize) {
-        let batch = batch.max(1);
-        // Cut from the end, so each record is moved once (cutting from the front moved the
-        // whole rest again for every batch).
-        let mut tails = Vec::new();
-        while records.len() > batch {
-            let at = (records.len() - 1) / batch * batch;
-            tails.push(records.split_off(at));
-        }
-        self.send(records).await;
-        for tail in tails.into_iter().rev() {
-            self.send(tail).await;
+    /// Hand each batch to every sink, in order (see [`Outlet::send`]).
+    pub async fn send_all(&mut self, batches: Vec<Vec<Record>>) {
+        for batch in batches {
+            self.send(batch).await;
         }
     }
 

@@ -34,8 +34,6 @@ pub struct PipeReader {
     pub outlet: Outlet,
     /// Bytes per read.
     pub read_buffer: usize,
-    /// Records per batch.
-    pub batch: usize,
     /// Set to true to stop waiting for EOF.
     pub cancel: watch::Receiver<bool>,
     /// Set to true to stop reading and hand the pipe over (`tandem upgrade`).
@@ -105,18 +103,14 @@ impl PipeReader {
                 self.swap();
             }
             if self.processor.pending_records() > 0 {
-                self.outlet
-                    .send_all(self.processor.take(), self.batch)
-                    .await;
+                self.outlet.send_all(self.processor.take()).await;
             }
         }
         if *self.handoff.borrow() {
             return self.hand_off().await;
         }
         self.processor.finish();
-        self.outlet
-            .send_all(self.processor.take(), self.batch)
-            .await;
+        self.outlet.send_all(self.processor.take()).await;
         None
     }
 
@@ -135,9 +129,7 @@ impl PipeReader {
     /// returned. What the pipe holds stays in it, for the next reader.
     async fn hand_off(mut self) -> Option<HandedPipe> {
         let (carry, part) = self.processor.hand_off();
-        self.outlet
-            .send_all(self.processor.take(), self.batch)
-            .await;
+        self.outlet.send_all(self.processor.take()).await;
         match self.rx.into_nonblocking_fd() {
             Ok(fd) => Some(HandedPipe { fd, carry, part }),
             Err(e) => {
@@ -154,9 +146,7 @@ impl PipeReader {
                 Ok(0) => return,
                 Ok(n) => {
                     self.processor.push(&buf[..n], Instant::now());
-                    self.outlet
-                        .send_all(self.processor.take(), self.batch)
-                        .await;
+                    self.outlet.send_all(self.processor.take()).await;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return,

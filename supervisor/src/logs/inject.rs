@@ -91,16 +91,20 @@ pub(crate) fn channel(
                     if n == 0 {
                         break;
                     }
-                    outlet.send_all(std::mem::take(&mut buf), batch).await;
+                    outlet.send(std::mem::take(&mut buf)).await;
                 }
                 changed = cancel.changed() => {
                     if changed.is_ok() && !*cancel.borrow() {
                         continue;
                     }
+                    let mut batches = vec![std::mem::take(&mut buf)];
                     while let Ok(r) = rx.try_recv() {
-                        buf.push(r);
+                        match batches.last_mut() {
+                            Some(b) if b.len() < batch.max(1) => b.push(r),
+                            _ => batches.push(vec![r]),
+                        }
                     }
-                    outlet.send_all(std::mem::take(&mut buf), batch).await;
+                    outlet.send_all(batches).await;
                     break;
                 }
             }

@@ -7,6 +7,8 @@
 
 use std::borrow::Cow;
 
+use super::swar;
+
 /// One `key=value` pair; a bare `key` has no value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pair<'a> {
@@ -35,11 +37,11 @@ pub(crate) fn pair_at(line: &str, start: usize) -> Option<Option<(Pair<'_>, usiz
         return Some(None);
     }
     let mut i = start;
-    while i < bytes.len() {
-        match CLASS[usize::from(bytes[i])] {
-            PLAIN => i += 1,
-            EQ | SPACE => break,
-            QUOTE => return None,
+    loop {
+        i = plain_end(bytes, i, false);
+        match bytes.get(i).map(|&b| CLASS[usize::from(b)]) {
+            None | Some(EQ | SPACE) => break,
+            Some(QUOTE) => return None,
             _ if space_len(line, i) > 0 => break,
             _ => i += 1,
         }
@@ -91,16 +93,41 @@ fn value_at(line: &str, start: usize) -> Option<(Cow<'_, str>, usize)> {
         return Some((value, i + 1));
     }
     let mut i = start;
-    while i < bytes.len() {
-        match CLASS[usize::from(bytes[i])] {
-            PLAIN | EQ => i += 1,
-            SPACE => break,
-            QUOTE => return None,
+    loop {
+        i = plain_end(bytes, i, true);
+        match bytes.get(i).map(|&b| CLASS[usize::from(b)]) {
+            None | Some(SPACE) => break,
+            Some(QUOTE) => return None,
             _ if space_len(line, i) > 0 => break,
             _ => i += 1,
         }
     }
     Some((Cow::Borrowed(&line[start..i]), i))
+}
+
+/// The first index at or after `at` whose byte is not [`PLAIN`] (nor [`EQ`], in a value), or
+/// `bytes.len()`. Eight bytes at a time while none of them can be one (no byte at or below a
+/// space, no `=`, `"` or non-ASCII byte), then byte by byte from the first eight that may.
+fn plain_end(bytes: &[u8], mut at: usize, in_value: bool) -> usize {
+    while let Some(c) = bytes.get(at..at + 8) {
+        let x = swar::load(c);
+        let stop = swar::any_below(x, 0x21)
+            | swar::any_high(x)
+            | swar::any_eq(x, b'"')
+            | (!in_value && swar::any_eq(x, b'='));
+        if stop {
+            break;
+        }
+        at += 8;
+    }
+    while let Some(&b) = bytes.get(at) {
+        match CLASS[usize::from(b)] {
+            PLAIN => at += 1,
+            EQ if in_value => at += 1,
+            _ => break,
+        }
+    }
+    at
 }
 
 /// What a byte is to the tokenizer: most are [`PLAIN`]; [`HIGH`] (non-ASCII) bytes need a
@@ -166,6 +193,14 @@ pub(crate) fn skip_space(line: &str, mut at: usize) -> usize {
 /// The end of the whitespace-free word that starts at `at`.
 pub(crate) fn word_end(line: &str, mut at: usize) -> usize {
     let bytes = line.as_bytes();
+    // Eight bytes at a time while none is a space, a control or non-ASCII.
+    while let Some(c) = bytes.get(at..at + 8) {
+        let x = swar::load(c);
+        if swar::any_below(x, 0x21) | swar::any_high(x) {
+            break;
+        }
+        at += 8;
+    }
     while at < bytes.len() {
         match CLASS[usize::from(bytes[at])] {
             SPACE => break,
@@ -219,6 +254,44 @@ mod tests {
                 p("ok", None),
             ]
         );
+    }
+
+    #[test]
+    fn the_eight_byte_scans_stop_where_the_byte_loops_do() {
+        let slow = |b: &[u8], mut at: usize, in_value: bool| {
+            while at < b.len() && (CLASS[usize::from(b[at])] == PLAIN || in_value && b[at] == b'=')
+            {
+                at += 1;
+            }
+            at
+        };
+        let slow_word = |b: &[u8], mut at: usize| {
+            while at < b.len() && CLASS[usize::from(b[at])] != SPACE {
+                at += 1;
+            }
+            at
+        };
+        for len in 0..20 {
+            for stop_at in 0..len {
+                for stop in [b' ', b'\t', b'=', b'"', 0xc3, 0x01, b'\\', b'\n'] {
+                    let mut b = vec![b'k'; len];
+                    b[stop_at] = stop;
+                    for from in 0..=len {
+                        if stop < 0x80 {
+                            let text = std::str::from_utf8(&b).expect("ASCII");
+                            assert_eq!(word_end(text, from), slow_word(&b, from), "{b:?}");
+                        }
+                        for in_value in [false, true] {
+                            assert_eq!(
+                                plain_end(&b, from, in_value),
+                                slow(&b, from, in_value),
+                                "{b:?} from {from}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub mod recent;
 pub mod record;
 pub mod redact;
 pub mod sinks;
+mod swar;
 pub mod tail;
 
 use std::io;

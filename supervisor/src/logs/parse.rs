@@ -15,12 +15,14 @@ use tandem_trace_context::Traceparent;
 use super::config::ParseFormat;
 use super::logfmt;
 use super::record::{Fields, Level, Record};
+use super::swar;
 
 const LEVEL_KEYS: &[&str] = &["level", "severity", "lvl", "levelname", "log.level"];
 const MSG_KEYS: &[&str] = &["msg", "message"];
 const TIME_KEYS: &[&str] = &["time", "ts", "timestamp", "@timestamp"];
 const TRACE_KEYS: &[&str] = &["trace_id", "traceId", "trace.id"];
 const SPAN_KEYS: &[&str] = &["span_id", "spanId", "span.id"];
+const TRACEPARENT_KEYS: &[&str] = &["traceparent"];
 
 /// Parse `record.msg` (the raw text) in place. Returns false on a parse failure.
 pub fn parse_into(format: ParseFormat, record: &mut Record) -> bool {
@@ -366,31 +368,63 @@ fn entry(p: logfmt::Pair<'_>) -> Entry<'_> {
 
 /// Move recognised keys into the record; the rest become `fields`.
 fn apply(entries: &mut [Entry<'_>], head: Head, record: &mut Record) {
-    if let Some(level) = head.level.or_else(|| take(entries, LEVEL_KEYS, level_of)) {
+    // Most lines name none of the recognised keys (`path=`, `status=`): one look per entry
+    // then, instead of one per entry and recognised key.
+    let known = if entries.iter().any(|e| known_key(&e.key)) {
+        &mut *entries
+    } else {
+        &mut []
+    };
+    if let Some(level) = head.level.or_else(|| take(known, LEVEL_KEYS, level_of)) {
         record.level = level;
     }
     if !head.msg_given {
-        record.msg = take(entries, MSG_KEYS, |v| match v {
+        record.msg = take(known, MSG_KEYS, |v| match v {
             Scalar::Str(s) => Some(s.into_owned()),
             _ => None,
         })
         .unwrap_or_default();
     }
-    record.time = head.time.or_else(|| take(entries, TIME_KEYS, time_of));
-    if let Some((t, s)) = take(entries, &["traceparent"], |v| match v {
+    record.time = head.time.or_else(|| take(known, TIME_KEYS, time_of));
+    if let Some((t, s)) = take(known, TRACEPARENT_KEYS, |v| match v {
         Scalar::Str(s) => traceparent(&s),
         _ => None,
     }) {
         record.trace_id = Some(t);
         record.span_id = Some(s);
     }
-    if let Some(t) = take(entries, TRACE_KEYS, |v| hex_id(v, 32)) {
+    if let Some(t) = take(known, TRACE_KEYS, |v| hex_id(v, 32)) {
         record.trace_id = Some(t);
     }
-    if let Some(s) = take(entries, SPAN_KEYS, |v| hex_id(v, 16)) {
+    if let Some(s) = take(known, SPAN_KEYS, |v| hex_id(v, 16)) {
         record.span_id = Some(s);
     }
     record.fields = fields(entries);
+}
+
+/// Whether `key` is in one of the key lists [`apply`] looks for (a test keeps them in step).
+fn known_key(key: &str) -> bool {
+    matches!(
+        key,
+        "level"
+            | "severity"
+            | "lvl"
+            | "levelname"
+            | "log.level"
+            | "msg"
+            | "message"
+            | "time"
+            | "ts"
+            | "timestamp"
+            | "@timestamp"
+            | "traceparent"
+            | "trace_id"
+            | "traceId"
+            | "trace.id"
+            | "span_id"
+            | "spanId"
+            | "span.id"
+    )
 }
 
 /// Mark the first of `keys` (in that order of preference) whose value `f` accepts as used.
@@ -431,38 +465,54 @@ fn fields(entries: &[Entry<'_>]) -> Option<Fields> {
     if entries.iter().all(|e| e.used) {
         return None;
     }
-    let mut out = Vec::with_capacity(64);
+    let mut out = String::with_capacity(64);
     for e in entries.iter().filter(|e| !e.used) {
-        out.push(if out.is_empty() { b'{' } else { b',' });
-        json_string(&mut out, e.key.as_ref());
-        out.push(b':');
+        out.push(if out.is_empty() { '{' } else { ',' });
+        json_str(&mut out, e.key.as_ref());
+        out.push(':');
         match &e.val {
             // A raw newline in JSON is whitespace between tokens (inside a string it must be
             // escaped), and a merged multiline record may hold a pretty-printed object: blank
             // it, or the sink's "one record, one line" breaks.
             Val::Json(raw) => {
-                out.extend(
-                    raw.get()
-                        .bytes()
-                        .map(|b| if matches!(b, b'\n' | b'\r') { b' ' } else { b }),
-                )
+                let raw = raw.get();
+                if memchr::memchr2(b'\n', b'\r', raw.as_bytes()).is_none() {
+                    out.push_str(raw);
+                } else {
+                    out.extend(raw.chars().map(|c| match c {
+                        '\n' | '\r' => ' ',
+                        c => c,
+                    }));
+                }
             }
-            Val::Str(s) => json_string(&mut out, s.as_ref()),
-            Val::Bare => out.extend_from_slice(b"true"),
+            Val::Str(s) => json_str(&mut out, s.as_ref()),
+            Val::Bare => out.push_str("true"),
         }
     }
     if out.is_empty() {
         return None;
     }
-    out.push(b'}');
-    let text = String::from_utf8(out).expect("JSON keys and raw values are UTF-8");
-    Some(Fields::from_json_object(text))
+    out.push('}');
+    Some(Fields::from_json_object(out))
+}
+
+/// [`json_string`] into a `String` (the fields' text is built as one, with no UTF-8 check at
+/// the end).
+fn json_str(out: &mut String, s: &str) {
+    if !needs_escape(s.as_bytes()) {
+        out.reserve(s.len() + 2);
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        out.push_str(&serde_json::to_string(s).expect("a string serialises"));
+    }
 }
 
 /// `s` as a JSON string: copied as it is when nothing needs escaping (the common case),
 /// else through serde_json's escaping. The JSON sink writes its strings with it too.
 pub(crate) fn json_string(out: &mut Vec<u8>, s: &str) {
-    if !s.bytes().any(|b| ESCAPED[usize::from(b)]) {
+    if !needs_escape(s.as_bytes()) {
         out.reserve(s.len() + 2);
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
@@ -470,6 +520,18 @@ pub(crate) fn json_string(out: &mut Vec<u8>, s: &str) {
     } else {
         serde_json::to_writer(&mut *out, s).expect("writing JSON to a Vec cannot fail");
     }
+}
+
+/// Whether `s` has a byte JSON strings escape: eight bytes at a time, the rest by table.
+fn needs_escape(s: &[u8]) -> bool {
+    let mut chunks = s.chunks_exact(8);
+    for c in &mut chunks {
+        let x = swar::load(c);
+        if swar::any_below(x, 0x20) | swar::any_eq(x, b'"') | swar::any_eq(x, b'\\') {
+            return true;
+        }
+    }
+    chunks.remainder().iter().any(|&b| ESCAPED[usize::from(b)])
 }
 
 /// The bytes JSON strings escape: controls, `"` and `\\`.
@@ -803,6 +865,50 @@ mod tests {
         ] {
             assert_eq!(rfc3339(s), None, "{s}");
         }
+    }
+
+    #[test]
+    fn the_known_key_check_is_the_key_lists() {
+        let lists = [
+            LEVEL_KEYS,
+            MSG_KEYS,
+            TIME_KEYS,
+            TRACEPARENT_KEYS,
+            TRACE_KEYS,
+            SPAN_KEYS,
+        ];
+        for k in lists.iter().flat_map(|l| l.iter()) {
+            assert!(known_key(k), "{k}");
+        }
+        for k in [
+            "path", "status", "Level", "msgs", "trace", "span", "", "time ",
+        ] {
+            assert!(!known_key(k), "{k}");
+        }
+        // Each listed key once: the check and the lists hold the same 18 keys.
+        assert_eq!(lists.iter().map(|l| l.len()).sum::<usize>(), 18);
+    }
+
+    #[test]
+    fn the_eight_byte_escape_check_agrees_with_the_table() {
+        // Every byte value at every position of strings of 1..=24 bytes of a plain filler.
+        for len in 1..=24 {
+            for at in 0..len {
+                for b in 0..=255u8 {
+                    let mut s = vec![b'a'; len];
+                    s[at] = b;
+                    assert_eq!(
+                        needs_escape(&s),
+                        ESCAPED[usize::from(b)],
+                        "{len} {at} {b:#x}"
+                    );
+                }
+            }
+        }
+        assert!(!needs_escape(b""));
+        assert!(!needs_escape(
+            "caf\u{e9} \u{1f600} /api/v1/items".as_bytes()
+        ));
     }
 
     #[test]

@@ -215,7 +215,6 @@ impl Pipeline {
             processor,
             outlet: Outlet::new(&self.sinks, stream).with_tap(self.recent.clone()),
             read_buffer: self.read_buffer(),
-            batch: self.cfg.batch_records,
             cancel: cancel_rx,
             handoff: handoff_rx,
             live,

@@ -24,7 +24,18 @@ pub struct Processor {
     framer: Framer,
     multiline: Multiline,
     shape: Shape,
-    out: Vec<Record>,
+    out: Batches,
+}
+
+/// Finished records, cut into batches of at most `size` (`logs.batch_records`) as they are
+/// made: each record is moved once, and a read's batches are allocated at the size its
+/// lines need (no batch grows by copying, none is allocated far larger than it is filled).
+#[derive(Debug)]
+struct Batches {
+    done: Vec<Vec<Record>>,
+    size: usize,
+    /// Lines of the current read not yet made into records.
+    expect: usize,
 }
 
 /// What every record of this source gets.
@@ -63,7 +74,11 @@ impl Processor {
                 counters,
                 redact,
             },
-            out: Vec::new(),
+            out: Batches {
+                done: Vec::new(),
+                size: cfg.batch_records.max(1),
+                expect: 0,
+            },
         }
     }
 
@@ -71,14 +86,22 @@ impl Processor {
     pub fn push(&mut self, data: &[u8], now: Instant) {
         add(&self.shape.counters.bytes_in, data.len() as u64);
         let observed = SystemTime::now();
+        // UTF-8 is checked once for the whole read, where it is fastest: a `\n` is never part
+        // of a multi-byte sequence, so each line inside the valid part is valid text. Lines
+        // that began in an earlier read (the framer's carry) are checked alone.
+        let valid = match std::str::from_utf8(data) {
+            Ok(text) => text,
+            Err(e) => std::str::from_utf8(&data[..e.valid_up_to()]).unwrap_or_default(),
+        };
         let Self {
             framer,
             multiline,
             shape,
             out,
         } = self;
+        out.expect = memchr::memchr_iter(b'\n', data).count();
         framer.push(data, &mut |bytes, partial, raw| {
-            let line = shape.line(bytes, partial, raw, observed);
+            let line = shape.line(bytes, within(valid, bytes), partial, raw, observed);
             if multiline.push(line, now, &mut |l| out.push(shape.record(l))) {
                 add(&shape.counters.multiline_merges, 1);
             }
@@ -107,7 +130,7 @@ impl Processor {
             out,
         } = self;
         framer.finish(&mut |bytes, partial, raw| {
-            let line = shape.line(bytes, partial, raw, observed);
+            let line = shape.line(bytes, None, partial, raw, observed);
             if multiline.push(line, now, &mut |l| out.push(shape.record(l))) {
                 add(&shape.counters.multiline_merges, 1);
             }
@@ -152,27 +175,53 @@ impl Processor {
 
     /// Records finished so far.
     pub fn pending_records(&self) -> usize {
-        self.out.len()
+        self.out.done.iter().map(Vec::len).sum()
     }
 
     /// Records finished by the processor this one replaces, to go out first.
-    pub fn prepend(&mut self, mut done: Vec<Record>) {
-        done.append(&mut self.out);
-        self.out = done;
+    pub fn prepend(&mut self, mut done: Vec<Vec<Record>>) {
+        done.append(&mut self.out.done);
+        self.out.done = done;
     }
 
-    /// Take the finished records out.
-    pub fn take(&mut self) -> Vec<Record> {
-        std::mem::take(&mut self.out)
+    /// Take the finished records out, in batches of at most `logs.batch_records`.
+    pub fn take(&mut self) -> Vec<Vec<Record>> {
+        std::mem::take(&mut self.out.done)
+    }
+}
+
+/// `part` as text, when it is a slice of `valid` (a line inside the read, not one joined
+/// from the framer's carry) and starts and ends on its character boundaries (a part of an
+/// over-long line may be cut inside a character).
+fn within<'a>(valid: &'a str, part: &[u8]) -> Option<&'a str> {
+    let from = (part.as_ptr() as usize).checked_sub(valid.as_ptr() as usize)?;
+    valid.get(from..from.checked_add(part.len())?)
+}
+
+// === impl Batches ===
+
+impl Batches {
+    fn push(&mut self, r: Record) {
+        match self.done.last_mut() {
+            Some(batch) if batch.len() < self.size => batch.push(r),
+            _ => {
+                let mut batch = Vec::with_capacity(self.size.min(self.expect.max(1)));
+                batch.push(r);
+                self.done.push(batch);
+            }
+        }
+        self.expect = self.expect.saturating_sub(1);
     }
 }
 
 // === impl Shape ===
 
 impl Shape {
+    /// `checked`: `bytes` as text, when the caller already knows they are valid UTF-8.
     fn line(
         &self,
         bytes: &[u8],
+        checked: Option<&str>,
         partial: Option<super::record::Partial>,
         raw: usize,
         observed: SystemTime,
@@ -182,7 +231,7 @@ impl Shape {
             add(&self.counters.partial, 1);
         }
         // Validation alone is much faster than the lossy scan; most lines are valid.
-        let (text, lossy) = match std::str::from_utf8(bytes) {
+        let (text, lossy) = match checked.map_or_else(|| std::str::from_utf8(bytes), Ok) {
             Ok(s) => (s.to_owned(), false),
             Err(_) => {
                 add(&self.counters.lossy, 1);
@@ -260,7 +309,7 @@ mod tests {
         p.push(data, now);
         assert_eq!(p.undelivered(), 10);
         p.finish();
-        let r = p.take();
+        let r: Vec<Record> = p.take().concat();
         assert_eq!(r.len(), 4);
         assert_eq!((r[0].level, r[0].msg.as_str()), (Level::Warn, "plain"));
         assert_eq!((r[1].level, r[1].msg.as_str()), (Level::Debug, "j"));
@@ -268,6 +317,40 @@ mod tests {
         assert_eq!(r[3].msg, "no newline");
         let s = c.snapshot();
         assert_eq!((s.lines_in, s.lossy, s.bytes_in), (4, 1, data.len() as u64));
+    }
+
+    #[test]
+    fn text_checked_per_read_finds_each_invalid_line_and_only_it() {
+        let cfg = LogsConfig::default();
+        let (mut p, c) = processor(&cfg, Stream::Stdout);
+        let now = Instant::now();
+        // A character cut by the end of a read, an invalid line among valid ones, and valid
+        // lines after it (outside the read's valid part: checked one by one).
+        p.push(b"ok\ncaf\xc3", now);
+        p.push(b"\xa9\nbad\xff\nlast \xe2\x82\xac\nmore\n", now);
+        p.finish();
+        let r: Vec<Record> = p.take().concat();
+        let got: Vec<(&str, bool)> = r.iter().map(|x| (x.msg.as_str(), x.lossy)).collect();
+        assert_eq!(
+            got,
+            [
+                ("ok", false),
+                ("caf\u{e9}", false),
+                ("bad\u{fffd}", true),
+                ("last \u{20ac}", false),
+                ("more", false)
+            ]
+        );
+        assert_eq!(c.snapshot().lossy, 1);
+        let elsewhere = b"abc".to_vec();
+        assert_eq!(within("abc", &elsewhere), None, "not a slice of the read");
+        let read = "x\u{e9}y";
+        assert_eq!(within(read, &read.as_bytes()[1..3]), Some("\u{e9}"));
+        assert_eq!(
+            within(read, &read.as_bytes()[1..2]),
+            None,
+            "inside a character"
+        );
     }
 
     #[test]
@@ -282,7 +365,7 @@ mod tests {
             now,
         );
         p.finish();
-        let r = p.take();
+        let r: Vec<Record> = p.take().concat();
         assert_eq!(r[0].lines, 3);
         assert!(r[1..].iter().all(|x| x.partial.is_some() && !x.parse_error));
         assert_eq!(c.multiline_merges.load(Ordering::Relaxed), 2);

@@ -166,7 +166,12 @@ impl Level {
 
     /// Recognise a level name as log libraries write it (case-insensitive).
     pub fn from_name(s: &str) -> Option<Level> {
-        let s = s.trim();
+        // A word that starts and ends with a visible ASCII character has no space to trim
+        // (Unicode's spaces start with a non-ASCII byte): the usual case, without the scan.
+        let s = match (s.as_bytes().first(), s.as_bytes().last()) {
+            (Some(a), Some(z)) if a.is_ascii_graphic() && z.is_ascii_graphic() => s,
+            _ => s.trim(),
+        };
         let mut buf = [0u8; 16];
         let lower = buf.get_mut(..s.len())?;
         lower.copy_from_slice(s.as_bytes());
@@ -249,6 +254,9 @@ mod tests {
         assert_eq!(Level::from_name("WARNING"), Some(Level::Warn));
         assert_eq!(Level::from_name("err"), Some(Level::Error));
         assert_eq!(Level::from_name("banana"), None);
+        assert_eq!(Level::from_name(" info\t"), Some(Level::Info));
+        assert_eq!(Level::from_name("\u{a0}Error\u{3000}"), Some(Level::Error));
+        assert_eq!(Level::from_name(""), None);
         assert_eq!(Level::from_number(30.0), Some(Level::Info));
         assert_eq!(Level::from_number(50.0), Some(Level::Error));
         assert_eq!(Level::from_number(3.0), Some(Level::Error));

@@ -175,7 +175,6 @@ impl Follower {
             }
             let saved = self.saved.get(&base).copied();
             let start_at = self.start_at;
-            let batch = self.cfg.batch_records;
             let seq = self.seqs.get_mut(&base).expect("inserted above");
             let buf = &mut self.read_buf;
             match blocking(|| seq.read(&list, saved, start_at, buf)) {
@@ -187,7 +186,7 @@ impl Follower {
             if stop {
                 seq.processor.flush_merged();
             }
-            seq.outlet.send_all(seq.processor.take(), batch).await;
+            seq.outlet.send_all(seq.processor.take()).await;
         }
         // Without a checkpoint file positions matter only at the end (for `tandem upgrade`).
         let due = moved || self.saved.len() < self.seqs.len();
