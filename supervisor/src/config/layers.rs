@@ -677,7 +677,12 @@ fn join(prefix: &str, key: &str) -> String {
     if prefix.is_empty() {
         key.to_string()
     } else {
-        format!("{prefix}.{key}")
+        // Concatenated by hand: this runs for every key of the defaults on each start.
+        let mut path = String::with_capacity(prefix.len() + 1 + key.len());
+        path.push_str(prefix);
+        path.push('.');
+        path.push_str(key);
+        path
     }
 }
 
@@ -693,7 +698,21 @@ fn merge(
         match (base.get_mut(&k), v) {
             (Some(Value::Table(b)), Value::Table(o)) => merge(b, o, &path, source, sources),
             (_, v) => {
-                sources.retain(|key, _| !(key == &path || key.starts_with(&format!("{path}."))));
+                // The key and every key below it: `path.` sorts them together after `path`.
+                let below = format!("{path}.");
+                let stale: Vec<String> = std::iter::once(path.clone())
+                    .filter(|p| sources.contains_key(p))
+                    .chain(
+                        sources
+                            .range::<String, _>(&below..)
+                            .map(|(k, _)| k)
+                            .take_while(|k| k.starts_with(&below))
+                            .cloned(),
+                    )
+                    .collect();
+                for k in &stale {
+                    sources.remove(k);
+                }
                 match &v {
                     Value::Table(t) => record_sources(t, &path, source, sources),
                     _ => {
