@@ -97,14 +97,13 @@ pub(crate) fn channel(
                     if changed.is_ok() && !*cancel.borrow() {
                         continue;
                     }
-                    let mut batches = vec![std::mem::take(&mut buf)];
                     while let Ok(r) = rx.try_recv() {
-                        match batches.last_mut() {
-                            Some(b) if b.len() < batch.max(1) => b.push(r),
-                            _ => batches.push(vec![r]),
+                        if buf.len() >= batch.max(1) {
+                            outlet.send(std::mem::take(&mut buf)).await;
                         }
+                        buf.push(r);
                     }
-                    outlet.send_all(batches).await;
+                    outlet.send(std::mem::take(&mut buf)).await;
                     break;
                 }
             }
