@@ -425,3 +425,103 @@ fn wall_clock_jumps_do_not_break_timers() {
     // http.server does not handle SIGTERM: it dies of it, and tandem exits 128 + 15.
     assert_eq!(t.wait_code(), 143);
 }
+
+/// An app that dies after writing a response's head and before its body (a crash, or a
+/// restart's SIGKILL between two writes): the proxy holds a replayable request's answer until
+/// its body's first bytes, so the GET is sent again to the restarted app and the client gets
+/// one whole answer. A POST is not held nor sent again: it reached the app once. The app is a
+/// dozen lines of Python's `http.server`, head and body in separate writes.
+#[test]
+fn an_app_that_dies_between_head_and_body_has_the_get_replayed_and_the_post_not() {
+    if !crate::support::require_tool("python3") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (listen, app) = (free_port(), free_port());
+    let script = dir.path().join("app.py");
+    std::fs::write(
+        &script,
+        r#"
+import http.server, os, sys
+port, crash, seen = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def answer(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        if n:
+            self.rfile.read(n)
+        with open(seen, "a") as f:
+            f.write(self.command + "\n")
+        self.send_response(200)
+        self.send_header("Content-Length", "6")
+        self.end_headers()  # the head, in its own write
+        if os.path.exists(crash):
+            os.remove(crash)
+            os._exit(1)  # the body never comes
+        self.wfile.write(b"whole\n")
+    do_GET = answer
+    do_POST = answer
+http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
+"#,
+    )
+    .unwrap();
+    let (crash, seen) = (dir.path().join("crash"), dir.path().join("seen"));
+    let cfg = dir.path().join("tandem.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[app]
+command = ["python3", {script:?}, "{app}", {crash:?}, {seen:?}]
+[admin]
+listen = "127.0.0.1:0"
+[restart]
+policy = "always"
+initial_delay = "50ms"
+[[proxy.listeners]]
+listen = "127.0.0.1:{listen}"
+upstream = "127.0.0.1:{app}"
+"#,
+            script = script.display().to_string(),
+            crash = crash.display().to_string(),
+            seen = seen.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let mut t = Tandem::spawn(&["--config", cfg.to_str().unwrap()]);
+    t.collect_stdout();
+    t.wait_event("ready");
+    let proxy = format!("127.0.0.1:{listen}");
+    // A GET: the first instance sends the head and dies; the second answers it whole.
+    std::fs::write(&crash, "").unwrap();
+    let (status, head, body) = http(&proxy, "GET", "/", b"", &[]).unwrap();
+    assert_eq!((status, body.as_slice()), (200, &b"whole\n"[..]), "{head}");
+    assert!(!crash.exists());
+    t.wait_event_nth("started", 1);
+    let lines = |m: &str| {
+        std::fs::read_to_string(&seen)
+            .unwrap()
+            .lines()
+            .filter(|l| *l == m)
+            .count()
+    };
+    assert_eq!(
+        lines("GET"),
+        2,
+        "sent to the dying app, then to the new one"
+    );
+    // A POST: held by nobody, sent once; the client sees the answer cut short.
+    std::fs::write(&crash, "").unwrap();
+    let got = http(&proxy, "POST", "/", b"order #1", &[]);
+    assert!(
+        !matches!(&got, Ok((200, _, b)) if b.as_slice() == b"whole\n"),
+        "{got:?}"
+    );
+    t.wait_event_nth("started", 2);
+    eventually("the new instance answers", || {
+        http(&proxy, "GET", "/", b"", &[]).is_ok_and(|r| r.0 == 200)
+    });
+    assert_eq!(lines("POST"), 1, "the POST reached the app once");
+    t.signal(Signal::SIGTERM);
+    t.wait();
+}

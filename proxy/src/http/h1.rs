@@ -446,6 +446,32 @@ impl AppBody {
         }
     }
 
+    /// Waits until the first bytes of a `Content-Length` body are buffered, without handing
+    /// any on: an app that dies between its head and its body fails the exchange here, while
+    /// nothing has gone to the client and the request can still be sent again. Returns at
+    /// once for any other body (chunked or close-delimited ones may stream: their first bytes
+    /// can be long in coming) and when bytes are already there (the common case: head and
+    /// body came in one read).
+    pub async fn prime(&mut self) -> Result<(), Error> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(());
+        };
+        if !matches!(self.framing, Framing::Length(n) if n > 0) || !conn.buf.is_empty() {
+            return Ok(());
+        }
+        conn.buf.reserve(READ_CHUNK);
+        let read = conn.io.read_buf(&mut conn.buf).await;
+        match read {
+            Ok(0) => Err(Error::Closed),
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+        .inspect_err(|_| {
+            self.framing = Framing::Done;
+            self.conn = None;
+        })
+    }
+
     fn fail(&mut self, e: Error) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.framing = Framing::Done;
         self.conn = None;
@@ -766,6 +792,33 @@ mod tests {
         drop(app.await);
         assert!(collect(resp).await.is_err());
         assert!(park.lock().expect("lock").is_none());
+    }
+
+    #[tokio::test]
+    async fn priming_fails_when_the_app_closes_after_its_head_and_keeps_the_bytes_otherwise() {
+        // head, then the app is gone: the exchange fails at priming, nothing handed on
+        let (addr, task) = app(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n"]).await;
+        let park = Park::default();
+        let mut resp = ask(addr, Method::GET, &park).await.expect("head");
+        drop(task.await);
+        assert!(matches!(resp.body_mut().prime().await, Err(Error::Closed)));
+        assert!(resp.body().is_end_stream());
+        assert!(park.lock().expect("lock").is_none());
+        // head and body: priming reads nothing away, the whole body follows
+        let (addr, task) = app(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello"]).await;
+        let mut resp = ask(addr, Method::GET, &park).await.expect("head");
+        resp.body_mut().prime().await.expect("primed");
+        resp.body_mut().prime().await.expect("primed again");
+        assert_eq!(
+            collect(resp).await.expect("body").0,
+            Bytes::from_static(b"hello")
+        );
+        drop(task.await);
+        // an empty body: nothing to wait for
+        let (addr, task) = app(vec![b"HTTP/1.1 204 No Content\r\n\r\n"]).await;
+        let mut resp = ask(addr, Method::GET, &park).await.expect("head");
+        resp.body_mut().prime().await.expect("nothing to prime");
+        drop(task.await);
     }
 
     #[tokio::test]

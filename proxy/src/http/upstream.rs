@@ -11,6 +11,8 @@
 use std::error::Error as StdError;
 
 use http::{Request, Response};
+use http_body::Body;
+use http_body_util::BodyExt;
 use tokio::time::Instant;
 
 use crate::cause::Cause;
@@ -23,12 +25,14 @@ use crate::obs::context::Ctx;
 use crate::obs::trace::AttemptSpan;
 
 /// Sends one attempt to the app, within `timeouts.per_try` (`bound`: the client connection's
-/// app connection, for requests that may use it).
+/// app connection, for requests that may use it; `prime`: the request could be sent again, so
+/// the answer is held until its body's first bytes, see [`prime`]).
 pub(crate) async fn send(
     l: &Route,
     ctx: &Ctx,
     bound: Option<&Bound>,
     mut req: Request<UpstreamBody>,
+    prime: bool,
 ) -> Result<Response<ProxyBody>, Cause> {
     let attempt = ctx.add_attempt();
     // the CLIENT span of this attempt (None when tracing is off): its traceparent goes to the app
@@ -38,7 +42,7 @@ pub(crate) async fn send(
     }
     let sent = Instant::now();
     let attempt = async {
-        match bound {
+        let resp = match bound {
             Some(b) => b.send(l, req).await.map_err(|f| match f {
                 Failed::Connect(e) => cause_of(&*e, true),
                 Failed::Send(e) => cause_of(&e, false),
@@ -52,6 +56,11 @@ pub(crate) async fn send(
                 .await
                 .map(|r| r.map(ProxyBody::Pooled))
                 .map_err(|e| classify(&e)),
+        }?;
+        if prime {
+            self::prime(resp).await
+        } else {
+            Ok(resp)
         }
     };
     let result = tokio::time::timeout(l.cfg.timeouts.per_try, attempt).await;
@@ -65,6 +74,32 @@ pub(crate) async fn send(
         span.finish(result.as_ref().map(|r| r.status().as_u16()).map_err(|c| *c));
     }
     result
+}
+
+/// Holds an answer with a `Content-Length` body until the body's first bytes are in: an app
+/// that dies (a crash, a restart's SIGKILL) after writing its head and before its body fails
+/// the attempt here (`upstream_reset`), while nothing has gone to the client, and the request
+/// can be sent again. Once bytes went to the client a failure can only cut the answer short.
+/// Chunked and close-delimited bodies are not held: they may stream, with their first bytes
+/// long in coming (server-sent events).
+async fn prime(resp: Response<ProxyBody>) -> Result<Response<ProxyBody>, Cause> {
+    if resp.body().size_hint().exact().is_none_or(|n| n == 0) {
+        return Ok(resp);
+    }
+    let (parts, body) = resp.into_parts();
+    let body = match body {
+        ProxyBody::Bound(mut b) => {
+            b.prime().await.map_err(|_| Cause::UpstreamReset)?;
+            ProxyBody::Bound(b)
+        }
+        ProxyBody::Pooled(mut b) => match b.frame().await {
+            Some(Ok(first)) => ProxyBody::Primed(Box::new((Some(first), b))),
+            // a length body that ended before its length: hyper reports an error, but be sure
+            Some(Err(_)) | None => return Err(Cause::UpstreamReset),
+        },
+        other => other,
+    };
+    Ok(Response::from_parts(parts, body))
 }
 
 /// Maps a pooled client's error to a cause.
