@@ -5,6 +5,9 @@
 #
 #   bench/proxy-instructions.sh [TANDEM_BINARY...]    (default: target/release/tandem)
 #   KEEP_PROFILE=DIR keeps each binary's profile of the longer run as DIR/NAME.callgrind.
+#   SAMPLER=RATIO turns tracing on (`parentbased_traceidratio` at RATIO: 0.0 traces and samples
+#   nothing, 1.0 samples and exports every request over OTLP/HTTP to an nginx stub), as the
+#   bench's tandem_traced and tandem_sampled contenders.
 #
 # For each binary: nginx (1 worker, "ok\n") as the app, tandem under valgrind with one worker
 # and the access log off, and Python's http.client sending GETs over 4 keep-alive connections:
@@ -21,6 +24,7 @@ W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT
 APP_PORT=${APP_PORT:-24700}
 PROXY_PORT=${PROXY_PORT:-24710}
+OTLP_PORT=${OTLP_PORT:-24720}
 cat >"$W/nginx.conf" <<EOF
 worker_processes 1;
 daemon off;
@@ -32,8 +36,23 @@ http {
   client_body_temp_path $W; proxy_temp_path $W; fastcgi_temp_path $W;
   uwsgi_temp_path $W; scgi_temp_path $W;
   server { listen 127.0.0.1:$APP_PORT; keepalive_requests 1000000; location / { return 200 "ok\n"; } }
+  server { listen 127.0.0.1:$OTLP_PORT; client_max_body_size 64m; client_body_buffer_size 1m;
+           location / { return 200 ""; } }
 }
 EOF
+printf '[admin]\nlisten = ""\n' >"$W/tandem.toml"
+if [ -n "${SAMPLER:-}" ]; then
+  cat >>"$W/tandem.toml" <<EOF
+[telemetry]
+endpoint = "http://127.0.0.1:$OTLP_PORT"
+protocol = "http/protobuf"
+[telemetry.traces]
+sampler = "parentbased_traceidratio"
+sampler_ratio = $SAMPLER
+[telemetry.logs]
+enabled = false
+EOF
+fi
 nginx -c "$W/nginx.conf" & NGINX=$!
 trap 'kill "$NGINX" 2>/dev/null; rm -rf "$W"' EXIT
 
@@ -41,7 +60,7 @@ total() { # BINARY REQUESTS -> instructions of tandem's process
   local bin=$1 n=$2
   rm -f "$W"/cg.*
   valgrind --tool=callgrind --callgrind-out-file="$W/cg.%p" "$bin" \
-    --set runtime.worker_threads=1 --set admin.listen="" --set proxy.access_log=false \
+    --config "$W/tandem.toml" --set runtime.worker_threads=1 --set proxy.access_log=false \
     --proxy "127.0.0.1:$PROXY_PORT=127.0.0.1:$APP_PORT" -- sleep 1000 >"$W/tandem.log" 2>&1 &
   local pid=$!
   for _ in $(seq 150); do

@@ -1,6 +1,6 @@
-//! Just enough gRPC for OTLP's unary `Export` calls, on hyper: the 5-byte message frame, the
-//! status in headers or trailers, and `RetryInfo` so an SDK backs off when tandem's queue is
-//! full.
+//! Just enough gRPC for OTLP's unary `Export` calls, on hyper, the receiving side (the sending side
+//! is `otlp::post`): the 5-byte message frame, the status in headers or trailers, and `RetryInfo`
+//! so an SDK backs off when tandem's queue is full.
 //!
 //! Compressed messages (`grpc-encoding: gzip`) are refused with UNIMPLEMENTED: tandem removes
 //! `OTEL_EXPORTER_OTLP_COMPRESSION` from the app's environment, so an SDK only sends them when
@@ -12,7 +12,7 @@ use std::{
 };
 
 use base64::Engine;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 use prost::Message;
@@ -26,12 +26,7 @@ pub mod code {
     pub const UNAVAILABLE: u32 = 14;
 }
 
-/// The codes after which the OTLP spec says a client may retry.
-pub fn retryable(code: u32) -> bool {
-    // CANCELLED, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED, OUT_OF_RANGE, UNAVAILABLE,
-    // DATA_LOSS.
-    matches!(code, 1 | 4 | 8 | 10 | 11 | 14 | 15)
-}
+pub use crate::otlp::post::frame;
 
 /// Why a gRPC body could not be unframed.
 #[derive(Debug, thiserror::Error)]
@@ -52,39 +47,6 @@ pub fn unframe(body: &[u8]) -> Result<&[u8], FrameError> {
     }
     let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
     rest.get(..len).ok_or(FrameError::Truncated(body.len()))
-}
-
-/// `message` as one uncompressed gRPC frame.
-pub fn frame(message: &[u8]) -> Bytes {
-    framed(0, message)
-}
-
-/// An already gzipped `message` as one compressed gRPC frame (sent with `grpc-encoding: gzip`).
-pub fn gzip_frame(gzipped: &[u8]) -> Bytes {
-    framed(1, gzipped)
-}
-
-fn framed(compressed: u8, message: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(5 + message.len());
-    out.put_u8(compressed);
-    out.put_u32(u32::try_from(message.len()).unwrap_or(u32::MAX));
-    out.put_slice(message);
-    out.freeze()
-}
-
-/// The status of a finished call: from the trailers, or from the headers of a trailers-only
-/// answer. None when neither carries one.
-pub fn status(headers: &HeaderMap, trailers: Option<&HeaderMap>) -> Option<(u32, String)> {
-    let from = |h: &HeaderMap| {
-        let code = h.get("grpc-status")?.to_str().ok()?.trim().parse().ok()?;
-        let msg = h
-            .get("grpc-message")
-            .and_then(|m| m.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        Some((code, msg))
-    };
-    from(headers).or_else(|| trailers.and_then(from))
 }
 
 /// Headers of a trailers-only answer with `code` and `message` (and a `RetryInfo` detail when
@@ -237,6 +199,7 @@ impl Body for GrpcBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::otlp::post::grpc_status as status;
 
     #[test]
     fn frames_round_trip_and_bad_frames_are_errors() {

@@ -1,5 +1,5 @@
 //! The OTLP exporters, built from resolved [`Export`] settings (gRPC with tonic, HTTP/protobuf
-//! with hyper). Every value is passed in code, so the exporter's own `OTEL_*` reading never
+//! with hyper; spans through [`Poster`], see [`span_poster`]). Every value is passed in code, so the exporter's own `OTEL_*` reading never
 //! disagrees with [`super::settings`].
 //!
 //! The connections are tandem's: a tonic channel and a hyper client on the connector of
@@ -12,12 +12,13 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use opentelemetry_http::hyper::HyperClient;
 use opentelemetry_otlp::{
-    LogExporter, MetricExporter, SpanExporter, WithExportConfig, WithHttpConfig, WithTonicConfig,
+    LogExporter, MetricExporter, WithExportConfig, WithHttpConfig, WithTonicConfig,
 };
 use opentelemetry_sdk::metrics::Temporality;
 
 use super::config::{Compression, Protocol};
 use super::settings::Export;
+use crate::otlp::post::Poster;
 use crate::otlp::tls::HttpVersion;
 
 /// An OTLP exporter that could not be built (exit 64: its settings are config).
@@ -39,6 +40,9 @@ pub enum ExportError {
         #[source]
         source: tonic::transport::Error,
     },
+    /// An endpoint that is not a URL (the config check refuses these first).
+    #[error("{endpoint:?} is not an OTLP endpoint URL: {why}")]
+    Url { endpoint: String, why: String },
     /// A header that is not valid gRPC metadata (the config check refuses these first).
     #[error("header {name:?}: not a valid header name and value")]
     Header { name: String },
@@ -131,15 +135,55 @@ fn http<B: WithHttpConfig + WithExportConfig>(b: B, e: &Export) -> B {
     }
 }
 
-/// The span exporter.
-pub fn span(e: &Export) -> Result<SpanExporter, ExportError> {
-    let b = SpanExporter::builder();
-    match e.protocol {
-        Protocol::Grpc => tonic(b.with_tonic(), e)?.build(),
-        Protocol::HttpProtobuf => http(b.with_http(), e).build(),
+/// Where tandem's own spans go: the requests of the span export, whose bodies
+/// [`super::encode`] writes (the SDK's span exporter is not used: its conversion cost more
+/// than the proxied request a span describes; BENCHMARKS.md).
+pub fn span_poster(e: &Export) -> Result<Poster, ExportError> {
+    let bad_url = |why: String| ExportError::Url {
+        endpoint: e.endpoint.clone(),
+        why,
+    };
+    let parsed: http::Uri = e
+        .endpoint
+        .trim()
+        .parse()
+        .map_err(|x| bad_url(format!("{x}")))?;
+    let grpc = e.protocol == Protocol::Grpc;
+    let url = if grpc {
+        // gRPC: the method's path on the endpoint's scheme and authority
+        let (Some(scheme), Some(authority)) = (parsed.scheme_str(), parsed.authority()) else {
+            return Err(bad_url("no scheme or host".into()));
+        };
+        format!("{scheme}://{authority}{TRACE_EXPORT_PATH}")
+            .parse()
+            .map_err(|x| bad_url(format!("{x}")))?
+    } else {
+        parsed
+    };
+    let mut headers = vec![(
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(concat!("tandem/", env!("CARGO_PKG_VERSION"))),
+    )];
+    for (k, v) in &e.headers {
+        let bad = || ExportError::Header { name: k.clone() };
+        let name =
+            http::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()).map_err(|_| bad())?;
+        let value = http::HeaderValue::from_str(v).map_err(|_| bad())?;
+        headers.retain(|(n, _)| *n != name);
+        headers.push((name, value));
     }
-    .map_err(|x| err("span", e, x))
+    Ok(Poster::new(
+        grpc,
+        url,
+        headers,
+        e.compression,
+        &e.tls,
+        e.timeout,
+    ))
 }
+
+/// The gRPC method of OTLP's trace export.
+const TRACE_EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 /// The log exporter.
 pub fn log(e: &Export) -> Result<LogExporter, ExportError> {

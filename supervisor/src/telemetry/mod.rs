@@ -15,6 +15,7 @@
 //! blocking flush or shutdown: every flush goes through tandem's own async queues, bounded by
 //! `telemetry.shutdown_timeout`.
 pub mod config;
+pub mod encode;
 pub mod export;
 pub mod exporters;
 pub mod logs;

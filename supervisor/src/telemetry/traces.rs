@@ -7,15 +7,15 @@ use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::Context;
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{
-    Sampler, SdkTracerProvider, Span, SpanData, SpanExporter, SpanProcessor,
-};
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, Span, SpanData, SpanProcessor};
 use opentelemetry_sdk::Resource;
 use tandem_proxy::SharedTracer;
 
+use super::encode;
 use super::export::{self, ExportFuture, Exporter, Retry, Stats};
 use super::settings::{Export, Queue, Sampling, Signal};
+use crate::otlp::post::{Attempt, Poster};
 
 /// The sampler for `s`: parent-based unless the operator chose a plain ratio.
 pub fn sampler(s: Sampling) -> Sampler {
@@ -29,13 +29,26 @@ pub fn sampler(s: Sampling) -> Sampler {
     }
 }
 
-/// The OTLP span exporter behind the queue.
-struct Spans(opentelemetry_otlp::SpanExporter);
+/// The span export behind the queue: each batch encoded straight from the spans
+/// ([`encode`]), no copy of the batch, and sent with [`Poster`].
+struct Spans {
+    poster: Poster,
+    resource: Resource,
+}
 
 impl Exporter for Spans {
     type Item = SpanData;
     fn export<'a>(&'a self, batch: &'a [SpanData]) -> ExportFuture<'a> {
-        Box::pin(self.0.export(batch.to_vec()))
+        Box::pin(async move {
+            let mut body = Vec::new();
+            encode::export_trace_request(&self.resource, batch, &mut body);
+            match self.poster.send(self.poster.prepare(body.into())).await {
+                Attempt::Sent => Ok(()),
+                Attempt::Retry(why, _) | Attempt::Reject(why) => {
+                    Err(OTelSdkError::InternalFailure(why))
+                }
+            }
+        })
     }
 }
 
@@ -88,9 +101,11 @@ pub fn start(
     retry: Retry,
     stats: Stats,
 ) -> Result<Traces, super::exporters::ExportError> {
-    let mut exporter = super::exporters::span(e)?;
-    exporter.set_resource(resource);
-    let queue = export::spawn(Spans(exporter), Signal::Traces, q, retry, stats);
+    let spans = Spans {
+        poster: super::exporters::span_poster(e)?,
+        resource: resource.clone(),
+    };
+    let queue = export::spawn(spans, Signal::Traces, q, retry, stats);
     let provider = SdkTracerProvider::builder()
         .with_sampler(sampler(s))
         .with_span_processor(QueueProcessor(queue.clone()))
