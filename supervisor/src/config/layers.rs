@@ -125,6 +125,14 @@ pub fn load(
     env: impl IntoIterator<Item = (String, String)>,
     overrides: &Overrides,
 ) -> Result<Loaded, ConfigError> {
+    let env: BTreeMap<String, String> = env.into_iter().collect();
+    if files.is_empty()
+        && overrides.values.is_empty()
+        && overrides.proxy.is_empty()
+        && tandem_vars(&env).all(|var| RESERVED_ENV.contains(&var))
+    {
+        return load_plain(&env, overrides);
+    }
     let defaults = Table::try_from(Config::default()).expect("the default config serializes");
     // The schema (the defaults again, with every optional part filled in) is only needed to
     // type `TANDEM_*` variables and flags and to explain an error: not on a plain start.
@@ -146,14 +154,11 @@ pub fn load(
     let known_once = std::cell::OnceCell::new();
     let known = || known_once.get_or_init(|| known_keys(schema()));
     let mut warnings = Vec::new();
-    let env: BTreeMap<String, String> = env.into_iter().collect();
-    for (var, raw) in env.range("TANDEM_".to_string()..) {
-        if !var.starts_with("TANDEM_") {
-            break;
-        }
-        if RESERVED_ENV.contains(&var.as_str()) {
+    for var in tandem_vars(&env) {
+        if RESERVED_ENV.contains(&var) {
             continue;
         }
+        let raw = &env[var];
         let Some(key) = known().get(var) else {
             // A warning, not an error: other tools (and CI systems) set TANDEM_* variables
             // too, and the app must still start. Files, where typos live, stay strict.
@@ -168,7 +173,7 @@ pub fn load(
             &mut merged,
             layer,
             "",
-            &Source::Env(var.clone()),
+            &Source::Env(var.to_string()),
             &mut sources,
         );
     }
@@ -246,6 +251,42 @@ pub fn load(
     Ok(Loaded {
         checked,
         warnings,
+        sources: origins,
+    })
+}
+
+/// The `TANDEM_*` variables of `env`, in order.
+fn tandem_vars(env: &BTreeMap<String, String>) -> impl Iterator<Item = &str> {
+    env.range("TANDEM_".to_string()..)
+        .map(|(k, _)| k.as_str())
+        .take_while(|k| k.starts_with("TANDEM_"))
+}
+
+/// A plain start (`tandem -- CMD`: no file, no `TANDEM_*` config variable, no `--set` or
+/// `--proxy`): the defaults and the command, checked as [`load`] checks them, without the
+/// round trip of the defaults through a TOML table (a third of tandem's own work before it
+/// starts the app, BENCHMARKS.md). A value not recorded in the sources is a default
+/// ([`Origins::source`] returns None for it, and `render` says `default`); the test
+/// `a_plain_start_is_the_merge_of_the_defaults_and_the_command` keeps the two paths equal.
+fn load_plain(
+    env: &BTreeMap<String, String>,
+    overrides: &Overrides,
+) -> Result<Loaded, ConfigError> {
+    let mut config = Config::default();
+    let mut sources = BTreeMap::new();
+    if !overrides.command.is_empty() {
+        config.app.command.clone_from(&overrides.command);
+        sources.insert("app.command".to_string(), Source::Flag("-- CMD".into()));
+    }
+    let origins = Origins {
+        sources,
+        lines: BTreeMap::new(),
+    };
+    let checked = super::checked::check(config, env, overrides.require_command, false)
+        .map_err(|e| origins.locate(e))?;
+    Ok(Loaded {
+        checked,
+        warnings: Vec::new(),
         sources: origins,
     })
 }
@@ -980,6 +1021,35 @@ mod tests {
             err.contains(":2:") && err.contains("restart.start_limit_burst"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_plain_start_is_the_merge_of_the_defaults_and_the_command() {
+        // an empty file: the full merge of the defaults and the command
+        let empty = file("");
+        let env = || [("TANDEM_LOG".to_string(), "warn".to_string())];
+        let merged = load(&[empty.path().to_path_buf()], env(), &cmd()).unwrap();
+        let plain = load(&[], env(), &cmd()).unwrap();
+        assert_eq!(
+            Table::try_from(&plain.checked.config).unwrap(),
+            Table::try_from(&merged.checked.config).unwrap()
+        );
+        assert_eq!(plain.render(), merged.render());
+        assert_eq!(plain.source("app.command"), merged.source("app.command"));
+        // no command where one is required: the same error either way
+        let none = Overrides {
+            require_command: true,
+            ..Overrides::default()
+        };
+        let a = load(&[], env(), &none).err().map(|e| e.to_string());
+        let b = load(&[empty.path().to_path_buf()], env(), &none)
+            .err()
+            .map(|e| e.to_string());
+        assert!(a.is_some());
+        assert_eq!(a, b);
+        // a TANDEM_* variable that is not a config key still warns
+        let odd = [("TANDEM_NOT_A_KEY".to_string(), "1".to_string())];
+        assert_eq!(load(&[], odd, &cmd()).unwrap().warnings.len(), 1);
     }
 
     #[test]
