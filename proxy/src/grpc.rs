@@ -6,7 +6,11 @@
 
 use std::time::Duration;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
+
+/// The names looked up per request, made once (a `&str` name is parsed at every lookup).
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
 /// `UNAVAILABLE`: the service is (probably transiently) unavailable; safe to retry.
 pub(crate) const UNAVAILABLE: u32 = 14;
@@ -23,7 +27,7 @@ pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
 /// The `grpc-status` of a head or trailers.
 pub(crate) fn status(headers: &HeaderMap) -> Option<u32> {
     headers
-        .get("grpc-status")
+        .get(GRPC_STATUS)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u32>().ok())
 }
@@ -31,7 +35,7 @@ pub(crate) fn status(headers: &HeaderMap) -> Option<u32> {
 /// The deadline a client asked for in `grpc-timeout` (`TimeoutValue TimeoutUnit`: up to 8
 /// digits, then one of `H M S m u n`).
 pub(crate) fn timeout(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get("grpc-timeout")?.to_str().ok()?;
+    let v = headers.get(GRPC_TIMEOUT)?.to_str().ok()?;
     if v.len() < 2 || v.len() > 9 {
         return None;
     }

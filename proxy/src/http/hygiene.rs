@@ -64,10 +64,31 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     // The common case, a head without any of them: one pass over the names instead of a
     // lookup per listed header. (`Connection` names the others, so none can hide.)
-    if !headers
-        .keys()
-        .any(|n| is_hop_by_hop(n) || n == header::UPGRADE)
+    let (mut connection, mut others) = (false, false);
+    for n in headers.keys() {
+        if n == header::CONNECTION {
+            connection = true;
+        } else if is_hop_by_hop(n) || n == header::UPGRADE {
+            others = true;
+        }
+    }
+    if !connection && !others {
+        return;
+    }
+    // The next most common: `Connection: keep-alive` (or `close`) alone, as most apps answer
+    // (nginx, every HTTP/1.0 server): one removal, no lists.
+    if !others
+        && !upgrade
+        && headers.get_all(header::CONNECTION).iter().all(|v| {
+            v.as_bytes().split(|b| *b == b',').all(|t| {
+                let t = t.trim_ascii();
+                t.is_empty()
+                    || t.eq_ignore_ascii_case(b"keep-alive")
+                    || t.eq_ignore_ascii_case(b"close")
+            })
+        })
     {
+        headers.remove(header::CONNECTION);
         return;
     }
     // The headers `Connection` names, as written; `keep-alive` and `close` (almost always
@@ -301,6 +322,28 @@ mod tests {
         assert_eq!(h.len(), 2, "{h:?}");
         assert_eq!(h["x-app"], "kept");
         assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn a_bare_keep_alive_or_close_is_one_removal_and_a_named_header_still_goes() {
+        for value in ["keep-alive", "Close", " keep-alive , close ", ""] {
+            let mut h = map(&[("connection", value), ("x-app", "kept")]);
+            strip_hop_by_hop(&mut h, false);
+            assert_eq!(h.len(), 1, "{value:?}: {h:?}");
+            assert_eq!(h["x-app"], "kept");
+        }
+        let mut h = map(&[
+            ("connection", "keep-alive"),
+            ("connection", "x-secret"),
+            ("x-secret", "1"),
+            ("x-app", "kept"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        // the upgrade handshake keeps its own path
+        let mut h = map(&[("connection", "keep-alive"), ("upgrade", "websocket")]);
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["connection"], "upgrade");
     }
 
     #[test]

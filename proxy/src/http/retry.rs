@@ -48,6 +48,9 @@ pub enum Verdict {
     Budgeted,
 }
 
+/// The header that makes a POST safe to repeat (`retry_post_with_idempotency_key`).
+const IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static("idempotency-key");
+
 /// Whether a request may be sent twice.
 pub fn is_safe_to_repeat(method: &Method, headers: &HeaderMap, cfg: &RetryConfig) -> bool {
     if cfg.retry_non_idempotent {
@@ -60,7 +63,7 @@ pub fn is_safe_to_repeat(method: &Method, headers: &HeaderMap, cfg: &RetryConfig
     idempotent
         || (cfg.retry_post_with_idempotency_key
             && *method == Method::POST
-            && headers.contains_key("idempotency-key"))
+            && headers.contains_key(IDEMPOTENCY_KEY))
 }
 
 /// Classifies an attempt's outcome.
