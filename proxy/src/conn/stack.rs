@@ -38,7 +38,7 @@ use crate::http::body::ProxyBody;
 use crate::http::bound::Bound;
 use crate::http::{host, hygiene, limits, ready, retry, shed, timeout};
 use crate::obs::context::Ctx;
-use crate::obs::trace::ServerSpan;
+use crate::obs::trace::{Peer, ServerSpan};
 
 /// The future a request's handling is.
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -58,6 +58,8 @@ struct Shared {
     identity_header: HeaderName,
     /// The client's address as an `X-Forwarded-For` element.
     peer_ip: HeaderValue,
+    /// The client's address as span attributes (None when tracing is off).
+    trace_peer: Option<Peer>,
     /// The app connection bound to this one: an HTTP/1.1 client of an HTTP/1.1 app.
     bound: Option<Bound>,
 }
@@ -79,6 +81,7 @@ impl Stack {
             bound,
             identity_header: mtls::identity_header(&l.route.cfg),
             peer_ip: hygiene::ip_value(peer.ip()),
+            trace_peer: l.route.hooks.tracer.as_ref().map(|_| Peer::new(peer)),
             l,
             peer,
             conn,
@@ -106,12 +109,14 @@ impl Stack {
         let mut req = req.map(|body| CountingBody::new(body, ctx.clone()));
         // the SERVER span (None when tracing is off); it ends with the guard, when the
         // response body ends or is cut
-        guard.trace(ServerSpan::start(
-            s.l.route.hooks.tracer.as_ref(),
-            &ctx,
-            &mut req,
-            s.peer,
-        ));
+        if let Some(peer) = &s.trace_peer {
+            guard.trace(ServerSpan::start(
+                s.l.route.hooks.tracer.as_ref(),
+                &ctx,
+                &mut req,
+                peer,
+            ));
+        }
         let result = self.forward(req, &ctx).await;
         let resp = match result {
             Ok(resp) => resp,
