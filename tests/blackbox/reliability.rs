@@ -98,6 +98,46 @@ fn no_failed_get_when_nginx_is_killed_under_load() {
     assert!(nginx_served(dir.path()) > 0, "nginx served the load");
 }
 
+/// Debian's nginx speaking h2c behind an `h2c:` listener, curl as the HTTP/2 client: a HEAD's
+/// answer carries the file's length and no body (HTTP/2 needs no framing to say so) and comes
+/// back as nginx gave it, not as a failed attempt waiting for a body that never comes; a GET
+/// gets the file.
+#[test]
+fn a_head_through_an_h2c_app_gets_the_length_and_no_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = free_port();
+    let Some(cmd) = nginx(dir.path(), app, true) else {
+        return;
+    };
+    if !crate::support::require_tool("curl") {
+        return;
+    }
+    std::fs::write(dir.path().join("file.txt"), "x".repeat(1000)).unwrap();
+    let listen = free_port();
+    let mut t = new_user_defaults(&format!("h2c:127.0.0.1:{listen}=127.0.0.1:{app}"), cmd);
+    t.wait_event("ready");
+    let curl = |extra: &[&str]| {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--http2-prior-knowledge", "--max-time", "20"])
+            .args(extra)
+            .arg(format!("http://127.0.0.1:{listen}/file.txt"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        (text, String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (head, err) = curl(&["-I"]);
+    assert!(head.starts_with("HTTP/2 200"), "{head}{err}");
+    assert!(
+        head.to_ascii_lowercase().contains("content-length: 1000"),
+        "{head}{err}"
+    );
+    let (got, err) = curl(&["-o", "/dev/null", "-w", "%{http_code} %{size_download}"]);
+    assert_eq!(got, "200 1000", "{err}");
+    t.signal(Signal::SIGTERM);
+    t.wait();
+}
+
 /// tandem as a new user starts it: `--restart always --proxy SPEC -- APP...`, no probe, with
 /// the admin port on a free port; its stdout (the app's records and the access log) is read
 /// from the start, or the pipe fills.

@@ -146,7 +146,11 @@ where
                 // Boxed: the attempt's future (~2.9 KB) is not part of this one, nor of the
                 // five futures around it, each of which is moved whole when it starts.
                 // Held until the body's first bytes when a failure then could still be retried.
-                let prime = safe && prepared.is_replayable() && attempt + 1 < cfg.max_attempts;
+                // (Not for HEAD: its answer's length describes a body that never comes.)
+                let prime = safe
+                    && parts.method != Method::HEAD
+                    && prepared.is_replayable()
+                    && attempt + 1 < cfg.max_attempts;
                 let result = Box::pin(upstream::send(l, ctx, bound, req, prime)).await;
                 if !matches!(result, Err(Cause::ConnectFailed | Cause::ConnectTimeout)) {
                     reached = Some(registered);

@@ -94,8 +94,10 @@ async fn prime(resp: Response<ProxyBody>) -> Result<Response<ProxyBody>, Cause> 
         }
         ProxyBody::Pooled(mut b) => match b.frame().await {
             Some(Ok(first)) => ProxyBody::Primed(Box::new((Some(first), b))),
-            // a length body that ended before its length: hyper reports an error, but be sure
-            Some(Err(_)) | None => return Err(Cause::UpstreamReset),
+            Some(Err(_)) => return Err(Cause::UpstreamReset),
+            // A clean end is the app's answer, not a failure: hyper reports a length body cut
+            // short as an error, and an HTTP/2 answer to HEAD carries a length and no data.
+            None => ProxyBody::Primed(Box::new((None, b))),
         },
         other => other,
     };
