@@ -418,11 +418,15 @@ fn srv_endpoints_from_a_real_dns_server_follow_changes_and_survive_its_outage() 
     let dns_port = free_port();
     let first = Dns::start(dns_port, &[ups[0].port, ups[1].port]);
     let listen = format!("127.0.0.1:{}", free_port());
+    // This test is about the endpoints the name resolves to, not the balancer: with
+    // `peak_ewma`, one slow first answer of an upstream on a loaded machine keeps traffic on
+    // the other for as long as its estimate takes to decay (by design, ~10 s per e-fold),
+    // longer than this test waits to see both. `least_requests` spreads sequential requests.
     let (mut t, admin) = start(
         dir.path(),
         &sleeper(),
         &format!(
-            "[[outbound]]\nname = \"payments\"\nlisten = \"{listen}\"\nsrv = \"payments.service.consul\"\nresolver = \"127.0.0.1:{dns_port}\"\ndns_min_refresh = \"200ms\"\ndns_max_refresh = \"2s\"\n"
+            "[[outbound]]\nname = \"payments\"\nlisten = \"{listen}\"\nsrv = \"payments.service.consul\"\nresolver = \"127.0.0.1:{dns_port}\"\ndns_min_refresh = \"200ms\"\ndns_max_refresh = \"2s\"\nbalance = \"least_requests\"\n"
         ),
         &[],
     );
